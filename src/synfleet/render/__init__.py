@@ -1,0 +1,1 @@
+"""Render targets: nginx, Synapse, docker compose and the native process plan."""

@@ -1,0 +1,40 @@
+"""nginx back end: the seed's six files, with routing rendered from the route table."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from synfleet.render.templating import render
+from synfleet.routing.plan import DOCKER_SOCKET_DIR, RoutingPlan
+from synfleet.routing.table import ZONES
+
+NGINX_FILES = ("nginx.conf", "maps.conf", "upstreams.conf", "locations.conf", "proxy.conf", "private.conf")
+
+
+@dataclass(frozen=True)
+class NginxLayout:
+    """Where nginx finds sockets and writes logs, and what it listens on. Only the layout differs
+    between docker compose, the native run and tests; the routing is the same."""
+
+    socket_dir: str = DOCKER_SOCKET_DIR
+    log_dir: str = "/var/log/nginx"
+    listen: tuple[str, ...] = ("8008",)
+    pid_file: str | None = None
+    temp_dir: str | None = None
+    access_log_buffer: str = " buffer=64k flush=1s"
+
+
+def render_nginx(plan: RoutingPlan, layout: NginxLayout, keepalive: int = 32) -> dict[str, str]:
+    """The contents of every nginx file, by file name."""
+    if plan.socket_dir != layout.socket_dir:
+        raise ValueError("the routing plan and the nginx layout disagree about the socket directory")
+    context = {
+        "layout": layout,
+        "maps": plan.maps,
+        "upstreams": list(plan.upstreams.values()),
+        "keepalive": keepalive,
+        "zones": ZONES,
+        "admin_allow": plan.fleet.admin_allow,
+        "trusted_proxies": plan.fleet.trusted_proxies,
+    }
+    return {name: render(f"nginx/{name}.j2", **context) for name in NGINX_FILES}

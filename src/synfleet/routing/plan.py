@@ -1,0 +1,178 @@
+"""The routing plan of one fleet: the route table resolved to upstreams, and the nginx maps that
+compute route, upstream and balancing key for a request.
+
+The same :class:`~synfleet.routing.nginx.Map` records are rendered into ``maps.conf`` and evaluated
+by :mod:`synfleet.routing.evaluate`, so nginx and Python cannot disagree about what they contain.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+
+from synfleet.routing.chash import Ring
+from synfleet.routing.nginx import Map, MapEntry
+from synfleet.routing.table import DEFAULT_RULE, ROUTES, Key, Rule, Target
+from synfleet.spec.fleet import Fleet, Role, Stream, Worker
+
+DOCKER_SOCKET_DIR = "/sockets"
+
+_GROUP_NAMES = {
+    Role.MAIN: "main",
+    Role.CLIENT_SYNC: "client_syncs",
+    Role.ROOMS: "room_workers",
+    Role.CLIENT_READER: "client_readers",
+    Role.FEDERATION_READER: "federation_readers",
+    Role.MEDIA: "media",
+}
+
+#: The nginx variable each balancing key is computed into.
+KEY_VARIABLES = {
+    Key.ROOM: "$synfleet_room",
+    Key.USER: "$synfleet_user",
+    Key.ORIGIN: "$synfleet_origin",
+    Key.NONE: "",
+}
+
+
+def upstream_name(target: Target) -> str:
+    if isinstance(target, Stream):
+        return f"synapse_inbound_{target.value}_writers"
+    return f"synapse_inbound_{_GROUP_NAMES[target]}"
+
+
+def inbound_socket(socket_dir: str, worker: str) -> str:
+    return f"{socket_dir}/synapse_inbound_{worker}.sock"
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """An nginx ``upstream``: the workers behind it, in order, and their ``server`` arguments."""
+
+    name: str
+    workers: tuple[str, ...]
+    servers: tuple[str, ...]
+
+    @property
+    def hashed(self) -> bool:
+        return len(self.servers) > 1
+
+    @cached_property
+    def ring(self) -> Ring:
+        return Ring.build(self.servers)
+
+    def worker_for(self, key: str) -> str | None:
+        """The worker nginx picks for ``key``; None when nginx falls back to round robin."""
+        if len(self.workers) == 1:
+            return self.workers[0]
+        if key == "":
+            return None
+        return self.workers[self.ring.pick(key)]
+
+
+# The balancing keys. Synapse's access tokens look like syt_<base64 localpart>_<random>_<crc>; the
+# base64 alphabet has no "_", so the localpart is everything up to the next "_".
+KEY_MAPS: tuple[Map, ...] = (
+    Map(
+        "$http_authorization",
+        "$synfleet_bearer",
+        (MapEntry("~^Bearer (?P<bearer>[^ ]+)$", "$bearer"),),
+        default="$arg_access_token",
+        comment="Access token: Authorization header, else the access_token query parameter",
+    ),
+    Map(
+        "$synfleet_bearer",
+        "$synfleet_user",
+        (MapEntry("", "$remote_addr"), MapEntry("~^syt_(?P<localpart>[^_]+)_", "$localpart")),
+        default="$synfleet_bearer",
+        comment="User key: the localpart in a Synapse token, else the whole token, else the client",
+    ),
+    Map(
+        "$http_authorization",
+        "$synfleet_origin",
+        (MapEntry('~^X-Matrix +(?:.*,)? *origin="?(?P<origin>[^",]+)', "$origin"),),
+        default="$remote_addr",
+        comment="Federation key: the origin server in the X-Matrix header, else the client",
+    ),
+    Map(
+        "$uri",
+        "$synfleet_room",
+        (MapEntry("~^/_matrix/.*?/!(?P<room>[^/:]+)", "$room"),),
+        default="",
+        comment="Room key: the opaque part of the first room ID (decoded $uri: ! and %21 alike)",
+    ),
+)
+
+CONNECTION_MAP = Map(
+    "$http_upgrade",
+    "$synfleet_connection",
+    (MapEntry("", ""),),
+    default="upgrade",
+    comment='Upstream keepalive: send "Connection: upgrade" only when upgrading, else no header',
+)
+
+
+@dataclass(frozen=True)
+class RoutingPlan:
+    """Route table + fleet: where each rule's requests go, and the maps nginx uses to get there."""
+
+    fleet: Fleet
+    socket_dir: str = DOCKER_SOCKET_DIR
+    rules: tuple[Rule, ...] = ROUTES
+    upstreams: dict[str, Upstream] = field(init=False)
+    rule_upstream: dict[str, str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        upstreams: dict[str, Upstream] = {}
+        rule_upstream: dict[str, str] = {}
+        for rule in (*self.rules, DEFAULT_RULE):
+            workers = self.serving(rule.target) or (self.fleet.main,)
+            target = rule.target if workers != (self.fleet.main,) else Role.MAIN
+            name = upstream_name(target)
+            if name not in upstreams:
+                names = tuple(w.name for w in workers)
+                servers = tuple(f"unix:{inbound_socket(self.socket_dir, n)}" for n in names)
+                upstreams[name] = Upstream(name, names, servers)
+            rule_upstream[rule.name] = name
+        object.__setattr__(self, "upstreams", dict(sorted(upstreams.items())))
+        object.__setattr__(self, "rule_upstream", rule_upstream)
+
+    def serving(self, target: Target) -> tuple[Worker, ...]:
+        """The HTTP workers for a target; empty if the fleet has none (the rule falls back to main)."""
+        if isinstance(target, Stream):
+            return tuple(w for w in self.fleet.writers(target) if w.serves_http)
+        return self.fleet.with_role(target)
+
+    @cached_property
+    def route_map(self) -> Map:
+        entries = tuple(MapEntry(f"~{rule.map_regex}", rule.name) for rule in self.rules)
+        return Map(
+            "$request_method $uri",
+            "$synfleet_route",
+            entries,
+            default=DEFAULT_RULE.name,
+            comment="Route: the first matching rule of synfleet's route table",
+        )
+
+    @cached_property
+    def upstream_map(self) -> Map:
+        entries = tuple(MapEntry(rule.name, self.rule_upstream[rule.name]) for rule in self.rules)
+        return Map("$synfleet_route", "$synfleet_upstream", entries, default=upstream_name(Role.MAIN),
+                   comment="Upstream group of each route")
+
+    @cached_property
+    def key_map(self) -> Map:
+        entries = tuple(
+            MapEntry(rule.name, KEY_VARIABLES[rule.key])
+            for rule in self.rules
+            if self.upstreams[self.rule_upstream[rule.name]].hashed
+        )
+        return Map("$synfleet_route", "$synfleet_key", entries, default="",
+                   comment="Balancing key of each route (used by upstreams with several workers)")
+
+    @property
+    def maps(self) -> tuple[Map, ...]:
+        return (*KEY_MAPS, CONNECTION_MAP, self.route_map, self.upstream_map, self.key_map)
+
+    def rule(self, name: str) -> Rule:
+        return next(r for r in (*self.rules, DEFAULT_RULE) if r.name == name)

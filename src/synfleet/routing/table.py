@@ -1,0 +1,212 @@
+"""The route table: the one place that decides which Synapse process serves a request.
+
+Rules are tried in order against ``"<METHOD> <uri>"`` (``$uri``: decoded and normalised) and the
+first match wins. Order encodes precedence: main-only endpoints, then stream writers (typing,
+receipts, ... must reach their writer even though their paths name a room), then media, then every
+endpoint that names a room and that a generic worker serves, then sync, federation and the other
+generic-worker endpoints. Anything else goes to main.
+
+Sources: Synapse's ``docs/workers.md`` (generic worker and stream writer endpoints) and the
+servlets Synapse registers on main only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from synfleet.spec.fleet import Role, Stream
+
+
+class Key(StrEnum):
+    """What a rule balances on when its upstream has several servers."""
+
+    ROOM = "room"  # the room ID's opaque part: same for !x:s, %21x%3As and v12 !<43 chars>
+    USER = "user"  # the localpart in a syt_ access token, else the token, else the client address
+    ORIGIN = "origin"  # the origin server of a federation request (X-Matrix), else the client address
+    NONE = "none"  # single-process targets
+
+
+class Access(StrEnum):
+    """Who may reach a path through nginx."""
+
+    PUBLIC = "public"
+    PRIVATE = "private"  # only addresses on the admin allow list
+    DENIED = "denied"  # never proxied
+
+
+Target = Role | Stream
+
+ANY_METHOD: frozenset[str] = frozenset()
+READ = frozenset({"GET", "HEAD"})
+WRITE = frozenset({"PUT", "POST", "DELETE"})
+
+# Building blocks, applied to the decoded $uri. A room segment starts with "!" and has at least one
+# character of opaque part; the key itself is cut at ":" or "/".
+CLIENT = "/_matrix/client/(?:api/v1|r0|v1|v3|unstable)"
+CLIENT_R0 = "/_matrix/client/(?:r0|v3|unstable)"
+ROOM = "![^/:][^/]*"
+SEGMENT = "[^/]+"
+FED = "/_matrix/federation/v1"
+FED_V12 = "/_matrix/federation/v[12]"
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One route: requests whose method is in ``methods`` (empty: any) and whose ``$uri`` matches
+    ``path`` (anchored at the start) go to ``target``, balanced on ``key``."""
+
+    name: str
+    path: str
+    target: Target
+    key: Key = Key.NONE
+    methods: frozenset[str] = ANY_METHOD
+
+    @property
+    def map_regex(self) -> str:
+        """The regex for nginx's ``map "$request_method $uri"``; Python's ``re`` reads it alike."""
+        methods = "|".join(sorted(self.methods)) if self.methods else "[A-Z_-]+"
+        return f"^(?:{methods}) {self.path}"
+
+
+def _rule(name: str, path: str, target: Target, key: Key = Key.NONE, methods: frozenset[str] = ANY_METHOD) -> Rule:
+    return Rule(name=name, path=path, target=target, key=key, methods=methods)
+
+
+MAIN, SYNC, ROOMS = Role.MAIN, Role.CLIENT_SYNC, Role.ROOMS
+READER, FED_READER, MEDIA = Role.CLIENT_READER, Role.FEDERATION_READER, Role.MEDIA
+
+ROUTES: tuple[Rule, ...] = (
+    # --- main only: endpoints no worker serves (some would otherwise match broader rules below)
+    _rule("main_logout", f"{CLIENT}/logout(?:/all)?$", MAIN),
+    _rule("main_pushers", f"{CLIENT}/pushers", MAIN),
+    _rule("main_room_admin", f"{CLIENT}/rooms/{SEGMENT}/(?:forget|upgrade|report)(?:/|$)", MAIN),
+    _rule("main_user_report", f"{CLIENT}/users/{SEGMENT}/report$", MAIN),
+    _rule("main_account", f"{CLIENT}/account/(?:password|3pid/)", MAIN),
+    _rule("main_request_token", f"{CLIENT}/.*/requestToken$", MAIN),
+    _rule("main_directory_list", f"{CLIENT}/directory/list/room/", MAIN),
+    _rule("main_thirdparty", f"{CLIENT}/thirdparty/", MAIN),
+    _rule("main_openid", f"{CLIENT}/user/{SEGMENT}/openid/request_token$", MAIN),
+    _rule("main_login_token", f"{CLIENT}/login/get_token$", MAIN),
+    _rule("main_refresh", f"{CLIENT}/refresh$", MAIN),
+    _rule("main_rendezvous", "/_matrix/client/(?:unstable/org.matrix.msc4108|v1)/rendezvous", MAIN),
+    _rule("main_sso", f"(?:{CLIENT}/login/(?:sso/redirect|cas/)|/_synapse/client/)", MAIN),
+    _rule("main_federation_openid", f"{FED}/openid/userinfo$", MAIN),
+    # --- stream writers: before any room rule, their paths name rooms too
+    _rule("stream_typing", f"{CLIENT}/rooms/{SEGMENT}/typing(?:/|$)", Stream.TYPING, Key.USER),
+    _rule("stream_to_device", f"{CLIENT_R0}/sendToDevice/", Stream.TO_DEVICE, Key.USER),
+    _rule("stream_receipts", f"{CLIENT_R0}/rooms/{SEGMENT}/(?:receipt|read_markers)(?:/|$)", Stream.RECEIPTS, Key.ROOM),
+    _rule(
+        "stream_account_data",
+        f"{CLIENT_R0}/(?:.*/)?user/{SEGMENT}/(?:rooms/{SEGMENT}/)?(?:tags|account_data)(?:/|$)",
+        Stream.ACCOUNT_DATA,
+        Key.USER,
+    ),
+    _rule("stream_presence", f"{CLIENT}/presence/", Stream.PRESENCE, Key.USER),
+    _rule("stream_push_rules", f"{CLIENT}/pushrules/", Stream.PUSH_RULES, Key.USER, WRITE),
+    _rule(
+        "stream_device_lists",
+        f"(?:{CLIENT_R0}/(?:delete_devices$|keys/upload)|{CLIENT}/(?:devices(?:/|$)"
+        "|keys/(?:device_signing|signatures)/upload$))",
+        Stream.DEVICE_LISTS,
+        Key.USER,
+    ),
+    _rule(
+        "stream_thread_subscriptions",
+        f"/_matrix/client/unstable/io.element.msc4306/rooms/{SEGMENT}/thread/{SEGMENT}/subscription",
+        Stream.THREAD_SUBSCRIPTIONS,
+        Key.USER,
+    ),
+    # --- media repository (client, legacy and federation prefixes) and media admin
+    _rule("media", "/_(?:matrix/(?:media|client/v1/media|federation/v1/media)|synapse/media)/", MEDIA, Key.USER),
+    _rule(
+        "media_admin",
+        "/_synapse/admin/v1/(?:purge_media_cache$|media/|quarantine_media/"
+        f"|room/{SEGMENT}/media|user/{SEGMENT}/media|users/{SEGMENT}/media$)",
+        MEDIA,
+        Key.USER,
+    ),
+    # --- requests naming a room that generic workers serve: one room, one worker
+    _rule(
+        "rooms_client",
+        f"{CLIENT}/rooms/{ROOM}/(?:joined_members$|members$|state$|state/|messages$|context/|event/"
+        "|relations/|threads$|hierarchy$|timestamp_to_event$|aliases|initialSync$|redact/|send/"
+        "|(?:join|invite|leave|ban|unban|kick)$)",
+        ROOMS,
+        Key.ROOM,
+    ),
+    _rule("rooms_join", f"{CLIENT}/(?:join|knock)/{ROOM}$", ROOMS, Key.ROOM),
+    _rule("rooms_summary", f"/_matrix/client/unstable/im.nheko.summary/summary/{ROOM}$", ROOMS, Key.ROOM),
+    _rule(
+        "rooms_federation",
+        f"(?:{FED}/(?:state|state_ids|backfill|get_missing_events|make_join|make_leave|make_knock"
+        f"|send_knock|event_auth|timestamp_to_event|exchange_third_party_invite|hierarchy)"
+        f"|{FED_V12}/(?:send_join|send_leave|invite))/{ROOM}",
+        ROOMS,
+        Key.ROOM,
+    ),
+    # --- sync, sticky per user
+    _rule(
+        "sync",
+        "/_matrix/client/(?:(?:r0|v3)/sync|(?:api/v1|r0|v3)/(?:events|initialSync)"
+        "|unstable/org.matrix.simplified_msc3575/sync)$",
+        SYNC,
+        Key.USER,
+    ),
+    # --- inbound federation, sticky per origin server
+    _rule("federation_send", f"{FED}/send/", FED_READER, Key.ORIGIN),
+    _rule(
+        "federation_reader",
+        f"(?:{FED}/(?:version$|event/|state/|state_ids/|backfill/|get_missing_events/|publicRooms"
+        "|query/|make_join/|make_leave/|make_knock/|send_knock/|event_auth/|timestamp_to_event/"
+        "|exchange_third_party_invite/|user/devices/|hierarchy/)"
+        f"|{FED_V12}/(?:send_join|send_leave|invite)/|/_matrix/key/v2/query)",
+        FED_READER,
+        Key.ORIGIN,
+    ),
+    # --- the other generic-worker client endpoints
+    _rule(
+        "client_reader",
+        f"(?:{CLIENT}/(?:createRoom$|publicRooms$|account/(?:3pid|whoami|deactivate)$|voip/turnServer$"
+        "|joined_rooms$|search$|user/[^/]+/filter(?:/|$)|directory/room/|capabilities$|notifications$"
+        "|keys/(?:query|changes|claim)$|room_keys/|login$|register(?:/available)?$|password_policy$"
+        "|join/|knock/|profile/|user_directory/search$|rooms/[^/]+/(?:joined_members$|members$"
+        "|state|messages$|context/|event/|relations/|threads$|hierarchy$|timestamp_to_event$|aliases"
+        "|redact/|send/|(?:join|invite|leave|ban|unban|kick)$))"
+        "|/_matrix/client/versions$|/_matrix/client/v1/register/m.login.registration_token/validity$"
+        "|/_matrix/client/unstable/im.nheko.summary/summary/)",
+        READER,
+        Key.USER,
+    ),
+    _rule(
+        "client_reader_get",
+        f"(?:{CLIENT}/pushrules/|/_matrix/client/unstable/org.matrix.msc4140/delayed_events)",
+        READER,
+        Key.USER,
+        READ,
+    ),
+)
+
+#: Where a request that no rule matches goes.
+DEFAULT_RULE = Rule(name="main_default", path="/", target=Role.MAIN)
+
+
+@dataclass(frozen=True)
+class Zone:
+    """A path prefix with an access policy, checked before routing (an nginx prefix location)."""
+
+    prefix: str
+    access: Access
+
+
+ZONES: tuple[Zone, ...] = (
+    Zone("/_synapse/admin", Access.PRIVATE),
+    Zone("/_synapse/replication", Access.DENIED),
+    Zone("/_synapse/metrics", Access.DENIED),
+)
+
+
+def zone_for(uri: str) -> Access:
+    """The access policy of ``uri``: the longest matching zone prefix, else public."""
+    best = max((z for z in ZONES if uri.startswith(z.prefix)), key=lambda z: len(z.prefix), default=None)
+    return best.access if best else Access.PUBLIC
