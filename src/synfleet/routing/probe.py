@@ -40,6 +40,7 @@ class StubUpstreams:
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
+                is_head = head.startswith(b"HEAD ")
                 length = 0
                 for line in head.split(b"\r\n")[1:]:
                     field, _, value = line.partition(b":")
@@ -50,7 +51,7 @@ class StubUpstreams:
                 writer.write(
                     b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
                     + f"{WORKER_HEADER}: {name}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
-                    + body
+                    + (b"" if is_head else body)
                 )
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError):

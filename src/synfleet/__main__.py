@@ -1,0 +1,3 @@
+from synfleet.cli import main
+
+main()

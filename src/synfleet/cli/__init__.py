@@ -1,0 +1,37 @@
+"""The ``synfleet`` command line. Each command lives in its own module; errors a user can cause end
+in one line on stderr and a non-zero exit, never a traceback."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from synfleet import __version__
+from synfleet.cli.route import ring_command, route_command
+from synfleet.errors import SynfleetError
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="synfleet")
+def cli() -> None:
+    """Run a Synapse homeserver split into workers behind nginx, from one fleet file."""
+
+
+cli.add_command(route_command)
+cli.add_command(ring_command)
+
+
+def main() -> None:
+    try:
+        status = cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("synfleet: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except SynfleetError as exc:
+        click.echo(f"synfleet: error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    sys.exit(status if isinstance(status, int) else 0)

@@ -1,0 +1,174 @@
+"""``synfleet route`` and ``synfleet ring``: where requests go, and how rooms spread over workers."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import sys
+from pathlib import Path
+from typing import TextIO
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from synfleet.errors import BadRequest, UsageError
+from synfleet.routing.chash import moved, spread
+from synfleet.routing.evaluate import Decision, evaluate
+from synfleet.routing.plan import RoutingPlan, Upstream, upstream_name
+from synfleet.spec.fleet import Fleet, Role, Worker
+from synfleet.spec.load import load_fleet
+
+DIR_OPTION = click.option(
+    "--dir",
+    "directory",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("."),
+    show_default=True,
+    help="Deployment directory holding fleet.toml (without one: the seed's fleet).",
+)
+
+
+def parse_header(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition(":")
+    if not sep or not name.strip() or " " in name.strip():
+        raise BadRequest(f"invalid header {text!r}: use 'Name: value'")
+    return name.strip(), value.strip()
+
+
+def _table(decision: Decision) -> Table:
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_column(style="bold")
+    table.add_column()
+    rows = [
+        ("request", f"{decision.method} {decision.url}"),
+        ("uri", decision.uri),
+        ("access", decision.access.value),
+    ]
+    if decision.status is not None:
+        rows.append(("answer", f"nginx answers {decision.status} itself"))
+    else:
+        rows += [
+            ("rule", decision.rule or ""),
+            ("target", decision.target or ""),
+            ("upstream", decision.upstream or ""),
+            ("worker", decision.worker or "any (round robin: no balancing key)"),
+            ("key", decision.key or "-"),
+        ]
+    for name, value in rows:
+        table.add_row(name, value)
+    return table
+
+
+def _batch(plan: RoutingPlan, source: TextIO, headers: dict[str, str], remote_addr: str) -> int:
+    """One JSON object per input line, in order; bad lines give an ``error`` object."""
+    status = 0
+    for number, line in enumerate(source, 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        parts = line.split()
+        try:
+            if len(parts) != 2:
+                raise BadRequest(f"expected 'METHOD URL', got {line.strip()!r}")
+            result: dict[str, object] = evaluate(plan, parts[0].upper(), parts[1], headers, remote_addr).as_json()
+        except BadRequest as exc:
+            click.echo(f"synfleet: error: line {number}: {exc}", err=True)
+            result = {"line": number, "error": str(exc)}
+            status = 2
+        click.echo(json.dumps(result, sort_keys=True))
+    return status
+
+
+@click.command("route")
+@DIR_OPTION
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.option("--batch", type=click.File("r"), help="Read 'METHOD URL' lines from FILE ('-': stdin).")
+@click.option("-H", "--header", "header_lines", multiple=True, metavar="'NAME: VALUE'", help="Request header.")
+@click.option("--from", "remote_addr", default="127.0.0.1", show_default=True, help="Client address.")
+@click.argument("method", required=False)
+@click.argument("url", required=False)
+def route_command(
+    directory: Path,
+    as_json: bool,
+    batch: TextIO | None,
+    header_lines: tuple[str, ...],
+    remote_addr: str,
+    method: str | None,
+    url: str | None,
+) -> None:
+    """Show the rule, upstream and worker nginx picks for a request.
+
+    \b
+    synfleet route GET '/_matrix/client/v3/rooms/!abc:example.org/messages'
+    synfleet route PUT /_matrix/client/v3/sendToDevice/m.test/1 -H 'Authorization: Bearer syt_...'
+    synfleet route --json --batch requests.txt
+    """
+    headers = dict(parse_header(h) for h in header_lines)
+    plan = RoutingPlan(load_fleet(directory))
+    if batch is not None:
+        if method or url:
+            raise UsageError("give either --batch FILE or METHOD URL, not both")
+        if not as_json:
+            raise UsageError("--batch prints JSON lines: add --json")
+        sys.exit(_batch(plan, batch, headers, remote_addr))
+    if not method or not url:
+        raise UsageError("missing METHOD and URL (or --batch FILE)")
+    decision = evaluate(plan, method.upper(), url, headers, remote_addr)
+    if as_json:
+        click.echo(json.dumps(decision.as_json(), sort_keys=True))
+    else:
+        Console(highlight=False).print(_table(decision))
+
+
+GROWABLE = {upstream_name(role): role for role in (Role.ROOMS, Role.CLIENT_SYNC, Role.CLIENT_READER,
+                                                    Role.FEDERATION_READER, Role.MEDIA)}
+
+
+def grown(fleet: Fleet, role: Role, extra: int) -> Fleet:
+    """``fleet`` with ``extra`` more workers of ``role``, named like the existing ones."""
+    count = len(fleet.with_role(role))
+    added = tuple(Worker(f"{role.value}{count + i}", role) for i in range(1, extra + 1))
+    return Fleet(fleet.server_name, fleet.workers + added, fleet.admin_allow, fleet.trusted_proxies)
+
+
+def random_room_keys(count: int) -> list[str]:
+    """Opaque parts of room version 12 IDs (43 characters of url-safe base64)."""
+    return [secrets.token_urlsafe(32)[:43] for _ in range(count)]
+
+
+@click.command("ring")
+@DIR_OPTION
+@click.option("--group", default="rooms", show_default=True, type=click.Choice(sorted(r.value for r in GROWABLE.values())))
+@click.option("--keys", "key_count", default=100_000, show_default=True, type=click.IntRange(1, 10_000_000),
+              help="Random room IDs to place.")
+@click.option("--grow", default=1, show_default=True, type=click.IntRange(0, 100),
+              help="Also show what moves when the group gets this many more workers.")
+def ring_command(directory: Path, group: str, key_count: int, grow: int) -> None:
+    """Show how nginx's consistent hash spreads keys over a group, and how many move when it grows."""
+    role = Role(group)
+    fleet = load_fleet(directory)
+    before = RoutingPlan(fleet).upstreams.get(upstream_name(role))
+    if before is None:
+        raise UsageError(f"the fleet has no {group} workers")
+    keys = random_room_keys(key_count)
+    console = Console(highlight=False)
+    _print_spread(console, before, keys, f"{len(before.workers)} {group} workers")
+    if grow:
+        after = RoutingPlan(grown(fleet, role, grow)).upstreams[upstream_name(role)]
+        _print_spread(console, after, keys, f"{len(after.workers)} {group} workers")
+        changed, total = moved(before.ring, after.ring, keys)
+        ideal = grow / len(after.workers)
+        console.print(f"growing {len(before.workers)} -> {len(after.workers)} moves {changed} of {total} keys "
+                      f"({changed / total:.1%}; the minimum possible is {ideal:.1%})")
+
+
+def _print_spread(console: Console, upstream: Upstream, keys: list[str], title: str) -> None:
+    counts = spread(upstream.ring, keys)
+    mean = len(keys) / len(upstream.servers)
+    table = Table(title=title, title_justify="left")
+    for column in ("worker", "keys", "share", "vs mean"):
+        table.add_column(column, justify="left" if column == "worker" else "right")
+    for worker, server in zip(upstream.workers, upstream.servers, strict=True):
+        n = counts[server]
+        table.add_row(worker, str(n), f"{n / len(keys):.1%}", f"{n / mean - 1:+.1%}")
+    console.print(table)
