@@ -7,13 +7,12 @@ from collections import Counter
 
 import pytest
 
+from conftest import live_nginx
 from synfleet.routing.corpus import Corpus
 from synfleet.routing.evaluate import evaluate
 from synfleet.routing.probe import send_all
 from synfleet.routing.table import ROUTES
 from synfleet.spec.fleet import Fleet, Role, Stream, Worker, seed_fleet, standard_fleet
-
-from conftest import live_nginx
 
 FLEETS = {
     "seed": seed_fleet(),
@@ -45,8 +44,10 @@ def test_python_and_nginx_pick_the_same_worker(fleet_name: str) -> None:
     for probe, (status, worker) in zip(corpus, answers, strict=True):
         decision = evaluate(live.plan, probe.method, probe.url, dict(probe.headers))
         if (status, worker) != (decision.status or 200, decision.worker):
-            mismatches.append(f"{probe.method} {probe.url} {dict(probe.headers)}: nginx {(status, worker)}, "
-                              f"python {decision}")
+            mismatches.append(
+                f"{probe.method} {probe.url} {dict(probe.headers)}: nginx {(status, worker)}, "
+                f"python {decision}"
+            )
         routes[decision.rule or f"answered {decision.status}"] += 1
         workers[worker or "-"] += 1
     # Log lines come per nginx worker process, not in request order; route and upstream depend on
@@ -55,8 +56,10 @@ def test_python_and_nginx_pick_the_same_worker(fleet_name: str) -> None:
         method, url, _ = line["request"].split(" ")
         decision = evaluate(live.plan, method, url)
         if decision.rule and (line["route"], line["upstream"]) != (decision.rule, decision.upstream):
-            mismatches.append(f"{method} {url}: nginx logged {line['route']} {line['upstream']}, "
-                              f"python {decision.rule} {decision.upstream}")
+            mismatches.append(
+                f"{method} {url}: nginx logged {line['route']} {line['upstream']}, "
+                f"python {decision.rule} {decision.upstream}"
+            )
     print(f"\n{fleet_name}: {len(corpus)} requests, {len(mismatches)} mismatches")
     print("  by rule:", dict(sorted(routes.items())))
     print("  by worker:", dict(sorted(workers.items())))

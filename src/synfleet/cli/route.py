@@ -70,7 +70,9 @@ def _batch(plan: RoutingPlan, source: TextIO, headers: dict[str, str], remote_ad
         try:
             if len(parts) != 2:
                 raise BadRequest(f"expected 'METHOD URL', got {line.strip()!r}")
-            result: dict[str, object] = evaluate(plan, parts[0].upper(), parts[1], headers, remote_addr).as_json()
+            result: dict[str, object] = evaluate(
+                plan, parts[0].upper(), parts[1], headers, remote_addr
+            ).as_json()
         except BadRequest as exc:
             click.echo(f"synfleet: error: line {number}: {exc}", err=True)
             result = {"line": number, "error": str(exc)}
@@ -83,7 +85,9 @@ def _batch(plan: RoutingPlan, source: TextIO, headers: dict[str, str], remote_ad
 @DIR_OPTION
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.option("--batch", type=click.File("r"), help="Read 'METHOD URL' lines from FILE ('-': stdin).")
-@click.option("-H", "--header", "header_lines", multiple=True, metavar="'NAME: VALUE'", help="Request header.")
+@click.option(
+    "-H", "--header", "header_lines", multiple=True, metavar="'NAME: VALUE'", help="Request header."
+)
 @click.option("--from", "remote_addr", default="127.0.0.1", show_default=True, help="Client address.")
 @click.argument("method", required=False)
 @click.argument("url", required=False)
@@ -120,8 +124,10 @@ def route_command(
         Console(highlight=False).print(_table(decision))
 
 
-GROWABLE = {upstream_name(role): role for role in (Role.ROOMS, Role.CLIENT_SYNC, Role.CLIENT_READER,
-                                                    Role.FEDERATION_READER, Role.MEDIA)}
+GROWABLE = {
+    upstream_name(role): role
+    for role in (Role.ROOMS, Role.CLIENT_SYNC, Role.CLIENT_READER, Role.FEDERATION_READER, Role.MEDIA)
+}
 
 
 def grown(fleet: Fleet, role: Role, extra: int) -> Fleet:
@@ -138,11 +144,27 @@ def random_room_keys(count: int) -> list[str]:
 
 @click.command("ring")
 @DIR_OPTION
-@click.option("--group", default="rooms", show_default=True, type=click.Choice(sorted(r.value for r in GROWABLE.values())))
-@click.option("--keys", "key_count", default=100_000, show_default=True, type=click.IntRange(1, 10_000_000),
-              help="Random room IDs to place.")
-@click.option("--grow", default=1, show_default=True, type=click.IntRange(0, 100),
-              help="Also show what moves when the group gets this many more workers.")
+@click.option(
+    "--group",
+    default="rooms",
+    show_default=True,
+    type=click.Choice(sorted(r.value for r in GROWABLE.values())),
+)
+@click.option(
+    "--keys",
+    "key_count",
+    default=100_000,
+    show_default=True,
+    type=click.IntRange(1, 10_000_000),
+    help="Random room IDs to place.",
+)
+@click.option(
+    "--grow",
+    default=1,
+    show_default=True,
+    type=click.IntRange(0, 100),
+    help="Also show what moves when the group gets this many more workers.",
+)
 def ring_command(directory: Path, group: str, key_count: int, grow: int) -> None:
     """Show how nginx's consistent hash spreads keys over a group, and how many move when it grows."""
     role = Role(group)
@@ -158,8 +180,10 @@ def ring_command(directory: Path, group: str, key_count: int, grow: int) -> None
         _print_spread(console, after, keys, f"{len(after.workers)} {group} workers")
         changed, total = moved(before.ring, after.ring, keys)
         ideal = grow / len(after.workers)
-        console.print(f"growing {len(before.workers)} -> {len(after.workers)} moves {changed} of {total} keys "
-                      f"({changed / total:.1%}; the minimum possible is {ideal:.1%})")
+        console.print(
+            f"growing {len(before.workers)} -> {len(after.workers)} moves {changed} of {total} keys "
+            f"({changed / total:.1%}; the minimum possible is {ideal:.1%})"
+        )
 
 
 def _print_spread(console: Console, upstream: Upstream, keys: list[str], title: str) -> None:

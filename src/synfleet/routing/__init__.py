@@ -4,4 +4,4 @@ from synfleet.routing.evaluate import Decision, evaluate
 from synfleet.routing.plan import RoutingPlan, Upstream
 from synfleet.routing.table import ROUTES, Access, Key, Rule
 
-__all__ = ["ROUTES", "Access", "Decision", "Key", "Rule", "RoutingPlan", "Upstream", "evaluate"]
+__all__ = ["ROUTES", "Access", "Decision", "Key", "RoutingPlan", "Rule", "Upstream", "evaluate"]

@@ -84,7 +84,11 @@ ENDPOINTS: tuple[tuple[str, str, str], ...] = (
     ("POST", f"{R0}/keys/upload/ABCDEFGH", "client"),
     ("POST", f"{C}/keys/device_signing/upload", "client"),
     ("POST", f"{C}/keys/signatures/upload", "client"),
-    ("PUT,GET", "/_matrix/client/unstable/io.element.msc4306/rooms/{room}/thread/{event}/subscription", "client"),
+    (
+        "PUT,GET",
+        "/_matrix/client/unstable/io.element.msc4306/rooms/{room}/thread/{event}/subscription",
+        "client",
+    ),
     # media, all three prefixes and the legacy endpoints
     ("GET", "/_matrix/media/v3/download/{media}", "none"),
     ("GET", "/_matrix/media/v3/download/{media}/cat.png", "none"),
@@ -238,7 +242,9 @@ def legacy_room_id(rng: random.Random) -> str:
 
 
 def user_localpart(rng: random.Random) -> str:
-    return rng.choice(["alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi"]) + str(rng.randrange(50))
+    return rng.choice(["alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi"]) + str(
+        rng.randrange(50)
+    )
 
 
 def syt_token(localpart: str, rng: random.Random) -> str:
@@ -263,10 +269,13 @@ class Corpus:
             "room": _choice_encoded(rng, room, "!:"),
             "user": _choice_encoded(rng, user, "@:"),
             "event": _choice_encoded(rng, event, "$"),
-            "alias": _choice_encoded(rng, f"#room{rng.randrange(99)}:{rng.choice(SERVERS)}", "#:")
-            .replace("#", "%23"),
+            "alias": _choice_encoded(rng, f"#room{rng.randrange(99)}:{rng.choice(SERVERS)}", "#:").replace(
+                "#", "%23"
+            ),
             "txn": f"m{rng.randrange(10**12)}.{rng.randrange(100)}",
-            "media": f"{rng.choice(SERVERS).split(':')[0]}/{''.join(rng.choices(string.ascii_letters, k=24))}",
+            "media": rng.choice(SERVERS).split(":")[0]
+            + "/"
+            + "".join(rng.choices(string.ascii_letters, k=24)),
         }
         return template.format(**values)
 

@@ -52,7 +52,9 @@ def evaluate(
     method = parse_method(method)
     uri, args = parse_request_target(url)
     access = zone_for(uri)
-    if access is Access.DENIED or (access is Access.PRIVATE and not _allowed(remote_addr, plan.fleet.admin_allow)):
+    if access is Access.DENIED or (
+        access is Access.PRIVATE and not _allowed(remote_addr, plan.fleet.admin_allow)
+    ):
         status = 404 if access is Access.DENIED else 403
         return Decision(method, url, uri, None, None, None, None, "", access, status)
     variables = Variables(method, uri, args, headers or {}, remote_addr, plan.maps)
@@ -60,4 +62,6 @@ def evaluate(
     upstream = plan.upstreams[variables.get("synfleet_upstream")]
     key = variables.get("synfleet_key")
     target = plan.rule(rule).target.value
-    return Decision(method, url, uri, rule, target, upstream.name, upstream.worker_for(key), key, access, None)
+    return Decision(
+        method, url, uri, rule, target, upstream.name, upstream.worker_for(key), key, access, None
+    )

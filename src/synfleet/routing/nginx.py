@@ -153,7 +153,7 @@ class Map:
     )
 
     def __post_init__(self) -> None:
-        compiled = []
+        compiled: list[tuple[re.Pattern[str] | None, MapEntry]] = []
         for entry in self.entries:
             if entry.is_regex:
                 flags = re.IGNORECASE if entry.match.startswith("~*") else 0
@@ -173,11 +173,16 @@ class Map:
                 continue
             found = pattern.search(subject)
             if found:
-                captures = {k: v or "" for k, v in found.groupdict().items()}
-                captures.update({str(i): g or "" for i, g in enumerate(found.groups(), 1)})
-                captures["0"] = found.group(0)
-                return interpolate(entry.value, lambda n: captures[n] if n in captures else variables.get(n))
+                return interpolate(entry.value, _with_captures(found, variables))
         return interpolate(self.default, variables.get)
+
+
+def _with_captures(found: re.Match[str], variables: Variables) -> Callable[[str], str]:
+    """Variable lookup where a regex's captures ($1, $name) shadow request variables."""
+    captures = {k: v or "" for k, v in found.groupdict().items()}
+    captures.update({str(i): g or "" for i, g in enumerate(found.groups(), 1)})
+    captures["0"] = found.group(0)
+    return lambda name: captures[name] if name in captures else variables.get(name)
 
 
 class Variables:

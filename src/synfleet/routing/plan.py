@@ -166,18 +166,27 @@ class RoutingPlan:
     @cached_property
     def upstream_map(self) -> Map:
         entries = tuple(MapEntry(rule.name, self.rule_upstream[rule.name]) for rule in self.rules)
-        return Map("$synfleet_route", "$synfleet_upstream", entries, default=upstream_name(Role.MAIN),
-                   comment="Upstream group of each route")
+        return Map(
+            "$synfleet_route",
+            "$synfleet_upstream",
+            entries,
+            default=upstream_name(Role.MAIN),
+            comment="Upstream group of each route",
+        )
 
     @cached_property
     def key_map(self) -> Map:
+        # Listed for every route; nginx only evaluates it for upstreams that hash.
         entries = tuple(
-            MapEntry(rule.name, KEY_VARIABLES[rule.key])
-            for rule in self.rules
-            if self.upstreams[self.rule_upstream[rule.name]].hashed
+            MapEntry(rule.name, KEY_VARIABLES[rule.key]) for rule in self.rules if rule.key is not Key.NONE
         )
-        return Map("$synfleet_route", "$synfleet_key", entries, default="",
-                   comment="Balancing key of each route (used by upstreams with several workers)")
+        return Map(
+            "$synfleet_route",
+            "$synfleet_key",
+            entries,
+            default="",
+            comment="Balancing key of each route (used by upstreams with several workers)",
+        )
 
     @property
     def maps(self) -> tuple[Map, ...]:

@@ -7,6 +7,7 @@ response says which worker nginx chose. Used by the differential tests and by ``
 from __future__ import annotations
 
 import asyncio
+import functools
 import http.client
 import os
 import shutil
@@ -62,9 +63,7 @@ class StubUpstreams:
     async def _start(self) -> None:
         for path, name in self._sockets.items():
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-            server = await asyncio.start_unix_server(
-                lambda r, w, n=name: self._serve(n, r, w), path=path  # type: ignore[misc]
-            )
+            server = await asyncio.start_unix_server(functools.partial(self._serve, name), path=path)
             os.chmod(path, 0o666)
             self._servers.append(server)
 
@@ -114,9 +113,20 @@ class NginxProcess:
     def start(self, wait_for_port: int, timeout: float = 15.0) -> None:
         binary = shutil.which("nginx") or "/usr/sbin/nginx"
         self.process = subprocess.Popen(
-            [binary, "-p", str(self.conf_dir), "-e", str(self.conf_dir / "startup-error.log"),
-             "-c", str(self.conf_dir / "nginx.conf"), "-g", "daemon off;"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            [
+                binary,
+                "-p",
+                str(self.conf_dir),
+                "-e",
+                str(self.conf_dir / "startup-error.log"),
+                "-c",
+                str(self.conf_dir / "nginx.conf"),
+                "-g",
+                "daemon off;",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

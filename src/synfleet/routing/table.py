@@ -69,7 +69,9 @@ class Rule:
         return f"^(?:{methods}) {self.path}"
 
 
-def _rule(name: str, path: str, target: Target, key: Key = Key.NONE, methods: frozenset[str] = ANY_METHOD) -> Rule:
+def _rule(
+    name: str, path: str, target: Target, key: Key = Key.NONE, methods: frozenset[str] = ANY_METHOD
+) -> Rule:
     return Rule(name=name, path=path, target=target, key=key, methods=methods)
 
 
@@ -95,7 +97,12 @@ ROUTES: tuple[Rule, ...] = (
     # --- stream writers: before any room rule, their paths name rooms too
     _rule("stream_typing", f"{CLIENT}/rooms/{SEGMENT}/typing(?:/|$)", Stream.TYPING, Key.USER),
     _rule("stream_to_device", f"{CLIENT_R0}/sendToDevice/", Stream.TO_DEVICE, Key.USER),
-    _rule("stream_receipts", f"{CLIENT_R0}/rooms/{SEGMENT}/(?:receipt|read_markers)(?:/|$)", Stream.RECEIPTS, Key.ROOM),
+    _rule(
+        "stream_receipts",
+        f"{CLIENT_R0}/rooms/{SEGMENT}/(?:receipt|read_markers)(?:/|$)",
+        Stream.RECEIPTS,
+        Key.ROOM,
+    ),
     _rule(
         "stream_account_data",
         f"{CLIENT_R0}/(?:.*/)?user/{SEGMENT}/(?:rooms/{SEGMENT}/)?(?:tags|account_data)(?:/|$)",
@@ -118,7 +125,9 @@ ROUTES: tuple[Rule, ...] = (
         Key.USER,
     ),
     # --- media repository (client, legacy and federation prefixes) and media admin
-    _rule("media", "/_(?:matrix/(?:media|client/v1/media|federation/v1/media)|synapse/media)/", MEDIA, Key.USER),
+    _rule(
+        "media", "/_(?:matrix/(?:media|client/v1/media|federation/v1/media)|synapse/media)/", MEDIA, Key.USER
+    ),
     _rule(
         "media_admin",
         "/_synapse/admin/v1/(?:purge_media_cache$|media/|quarantine_media/"

@@ -129,8 +129,8 @@ def standard_fleet(
     """A fleet laid out like the seed, with adjustable counts.
 
     The first sync worker writes the streams of :data:`SYNC_WRITER_STREAMS`; tasks workers persist
-    events (sharded by room) and send pushes, the first one also runs background tasks. Streams named in ``dedicated_writers`` get
-    a worker of their own (``<stream>_writer``) instead.
+    events (sharded by room) and send pushes, the first one also runs background tasks. Streams
+    named in ``dedicated_writers`` get a worker of their own (``<stream>_writer``) instead.
     """
     dedicated = frozenset(dedicated_writers)
     sync_streams = SYNC_WRITER_STREAMS - dedicated
