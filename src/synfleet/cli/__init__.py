@@ -8,6 +8,7 @@ import sys
 import click
 
 from synfleet import __version__
+from synfleet.cli.deploy import check_command, init_command, render_command
 from synfleet.cli.route import ring_command, route_command
 from synfleet.errors import SynfleetError
 
@@ -18,8 +19,8 @@ def cli() -> None:
     """Run a Synapse homeserver split into workers behind nginx, from one fleet file."""
 
 
-cli.add_command(route_command)
-cli.add_command(ring_command)
+for command in (init_command, render_command, check_command, route_command, ring_command):
+    cli.add_command(command)
 
 
 def main() -> None:

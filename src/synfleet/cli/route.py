@@ -12,22 +12,13 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from synfleet.cli.options import DIR_OPTION
 from synfleet.errors import BadRequest, UsageError
 from synfleet.routing.chash import moved, spread
 from synfleet.routing.evaluate import Decision, evaluate
 from synfleet.routing.plan import RoutingPlan, Upstream, upstream_name
 from synfleet.spec.fleet import Fleet, Role, Worker
-from synfleet.spec.load import load_fleet
-
-DIR_OPTION = click.option(
-    "--dir",
-    "directory",
-    type=click.Path(path_type=Path, file_okay=False),
-    default=Path("."),
-    show_default=True,
-    help="Deployment directory holding fleet.toml (without one: the seed's fleet).",
-)
-
+from synfleet.spec.load import load_spec
 
 def parse_header(text: str) -> tuple[str, str]:
     name, sep, value = text.partition(":")
@@ -108,7 +99,7 @@ def route_command(
     synfleet route --json --batch requests.txt
     """
     headers = dict(parse_header(h) for h in header_lines)
-    plan = RoutingPlan(load_fleet(directory))
+    plan = RoutingPlan(load_spec(directory).fleet)
     if batch is not None:
         if method or url:
             raise UsageError("give either --batch FILE or METHOD URL, not both")
@@ -168,7 +159,7 @@ def random_room_keys(count: int) -> list[str]:
 def ring_command(directory: Path, group: str, key_count: int, grow: int) -> None:
     """Show how nginx's consistent hash spreads keys over a group, and how many move when it grows."""
     role = Role(group)
-    fleet = load_fleet(directory)
+    fleet = load_spec(directory).fleet
     before = RoutingPlan(fleet).upstreams.get(upstream_name(role))
     if before is None:
         raise UsageError(f"the fleet has no {group} workers")

@@ -11,6 +11,26 @@ from synfleet.routing.table import ZONES
 NGINX_FILES = ("nginx.conf", "maps.conf", "upstreams.conf", "locations.conf", "proxy.conf", "private.conf")
 
 
+def http2_directive_supported(version: tuple[int, ...] | None) -> bool:
+    """``http2 on;`` exists since nginx 1.25.1; older versions spell it ``listen ... ssl http2``."""
+    return version is None or version >= (1, 25, 1)
+
+
+@dataclass(frozen=True)
+class NginxTls:
+    """The HTTPS server: its listen addresses, certificate files and the port redirects point to."""
+
+    listen: tuple[str, ...]
+    certificate: str
+    key: str
+    public_port: int
+    http2_on: bool
+
+    @property
+    def redirect_port(self) -> str:
+        return "" if self.public_port == 443 else f":{self.public_port}"
+
+
 @dataclass(frozen=True)
 class NginxLayout:
     """Where nginx finds sockets and writes logs, and what it listens on. Only the layout differs
@@ -22,6 +42,7 @@ class NginxLayout:
     pid_file: str | None = None
     temp_dir: str | None = None
     access_log_buffer: str = " buffer=64k flush=1s"
+    tls: NginxTls | None = None
 
 
 def render_nginx(plan: RoutingPlan, layout: NginxLayout, keepalive: int = 32) -> dict[str, str]:

@@ -41,6 +41,26 @@ def _allowed(address: str, networks: tuple[str, ...]) -> bool:
     return any(ip in ipaddress.ip_network(net, strict=False) for net in networks)
 
 
+def real_client(remote_addr: str, forwarded_for: str, trusted: tuple[str, ...]) -> str:
+    """The client address nginx's realip module settles on (``real_ip_recursive on``): when the
+    peer is a trusted proxy, the rightmost X-Forwarded-For address that is not trusted."""
+    if not trusted or not forwarded_for or not _allowed(remote_addr, trusted):
+        return remote_addr
+    hops = [hop.strip() for hop in forwarded_for.split(",") if hop.strip()]
+    for hop in reversed(hops):
+        if not _allowed(hop, trusted):
+            return hop if _valid_ip(hop) else remote_addr
+    return hops[0] if hops and _valid_ip(hops[0]) else remote_addr
+
+
+def _valid_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
 def evaluate(
     plan: RoutingPlan,
     method: str,
@@ -51,13 +71,16 @@ def evaluate(
     """Route one request with nginx's semantics. Raises BadRequest for what nginx would reject."""
     method = parse_method(method)
     uri, args = parse_request_target(url)
+    headers = headers or {}
+    forwarded = next((v for k, v in headers.items() if k.lower() == "x-forwarded-for"), "")
+    remote_addr = real_client(remote_addr, forwarded, plan.fleet.trusted_proxies)
     access = zone_for(uri)
     if access is Access.DENIED or (
         access is Access.PRIVATE and not _allowed(remote_addr, plan.fleet.admin_allow)
     ):
         status = 404 if access is Access.DENIED else 403
         return Decision(method, url, uri, None, None, None, None, "", access, status)
-    variables = Variables(method, uri, args, headers or {}, remote_addr, plan.maps)
+    variables = Variables(method, uri, args, headers, remote_addr, plan.maps)
     rule = variables.get("synfleet_route")
     upstream = plan.upstreams[variables.get("synfleet_upstream")]
     key = variables.get("synfleet_key")

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from synfleet.errors import SynfleetError
+from synfleet.system import require_binary
 
 WORKER_HEADER = "X-Synfleet-Worker"
 
@@ -111,7 +112,7 @@ class NginxProcess:
     process: subprocess.Popen[bytes] | None = None
 
     def start(self, wait_for_port: int, timeout: float = 15.0) -> None:
-        binary = shutil.which("nginx") or "/usr/sbin/nginx"
+        binary = require_binary("nginx")
         self.process = subprocess.Popen(
             [
                 binary,

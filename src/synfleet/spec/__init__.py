@@ -1,13 +1,27 @@
 """The fleet model and the fleet file."""
 
+from synfleet.spec.file import FleetSpec, parse_fleet, read_fleet
 from synfleet.spec.fleet import (
     SINGLE_WRITER_STREAMS,
     Fleet,
     Role,
     Stream,
     Worker,
+    build_fleet,
     seed_fleet,
     standard_fleet,
 )
 
-__all__ = ["SINGLE_WRITER_STREAMS", "Fleet", "Role", "Stream", "Worker", "seed_fleet", "standard_fleet"]
+__all__ = [
+    "SINGLE_WRITER_STREAMS",
+    "Fleet",
+    "FleetSpec",
+    "Role",
+    "Stream",
+    "Worker",
+    "build_fleet",
+    "parse_fleet",
+    "read_fleet",
+    "seed_fleet",
+    "standard_fleet",
+]

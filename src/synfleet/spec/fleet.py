@@ -7,7 +7,7 @@ gives the seed's topology.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -38,6 +38,7 @@ class Stream(StrEnum):
     PUSH_RULES = "push_rules"
     DEVICE_LISTS = "device_lists"
     THREAD_SUBSCRIPTIONS = "thread_subscriptions"
+    QUARANTINED_MEDIA_CHANGES = "quarantined_media_changes"
 
 
 #: Streams that Synapse allows only one writer for.
@@ -102,16 +103,66 @@ class Fleet:
         return tuple(w for w in self.workers if stream in w.streams)
 
 
-def numbered(role: Role, count: int, prefix: str | None = None, **attrs: object) -> list[Worker]:
-    """``count`` workers of one role named ``<prefix>1`` .. ``<prefix><count>``."""
-    stem = prefix or role.value
-    return [Worker(name=f"{stem}{i}", role=role, **attrs) for i in range(1, count + 1)]  # type: ignore[arg-type]
+#: The order roles appear in a fleet (and in rendered files).
+ROLE_ORDER = (
+    Role.CLIENT_SYNC,
+    Role.CLIENT_READER,
+    Role.FEDERATION_READER,
+    Role.MEDIA,
+    Role.ROOMS,
+    Role.TASKS,
+    Role.SENDER,
+)
 
-
-#: The seed's sync worker also writes the streams whose endpoints it served there.
+#: Without other instructions the first sync worker writes these streams (as in the seed).
 SYNC_WRITER_STREAMS = frozenset(
     {Stream.TYPING, Stream.TO_DEVICE, Stream.ACCOUNT_DATA, Stream.RECEIPTS, Stream.PRESENCE}
 )
+
+
+def build_fleet(
+    server_name: str,
+    counts: Mapping[Role, int],
+    writers: Mapping[Stream, Sequence[str]] | None = None,
+    admin_allow: tuple[str, ...] = ("127.0.0.1/32", "::1/128"),
+    trusted_proxies: tuple[str, ...] = (),
+) -> Fleet:
+    """A fleet from worker counts per role (named ``<role>1``..``<role>N``) and stream writers.
+
+    Streams absent from ``writers`` keep the seed's defaults: the first sync worker writes
+    :data:`SYNC_WRITER_STREAMS`, tasks workers persist events (sharded by room), the rest stay on
+    main. A writer name that is not one of the numbered workers becomes a dedicated stream writer.
+    The first tasks worker runs background tasks; every tasks worker sends pushes.
+    """
+    writers = dict(writers or {})
+    syncs = [f"{Role.CLIENT_SYNC.value}{i}" for i in range(1, counts.get(Role.CLIENT_SYNC, 0) + 1)]
+    tasks = [f"{Role.TASKS.value}{i}" for i in range(1, counts.get(Role.TASKS, 0) + 1)]
+    for stream in SYNC_WRITER_STREAMS:
+        if stream not in writers and syncs:
+            writers[stream] = [syncs[0]]
+    if Stream.EVENTS not in writers and tasks:
+        writers[Stream.EVENTS] = tasks
+    streams_of: dict[str, set[Stream]] = {}
+    for stream, names in writers.items():
+        for name in names:
+            streams_of.setdefault(name, set()).add(stream)
+
+    workers = [Worker("main", Role.MAIN, frozenset(streams_of.pop("main", ())))]
+    for role in ROLE_ORDER:
+        for i in range(1, counts.get(role, 0) + 1):
+            name = f"{role.value}{i}"
+            workers.append(
+                Worker(
+                    name,
+                    role,
+                    frozenset(streams_of.pop(name, ())),
+                    background_tasks=role is Role.TASKS and i == 1,
+                    pusher=role is Role.TASKS,
+                )
+            )
+    for name in sorted(streams_of):
+        workers.append(Worker(name, Role.STREAM_WRITER, frozenset(streams_of[name])))
+    return Fleet(server_name, tuple(workers), admin_allow, trusted_proxies)
 
 
 def standard_fleet(
@@ -126,28 +177,18 @@ def standard_fleet(
     senders: int = 4,
     dedicated_writers: Iterable[Stream] = (),
 ) -> Fleet:
-    """A fleet laid out like the seed, with adjustable counts.
-
-    The first sync worker writes the streams of :data:`SYNC_WRITER_STREAMS`; tasks workers persist
-    events (sharded by room) and send pushes, the first one also runs background tasks. Streams
-    named in ``dedicated_writers`` get a worker of their own (``<stream>_writer``) instead.
-    """
-    dedicated = frozenset(dedicated_writers)
-    sync_streams = SYNC_WRITER_STREAMS - dedicated
-    workers: list[Worker] = [Worker("main", Role.MAIN)]
-    for i, w in enumerate(numbered(Role.CLIENT_SYNC, client_sync)):
-        workers.append(Worker(w.name, w.role, streams=sync_streams if i == 0 else frozenset()))
-    workers += numbered(Role.CLIENT_READER, client_reader)
-    workers += numbered(Role.FEDERATION_READER, federation_reader)
-    workers += numbered(Role.MEDIA, media)
-    workers += numbered(Role.ROOMS, rooms)
-    events = frozenset({Stream.EVENTS}) - dedicated
-    for i, w in enumerate(numbered(Role.TASKS, tasks)):
-        workers.append(Worker(w.name, w.role, streams=events, background_tasks=i == 0, pusher=True))
-    workers += numbered(Role.SENDER, senders)
-    for stream in sorted(dedicated):
-        workers.append(Worker(f"{stream.value}_writer", Role.STREAM_WRITER, streams=frozenset({stream})))
-    return Fleet(server_name=server_name, workers=tuple(workers))
+    """A fleet laid out like the seed, with adjustable counts; each stream in ``dedicated_writers``
+    gets a worker of its own named ``<stream>_writer``."""
+    counts = {
+        Role.ROOMS: rooms,
+        Role.CLIENT_SYNC: client_sync,
+        Role.CLIENT_READER: client_reader,
+        Role.FEDERATION_READER: federation_reader,
+        Role.MEDIA: media,
+        Role.TASKS: tasks,
+        Role.SENDER: senders,
+    }
+    return build_fleet(server_name, counts, {s: [f"{s.value}_writer"] for s in dedicated_writers})
 
 
 def seed_fleet(server_name: str = "localhost") -> Fleet:

@@ -1,20 +1,76 @@
-"""Find the fleet of a deployment directory."""
+"""Find the fleet of a deployment directory, and write new fleet files."""
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 from synfleet.errors import FleetError
-from synfleet.spec.fleet import Fleet, seed_fleet
+from synfleet.render.templating import render
+from synfleet.spec.file import FleetSpec, parse_fleet, read_fleet
 
 FLEET_FILE = "fleet.toml"
 
+#: Worker counts of each profile `synfleet init` offers.
+PROFILES: dict[str, dict[str, int]] = {
+    "seed": {
+        "client_sync": 1,
+        "rooms": 4,
+        "client_reader": 1,
+        "federation_reader": 1,
+        "media": 1,
+        "tasks": 1,
+        "senders": 4,
+    },
+    "small": {
+        "client_sync": 1,
+        "rooms": 2,
+        "client_reader": 0,
+        "federation_reader": 0,
+        "media": 1,
+        "tasks": 1,
+        "senders": 1,
+    },
+    "monolith": {
+        "client_sync": 0,
+        "rooms": 0,
+        "client_reader": 0,
+        "federation_reader": 0,
+        "media": 0,
+        "tasks": 0,
+        "senders": 0,
+    },
+}
 
-def load_fleet(directory: Path) -> Fleet:
-    """The fleet described by ``directory/fleet.toml``, or the seed's fleet if there is none."""
+
+def load_spec(directory: Path) -> FleetSpec:
+    """The fleet of ``directory/fleet.toml``, or the seed's fleet (server ``localhost``) if there is none."""
     if not directory.is_dir():
         raise FleetError(f"{directory}: no such directory")
     path = directory / FLEET_FILE
     if not path.exists():
-        return seed_fleet()
-    raise FleetError(f"{path}: fleet files are not supported by this version of synfleet")
+        return FleetSpec(server_name="localhost")
+    return read_fleet(path)
+
+
+def fleet_file_text(server_name: str, profile: str) -> str:
+    """A commented fleet file for ``profile``; validated before it is returned."""
+    if profile not in PROFILES:
+        raise FleetError(f"unknown profile {profile!r}; allowed: {', '.join(PROFILES)}")
+    text = render("fleet.toml.j2", server_name=server_name, profile=profile, counts=PROFILES[profile])
+    parse_fleet(text, f"profile {profile}")
+    return text
+
+
+def write_new(path: Path, text: str, mode: int = 0o644) -> None:
+    """Write ``text`` to ``path`` atomically: a temp file in the same directory, then rename."""
+    descriptor, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(text)
+        os.chmod(temp, mode)
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise

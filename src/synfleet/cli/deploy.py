@@ -1,0 +1,64 @@
+"""``synfleet init``, ``render`` and ``check``: write the fleet file, the deployment, and prove it."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.markup import escape
+
+from synfleet.audit.deployment import check_deployment
+from synfleet.cli.options import DIR_OPTION
+from synfleet.errors import FleetError, UsageError
+from synfleet.render.deploy import render_deployment
+from synfleet.spec.file import SERVER_NAME_PATTERN
+from synfleet.spec.load import FLEET_FILE, PROFILES, fleet_file_text, load_spec, write_new
+
+
+@click.command("init")
+@DIR_OPTION
+@click.option("--server-name", required=True, help="The homeserver's name, e.g. example.org.")
+@click.option("--profile", type=click.Choice(list(PROFILES)), default="seed", show_default=True,
+              help="seed: the seed's topology; small: fits a 2-core machine; monolith: main only.")
+@click.option("--force", is_flag=True, help="Replace an existing fleet.toml.")
+def init_command(directory: Path, server_name: str, profile: str, force: bool) -> None:
+    """Write a commented fleet.toml for a profile."""
+    if not SERVER_NAME_PATTERN.fullmatch(server_name):
+        raise FleetError(f"--server-name: must be a host name such as example.org (optionally :port), got {server_name!r}")
+    path = directory / FLEET_FILE
+    if path.exists() and not force:
+        raise UsageError(f"{path} exists; edit it, or pass --force to replace it")
+    text = fleet_file_text(server_name, profile)
+    directory.mkdir(parents=True, exist_ok=True)
+    write_new(path, text)
+    click.echo(f"wrote {path} ({profile} profile); next: synfleet render --dir {directory}")
+
+
+@click.command("render")
+@DIR_OPTION
+def render_command(directory: Path) -> None:
+    """Write the deployment (nginx, Synapse, docker compose) into DIR/deploy."""
+    spec = load_spec(directory)
+    target = render_deployment(spec, directory)
+    fleet = spec.fleet
+    click.echo(f"rendered {len(fleet.workers)} Synapse processes for {spec.server_name} into {target}")
+    click.echo(f"  secrets: {directory / 'secrets'} (kept across renders)")
+    click.echo(f"  start with docker compose: cd {target} && docker compose up -d")
+
+
+@click.command("check")
+@DIR_OPTION
+def check_command(directory: Path) -> None:
+    """Validate DIR/deploy with nginx -t, Synapse's own config loader and synfleet's consistency checks."""
+    console = Console(highlight=False)
+    failures = 0
+    for result in check_deployment(directory):
+        mark = "[green]ok[/green]  " if result.ok else "[red]FAIL[/red]"
+        console.print(f"{mark} {escape(result.name)}" + (f": {escape(result.detail)}" if result.detail else ""))
+        failures += not result.ok
+    if failures:
+        console.print(f"[red]{failures} check(s) failed[/red]")
+        sys.exit(1)
+    console.print("all checks passed")

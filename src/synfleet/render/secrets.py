@@ -1,0 +1,52 @@
+"""Secrets: generated once with a CSPRNG, kept across re-renders, readable by the owner only."""
+
+from __future__ import annotations
+
+import base64
+import os
+import secrets
+import string
+from pathlib import Path
+
+from synfleet.errors import SynfleetError
+
+SECRETS_DIR = "secrets"
+TOKEN_SECRETS = (
+    "registration_shared_secret",
+    "macaroon_secret_key",
+    "form_secret",
+    "worker_replication_secret",
+    "postgres_password",
+)
+SIGNING_KEY = "signing.key"
+
+
+def _signing_key() -> str:
+    """An ed25519 signing key in Synapse's format: ``ed25519 <version> <unpadded base64 seed>``."""
+    version = "a_" + "".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(4))
+    seed = base64.b64encode(secrets.token_bytes(32)).decode().rstrip("=")
+    return f"ed25519 {version} {seed}\n"
+
+
+def _write_private(path: Path, text: str) -> None:
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(text)
+
+
+def ensure_secrets(directory: Path) -> dict[str, str]:
+    """Create any missing secret under ``directory/secrets``; return all of them by name."""
+    folder = directory / SECRETS_DIR
+    try:
+        folder.mkdir(mode=0o700, exist_ok=True)
+        values: dict[str, str] = {}
+        for name in (*TOKEN_SECRETS, SIGNING_KEY):
+            path = folder / name
+            if not path.exists():
+                _write_private(
+                    path, _signing_key() if name == SIGNING_KEY else secrets.token_urlsafe(32) + "\n"
+                )
+            values[name] = path.read_text().strip()
+    except OSError as exc:
+        raise SynfleetError(f"{folder}: cannot write secrets: {exc.strerror}") from None
+    return values

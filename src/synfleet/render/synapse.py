@@ -1,0 +1,200 @@
+"""Synapse back end: homeserver.yaml (shared by every process), one yaml per worker, log configs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from synfleet.render.layout import Layout
+from synfleet.spec.file import FleetSpec
+from synfleet.spec.fleet import Role, Stream, Worker
+
+GENERIC_WORKER = "synapse.app.generic_worker"
+
+# Per-user limits that interactive tests and load generators exceed within seconds.
+RELAXED_RATE_LIMITS: dict[str, Any] = {
+    "rc_message": {"per_second": 1000, "burst_count": 1000},
+    "rc_login": {
+        "address": {"per_second": 1000, "burst_count": 1000},
+        "account": {"per_second": 1000, "burst_count": 1000},
+        "failed_attempts": {"per_second": 1000, "burst_count": 1000},
+    },
+    "rc_registration": {"per_second": 1000, "burst_count": 1000},
+    "rc_joins": {
+        "local": {"per_second": 1000, "burst_count": 1000},
+        "remote": {"per_second": 1000, "burst_count": 1000},
+    },
+    "rc_invites": {
+        "per_room": {"per_second": 1000, "burst_count": 1000},
+        "per_user": {"per_second": 1000, "burst_count": 1000},
+    },
+    "rc_presence": {"per_user": {"per_second": 1000, "burst_count": 1000}},
+    "rc_delayed_event_mgmt": {"per_second": 1000, "burst_count": 1000},
+}
+
+
+def dump(data: dict[str, Any]) -> str:
+    return "# Rendered by synfleet from fleet.toml; edit that file and re-render.\n" + yaml.safe_dump(
+        data, sort_keys=False, default_flow_style=False
+    )
+
+
+def in_instance_map(worker: Worker) -> bool:
+    """Stream writers need a replication listener that the other processes can reach."""
+    return worker.role is Role.MAIN or bool(worker.streams)
+
+
+def inbound_resources(worker: Worker) -> list[str]:
+    """Media workers serve the media resource too (with its admin API)."""
+    if worker.role is Role.MEDIA:
+        return ["media", "client", "federation"]
+    return ["client", "federation"] if worker.serves_http else ["health"]
+
+
+def listeners(worker: Worker, layout: Layout) -> list[dict[str, Any]]:
+    """The inbound socket (requests from nginx; only /health for workers nginx never routes to)
+    and, for instance_map members, the replication socket."""
+    result: list[dict[str, Any]] = [
+        {
+            "path": layout.inbound_socket(worker.name),
+            "mode": 0o666,  # nginx may run as another user
+            "type": "http",
+            "x_forwarded": True,
+            "resources": [{"names": inbound_resources(worker), "compress": False}],
+        }
+    ]
+    if in_instance_map(worker):
+        result.append(
+            {
+                "path": layout.replication_socket(worker.name),
+                "mode": 0o600,
+                "type": "http",
+                "resources": [{"names": ["replication"]}],
+            }
+        )
+    return result
+
+
+def _names(workers: tuple[Worker, ...]) -> list[str]:
+    return [w.name for w in workers]
+
+
+def homeserver_config(spec: FleetSpec, layout: Layout, secrets: dict[str, str]) -> dict[str, Any]:
+    """The shared configuration every process loads first; main takes all of its config from it."""
+    fleet = spec.fleet
+    media = fleet.with_role(Role.MEDIA)
+    tasks = fleet.with_role(Role.TASKS)
+    config: dict[str, Any] = {
+        "server_name": spec.server_name,
+        "public_baseurl": spec.baseurl,
+        "pid_file": f"{layout.data_dir}/homeserver.pid",
+        "report_stats": False,
+        "signing_key_path": layout.secret("signing.key"),
+        "macaroon_secret_key_path": layout.secret("macaroon_secret_key"),
+        "form_secret_path": layout.secret("form_secret"),
+        "registration_shared_secret_path": layout.secret("registration_shared_secret"),
+        "worker_replication_secret_path": layout.secret("worker_replication_secret"),
+        "media_store_path": f"{layout.data_dir}/media_store",
+        "log_config": f"{layout.config_dir}/log/main.log.yaml",
+        "listeners": listeners(fleet.main, layout),
+        "database": database_config(spec, layout, secrets),
+        "redis": redis_config(spec, layout),
+        "instance_map": {
+            w.name: {"path": layout.replication_socket(w.name)} for w in fleet.workers if in_instance_map(w)
+        },
+        "stream_writers": {
+            stream.value: _names(fleet.writers(stream)) for stream in Stream if fleet.writers(stream)
+        },
+        "enable_media_repo": not media,
+        "enable_registration": False,
+        "trusted_key_servers": [{"server_name": "matrix.org"}],
+        "suppress_key_server_warning": True,
+    }
+    if media:
+        config["media_instance_running_background_jobs"] = media[0].name
+    if senders := fleet.with_role(Role.SENDER):
+        config["federation_sender_instances"] = _names(senders)
+    if pushers := tuple(w for w in fleet.workers if w.pusher):
+        config["pusher_instances"] = _names(pushers)
+    background = [w for w in fleet.workers if w.background_tasks]
+    if background:
+        config["run_background_tasks_on"] = background[0].name
+    if tasks:
+        config["update_user_directory_from_worker"] = tasks[0].name
+        config["notify_appservices_from_worker"] = tasks[0].name
+    if spec.synapse.relaxed_rate_limits:
+        config.update(RELAXED_RATE_LIMITS)
+    return config
+
+
+def database_config(spec: FleetSpec, layout: Layout, secrets: dict[str, str]) -> dict[str, Any]:
+    db = spec.database
+    args: dict[str, Any] = {
+        "user": db.user,
+        "password": secrets["postgres_password"],
+        "dbname": db.name,
+        "host": db.host or layout.socket_dir,
+        "cp_min": db.pool_min,
+        "cp_max": db.pool_max,
+    }
+    if db.host:
+        args["port"] = db.port
+    return {"name": "psycopg2", "args": args}
+
+
+def redis_config(spec: FleetSpec, layout: Layout) -> dict[str, Any]:
+    if spec.redis.host:
+        return {"enabled": True, "host": spec.redis.host, "port": spec.redis.port, "dbid": spec.redis.dbid}
+    return {"enabled": True, "path": layout.redis_socket, "dbid": spec.redis.dbid}
+
+
+def worker_config(worker: Worker, layout: Layout) -> dict[str, Any]:
+    """One worker's own file, loaded after homeserver.yaml (top-level keys replace shared ones)."""
+    config: dict[str, Any] = {
+        "worker_app": GENERIC_WORKER,
+        "worker_name": worker.name,
+        "worker_log_config": f"{layout.config_dir}/log/{worker.name}.log.yaml",
+        "worker_listeners": listeners(worker, layout),
+        # Only media workers load the media repository, even when main has none.
+        "enable_media_repo": worker.role is Role.MEDIA,
+    }
+    return config
+
+
+def log_config(name: str, layout: Layout) -> dict[str, Any]:
+    """Python logging for one process: to a file in the native run, to the console in containers."""
+    handler: dict[str, Any]
+    if layout.log_dir:
+        handler = {
+            "class": "logging.handlers.WatchedFileHandler",
+            "formatter": "precise",
+            "filename": f"{layout.log_dir}/{name}.log",
+            "encoding": "utf8",
+        }
+    else:
+        handler = {"class": "logging.StreamHandler", "formatter": "precise"}
+    return {
+        "version": 1,
+        "formatters": {
+            "precise": {
+                "format": f"%(asctime)s - {name} - %(name)s - %(lineno)d - %(levelname)s - %(request)s - %(message)s"
+            }
+        },
+        "handlers": {"out": {**handler, "filters": ["context"]}},
+        "filters": {"context": {"()": "synapse.logging.context.LoggingContextFilter", "request": ""}},
+        "loggers": {"synapse.storage.SQL": {"level": "WARNING"}, "twisted": {"level": "WARNING"}},
+        "root": {"level": "INFO", "handlers": ["out"]},
+        "disable_existing_loggers": False,
+    }
+
+
+def render_synapse(spec: FleetSpec, layout: Layout, secrets: dict[str, str]) -> dict[str, str]:
+    """Every Synapse file by path relative to the config directory."""
+    fleet = spec.fleet
+    files = {"homeserver.yaml": dump(homeserver_config(spec, layout, secrets))}
+    for worker in fleet.workers:
+        if worker.role is not Role.MAIN:
+            files[f"workers/{worker.name}.yaml"] = dump(worker_config(worker, layout))
+        files[f"log/{worker.name}.log.yaml"] = dump(log_config(worker.name, layout))
+    return files
