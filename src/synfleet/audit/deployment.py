@@ -22,7 +22,7 @@ from typing import Any
 import crossplane
 import yaml
 
-from synfleet.errors import SynfleetError
+from synfleet.errors import SynfleetError, UsageError
 from synfleet.render.deploy import DEPLOY_DIR
 from synfleet.render.layout import COMPOSE
 from synfleet.render.secrets import SECRETS_DIR
@@ -68,12 +68,27 @@ def nginx_test(conf_dir: Path, mapping: Mapping[str, str], scratch: Path) -> Che
         if not Path(directory).suffix:
             Path(directory).mkdir(parents=True, exist_ok=True)
     result = subprocess.run(
-        [nginx, "-t", "-q", "-p", str(copy), "-e", str(scratch / "nginx-error.log"), "-c", str(copy / "nginx.conf"),
-         "-g", f"pid {scratch / 'nginx.pid'};"],
-        capture_output=True, text=True, check=False,
+        [
+            nginx,
+            "-t",
+            "-q",
+            "-p",
+            str(copy),
+            "-e",
+            str(scratch / "nginx-error.log"),
+            "-c",
+            str(copy / "nginx.conf"),
+            "-g",
+            f"pid {scratch / 'nginx.pid'};",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     output = (result.stdout + result.stderr).strip().replace(str(copy) + "/", "")
-    return CheckResult("nginx -t", result.returncode == 0, output.splitlines()[0] if output and result.returncode else "")
+    return CheckResult(
+        "nginx -t", result.returncode == 0, output.splitlines()[0] if output and result.returncode else ""
+    )
 
 
 def synapse_load(config_dir: Path, mapping: Mapping[str, str], scratch: Path) -> Iterator[CheckResult]:
@@ -82,11 +97,16 @@ def synapse_load(config_dir: Path, mapping: Mapping[str, str], scratch: Path) ->
     for path in sorted(config_dir.rglob("*.yaml")):
         target = copy / path.relative_to(config_dir)
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(yaml.safe_dump(remap_value(yaml.safe_load(path.read_text()), mapping), sort_keys=False))
+        target.write_text(
+            yaml.safe_dump(remap_value(yaml.safe_load(path.read_text()), mapping), sort_keys=False)
+        )
     workers = sorted(str(p) for p in (copy / "workers").glob("*.yaml"))
     result = subprocess.run(
         [sys.executable, "-m", "synfleet.audit.synapse_loader", str(copy / "homeserver.yaml"), *workers],
-        capture_output=True, text=True, check=False, timeout=600,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=600,
     )
     lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     if not lines:
@@ -142,7 +162,10 @@ def consistency(deploy: Path) -> Iterator[CheckResult]:
     processes: dict[str, dict[str, Any]] = {"main": shared}
     for path in sorted((synapse_dir / "workers").glob("*.yaml")):
         processes[path.stem] = yaml.safe_load(path.read_text())
-    listeners = {name: _listeners(cfg, "listeners" if name == "main" else "worker_listeners") for name, cfg in processes.items()}
+    listeners = {
+        name: _listeners(cfg, "listeners" if name == "main" else "worker_listeners")
+        for name, cfg in processes.items()
+    }
 
     # Stream writers: in instance_map, with a replication listener on the mapped socket.
     instance_map = shared.get("instance_map") or {}
@@ -159,7 +182,9 @@ def consistency(deploy: Path) -> Iterator[CheckResult]:
     # nginx: every route names an upstream, every upstream socket is a listener with the right resources.
     blocks = list(_walk(_nginx_blocks(deploy / "nginx" / "config" / "nginx.conf")))
     upstreams = {
-        b["args"][0]: [d["args"][0].removeprefix("unix:") for d in b.get("block", []) if d["directive"] == "server"]
+        b["args"][0]: [
+            d["args"][0].removeprefix("unix:") for d in b.get("block", []) if d["directive"] == "server"
+        ]
         for b in blocks
         if b["directive"] == "upstream"
     }
@@ -182,24 +207,32 @@ def consistency(deploy: Path) -> Iterator[CheckResult]:
                 if process is None:
                     problems.append(f"{upstream}: no Synapse listener on {socket}")
                 elif missing:
-                    problems.append(f"route {route}: {process} on {socket} lacks resource(s) {', '.join(sorted(missing))}")
-    yield CheckResult("every route reaches a listener that serves it", not problems, "; ".join(sorted(set(problems))))
+                    problems.append(
+                        f"route {route}: {process} on {socket} lacks resource(s) {', '.join(sorted(missing))}"
+                    )
+    yield CheckResult(
+        "every route reaches a listener that serves it", not problems, "; ".join(sorted(set(problems)))
+    )
 
     # docker compose: a service with a healthcheck per process.
     compose = yaml.safe_load((deploy / "docker-compose.yml").read_text())
     services = compose.get("services") or {}
     expected = {"synapse" if name == "main" else name for name in processes}
     problems = [f"no service for {name}" for name in sorted(expected - set(services))]
-    problems += [f"{name} has no healthcheck" for name in sorted(expected & set(services)) if "healthcheck" not in services[name]]
+    problems += [
+        f"{name} has no healthcheck"
+        for name in sorted(expected & set(services))
+        if "healthcheck" not in services[name]
+    ]
     yield CheckResult("compose: a healthy-checked service per process", not problems, "; ".join(problems))
 
 
 def check_deployment(directory: Path) -> Iterator[CheckResult]:
     """Every check of ``directory/deploy``, as results (failures included, never raised)."""
+    spec = load_spec(directory)
     deploy = directory / DEPLOY_DIR
     if not (deploy / "nginx" / "config" / "nginx.conf").exists():
-        raise SynfleetError(f"{deploy}: nothing rendered; run `synfleet render --dir {directory}` first")
-    spec = load_spec(directory)
+        raise UsageError(f"{deploy}: nothing rendered; run `synfleet render --dir {directory}` first")
     with tempfile.TemporaryDirectory(prefix="synfleet-check-") as temp:
         scratch = Path(temp)
         scratch.chmod(0o755)

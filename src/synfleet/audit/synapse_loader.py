@@ -39,7 +39,10 @@ def main() -> int:
         return 1
     shared, *workers = sys.argv[1:]
     status = 0
-    for name, paths in [("main", [shared]), *((w.rsplit("/", 1)[-1].removesuffix(".yaml"), [shared, w]) for w in workers)]:
+    for name, paths in [
+        ("main", [shared]),
+        *((w.rsplit("/", 1)[-1].removesuffix(".yaml"), [shared, w]) for w in workers),
+    ]:
         ok, error = load(paths)
         status |= not ok
         print(json.dumps({"process": name, "ok": ok, "error": error}), flush=True)

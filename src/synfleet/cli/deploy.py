@@ -20,13 +20,20 @@ from synfleet.spec.load import FLEET_FILE, PROFILES, fleet_file_text, load_spec,
 @click.command("init")
 @DIR_OPTION
 @click.option("--server-name", required=True, help="The homeserver's name, e.g. example.org.")
-@click.option("--profile", type=click.Choice(list(PROFILES)), default="seed", show_default=True,
-              help="seed: the seed's topology; small: fits a 2-core machine; monolith: main only.")
+@click.option(
+    "--profile",
+    type=click.Choice(list(PROFILES)),
+    default="seed",
+    show_default=True,
+    help="seed: the seed's topology; small: fits a 2-core machine; monolith: main only.",
+)
 @click.option("--force", is_flag=True, help="Replace an existing fleet.toml.")
 def init_command(directory: Path, server_name: str, profile: str, force: bool) -> None:
     """Write a commented fleet.toml for a profile."""
     if not SERVER_NAME_PATTERN.fullmatch(server_name):
-        raise FleetError(f"--server-name: must be a host name such as example.org (optionally :port), got {server_name!r}")
+        raise FleetError(
+            f"--server-name: must be a host name such as example.org (optionally :port), got {server_name!r}"
+        )
     path = directory / FLEET_FILE
     if path.exists() and not force:
         raise UsageError(f"{path} exists; edit it, or pass --force to replace it")
@@ -56,7 +63,9 @@ def check_command(directory: Path) -> None:
     failures = 0
     for result in check_deployment(directory):
         mark = "[green]ok[/green]  " if result.ok else "[red]FAIL[/red]"
-        console.print(f"{mark} {escape(result.name)}" + (f": {escape(result.detail)}" if result.detail else ""))
+        console.print(
+            f"{mark} {escape(result.name)}" + (f": {escape(result.detail)}" if result.detail else "")
+        )
         failures += not result.ok
     if failures:
         console.print(f"[red]{failures} check(s) failed[/red]")

@@ -20,6 +20,7 @@ from synfleet.routing.plan import RoutingPlan, Upstream, upstream_name
 from synfleet.spec.fleet import Fleet, Role, Worker
 from synfleet.spec.load import load_spec
 
+
 def parse_header(text: str) -> tuple[str, str]:
     name, sep, value = text.partition(":")
     if not sep or not name.strip() or " " in name.strip():

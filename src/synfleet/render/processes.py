@@ -40,10 +40,13 @@ def synapse_processes(fleet: Fleet, layout: Layout) -> list[SynapseProcess]:
     """Main first (it migrates the schema), then every worker."""
     shared = f"{layout.config_dir}/homeserver.yaml"
     processes = []
+    paths: tuple[str, ...]
     for worker in fleet.workers:
         if worker.role is Role.MAIN:
             module, paths = MAIN_MODULE, (shared,)
         else:
             module, paths = WORKER_MODULE, (shared, f"{layout.config_dir}/workers/{worker.name}.yaml")
-        processes.append(SynapseProcess(worker.name, worker.role, module, paths, layout.inbound_socket(worker.name)))
+        processes.append(
+            SynapseProcess(worker.name, worker.role, module, paths, layout.inbound_socket(worker.name))
+        )
     return processes

@@ -35,9 +35,8 @@ RELAXED_RATE_LIMITS: dict[str, Any] = {
 
 
 def dump(data: dict[str, Any]) -> str:
-    return "# Rendered by synfleet from fleet.toml; edit that file and re-render.\n" + yaml.safe_dump(
-        data, sort_keys=False, default_flow_style=False
-    )
+    text: str = yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
+    return "# Rendered by synfleet from fleet.toml; edit that file and re-render.\n" + text
 
 
 def in_instance_map(worker: Worker) -> bool:
@@ -178,7 +177,8 @@ def log_config(name: str, layout: Layout) -> dict[str, Any]:
         "version": 1,
         "formatters": {
             "precise": {
-                "format": f"%(asctime)s - {name} - %(name)s - %(lineno)d - %(levelname)s - %(request)s - %(message)s"
+                "format": f"%(asctime)s - {name} - %(name)s - %(lineno)d - %(levelname)s - %(request)s"
+                " - %(message)s"
             }
         },
         "handlers": {"out": {**handler, "filters": ["context"]}},

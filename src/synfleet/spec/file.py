@@ -242,7 +242,8 @@ class FleetSpec(Section):
                 worker = fleet.worker(name)
                 if not worker.serves_http:
                     raise ValueError(
-                        f"stream_writers.{stream.value}: {name} is a {worker.role.value} worker, which serves no "
+                        f"stream_writers.{stream.value}: {name} is a {worker.role.value} worker, which "
+                        "serves no "
                         "HTTP requests; use a new name for a dedicated writer, or a worker of role "
                         + ", ".join(sorted(r.value for r in HTTP_ROLES))
                     )
@@ -263,7 +264,7 @@ class FleetSpec(Section):
         )
 
     def resources_for(self, group: str) -> Resources:
-        return self.resources.get(group) or self.resources.get("default") or Resources()
+        return self.resources.get(group) or self.resources.get("default") or Resources.model_validate({})
 
 
 def _describe(error: dict[str, Any], model: type[BaseModel]) -> str:
@@ -295,7 +296,7 @@ def _describe(error: dict[str, Any], model: type[BaseModel]) -> str:
 def _fields_at(model: type[BaseModel], path: tuple[Any, ...]) -> list[str]:
     current: Any = model
     for part in path:
-        field = current.model_fields.get(str(part)) if isinstance(current, type) else None
+        field = current.model_fields.get(str(part))
         if field is None or not (
             isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)
         ):

@@ -1,0 +1,178 @@
+"""init + render + check for several fleets: real nginx -t, Synapse's config loader, compose."""
+
+from __future__ import annotations
+
+import datetime
+import stat
+from pathlib import Path
+
+import pytest
+import yaml
+
+from synfleet.render.secrets import SIGNING_KEY, TOKEN_SECRETS
+from test_cli_route import synfleet
+
+SEVEN_ROOMS_DEDICATED = """
+server_name = "big.example.org"
+[workers]
+rooms = 7
+client_sync = 2
+client_reader = 2
+tasks = 2
+[stream_writers]
+typing = ["typing1"]
+to_device = ["todevice1"]
+receipts = ["receipts1", "receipts2"]
+push_rules = ["pushrules1"]
+device_lists = ["devicelists1"]
+events = ["tasks1", "tasks2", "persister3"]
+"""
+
+
+def rendered_files(directory: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()
+    }
+
+
+def make_fleet(directory: Path, fleet: str) -> None:
+    if fleet in ("seed", "small"):
+        result = synfleet("init", "--dir", str(directory), "--server-name", "example.org", "--profile", fleet)
+        assert result.returncode == 0, result.stderr
+    else:
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "fleet.toml").write_text(SEVEN_ROOMS_DEDICATED)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("fleet", ["seed", "small", "seven_rooms_dedicated_writers"])
+def test_render_check_and_rerender(tmp_path: Path, fleet: str) -> None:
+    make_fleet(tmp_path, fleet)
+    result = synfleet("render", "--dir", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    deploy = tmp_path / "deploy"
+
+    check = synfleet("check", "--dir", str(tmp_path))
+    print(check.stdout)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "ok   nginx -t" in check.stdout
+    workers = sorted(p.stem for p in (deploy / "synapse" / "workers").glob("*.yaml"))
+    for process in ["main", *workers]:
+        assert f"ok   synapse config: {process}\n" in check.stdout
+
+    compose = yaml.safe_load((deploy / "docker-compose.yml").read_text())
+    services = compose["services"]
+    for process in ["synapse", *workers]:
+        assert "healthcheck" in services[process], process
+        assert "/health" in " ".join(services[process]["healthcheck"]["test"])
+    for worker in workers:
+        assert services[worker]["depends_on"]["synapse"]["condition"] == "service_healthy"
+    assert services["sockets-init"]["restart"] == "no"
+    assert services["synapse"]["depends_on"]["sockets-init"]["condition"] == "service_completed_successfully"
+    assert "--lc-collate=C" in (deploy / "env" / "postgres.env").read_text()
+
+    secrets_before = rendered_files(tmp_path / "secrets")
+    before = rendered_files(deploy)
+    assert synfleet("render", "--dir", str(tmp_path)).returncode == 0
+    assert rendered_files(deploy) == before, "re-rendering the same fleet changed files"
+    assert rendered_files(tmp_path / "secrets") == secrets_before, "re-rendering changed secrets"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["deploy", "fleet.toml", "secrets"]
+
+
+def test_secrets_are_private_and_distinct(tmp_path: Path) -> None:
+    make_fleet(tmp_path, "small")
+    assert synfleet("render", "--dir", str(tmp_path)).returncode == 0
+    folder = tmp_path / "secrets"
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    values = []
+    for name in (*TOKEN_SECRETS, SIGNING_KEY):
+        path = folder / name
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, name
+        values.append(path.read_text())
+    assert len(set(values)) == len(values)
+    assert values[-1].startswith("ed25519 a_")
+    assert stat.S_IMODE((tmp_path / "deploy" / "synapse" / "homeserver.yaml").stat().st_mode) == 0o600
+
+
+def test_worker_configs_follow_facts(tmp_path: Path) -> None:
+    (tmp_path / "fleet.toml").write_text(SEVEN_ROOMS_DEDICATED)
+    assert synfleet("render", "--dir", str(tmp_path)).returncode == 0
+    synapse_dir = tmp_path / "deploy" / "synapse"
+    shared = yaml.safe_load((synapse_dir / "homeserver.yaml").read_text())
+    assert shared["enable_media_repo"] is False
+    assert shared["media_instance_running_background_jobs"] == "media1"
+    assert shared["stream_writers"]["events"] == ["tasks1", "tasks2", "persister3"]
+    assert shared["stream_writers"]["typing"] == ["typing1"]
+    assert shared["instance_map"]["main"] == {"path": "/sockets/synapse_replication_main.sock"}
+    assert set(shared["instance_map"]) >= {
+        "typing1",
+        "receipts1",
+        "receipts2",
+        "tasks2",
+        "persister3",
+        "client_sync1",
+    }
+    assert shared["run_background_tasks_on"] == "tasks1"
+    assert shared["federation_sender_instances"] == ["sender1", "sender2", "sender3", "sender4"]
+    media = yaml.safe_load((synapse_dir / "workers" / "media1.yaml").read_text())
+    assert media["enable_media_repo"] is True
+    assert media["worker_listeners"][0]["resources"][0]["names"] == ["media", "client", "federation"]
+    rooms = yaml.safe_load((synapse_dir / "workers" / "rooms7.yaml").read_text())
+    assert rooms["enable_media_repo"] is False
+    assert rooms["worker_listeners"] == [
+        {
+            "path": "/sockets/synapse_inbound_rooms7.sock",
+            "mode": 0o666,
+            "type": "http",
+            "x_forwarded": True,
+            "resources": [{"names": ["client", "federation"], "compress": False}],
+        }
+    ]
+    upstreams = (tmp_path / "deploy" / "nginx" / "config" / "upstreams.conf").read_text()
+    assert upstreams.count("synapse_inbound_rooms") == 7
+    assert "server unix:/sockets/synapse_inbound_typing1.sock" in upstreams
+
+
+def self_signed(directory: Path) -> tuple[Path, Path]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "example.org")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "fullchain.pem", directory / "privkey.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return cert_path, key_path
+
+
+@pytest.mark.integration
+def test_tls_variant_passes_nginx_t(tmp_path: Path) -> None:
+    cert, key = self_signed(tmp_path)
+    (tmp_path / "fleet.toml").write_text(
+        f'server_name = "example.org"\n[tls]\nenabled = true\ncertificate = "{cert}"\nkey = "{key}"\n'
+    )
+    assert synfleet("render", "--dir", str(tmp_path)).returncode == 0
+    nginx_conf = (tmp_path / "deploy" / "nginx" / "config" / "nginx.conf").read_text()
+    assert "listen 8448 ssl" in nginx_conf and "return 301 https://$host$request_uri" not in nginx_conf
+    assert "return 301 https://$host:8448$request_uri" in nginx_conf
+    check = synfleet("check", "--dir", str(tmp_path))
+    assert check.returncode == 0, check.stdout
+    compose = yaml.safe_load((tmp_path / "deploy" / "docker-compose.yml").read_text())
+    assert "8448:8448" in compose["services"]["nginx"]["ports"]
