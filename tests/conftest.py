@@ -13,9 +13,7 @@ from synfleet.routing.plan import RoutingPlan
 from synfleet.routing.probe import NginxProcess, StubUpstreams, free_port, world_readable_tempdir
 from synfleet.spec.fleet import Fleet
 
-LOG_LINE = re.compile(
-    r'"(?P<request>[^"]*)" (?P<status>\d+) \d+ route=(?P<route>\S+) upstream=(?P<upstream>\S+)'
-)
+LOG_LINE = re.compile(r'"(?P<request>[^"]*)" (?P<status>\d+) \d+ route=(?P<route>\S+) upstream=(?P<upstream>\S+)')
 
 
 @dataclass

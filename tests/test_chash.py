@@ -53,9 +53,7 @@ def test_growing_four_to_five_moves_about_a_fifth() -> None:
     after = RoutingPlan(grown(fleet, Role.ROOMS, 1)).upstreams["synapse_inbound_room_workers"]
     keys = room_keys(100_000)
     changed, total = moved(before.ring, after.ring, keys)
-    print(
-        f"\ngrowing 4 -> 5 room workers moves {changed}/{total} = {changed / total:.2%} of rooms (ideal 20%)"
-    )
+    print(f"\ngrowing 4 -> 5 room workers moves {changed}/{total} = {changed / total:.2%} of rooms (ideal 20%)")
     assert 0.16 <= changed / total <= 0.24
     # Keys only ever move to the new worker.
     for key in keys[:5000]:

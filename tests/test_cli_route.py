@@ -20,9 +20,7 @@ def synfleet(*args: str, stdin: str = "", cwd: Path | None = None) -> subprocess
 
 
 def test_route_table_output(tmp_path: Path) -> None:
-    result = synfleet(
-        "route", "--dir", str(tmp_path), "GET", "/_matrix/client/v3/rooms/%21abc%3Aexample.org/messages"
-    )
+    result = synfleet("route", "--dir", str(tmp_path), "GET", "/_matrix/client/v3/rooms/%21abc%3Aexample.org/messages")
     assert result.returncode == 0, result.stderr
     assert "rooms_client" in result.stdout
     assert "synapse_inbound_room_workers" in result.stdout
@@ -40,9 +38,7 @@ def test_route_json_has_rule_upstream_worker() -> None:
 
 
 def test_route_batch_keeps_order_and_reports_bad_lines() -> None:
-    lines = (
-        "GET /_matrix/client/v3/sync\nnonsense\nPOST /_matrix/media/v3/upload\n\nGET /_matrix/client/versions"
-    )
+    lines = "GET /_matrix/client/v3/sync\nnonsense\nPOST /_matrix/media/v3/upload\n\nGET /_matrix/client/versions"
     result = synfleet("route", "--json", "--batch", "-", stdin=lines)
     out = [json.loads(line) for line in result.stdout.splitlines()]
     assert [o.get("rule") for o in out] == ["sync", None, "media", "client_reader"]

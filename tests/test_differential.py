@@ -17,9 +17,7 @@ from synfleet.spec.fleet import Fleet, Role, Stream, Worker, seed_fleet, standar
 FLEETS = {
     "seed": seed_fleet(),
     "one_room_worker": standard_fleet(rooms=1, senders=1),
-    "seven_rooms_two_of_each": standard_fleet(
-        rooms=7, client_sync=2, client_reader=2, federation_reader=2, media=2
-    ),
+    "seven_rooms_two_of_each": standard_fleet(rooms=7, client_sync=2, client_reader=2, federation_reader=2, media=2),
     "dedicated_writers": standard_fleet(
         rooms=3,
         dedicated_writers=[Stream.TYPING, Stream.RECEIPTS, Stream.PUSH_RULES, Stream.DEVICE_LISTS],
@@ -45,8 +43,7 @@ def test_python_and_nginx_pick_the_same_worker(fleet_name: str) -> None:
         decision = evaluate(live.plan, probe.method, probe.url, dict(probe.headers))
         if (status, worker) != (decision.status or 200, decision.worker):
             mismatches.append(
-                f"{probe.method} {probe.url} {dict(probe.headers)}: nginx {(status, worker)}, "
-                f"python {decision}"
+                f"{probe.method} {probe.url} {dict(probe.headers)}: nginx {(status, worker)}, python {decision}"
             )
         routes[decision.rule or f"answered {decision.status}"] += 1
         workers[worker or "-"] += 1

@@ -30,9 +30,7 @@ events = ["tasks1", "tasks2", "persister3"]
 
 
 def rendered_files(directory: Path) -> dict[str, bytes]:
-    return {
-        str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()
-    }
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
 
 
 def make_fleet(directory: Path, fleet: str) -> None:
@@ -155,9 +153,7 @@ def self_signed(directory: Path) -> tuple[Path, Path]:
     cert_path, key_path = directory / "fullchain.pem", directory / "privkey.pem"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     )
     return cert_path, key_path
 

@@ -29,9 +29,7 @@ def test_admin_api_checks_the_real_client_behind_a_trusted_proxy() -> None:
         Probe("GET", ADMIN, (("X-Forwarded-For", "10.1.2.3"),)),  # admin network: allowed
         Probe("GET", ADMIN),  # the proxy itself is not on the allow list
         Probe("GET", "/_synapse/admin/v1/media/example.org/abc", (("X-Forwarded-For", "198.51.100.1"),)),
-        Probe(
-            "GET", "/_matrix/client/versions", (("X-Forwarded-For", "203.0.113.7"),)
-        ),  # public API stays open
+        Probe("GET", "/_matrix/client/versions", (("X-Forwarded-For", "203.0.113.7"),)),  # public API stays open
     ]
     with live_nginx(fleet) as live:
         answers = send_all(live.port, probes)
@@ -64,8 +62,6 @@ def test_forwarded_for_is_ignored_from_untrusted_peers() -> None:
 )
 def test_replication_and_metrics_are_never_proxied(url: str) -> None:
     with live_nginx(behind_proxy(admin_allow=("127.0.0.1/32",))) as live:
-        answers = send_all(
-            live.port, [Probe("GET", url), Probe("POST", url, (("X-Forwarded-For", "127.0.0.1"),))]
-        )
+        answers = send_all(live.port, [Probe("GET", url), Probe("POST", url, (("X-Forwarded-For", "127.0.0.1"),))])
     assert answers == [(404, None), (404, None)]
     assert evaluate(live.plan, "GET", url).status == 404

@@ -7,12 +7,19 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from functools import cache
 
 from synfleet.errors import SynfleetError
 
-#: Where Debian puts binaries that are not on a normal user's PATH.
-EXTRA_DIRS = ("/usr/sbin", "/usr/local/sbin", *sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True))
+#: Besides PATH: this Python's scripts (supervisord in a virtualenv) and where Debian puts binaries
+#: that are not on a normal user's PATH (the newest PostgreSQL first).
+EXTRA_DIRS = (
+    os.path.dirname(sys.executable),
+    "/usr/sbin",
+    "/usr/local/sbin",
+    *sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True),
+)
 
 #: The Debian package that provides each binary.
 PACKAGES = {

@@ -97,9 +97,7 @@ def synapse_load(config_dir: Path, mapping: Mapping[str, str], scratch: Path) ->
     for path in sorted(config_dir.rglob("*.yaml")):
         target = copy / path.relative_to(config_dir)
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(
-            yaml.safe_dump(remap_value(yaml.safe_load(path.read_text()), mapping), sort_keys=False)
-        )
+        target.write_text(yaml.safe_dump(remap_value(yaml.safe_load(path.read_text()), mapping), sort_keys=False))
     workers = sorted(str(p) for p in (copy / "workers").glob("*.yaml"))
     result = subprocess.run(
         [sys.executable, "-m", "synfleet.audit.synapse_loader", str(copy / "homeserver.yaml"), *workers],
@@ -163,8 +161,7 @@ def consistency(deploy: Path) -> Iterator[CheckResult]:
     for path in sorted((synapse_dir / "workers").glob("*.yaml")):
         processes[path.stem] = yaml.safe_load(path.read_text())
     listeners = {
-        name: _listeners(cfg, "listeners" if name == "main" else "worker_listeners")
-        for name, cfg in processes.items()
+        name: _listeners(cfg, "listeners" if name == "main" else "worker_listeners") for name, cfg in processes.items()
     }
 
     # Stream writers: in instance_map, with a replication listener on the mapped socket.
@@ -182,9 +179,7 @@ def consistency(deploy: Path) -> Iterator[CheckResult]:
     # nginx: every route names an upstream, every upstream socket is a listener with the right resources.
     blocks = list(_walk(_nginx_blocks(deploy / "nginx" / "config" / "nginx.conf")))
     upstreams = {
-        b["args"][0]: [
-            d["args"][0].removeprefix("unix:") for d in b.get("block", []) if d["directive"] == "server"
-        ]
+        b["args"][0]: [d["args"][0].removeprefix("unix:") for d in b.get("block", []) if d["directive"] == "server"]
         for b in blocks
         if b["directive"] == "upstream"
     }
@@ -210,9 +205,7 @@ def consistency(deploy: Path) -> Iterator[CheckResult]:
                     problems.append(
                         f"route {route}: {process} on {socket} lacks resource(s) {', '.join(sorted(missing))}"
                     )
-    yield CheckResult(
-        "every route reaches a listener that serves it", not problems, "; ".join(sorted(set(problems)))
-    )
+    yield CheckResult("every route reaches a listener that serves it", not problems, "; ".join(sorted(set(problems))))
 
     # docker compose: a service with a healthcheck per process.
     compose = yaml.safe_load((deploy / "docker-compose.yml").read_text())
@@ -220,9 +213,7 @@ def consistency(deploy: Path) -> Iterator[CheckResult]:
     expected = {"synapse" if name == "main" else name for name in processes}
     problems = [f"no service for {name}" for name in sorted(expected - set(services))]
     problems += [
-        f"{name} has no healthcheck"
-        for name in sorted(expected & set(services))
-        if "healthcheck" not in services[name]
+        f"{name} has no healthcheck" for name in sorted(expected & set(services)) if "healthcheck" not in services[name]
     ]
     yield CheckResult("compose: a healthy-checked service per process", not problems, "; ".join(problems))
 

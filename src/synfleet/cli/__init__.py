@@ -10,6 +10,7 @@ import click
 from synfleet import __version__
 from synfleet.cli.deploy import check_command, init_command, render_command
 from synfleet.cli.route import ring_command, route_command
+from synfleet.cli.run import down_command, logs_command, status_command, up_command, user_group
 from synfleet.errors import SynfleetError
 
 
@@ -19,7 +20,18 @@ def cli() -> None:
     """Run a Synapse homeserver split into workers behind nginx, from one fleet file."""
 
 
-for command in (init_command, render_command, check_command, route_command, ring_command):
+for command in (
+    init_command,
+    render_command,
+    check_command,
+    up_command,
+    down_command,
+    status_command,
+    logs_command,
+    user_group,
+    route_command,
+    ring_command,
+):
     cli.add_command(command)
 
 

@@ -63,9 +63,7 @@ def check_command(directory: Path) -> None:
     failures = 0
     for result in check_deployment(directory):
         mark = "[green]ok[/green]  " if result.ok else "[red]FAIL[/red]"
-        console.print(
-            f"{mark} {escape(result.name)}" + (f": {escape(result.detail)}" if result.detail else "")
-        )
+        console.print(f"{mark} {escape(result.name)}" + (f": {escape(result.detail)}" if result.detail else ""))
         failures += not result.ok
     if failures:
         console.print(f"[red]{failures} check(s) failed[/red]")

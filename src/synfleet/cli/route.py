@@ -62,9 +62,7 @@ def _batch(plan: RoutingPlan, source: TextIO, headers: dict[str, str], remote_ad
         try:
             if len(parts) != 2:
                 raise BadRequest(f"expected 'METHOD URL', got {line.strip()!r}")
-            result: dict[str, object] = evaluate(
-                plan, parts[0].upper(), parts[1], headers, remote_addr
-            ).as_json()
+            result: dict[str, object] = evaluate(plan, parts[0].upper(), parts[1], headers, remote_addr).as_json()
         except BadRequest as exc:
             click.echo(f"synfleet: error: line {number}: {exc}", err=True)
             result = {"line": number, "error": str(exc)}
@@ -77,9 +75,7 @@ def _batch(plan: RoutingPlan, source: TextIO, headers: dict[str, str], remote_ad
 @DIR_OPTION
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.option("--batch", type=click.File("r"), help="Read 'METHOD URL' lines from FILE ('-': stdin).")
-@click.option(
-    "-H", "--header", "header_lines", multiple=True, metavar="'NAME: VALUE'", help="Request header."
-)
+@click.option("-H", "--header", "header_lines", multiple=True, metavar="'NAME: VALUE'", help="Request header.")
 @click.option("--from", "remote_addr", default="127.0.0.1", show_default=True, help="Client address.")
 @click.argument("method", required=False)
 @click.argument("url", required=False)

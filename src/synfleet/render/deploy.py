@@ -47,9 +47,7 @@ def compose_nginx_layout(spec: FleetSpec) -> NginxLayout:
     return NginxLayout(socket_dir=COMPOSE.socket_dir, log_dir="/var/log/nginx", listen=("8008",), tls=tls)
 
 
-def render_files(
-    spec: FleetSpec, layout: Layout, nginx_layout: NginxLayout, secrets: dict[str, str]
-) -> dict[str, str]:
+def render_files(spec: FleetSpec, layout: Layout, nginx_layout: NginxLayout, secrets: dict[str, str]) -> dict[str, str]:
     """nginx and Synapse files for one layout, by path relative to the deployment directory."""
     plan = RoutingPlan(spec.fleet, socket_dir=layout.socket_dir)
     files = {f"nginx/config/{name}": text for name, text in render_nginx(plan, nginx_layout).items()}

@@ -46,7 +46,5 @@ def synapse_processes(fleet: Fleet, layout: Layout) -> list[SynapseProcess]:
             module, paths = MAIN_MODULE, (shared,)
         else:
             module, paths = WORKER_MODULE, (shared, f"{layout.config_dir}/workers/{worker.name}.yaml")
-        processes.append(
-            SynapseProcess(worker.name, worker.role, module, paths, layout.inbound_socket(worker.name))
-        )
+        processes.append(SynapseProcess(worker.name, worker.role, module, paths, layout.inbound_socket(worker.name)))
     return processes

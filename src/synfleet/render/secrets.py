@@ -43,9 +43,7 @@ def ensure_secrets(directory: Path) -> dict[str, str]:
         for name in (*TOKEN_SECRETS, SIGNING_KEY):
             path = folder / name
             if not path.exists():
-                _write_private(
-                    path, _signing_key() if name == SIGNING_KEY else secrets.token_urlsafe(32) + "\n"
-                )
+                _write_private(path, _signing_key() if name == SIGNING_KEY else secrets.token_urlsafe(32) + "\n")
             values[name] = path.read_text().strip()
     except OSError as exc:
         raise SynfleetError(f"{folder}: cannot write secrets: {exc.strerror}") from None

@@ -102,9 +102,7 @@ def homeserver_config(spec: FleetSpec, layout: Layout, secrets: dict[str, str]) 
         "instance_map": {
             w.name: {"path": layout.replication_socket(w.name)} for w in fleet.workers if in_instance_map(w)
         },
-        "stream_writers": {
-            stream.value: _names(fleet.writers(stream)) for stream in Stream if fleet.writers(stream)
-        },
+        "stream_writers": {stream.value: _names(fleet.writers(stream)) for stream in Stream if fleet.writers(stream)},
         "enable_media_repo": not media,
         "enable_registration": False,
         "trusted_key_servers": [{"server_name": "matrix.org"}],
@@ -177,8 +175,7 @@ def log_config(name: str, layout: Layout) -> dict[str, Any]:
         "version": 1,
         "formatters": {
             "precise": {
-                "format": f"%(asctime)s - {name} - %(name)s - %(lineno)d - %(levelname)s - %(request)s"
-                " - %(message)s"
+                "format": f"%(asctime)s - {name} - %(name)s - %(lineno)d - %(levelname)s - %(request)s - %(message)s"
             }
         },
         "handlers": {"out": {**handler, "filters": ["context"]}},

@@ -242,9 +242,7 @@ def legacy_room_id(rng: random.Random) -> str:
 
 
 def user_localpart(rng: random.Random) -> str:
-    return rng.choice(["alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi"]) + str(
-        rng.randrange(50)
-    )
+    return rng.choice(["alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi"]) + str(rng.randrange(50))
 
 
 def syt_token(localpart: str, rng: random.Random) -> str:
@@ -269,13 +267,9 @@ class Corpus:
             "room": _choice_encoded(rng, room, "!:"),
             "user": _choice_encoded(rng, user, "@:"),
             "event": _choice_encoded(rng, event, "$"),
-            "alias": _choice_encoded(rng, f"#room{rng.randrange(99)}:{rng.choice(SERVERS)}", "#:").replace(
-                "#", "%23"
-            ),
+            "alias": _choice_encoded(rng, f"#room{rng.randrange(99)}:{rng.choice(SERVERS)}", "#:").replace("#", "%23"),
             "txn": f"m{rng.randrange(10**12)}.{rng.randrange(100)}",
-            "media": rng.choice(SERVERS).split(":")[0]
-            + "/"
-            + "".join(rng.choices(string.ascii_letters, k=24)),
+            "media": rng.choice(SERVERS).split(":")[0] + "/" + "".join(rng.choices(string.ascii_letters, k=24)),
         }
         return template.format(**values)
 

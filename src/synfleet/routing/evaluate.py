@@ -75,9 +75,7 @@ def evaluate(
     forwarded = next((v for k, v in headers.items() if k.lower() == "x-forwarded-for"), "")
     remote_addr = real_client(remote_addr, forwarded, plan.fleet.trusted_proxies)
     access = zone_for(uri)
-    if access is Access.DENIED or (
-        access is Access.PRIVATE and not _allowed(remote_addr, plan.fleet.admin_allow)
-    ):
+    if access is Access.DENIED or (access is Access.PRIVATE and not _allowed(remote_addr, plan.fleet.admin_allow)):
         status = 404 if access is Access.DENIED else 403
         return Decision(method, url, uri, None, None, None, None, "", access, status)
     variables = Variables(method, uri, args, headers, remote_addr, plan.maps)
@@ -85,6 +83,4 @@ def evaluate(
     upstream = plan.upstreams[variables.get("synfleet_upstream")]
     key = variables.get("synfleet_key")
     target = plan.rule(rule).target.value
-    return Decision(
-        method, url, uri, rule, target, upstream.name, upstream.worker_for(key), key, access, None
-    )
+    return Decision(method, url, uri, rule, target, upstream.name, upstream.worker_for(key), key, access, None)

@@ -148,9 +148,7 @@ class Map:
     entries: tuple[MapEntry, ...]
     default: str = ""
     comment: str = ""
-    _compiled: tuple[tuple[re.Pattern[str] | None, MapEntry], ...] = field(
-        init=False, repr=False, compare=False
-    )
+    _compiled: tuple[tuple[re.Pattern[str] | None, MapEntry], ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         compiled: list[tuple[re.Pattern[str] | None, MapEntry]] = []

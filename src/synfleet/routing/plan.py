@@ -177,9 +177,7 @@ class RoutingPlan:
     @cached_property
     def key_map(self) -> Map:
         # Listed for every route; nginx only evaluates it for upstreams that hash.
-        entries = tuple(
-            MapEntry(rule.name, KEY_VARIABLES[rule.key]) for rule in self.rules if rule.key is not Key.NONE
-        )
+        entries = tuple(MapEntry(rule.name, KEY_VARIABLES[rule.key]) for rule in self.rules if rule.key is not Key.NONE)
         return Map(
             "$synfleet_route",
             "$synfleet_key",

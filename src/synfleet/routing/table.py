@@ -69,9 +69,7 @@ class Rule:
         return f"^(?:{methods}) {self.path}"
 
 
-def _rule(
-    name: str, path: str, target: Target, key: Key = Key.NONE, methods: frozenset[str] = ANY_METHOD
-) -> Rule:
+def _rule(name: str, path: str, target: Target, key: Key = Key.NONE, methods: frozenset[str] = ANY_METHOD) -> Rule:
     return Rule(name=name, path=path, target=target, key=key, methods=methods)
 
 
@@ -125,9 +123,7 @@ ROUTES: tuple[Rule, ...] = (
         Key.USER,
     ),
     # --- media repository (client, legacy and federation prefixes) and media admin
-    _rule(
-        "media", "/_(?:matrix/(?:media|client/v1/media|federation/v1/media)|synapse/media)/", MEDIA, Key.USER
-    ),
+    _rule("media", "/_(?:matrix/(?:media|client/v1/media|federation/v1/media)|synapse/media)/", MEDIA, Key.USER),
     _rule(
         "media_admin",
         "/_synapse/admin/v1/(?:purge_media_cache$|media/|quarantine_media/"

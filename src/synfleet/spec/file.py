@@ -200,9 +200,7 @@ class FleetSpec(Section):
     @classmethod
     def _baseurl(cls, value: str) -> str:
         if value and not re.fullmatch(r"https?://[^/\s]+/(?:[^\s]*)", value):
-            raise ValueError(
-                f"must be an http(s) URL ending in /, such as https://matrix.example.org/, got {value!r}"
-            )
+            raise ValueError(f"must be an http(s) URL ending in /, such as https://matrix.example.org/, got {value!r}")
         return value
 
     @field_validator("stream_writers")
@@ -297,9 +295,7 @@ def _fields_at(model: type[BaseModel], path: tuple[Any, ...]) -> list[str]:
     current: Any = model
     for part in path:
         field = current.model_fields.get(str(part))
-        if field is None or not (
-            isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)
-        ):
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
             return []
         current = field.annotation
     return list(current.model_fields)

@@ -1,0 +1,134 @@
+"""``synfleet up``, ``down``, ``status``, ``logs`` and ``user add``: the fleet on this machine."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from synfleet.cli.options import DIR_OPTION
+from synfleet.errors import UsageError
+from synfleet.render.native import RunPaths
+from synfleet.run.fleet import down, plan_for, status, tail, up
+from synfleet.run.register import register_user
+
+
+@click.command("up")
+@DIR_OPTION
+def up_command(directory: Path) -> None:
+    """Start PostgreSQL, Redis, Synapse main and workers, and nginx here; return when all are healthy."""
+    console = Console(highlight=False)
+    seconds = up(directory, lambda line: console.print("  " + line))
+    spec = plan_for(directory).spec
+    console.print(
+        f"fleet up in {seconds:.1f}s: http://{spec.listen.bind}:{spec.listen.http_port}/ "
+        f"(server name {spec.server_name})"
+    )
+    console.print(
+        f"  next: synfleet user add NAME --password ... --dir {directory}; stop with: synfleet down --dir {directory}"
+    )
+
+
+@click.command("down")
+@DIR_OPTION
+def down_command(directory: Path) -> None:
+    """Stop everything `up` started; sockets are removed, data is kept."""
+    console = Console(highlight=False)
+    if down(directory, console.print):
+        console.print("fleet stopped (data kept)")
+    else:
+        console.print("the fleet was not running")
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+@click.command("status")
+@DIR_OPTION
+def status_command(directory: Path) -> None:
+    """Show every process: state, pid, health, uptime, memory, socket."""
+    rows = status(directory)
+    console = Console(highlight=False)
+    if not rows:
+        console.print("the fleet is not running (start it with: synfleet up)")
+        sys.exit(3)
+    table = Table()
+    for column in ("process", "state", "pid", "health", "uptime", "RSS", "socket"):
+        table.add_column(column, justify="right" if column in ("pid", "RSS", "uptime") else "left")
+    for row in rows:
+        health = "[green]healthy[/green]" if row.healthy else "[red]unhealthy[/red]"
+        table.add_row(
+            row.name,
+            row.state.lower(),
+            str(row.pid or "-"),
+            health,
+            _duration(row.uptime),
+            f"{row.rss_kib / 1024:.0f} MiB",
+            row.socket,
+        )
+    console.print(table)
+    total = sum(r.rss_kib for r in rows) / 1024
+    unhealthy = [r.name for r in rows if not r.healthy]
+    console.print(
+        f"{len(rows)} processes, {total:.0f} MiB RSS" + (f"; unhealthy: {', '.join(unhealthy)}" if unhealthy else "")
+    )
+    if unhealthy:
+        sys.exit(1)
+
+
+@click.command("logs")
+@DIR_OPTION
+@click.argument("name", required=False)
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines (Ctrl-C to stop).")
+@click.option("-n", "--lines", default=40, show_default=True, type=click.IntRange(0, 100_000))
+def logs_command(directory: Path, name: str | None, follow: bool, lines: int) -> None:
+    """Show a process's log (NAME: main, a worker, postgres, redis, nginx); without NAME, every log."""
+    plan = plan_for(directory)
+    logs = {p.name: Path(p.log) for p in plan.processes}
+    logs["nginx"] = RunPaths(directory).logs / "access.log"
+    if name is not None and name not in logs:
+        raise UsageError(f"no process {name!r}; choose from: {', '.join(logs)}")
+    chosen = {name: logs[name]} if name else logs
+    for process, path in chosen.items():
+        for line in tail(path, lines):
+            click.echo(f"{process}: {line}" if name is None else line, nl=False)
+    if not follow:
+        return
+    handles = {process: path.open(errors="replace") for process, path in chosen.items() if path.exists()}
+    for handle in handles.values():
+        handle.seek(0, 2)
+    try:
+        while True:
+            for process, handle in handles.items():
+                for line in handle:
+                    click.echo(f"{process}: {line}" if name is None else line, nl=False)
+            time.sleep(0.3)
+    except KeyboardInterrupt:
+        pass
+
+
+@click.group("user")
+def user_group() -> None:
+    """Manage users on the running fleet."""
+
+
+@user_group.command("add")
+@DIR_OPTION
+@click.argument("name")
+@click.option("--password", required=True, help="The new user's password ('-' reads it from stdin).")
+@click.option("--admin", is_flag=True, help="Make the user a server admin.")
+def user_add_command(directory: Path, name: str, password: str, admin: bool) -> None:
+    """Register user NAME through Synapse's shared-secret admin API."""
+    if password == "-":
+        password = sys.stdin.readline().rstrip("\n")
+    if not password:
+        raise UsageError("--password: must not be empty")
+    user_id = register_user(directory, name, password, admin)
+    click.echo(f"created {user_id}" + (" (admin)" if admin else ""))

@@ -1,0 +1,54 @@
+"""Is a process ready? Each kind of process answers on its own socket."""
+
+from __future__ import annotations
+
+import socket
+
+import httpx
+
+from synfleet.render.native import Health
+
+
+def synapse_health(socket_path: str, timeout: float = 2.0) -> bool:
+    """GET /health over the process's UNIX socket answers 200."""
+    try:
+        with httpx.Client(transport=httpx.HTTPTransport(uds=socket_path), timeout=timeout) as client:
+            return client.get("http://localhost/health").status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _unix_exchange(path: str, payload: bytes, timeout: float) -> bytes:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        conn.settimeout(timeout)
+        conn.connect(path)
+        if payload:
+            conn.sendall(payload)
+            return conn.recv(64)
+        return b""
+
+
+def is_healthy(health: Health, timeout: float = 2.0) -> bool:
+    try:
+        if health.kind == "http":
+            return synapse_health(health.target, timeout)
+        if health.kind == "redis":
+            return _unix_exchange(health.target, b"PING\r\n", timeout).startswith(b"+PONG")
+        if health.kind == "postgres":
+            return postgres_ready(health.target, health.user)
+        if health.kind == "tcp":
+            with socket.create_connection((health.target, health.port), timeout=timeout):
+                return True
+    except OSError:
+        return False
+    raise ValueError(f"unknown health check {health.kind}")
+
+
+def postgres_ready(socket_dir: str, user: str) -> bool:
+    import psycopg2
+
+    try:
+        psycopg2.connect(host=socket_dir, dbname="postgres", user=user, connect_timeout=2).close()
+    except psycopg2.OperationalError:
+        return False
+    return True

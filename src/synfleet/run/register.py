@@ -1,0 +1,55 @@
+"""`synfleet user add`: Synapse's shared-secret registration API, on main's UNIX socket."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from pathlib import Path
+
+import httpx
+
+from synfleet.errors import SynfleetError, UsageError
+from synfleet.render.native import RunPaths
+from synfleet.render.secrets import SECRETS_DIR
+
+REGISTER_PATH = "/_synapse/admin/v1/register"
+
+
+def registration_mac(secret: str, nonce: str, user: str, password: str, admin: bool) -> str:
+    """HMAC-SHA1 over ``nonce NUL user NUL password NUL admin|notadmin``, as Synapse checks it."""
+    mac = hmac.new(secret.encode(), digestmod=hashlib.sha1)
+    for part in (nonce, user, password, "admin" if admin else "notadmin"):
+        if part != nonce:
+            mac.update(b"\x00")
+        mac.update(part.encode())
+    return mac.hexdigest()
+
+
+def register_user(directory: Path, localpart: str, password: str, admin: bool) -> str:
+    """Create a user; returns its Matrix ID. Errors name the reason (e.g. the user exists)."""
+    secret_file = directory / SECRETS_DIR / "registration_shared_secret"
+    try:
+        secret = secret_file.read_text().strip()
+    except OSError:
+        raise UsageError(f"{secret_file}: missing; run `synfleet up --dir {directory}` first") from None
+    socket_path = RunPaths(directory).layout.inbound_socket("main")
+    transport = httpx.HTTPTransport(uds=socket_path)
+    try:
+        with httpx.Client(transport=transport, base_url="http://localhost", timeout=30) as client:
+            nonce = client.get(REGISTER_PATH).json()["nonce"]
+            body = {
+                "nonce": nonce,
+                "username": localpart,
+                "password": password,
+                "admin": admin,
+                "mac": registration_mac(secret, nonce, localpart, password, admin),
+            }
+            response = client.post(REGISTER_PATH, json=body)
+    except httpx.TransportError:
+        raise SynfleetError(f"main is not answering on {socket_path}: is the fleet up (`synfleet status`)?") from None
+    data = response.json()
+    if response.status_code == 200:
+        return str(data["user_id"])
+    if data.get("errcode") == "M_USER_IN_USE":
+        raise UsageError(f"user {localpart!r} already exists")
+    raise SynfleetError(f"registration failed: {data.get('errcode', response.status_code)}: {data.get('error', '')}")

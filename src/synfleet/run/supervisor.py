@@ -1,0 +1,122 @@
+"""supervisord, driven over its XML-RPC interface on a UNIX socket."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import time
+import xmlrpc.client
+from dataclasses import dataclass
+from typing import Any, cast
+
+from supervisor.xmlrpc import SupervisorTransport
+
+from synfleet.errors import SynfleetError
+from synfleet.render.native import RunPaths
+from synfleet.system import find_binary
+
+
+@dataclass(frozen=True)
+class ProcessInfo:
+    name: str
+    state: str  # RUNNING, STARTING, BACKOFF, STOPPED, EXITED, FATAL, ...
+    pid: int
+    started: int  # unix time
+    description: str
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Supervisor:
+    """The supervisord of one run directory."""
+
+    def __init__(self, paths: RunPaths) -> None:
+        self.paths = paths
+
+    def _proxy(self) -> Any:
+        transport = SupervisorTransport(None, None, f"unix://{self.paths.supervisor_socket}")
+        return xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport).supervisor
+
+    def pid(self) -> int | None:
+        try:
+            pid = int(self.paths.supervisor_pid.read_text().strip())
+        except (OSError, ValueError):
+            return None
+        return pid if pid_alive(pid) else None
+
+    def running(self) -> bool:
+        if self.pid() is None:
+            return False
+        try:
+            return cast(str, self._proxy().getState()["statename"]) == "RUNNING"
+        except (OSError, xmlrpc.client.Error):
+            return False
+
+    def start_daemon(self, timeout: float = 30.0) -> None:
+        binary = find_binary("supervisord")
+        if binary is None:
+            raise SynfleetError("supervisord is not installed: pip install supervisor (or run scripts/setup.sh)")
+        self.paths.supervisor_socket.unlink(missing_ok=True)
+        result = subprocess.run(
+            [binary, "-c", str(self.paths.supervisor_conf)], capture_output=True, text=True, check=False
+        )
+        if result.returncode != 0:
+            raise SynfleetError(f"supervisord failed to start: {(result.stderr or result.stdout).strip()}")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.running():
+                return
+            time.sleep(0.1)
+        raise SynfleetError(
+            f"supervisord did not come up within {timeout:.0f}s (see {self.paths.logs}/supervisord.log)"
+        )
+
+    def start(self, name: str) -> None:
+        try:
+            self._proxy().startProcess(name, False)
+        except xmlrpc.client.Fault as fault:
+            if "ALREADY_STARTED" not in fault.faultString:
+                raise SynfleetError(f"supervisord could not start {name}: {fault.faultString}") from None
+
+    def info(self) -> dict[str, ProcessInfo]:
+        return {
+            p["name"]: ProcessInfo(p["name"], p["statename"], p["pid"], p["start"], p["description"])
+            for p in self._proxy().getAllProcessInfo()
+        }
+
+    def reread(self) -> None:
+        """Load a changed supervisord.conf: add new programs, drop removed ones."""
+        proxy = self._proxy()
+        [[added, changed, removed]] = proxy.reloadConfig()
+        for name in removed:
+            proxy.stopProcessGroup(name)
+            proxy.removeProcessGroup(name)
+        for name in changed:
+            proxy.stopProcessGroup(name)
+            proxy.removeProcessGroup(name)
+            proxy.addProcessGroup(name)
+        for name in added:
+            proxy.addProcessGroup(name)
+
+    def stop_all(self) -> None:
+        """Stop every program, highest priority number first, each gracefully then forcibly."""
+        self._proxy().stopAllProcesses(True)
+
+    def shutdown(self, timeout: float = 60.0) -> None:
+        pid = self.pid()
+        with contextlib.suppress(OSError, xmlrpc.client.Error):
+            self._proxy().shutdown()
+        deadline = time.monotonic() + timeout
+        while pid is not None and pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if pid is not None and pid_alive(pid):
+            os.kill(pid, 9)
