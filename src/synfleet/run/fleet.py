@@ -273,7 +273,7 @@ def status(directory: Path) -> list[ProcessStatus]:
         entry = info.get(process.name)
         if entry is None:
             continue
-        running = entry.state == "RUNNING"
+        running = entry.state in ("RUNNING", "STARTING")
         result.append(
             ProcessStatus(
                 process.name,
