@@ -34,7 +34,7 @@ def rendered_files(directory: Path) -> dict[str, bytes]:
 
 
 def make_fleet(directory: Path, fleet: str) -> None:
-    if fleet in ("seed", "small"):
+    if fleet in ("seed", "small", "monolith"):
         result = synfleet("init", "--dir", str(directory), "--server-name", "example.org", "--profile", fleet)
         assert result.returncode == 0, result.stderr
     else:
@@ -43,7 +43,7 @@ def make_fleet(directory: Path, fleet: str) -> None:
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("fleet", ["seed", "small", "seven_rooms_dedicated_writers"])
+@pytest.mark.parametrize("fleet", ["seed", "small", "monolith", "seven_rooms_dedicated_writers"])
 def test_render_check_and_rerender(tmp_path: Path, fleet: str) -> None:
     make_fleet(tmp_path, fleet)
     result = synfleet("render", "--dir", str(tmp_path))

@@ -116,12 +116,15 @@ def synapse_load(config_dir: Path, mapping: Mapping[str, str], scratch: Path) ->
             yield CheckResult(f"synapse config: {line['process']}", line["ok"], line["error"])
 
 
-def _listeners(config: dict[str, Any], key: str) -> dict[str, set[str]]:
-    """Socket path -> resource names of a process's HTTP listeners."""
+def _listeners(config: dict[str, Any], key: str, media_repo: bool) -> dict[str, set[str]]:
+    """Socket path -> resource names of a process's HTTP listeners. A process that loads the media
+    repository serves media on its client and federation resources too."""
     found = {}
     for listener in config.get(key) or []:
         if "path" in listener:
             names = {n for res in listener.get("resources", []) for n in res.get("names", [])}
+            if media_repo and names & {"client", "federation"}:
+                names.add("media")
             found[listener["path"]] = names
     return found
 
@@ -161,7 +164,12 @@ def consistency(deploy: Path) -> Iterator[CheckResult]:
     for path in sorted((synapse_dir / "workers").glob("*.yaml")):
         processes[path.stem] = yaml.safe_load(path.read_text())
     listeners = {
-        name: _listeners(cfg, "listeners" if name == "main" else "worker_listeners") for name, cfg in processes.items()
+        name: _listeners(
+            cfg,
+            "listeners" if name == "main" else "worker_listeners",
+            bool(cfg.get("enable_media_repo", shared.get("enable_media_repo", True))),
+        )
+        for name, cfg in processes.items()
     }
 
     # Stream writers: in instance_map, with a replication listener on the mapped socket.
