@@ -33,7 +33,7 @@ from synfleet.routing.evaluate import evaluate
 from synfleet.routing.plan import RoutingPlan
 from synfleet.routing.probe import free_port, world_readable_tempdir
 from synfleet.routing.table import Key
-from synfleet.spec.load import load_spec
+from synfleet.run.layout import deployed_plan
 
 pytestmark = pytest.mark.integration
 
@@ -65,7 +65,10 @@ class Fleet:
 
     @property
     def plan(self) -> RoutingPlan:
-        return RoutingPlan(load_spec(self.directory).fleet, socket_dir=str(self.directory / "run" / "sockets"))
+        """The plan `synfleet route --dir` uses for this directory."""
+        plan = deployed_plan(self.directory)
+        assert plan.socket_dir == str(self.directory / "run" / "sockets")
+        return plan
 
     def access_log(self) -> list[dict[str, str]]:
         text = (self.directory / "run" / "logs" / "access.log").read_text()

@@ -17,6 +17,7 @@ from synfleet.errors import BadRequest, UsageError
 from synfleet.routing.chash import moved, spread
 from synfleet.routing.evaluate import Decision, evaluate
 from synfleet.routing.plan import RoutingPlan, Upstream, upstream_name
+from synfleet.run.layout import deployed_plan
 from synfleet.spec.fleet import Fleet, Role, Worker
 from synfleet.spec.load import load_spec
 
@@ -96,7 +97,7 @@ def route_command(
     synfleet route --json --batch requests.txt
     """
     headers = dict(parse_header(h) for h in header_lines)
-    plan = RoutingPlan(load_spec(directory).fleet)
+    plan = deployed_plan(directory)
     if batch is not None:
         if method or url:
             raise UsageError("give either --batch FILE or METHOD URL, not both")
@@ -157,14 +158,15 @@ def ring_command(directory: Path, group: str, key_count: int, grow: int) -> None
     """Show how nginx's consistent hash spreads keys over a group, and how many move when it grows."""
     role = Role(group)
     fleet = load_spec(directory).fleet
-    before = RoutingPlan(fleet).upstreams.get(upstream_name(role))
+    socket_dir = deployed_plan(directory).socket_dir
+    before = RoutingPlan(fleet, socket_dir=socket_dir).upstreams.get(upstream_name(role))
     if before is None:
         raise UsageError(f"the fleet has no {group} workers")
     keys = random_room_keys(key_count)
     console = Console(highlight=False)
     _print_spread(console, before, keys, f"{len(before.workers)} {group} workers")
     if grow:
-        after = RoutingPlan(grown(fleet, role, grow)).upstreams[upstream_name(role)]
+        after = RoutingPlan(grown(fleet, role, grow), socket_dir=socket_dir).upstreams[upstream_name(role)]
         _print_spread(console, after, keys, f"{len(after.workers)} {group} workers")
         changed, total = moved(before.ring, after.ring, keys)
         ideal = grow / len(after.workers)
