@@ -8,6 +8,7 @@ import sys
 import click
 
 from synfleet import __version__
+from synfleet.cli.audit import audit_command
 from synfleet.cli.deploy import check_command, init_command, render_command
 from synfleet.cli.route import ring_command, route_command
 from synfleet.cli.run import down_command, logs_command, status_command, up_command, user_group
@@ -31,6 +32,7 @@ for command in (
     user_group,
     route_command,
     ring_command,
+    audit_command,
 ):
     cli.add_command(command)
 

@@ -203,8 +203,14 @@ class Variables:
             "query_string": args,
         }
         self._headers = {name.lower().replace("-", "_"): value for name, value in headers.items()}
+        self._builtin["host"] = self._headers.get("host", "localhost").split(":")[0].lower()
+        self._builtin["scheme"] = "http"
         self._maps = {m.variable.lstrip("$"): m for m in maps}
         self._cache: dict[str, str] = {}
+
+    def define(self, name: str, value: str) -> None:
+        """Set a variable, as ``set $name value`` or a regex capture does."""
+        self._cache[name] = value
 
     def get(self, name: str) -> str:
         if name in self._cache:

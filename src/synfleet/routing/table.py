@@ -131,6 +131,8 @@ ROUTES: tuple[Rule, ...] = (
         MEDIA,
         Key.USER,
     ),
+    # --- the rest of the admin API is main's (after the media admin paths above)
+    _rule("main_admin", "/_synapse/admin/", MAIN),
     # --- requests naming a room that generic workers serve: one room, one worker
     _rule(
         "rooms_client",
@@ -165,7 +167,7 @@ ROUTES: tuple[Rule, ...] = (
         f"(?:{FED}/(?:version$|event/|state/|state_ids/|backfill/|get_missing_events/|publicRooms"
         "|query/|make_join/|make_leave/|make_knock/|send_knock/|event_auth/|timestamp_to_event/"
         "|exchange_third_party_invite/|user/devices/|hierarchy/)"
-        f"|{FED_V12}/(?:send_join|send_leave|invite)/|/_matrix/key/v2/query)",
+        f"|{FED_V12}/(?:send_join|send_leave|invite)/|/_matrix/key/v2/(?:query|server))",
         FED_READER,
         Key.ORIGIN,
     ),

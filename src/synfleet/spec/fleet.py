@@ -91,7 +91,7 @@ class Fleet:
 
     @property
     def main(self) -> Worker:
-        return self._by_name["main"]
+        return next(w for w in self.workers if w.role is Role.MAIN)
 
     def worker(self, name: str) -> Worker:
         return self._by_name[name]

@@ -1,0 +1,110 @@
+"""Confirm the audit's evaluation with real nginx: the config runs in a temp prefix, on a free
+loopback port, with a stub on every upstream server."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import crossplane
+
+from synfleet.audit.nginx_model import NginxModel, socket_worker
+from synfleet.audit.repair import TestedConfig
+from synfleet.errors import BadRequest
+from synfleet.routing.probe import NginxProcess, Probe, StubUpstreams, free_port, send_all
+
+#: Directives that tie a config to its machine; dropped from the runnable copy.
+DROPPED = {
+    "user",
+    "pid",
+    "error_log",
+    "access_log",
+    "daemon",
+    "ssl_certificate",
+    "ssl_certificate_key",
+    "ssl_stapling",
+    "ssl_stapling_verify",
+    "http2",
+    "ssl_trusted_certificate",
+    "ssl_dhparam",
+    "listen",
+}
+
+
+def runnable_copy(tested: TestedConfig, directory: Path, port: int) -> tuple[Path, dict[str, str]]:
+    """One-file config: upstream servers on stub sockets, the routing server on 127.0.0.1:port."""
+    parsed = crossplane.parse(str(tested.conf), combine=True)
+    top: list[dict[str, Any]] = parsed["config"][0]["parsed"]
+    sockets: dict[str, str] = {}
+
+    def strip(block: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [d for d in block if d["directive"] not in DROPPED]
+
+    http = next(d for d in top if d["directive"] == "http")
+    for upstream in (d for d in http["block"] if d["directive"] == "upstream"):
+        for server in (d for d in upstream["block"] if d["directive"] == "server"):
+            path = f"{directory}/s{len(sockets)}.sock"
+            sockets[path] = socket_worker(server["args"][0])
+            server["args"] = [f"unix:{path}", *[a for a in server["args"][1:] if not a.startswith("backup")]]
+    servers = [d for d in http["block"] if d["directive"] == "server"]
+    routing = next((s for s in servers if any(d["directive"] == "location" for d in s.get("block", []))), servers[0])
+    routing["block"] = [{"directive": "listen", "args": [f"127.0.0.1:{port}"]}, *strip(routing["block"])]
+    temp = [
+        {"directive": f"{kind}_temp_path", "args": [str(directory / kind)]}
+        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    ]
+    http["block"] = [*temp, *[d for d in strip(http["block"]) if d["directive"] != "server"], routing]
+
+    def nested_strip(block: list[dict[str, Any]]) -> None:
+        for directive in block:
+            if "block" in directive and directive is not routing:
+                directive["block"] = (
+                    strip(directive["block"]) if directive["directive"] == "location" else directive["block"]
+                )
+                nested_strip(directive["block"])
+
+    nested_strip(routing["block"])
+    body = [*strip(top), {"directive": "error_log", "args": [str(directory / "error.log")]}]
+    conf = directory / "nginx.conf"
+    conf.write_text(crossplane.build(body) + "\n")
+    return conf, sockets
+
+
+def confirm_with_nginx(tested: TestedConfig, probes: list[Probe]) -> tuple[int, list[str]]:
+    """(requests nginx answered as evaluated, descriptions of those it did not)."""
+    with tempfile.TemporaryDirectory(prefix="sfa-") as temp:
+        directory = Path(temp)
+        directory.chmod(0o755)
+        port = free_port()
+        conf, sockets = runnable_copy(tested, directory, port)
+        model = NginxModel.load(conf)
+        with StubUpstreams(sockets):
+            nginx = NginxProcess(directory)
+            nginx.start(port)
+            try:
+                answers = send_all(port, probes)
+            finally:
+                nginx.stop()
+    # The runnable copy's servers are stub sockets; name them back after the original workers.
+    original = {socket_worker(f"unix:{path}"): name for path, name in sockets.items()}
+    agreed, mismatches = 0, []
+    for probe, (status, worker) in zip(probes, answers, strict=True):
+        try:
+            outcome = model.evaluate(probe.method, probe.url, dict(probe.headers), "127.0.0.1")
+        except BadRequest:
+            continue
+        if outcome.status is not None:
+            ok = status == outcome.status or (outcome.status in (404, 405) and status in (404, 405))
+        elif outcome.worker is not None:
+            ok = (status, worker) == (200, original.get(outcome.worker, outcome.worker))
+        else:
+            ok = status == 200 and worker in {original.get(c, c) for c in outcome.candidates}
+        if ok:
+            agreed += 1
+        else:
+            mismatches.append(
+                f"{probe.method} {probe.url}: nginx {status} {worker}, evaluated {outcome.status or ''}"
+                f" {outcome.worker or outcome.candidates}"
+            )
+    return agreed, mismatches

@@ -1,0 +1,298 @@
+"""An existing nginx config, parsed with crossplane and evaluated with nginx's semantics.
+
+Enough of nginx to say where a Synapse reverse-proxy config sends a request: server and location
+selection (exact, longest prefix, ``^~``, regexes in order), ``map``, ``set``, ``return``,
+``allow``/``deny`` with the realip module, ``proxy_pass`` with variables, and upstream balancing
+(``hash`` with and without ``consistent``, ``ip_hash``; others are not deterministic).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import crossplane
+
+from synfleet.errors import UsageError
+from synfleet.routing.chash import Ring
+from synfleet.routing.evaluate import real_client
+from synfleet.routing.nginx import Map, MapEntry, Variables, interpolate, parse_method, parse_request_target
+
+Directive = dict[str, Any]
+
+
+def python_regex(pattern: str) -> str:
+    """PCRE's ``(?<name>`` named groups in Python's spelling."""
+    return re.sub(r"\(\?<(?=[A-Za-z_])", "(?P<", pattern)
+
+
+def socket_worker(server: str) -> str:
+    """A readable worker name for an upstream server: the socket's stem, or host:port."""
+    if server.startswith("unix:"):
+        stem = Path(server[5:]).name.removesuffix(".sock")
+        return stem.removeprefix("synapse_inbound_")
+    return server
+
+
+@dataclass(frozen=True)
+class UpstreamBlock:
+    name: str
+    servers: tuple[str, ...]
+    weights: tuple[int, ...]
+    method: str  # "round_robin", "hash", "hash_consistent", "ip_hash", "least_conn", "random"
+    key: str  # the hash key expression
+    keepalive: int
+    line: str  # file:line
+
+    @property
+    def workers(self) -> tuple[str, ...]:
+        return tuple(socket_worker(s) for s in self.servers)
+
+    def pick(self, key: str, client: str) -> str | None:
+        """The worker nginx picks (all servers up), None when the choice is not deterministic."""
+        if len(self.servers) == 1:
+            return self.workers[0]
+        if self.method == "hash_consistent" and key:
+            return self.workers[Ring.build(self.servers, self.weights).pick(key)]
+        if self.method == "hash" and key:
+            # First try of ngx_http_upstream_get_hash_peer: ((crc32(key) >> 16) & 0x7fff) % total weight.
+            point = ((zlib.crc32(key.encode()) >> 16) & 0x7FFF) % sum(self.weights)
+            return self._by_weight(point)
+        if self.method == "ip_hash":
+            try:
+                octets = ipaddress.ip_address(client).packed
+            except ValueError:
+                return None
+            value = 89
+            for octet in octets[:3] if len(octets) == 4 else octets:
+                value = (value * 113 + octet) % 6271
+            return self._by_weight(value % sum(self.weights))
+        return None
+
+    def _by_weight(self, point: int) -> str:
+        for worker, weight in zip(self.workers, self.weights, strict=True):
+            if point < weight:
+                return worker
+            point -= weight
+        return self.workers[-1]
+
+
+@dataclass(frozen=True)
+class Location:
+    modifier: str  # "", "=", "^~", "~", "~*"
+    pattern: str
+    block: list[Directive]
+    line: str
+    file: str = ""
+
+    def regex(self) -> re.Pattern[str]:
+        return re.compile(python_regex(self.pattern), re.IGNORECASE if self.modifier == "~*" else 0)
+
+    @property
+    def label(self) -> str:
+        return f"location {self.modifier + ' ' if self.modifier else ''}{self.pattern} ({self.line})"
+
+
+@dataclass
+class Outcome:
+    """What nginx does with one request."""
+
+    location: Location | None
+    status: int | None  # answered by nginx itself (return, deny, no proxy_pass)
+    upstream: str | None  # upstream block name, or the direct proxy_pass address
+    worker: str | None  # the exact worker, when deterministic
+    candidates: tuple[str, ...] = ()
+    key: str = ""
+    connection_header: str | None = None  # what the upstream gets as Connection
+    http_version: str = "1.0"
+
+
+def _where(directive: Directive) -> str:
+    return f"{Path(directive.get('file', '?')).name}:{directive.get('line', '?')}"
+
+
+def _find(block: list[Directive], name: str) -> list[Directive]:
+    return [d for d in block if d["directive"] == name]
+
+
+@dataclass
+class NginxModel:
+    """The parts of a parsed config that decide routing."""
+
+    maps: list[Map]
+    upstreams: dict[str, UpstreamBlock]
+    http: list[Directive]
+    server: list[Directive]
+    locations: list[Location]
+    map_lines: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, conf: Path) -> NginxModel:
+        parsed = crossplane.parse(str(conf), combine=True, catch_errors=True, single=False)
+        if parsed["errors"]:
+            error = parsed["errors"][0]
+            raise UsageError(f"{error.get('file', conf)}:{error.get('line', '?')}: {error['error']}")
+        top: list[Directive] = parsed["config"][0]["parsed"]
+        http = next((d.get("block", []) for d in top if d["directive"] == "http"), None)
+        if http is None:
+            raise UsageError(f"{conf}: no http block")
+        maps = []
+        lines = {}
+        for directive in _find(http, "map"):
+            source, variable = directive["args"][:2]
+            entries = []
+            default = ""
+            for entry in directive.get("block", []):
+                key = entry["directive"]
+                value = entry["args"][0] if entry["args"] else ""
+                if key == "default":
+                    default = value
+                elif key in ("hostnames", "volatile", "include"):
+                    continue
+                else:
+                    entries.append(MapEntry(("~" + python_regex(key[1:])) if key.startswith("~") else key, value))
+            maps.append(Map(source, variable, tuple(entries), default))
+            lines[variable] = _where(directive)
+        upstreams = {u.name: u for u in map(_upstream, _find(http, "upstream"))}
+        servers = _find(http, "server")
+        if not servers:
+            raise UsageError(f"{conf}: no server block")
+        # The server that routes requests: the first with locations.
+        server = next(
+            (s.get("block", []) for s in servers if _find(s.get("block", []), "location")), servers[0]["block"]
+        )
+        locations = [
+            Location(
+                d["args"][0] if len(d["args"]) > 1 else "",
+                d["args"][-1],
+                d.get("block", []),
+                _where(d),
+                d.get("file", ""),
+            )
+            for d in _find(server, "location")
+        ]
+        return cls(maps, upstreams, http, server, locations, lines)
+
+    def select_location(self, uri: str) -> tuple[Location | None, dict[str, str]]:
+        """nginx's order: exact, longest prefix (stop at ^~), regexes in order, the longest prefix."""
+        for location in self.locations:
+            if location.modifier == "=" and location.pattern == uri:
+                return location, {}
+        prefixes = [loc for loc in self.locations if loc.modifier in ("", "^~") and uri.startswith(loc.pattern)]
+        longest = max(prefixes, key=lambda loc: len(loc.pattern), default=None)
+        if longest is not None and longest.modifier == "^~":
+            return longest, {}
+        for location in self.locations:
+            if location.modifier in ("~", "~*"):
+                found = location.regex().search(uri)
+                if found:
+                    captures = {k: v or "" for k, v in found.groupdict().items()}
+                    captures.update({str(i): g or "" for i, g in enumerate(found.groups(), 1)})
+                    return location, captures
+        return longest, {}
+
+    def _inherited(self, location: Location | None, name: str) -> list[Directive]:
+        """Directives of an array type that nginx inherits only when the inner level has none."""
+        for block in (location.block if location else [], self.server, self.http):
+            found = _find(block, name)
+            if found:
+                return found
+        return []
+
+    def access_allowed(self, location: Location | None, client: str) -> bool:
+        rules = [d for d in (location.block if location else []) if d["directive"] in ("allow", "deny")]
+        if not rules:
+            rules = [d for d in self.server if d["directive"] in ("allow", "deny")]
+        if not rules:
+            rules = [d for d in self.http if d["directive"] in ("allow", "deny")]
+        for rule in rules:
+            network = rule["args"][0]
+            try:
+                matches = network == "all" or ipaddress.ip_address(client) in ipaddress.ip_network(
+                    network, strict=False
+                )
+            except ValueError:
+                continue
+            if matches:
+                return rule["directive"] == "allow"
+        return True
+
+    def client_address(self, remote_addr: str, headers: Mapping[str, str]) -> str:
+        trusted = tuple(d["args"][0] for d in self.http + self.server if d["directive"] == "set_real_ip_from")
+        header = next((d["args"][0] for d in self.http + self.server if d["directive"] == "real_ip_header"), "")
+        if not trusted or header.lower() != "x-forwarded-for":
+            return remote_addr
+        forwarded = next((v for k, v in headers.items() if k.lower() == "x-forwarded-for"), "")
+        return real_client(remote_addr, forwarded, trusted)
+
+    def evaluate(
+        self, method: str, url: str, headers: Mapping[str, str], remote_addr: str, ignore_access: bool = False
+    ) -> Outcome:
+        """What nginx does with a request; ``ignore_access`` skips allow/deny (to see routing)."""
+        method = parse_method(method)
+        uri, args = parse_request_target(url)
+        client = self.client_address(remote_addr, headers)
+        location, captures = self.select_location(uri)
+        variables = Variables(method, uri, args, headers, client, self.maps)
+        variables.define("request_uri", url if url.startswith("/") else uri)
+        for name, value in captures.items():
+            variables.define(name, value)
+        outcome = Outcome(location, None, None, None)
+        for directive in location.block if location else []:
+            name, args_ = directive["directive"], directive["args"]
+            if name == "set" and len(args_) == 2:
+                variables.define(args_[0].lstrip("$"), interpolate(args_[1], variables.get))
+            elif name == "return":
+                outcome.status = int(args_[0]) if args_[0].isdigit() else 302
+                return outcome
+        if not ignore_access and not self.access_allowed(location, client):
+            outcome.status = 403
+            return outcome
+        proxy = _find(location.block, "proxy_pass") if location else []
+        if not proxy:
+            outcome.status = 404 if method in ("GET", "HEAD") else 405
+            return outcome
+        target = interpolate(proxy[0]["args"][0], variables.get)
+        host = re.sub(r"^[a-z]+://", "", target).split("/", 1)[0]
+        upstream = self.upstreams.get(host)
+        version = _find(location.block, "proxy_http_version") or self._inherited(None, "proxy_http_version")
+        outcome.http_version = version[0]["args"][0] if version else "1.0"
+        outcome.connection_header = "close"
+        for header in self._inherited(location, "proxy_set_header"):
+            if header["args"][0].lower() == "connection":
+                outcome.connection_header = interpolate(header["args"][1], variables.get)
+        outcome.upstream = host
+        if upstream is None:
+            outcome.worker = host
+            outcome.candidates = (host,)
+            return outcome
+        outcome.key = interpolate(upstream.key, variables.get) if upstream.key else ""
+        outcome.worker = upstream.pick(outcome.key, client)
+        outcome.candidates = upstream.workers
+        return outcome
+
+
+def _upstream(directive: Directive) -> UpstreamBlock:
+    servers, weights = [], []
+    method, key, keepalive = "round_robin", "", 0
+    for entry in directive.get("block", []):
+        name, args = entry["directive"], entry["args"]
+        if name == "server":
+            servers.append(args[0])
+            weight = next((int(a.split("=", 1)[1]) for a in args[1:] if a.startswith("weight=")), 1)
+            weights.append(weight)
+        elif name == "hash":
+            key = args[0]
+            method = "hash_consistent" if "consistent" in args[1:] else "hash"
+        elif name in ("ip_hash", "least_conn", "random"):
+            method = name
+        elif name == "keepalive":
+            keepalive = int(args[0])
+    return UpstreamBlock(
+        directive["args"][0], tuple(servers), tuple(weights), method, key, keepalive, _where(directive)
+    )

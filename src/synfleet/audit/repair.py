@@ -1,0 +1,188 @@
+"""Run `nginx -t` on an existing config and repair what it can, one error at a time.
+
+The config is copied into a temp prefix, keeping file names and line numbers, with log and pid
+paths moved there. Each error nginx reports is put in plain words; errors with an obvious repair
+(a stray line, an undefined variable, a directive this nginx lacks) are repaired in the copy so
+the analysis can go on, and `nginx -t` runs again.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from synfleet.errors import UsageError
+from synfleet.system import nginx_version, require_binary
+
+REPAIR_FILE = "synfleet-repair.conf"
+MAX_REPAIRS = 20
+_ERROR = re.compile(r"\[(?:emerg|alert|crit|error)\] (?P<message>.*?)(?: in (?P<file>/\S+?):(?P<line>\d+))?$")
+_LOG_PATH = re.compile(r"^(\s*(?:access_log|error_log)\s+)(/\S+?)(;|\s)")
+
+
+@dataclass(frozen=True)
+class NginxProblem:
+    """One error from `nginx -t`, where it is, what it means, and whether the copy was repaired."""
+
+    file: str
+    line: int
+    message: str
+    plain: str
+    repaired: bool
+
+
+@dataclass(frozen=True)
+class TestedConfig:
+    directory: Path  # the working copy (repaired where possible)
+    conf: Path
+    problems: list[NginxProblem]
+    passes: bool  # `nginx -t` accepts the (repaired) copy
+
+
+def copy_config(source: Path, work: Path) -> Path:
+    """Copy a config (a directory with nginx.conf, or one file) into ``work``; the main file's path."""
+    if source.is_dir():
+        main = source / "nginx.conf"
+        if not main.exists():
+            raise UsageError(f"{source}: no nginx.conf in this directory")
+        shutil.copytree(source, work, dirs_exist_ok=True, symlinks=False)
+        conf = work / "nginx.conf"
+    elif source.is_file():
+        work.mkdir(parents=True, exist_ok=True)
+        conf = work / source.name
+        shutil.copy(source, conf)
+    else:
+        raise UsageError(f"{source}: no such file or directory")
+    logs = work / "_logs"
+    logs.mkdir(exist_ok=True)
+    for path in work.rglob("*"):
+        if path.is_file() and path.parent != logs:
+            try:
+                text = path.read_text()
+            except (UnicodeDecodeError, OSError):
+                continue
+            lines = [
+                _LOG_PATH.sub(lambda m: f"{m[1]}{logs / Path(m[2]).name}{m[3]}", line) for line in text.split("\n")
+            ]
+            # `pid` comes from the command line; comment it out in place (line numbers stay).
+            lines = [re.sub(r"^(\s*)pid\s", r"\1#pid ", line) for line in lines]
+            path.write_text("\n".join(lines))
+    return conf
+
+
+def _comment_out(path: Path, line: int, directive: str | None) -> int:
+    """Comment out the line where ``directive`` starts (nginx reports the line where it ends);
+    returns that line's number."""
+    lines = path.read_text().split("\n")
+    start = line
+    if directive:
+        start = next(
+            (n for n in range(line, 0, -1) if re.match(rf"\s*{re.escape(directive)}(\s|;|\{{|$)", lines[n - 1])), line
+        )
+    lines[start - 1] = "#" + lines[start - 1]
+    path.write_text("\n".join(lines))
+    return start
+
+
+def _define_variable(conf: Path, name: str) -> bool:
+    """Define ``$name`` as empty in a file included at the top of the http block."""
+    repair = conf.parent / REPAIR_FILE
+    existing = repair.read_text() if repair.exists() else ""
+    repair.write_text(existing + f'map "" ${name} {{ default ""; }}\n')
+    if existing:
+        return True
+    text = conf.read_text()
+    patched, count = re.subn(r"(^|\n)(\s*http\s*\{)", rf"\1\2 include {REPAIR_FILE};", text, count=1)
+    conf.write_text(patched)
+    return count == 1
+
+
+def _first_use(work: Path, variable: str) -> tuple[Path, int] | None:
+    """Where ``$variable`` is first used (nginx does not say for unknown variables)."""
+    pattern = re.compile(rf"\${re.escape(variable)}\b")
+    for path in sorted(work.rglob("*.conf")):
+        for number, text in enumerate(path.read_text().split("\n"), 1):
+            if pattern.search(text) and not text.lstrip().startswith("#") and REPAIR_FILE not in path.name:
+                return path, number
+    return None
+
+
+def explain(message: str) -> tuple[str, str | None, str | None]:
+    """(plain words, kind of repair, argument) for an nginx error message."""
+    if found := re.match(r'unknown directive "(?P<name>[^"]+)"', message):
+        name = found["name"]
+        if name == "http2":
+            version = ".".join(map(str, nginx_version() or ()))
+            return (
+                f"`http2 on;` needs nginx 1.25.1 or newer, this is {version}: write `listen ... ssl http2` instead",
+                "comment",
+                name,
+            )
+        return (
+            f"nginx has no directive {name!r}: a typo, a comment that lost its '#', or a module this nginx lacks",
+            "comment",
+            name,
+        )
+    if found := re.match(r'unknown "(?P<name>[^"]+)" variable', message):
+        return (
+            f"${found['name']} is used but nothing defines it (no map, set or module provides it)",
+            "define",
+            found["name"],
+        )
+    if found := re.match(r'"(?P<name>[^"]+)" directive is duplicate', message):
+        return f"{found['name']} is given twice where nginx allows it once", "comment", found["name"]
+    if found := re.match(r'invalid number of arguments in "(?P<name>[^"]+)"', message):
+        return f"{found['name']} has the wrong number of arguments (a missing ';'?)", None, None
+    if "host not found in upstream" in message:
+        return "proxy_pass or server names a host that does not resolve and no upstream block", None, None
+    return message, None, None
+
+
+def test_config(source: Path, work: Path) -> TestedConfig:
+    """`nginx -t` on a copy of ``source`` in ``work``, repairing and retrying while it can."""
+    nginx = require_binary("nginx")
+    conf = copy_config(source, work)
+    problems: list[NginxProblem] = []
+    for _ in range(MAX_REPAIRS):
+        result = subprocess.run(
+            [
+                nginx,
+                "-t",
+                "-q",
+                "-p",
+                str(work),
+                "-c",
+                str(conf),
+                "-e",
+                str(work / "_logs" / "startup.log"),
+                "-g",
+                f"pid {work / '_logs' / 'nginx.pid'};",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if result.returncode == 0:
+            return TestedConfig(work, conf, problems, True)
+        found = next(filter(None, map(_ERROR.search, result.stderr.splitlines())), None)
+        if found is None:
+            problems.append(NginxProblem(str(conf.name), 0, result.stderr.strip(), result.stderr.strip(), False))
+            break
+        file = Path(found["file"]) if found["file"] else conf
+        line = int(found["line"] or 0)
+        relative = str(file.relative_to(work)) if file.is_relative_to(work) else str(file)
+        plain, repair, argument = explain(found["message"])
+        repaired = False
+        if repair == "comment" and line:
+            line = _comment_out(file, line, argument)
+            repaired = True
+        elif repair == "define" and argument:
+            repaired = _define_variable(conf, argument)
+            file, line = _first_use(work, argument) or (file, line)
+        problems.append(NginxProblem(relative, line, found["message"], plain, repaired))
+        if not repaired:
+            break
+    return TestedConfig(work, conf, problems, False)

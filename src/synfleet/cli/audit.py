@@ -1,0 +1,76 @@
+"""``synfleet audit``: what an existing nginx config for Synapse workers gets wrong."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from synfleet.audit.findings import ERROR, audit
+from synfleet.spec.load import load_spec
+from synfleet.system import nginx_version
+
+
+@click.command("audit")
+@click.argument("config", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help='Print {"findings": [...]} as JSON.')
+@click.option(
+    "--fleet",
+    "fleet_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Directory whose fleet.toml says which worker does what (default: guessed from names).",
+)
+@click.option("--no-confirm", is_flag=True, help="Do not run the config in a real nginx to confirm the analysis.")
+def audit_command(config: Path, as_json: bool, fleet_dir: Path | None, no_confirm: bool) -> None:
+    """Audit CONFIG, a directory with nginx.conf (and its includes) or one file.
+
+    Exits 0 without findings, 1 with findings, 2 when the config cannot be read.
+    """
+    fleet = load_spec(fleet_dir).fleet if fleet_dir else None
+    report = audit(config, fleet, confirm=not no_confirm)
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "findings": [f.as_json() for f in report.findings],
+                    "requests": report.requests,
+                    "confirmed_by_nginx": report.confirmed,
+                },
+                indent=2,
+            )
+        )
+    else:
+        console = Console(highlight=False)
+        if report.findings:
+            table = Table(show_lines=True)
+            for column in ("severity", "finding", "what", "fix"):
+                table.add_column(column)
+            for finding in report.findings:
+                example = (
+                    f"\n[dim]{escape(finding.method or '')} {escape(finding.url or '')} -> "
+                    f"{escape(finding.got or '')}[/dim]"
+                    if finding.url
+                    else ""
+                )
+                where = f"\n[dim]{escape(finding.where)}[/dim]" if finding.where and not finding.url else ""
+                severity = "[red]error[/red]" if finding.severity == ERROR else "[yellow]warning[/yellow]"
+                count = f" (x{finding.count})" if finding.count > 1 else ""
+                table.add_row(
+                    severity, finding.kind + count, escape(finding.message) + example + where, escape(finding.fix)
+                )
+            console.print(table)
+        errors = sum(f.severity == ERROR for f in report.findings)
+        console.print(
+            f"{len(report.findings)} findings ({errors} errors) in {config}; {report.requests} requests analysed"
+        )
+        if report.confirmed is not None:
+            version = ".".join(map(str, nginx_version() or ()))
+            console.print(
+                f"confirmed with nginx {version}: {report.confirmed} of {report.requests} requests answered as analysed"
+            )
+    sys.exit(1 if report.findings else 0)
