@@ -110,11 +110,13 @@ class Auditor:
         self.plan = RoutingPlan(fleet)
         self.findings: list[Finding] = []
         self.used_upstreams: set[str] = set()
+        self.unproxied_seen = False  # some requests hit a location without proxy_pass
 
     def outcome(self, probe: Probe, remote: str = "127.0.0.1", ignore_access: bool = True) -> Outcome:
         result = self.model.evaluate(probe.method, probe.url, dict(probe.headers), remote, ignore_access=ignore_access)
         if result.upstream:
             self.used_upstreams.add(result.upstream)
+        self.unproxied_seen |= result.unproxied
         return result
 
     def routing(self, probes: Iterable[Probe]) -> int:
@@ -173,6 +175,8 @@ class Auditor:
         missed: dict[str, list[tuple[Probe, Outcome]]] = defaultdict(list)
         for room, probe in _room_probes(rng, 24):
             theirs = self.outcome(probe)
+            if theirs.unproxied:  # already a missing_proxy_pass finding; nothing to say about routing
+                continue
             form = "room version 12" if ":" not in room else "!opaque:server"
             by_room[room].append((probe, theirs))
             if room_workers and theirs.worker not in room_workers and not set(theirs.candidates) & room_workers:
@@ -314,6 +318,8 @@ class Auditor:
                 )
 
     def unused(self) -> None:
+        if self.unproxied_seen:  # requests that never reach an upstream say nothing about its use
+            return
         for upstream in self.model.upstreams.values():
             if upstream.name not in self.used_upstreams:
                 self.findings.append(

@@ -110,6 +110,7 @@ class Outcome:
     key: str = ""
     connection_header: str | None = None  # what the upstream gets as Connection
     http_version: str = "1.0"
+    unproxied: bool = False  # the location has no proxy_pass
 
 
 def _where(directive: Directive) -> str:
@@ -219,7 +220,7 @@ class NginxModel:
             except ValueError:
                 continue
             if matches:
-                return rule["directive"] == "allow"
+                return bool(rule["directive"] == "allow")
         return True
 
     def client_address(self, remote_addr: str, headers: Mapping[str, str]) -> str:
@@ -256,11 +257,12 @@ class NginxModel:
         proxy = _find(location.block, "proxy_pass") if location else []
         if not proxy:
             outcome.status = 404 if method in ("GET", "HEAD") else 405
+            outcome.unproxied = True
             return outcome
         target = interpolate(proxy[0]["args"][0], variables.get)
         host = re.sub(r"^[a-z]+://", "", target).split("/", 1)[0]
         upstream = self.upstreams.get(host)
-        version = _find(location.block, "proxy_http_version") or self._inherited(None, "proxy_http_version")
+        version = self._inherited(location, "proxy_http_version")
         outcome.http_version = version[0]["args"][0] if version else "1.0"
         outcome.connection_header = "close"
         for header in self._inherited(location, "proxy_set_header"):

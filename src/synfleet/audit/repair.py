@@ -173,7 +173,6 @@ def test_config(source: Path, work: Path) -> TestedConfig:
             break
         file = Path(found["file"]) if found["file"] else conf
         line = int(found["line"] or 0)
-        relative = str(file.relative_to(work)) if file.is_relative_to(work) else str(file)
         plain, repair, argument = explain(found["message"])
         repaired = False
         if repair == "comment" and line:
@@ -182,6 +181,7 @@ def test_config(source: Path, work: Path) -> TestedConfig:
         elif repair == "define" and argument:
             repaired = _define_variable(conf, argument)
             file, line = _first_use(work, argument) or (file, line)
+        relative = str(file.relative_to(work)) if file.is_relative_to(work) else str(file)
         problems.append(NginxProblem(relative, line, found["message"], plain, repaired))
         if not repaired:
             break
