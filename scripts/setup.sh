@@ -24,5 +24,5 @@ if [ ! -x .venv/bin/python ]; then
 fi
 echo "setup: installing synfleet, Synapse and test tools into .venv"
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e '.[synapse,test,dev]'
+.venv/bin/python -m pip install -q -e '.[synapse,test,dev,bench]'
 echo "setup: done (.venv/bin/synfleet)"

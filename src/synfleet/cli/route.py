@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import secrets
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import TextIO
 
@@ -123,7 +124,7 @@ def grown(fleet: Fleet, role: Role, extra: int) -> Fleet:
     """``fleet`` with ``extra`` more workers of ``role``, named like the existing ones."""
     count = len(fleet.with_role(role))
     added = tuple(Worker(f"{role.value}{count + i}", role) for i in range(1, extra + 1))
-    return Fleet(fleet.server_name, fleet.workers + added, fleet.admin_allow, fleet.trusted_proxies)
+    return replace(fleet, workers=fleet.workers + added)
 
 
 def random_room_keys(count: int) -> list[str]:

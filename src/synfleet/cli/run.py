@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
@@ -13,6 +14,7 @@ from rich.table import Table
 from synfleet.cli.options import DIR_OPTION
 from synfleet.errors import UsageError
 from synfleet.render.native import RunPaths
+from synfleet.run.bench import bench, plot
 from synfleet.run.fleet import down, plan_for, status, tail, up
 from synfleet.run.register import register_user
 
@@ -130,5 +132,52 @@ def user_add_command(directory: Path, name: str, password: str, admin: bool) -> 
         password = sys.stdin.readline().rstrip("\n")
     if not password:
         raise UsageError("--password: must not be empty")
-    user_id = register_user(directory, name, password, admin)
+    user_id = register_user(directory, name, password, admin)["user_id"]
     click.echo(f"created {user_id}" + (" (admin)" if admin else ""))
+
+
+@click.command("bench")
+@DIR_OPTION
+@click.option(
+    "--compare",
+    default="monolith,fleet,fleet-roundrobin",
+    show_default=True,
+    help="Modes to run, comma-separated: monolith, fleet, fleet-roundrobin.",
+)
+@click.option("--users", default=20, show_default=True, type=click.IntRange(2, 1000))
+@click.option("--rooms", default=20, show_default=True, type=click.IntRange(1, 1000))
+@click.option("--duration", default=60.0, show_default=True, type=click.FloatRange(1, 3600), help="Seconds of load.")
+@click.option("--warmup", default=10.0, show_default=True, type=click.FloatRange(0, 600))
+@click.option("--repeat", default=3, show_default=True, type=click.IntRange(1, 20), help="Alternating repetitions.")
+@click.option("--out", type=click.Path(path_type=Path, dir_okay=False), help="Write the results as JSON.")
+@click.option("--png", type=click.Path(path_type=Path, dir_okay=False), help="Draw the results as a PNG.")
+def bench_command(
+    directory: Path,
+    compare: str,
+    users: int,
+    rooms: int,
+    duration: float,
+    warmup: float,
+    repeat: int,
+    out: Path | None,
+    png: Path | None,
+) -> None:
+    """Measure the fleet against a monolith and against room-blind balancing, on this machine."""
+    console = Console(highlight=False)
+    modes = [m.strip() for m in compare.split(",") if m.strip()]
+    results = bench(directory, modes, users, rooms, duration, warmup, repeat, console.print)
+    table = Table(title=f"{users} users, {rooms} rooms, {duration:.0f}s x {repeat} (median, min-max)")
+    for column in ("mode", "msgs/s", "send p50 ms", "send p99 ms", "delivery p50 ms", "CPU s"):
+        table.add_column(column, justify="left" if column == "mode" else "right")
+    for mode, figures in results["summary"]["modes"].items():
+        cells = [f"{v['median']} ({v['min']}-{v['max']})" if v else "-" for v in figures.values()]
+        table.add_row(mode, *cells)
+    console.print(table)
+    for name, spread in results["summary"]["ratios"].items():
+        console.print(f"{name}: median {spread['median']} (min {spread['min']}, max {spread['max']})")
+    if out:
+        out.write_text(json.dumps(results, indent=2) + "\n")
+        console.print(f"wrote {out}")
+    if png:
+        plot(results, png)
+        console.print(f"wrote {png}")

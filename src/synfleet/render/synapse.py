@@ -51,9 +51,16 @@ def inbound_resources(worker: Worker) -> list[str]:
     return ["client", "federation"] if worker.serves_http else ["health"]
 
 
-def listeners(worker: Worker, layout: Layout) -> list[dict[str, Any]]:
-    """The inbound socket (requests from nginx; only /health for workers nginx never routes to)
-    and, for instance_map members, the replication socket."""
+def metrics_port(spec: FleetSpec, worker: Worker) -> int | None:
+    """The TCP port of a process's Prometheus listener (metrics cannot be served on a socket)."""
+    if not spec.metrics.enabled:
+        return None
+    return spec.metrics.base_port + spec.fleet.workers.index(worker)
+
+
+def listeners(worker: Worker, layout: Layout, metrics: int | None = None) -> list[dict[str, Any]]:
+    """The inbound socket (requests from nginx; only /health for workers nginx never routes to),
+    for instance_map members the replication socket, and the metrics port if enabled."""
     result: list[dict[str, Any]] = [
         {
             "path": layout.inbound_socket(worker.name),
@@ -72,6 +79,8 @@ def listeners(worker: Worker, layout: Layout) -> list[dict[str, Any]]:
                 "resources": [{"names": ["replication"]}],
             }
         )
+    if metrics is not None:
+        result.append({"type": "metrics", "port": metrics, "bind_addresses": ["127.0.0.1"]})
     return result
 
 
@@ -96,7 +105,7 @@ def homeserver_config(spec: FleetSpec, layout: Layout, secrets: dict[str, str]) 
         "worker_replication_secret_path": layout.secret("worker_replication_secret"),
         "media_store_path": f"{layout.data_dir}/media_store",
         "log_config": f"{layout.config_dir}/log/main.log.yaml",
-        "listeners": listeners(fleet.main, layout),
+        "listeners": listeners(fleet.main, layout, metrics_port(spec, fleet.main)),
         "database": database_config(spec, layout, secrets),
         "redis": redis_config(spec, layout),
         "instance_map": {
@@ -122,6 +131,8 @@ def homeserver_config(spec: FleetSpec, layout: Layout, secrets: dict[str, str]) 
         config["notify_appservices_from_worker"] = tasks[0].name
     if spec.synapse.relaxed_rate_limits:
         config.update(RELAXED_RATE_LIMITS)
+    if spec.metrics.enabled:
+        config["enable_metrics"] = True
     return config
 
 
@@ -146,13 +157,13 @@ def redis_config(spec: FleetSpec, layout: Layout) -> dict[str, Any]:
     return {"enabled": True, "path": layout.redis_socket, "dbid": spec.redis.dbid}
 
 
-def worker_config(worker: Worker, layout: Layout) -> dict[str, Any]:
+def worker_config(worker: Worker, layout: Layout, metrics: int | None) -> dict[str, Any]:
     """One worker's own file, loaded after homeserver.yaml (top-level keys replace shared ones)."""
     config: dict[str, Any] = {
         "worker_app": GENERIC_WORKER,
         "worker_name": worker.name,
         "worker_log_config": f"{layout.config_dir}/log/{worker.name}.log.yaml",
-        "worker_listeners": listeners(worker, layout),
+        "worker_listeners": listeners(worker, layout, metrics),
         # Only media workers load the media repository, even when main has none.
         "enable_media_repo": worker.role is Role.MEDIA,
     }
@@ -192,6 +203,6 @@ def render_synapse(spec: FleetSpec, layout: Layout, secrets: dict[str, str]) -> 
     files = {"homeserver.yaml": dump(homeserver_config(spec, layout, secrets))}
     for worker in fleet.workers:
         if worker.role is not Role.MAIN:
-            files[f"workers/{worker.name}.yaml"] = dump(worker_config(worker, layout))
+            files[f"workers/{worker.name}.yaml"] = dump(worker_config(worker, layout, metrics_port(spec, worker)))
         files[f"log/{worker.name}.log.yaml"] = dump(log_config(worker.name, layout))
     return files

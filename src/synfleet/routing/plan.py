@@ -57,10 +57,11 @@ class Upstream:
     name: str
     workers: tuple[str, ...]
     servers: tuple[str, ...]
+    balancing: str = "consistent_hash"
 
     @property
     def hashed(self) -> bool:
-        return len(self.servers) > 1
+        return len(self.servers) > 1 and self.balancing == "consistent_hash"
 
     @property
     def weight(self) -> int:
@@ -71,10 +72,10 @@ class Upstream:
         return Ring.build(self.servers, [self.weight] * len(self.servers))
 
     def worker_for(self, key: str) -> str | None:
-        """The worker nginx picks for ``key``; None when nginx falls back to round robin."""
+        """The worker nginx picks for ``key``; None when it balances without a key."""
         if len(self.workers) == 1:
             return self.workers[0]
-        if key == "":
+        if key == "" or not self.hashed:
             return None
         return self.workers[self.ring.pick(key)]
 
@@ -141,7 +142,8 @@ class RoutingPlan:
             if name not in upstreams:
                 names = tuple(w.name for w in workers)
                 servers = tuple(f"unix:{inbound_socket(self.socket_dir, n)}" for n in names)
-                upstreams[name] = Upstream(name, names, servers)
+                balancing = self.fleet.room_balancing if target is Role.ROOMS else "consistent_hash"
+                upstreams[name] = Upstream(name, names, servers, balancing)
             rule_upstream[rule.name] = name
         object.__setattr__(self, "upstreams", dict(sorted(upstreams.items())))
         object.__setattr__(self, "rule_upstream", rule_upstream)

@@ -25,8 +25,9 @@ def registration_mac(secret: str, nonce: str, user: str, password: str, admin: b
     return mac.hexdigest()
 
 
-def register_user(directory: Path, localpart: str, password: str, admin: bool) -> str:
-    """Create a user; returns its Matrix ID. Errors name the reason (e.g. the user exists)."""
+def register_user(directory: Path, localpart: str, password: str, admin: bool) -> dict[str, str]:
+    """Create a user; returns Synapse's answer (``user_id``, ``access_token``, ...). Errors name the
+    reason (e.g. the user exists)."""
     secret_file = directory / SECRETS_DIR / "registration_shared_secret"
     try:
         secret = secret_file.read_text().strip()
@@ -49,7 +50,7 @@ def register_user(directory: Path, localpart: str, password: str, admin: bool) -
         raise SynfleetError(f"main is not answering on {socket_path}: is the fleet up (`synfleet status`)?") from None
     data = response.json()
     if response.status_code == 200:
-        return str(data["user_id"])
+        return {key: str(value) for key, value in data.items()}
     if data.get("errcode") == "M_USER_IN_USE":
         raise UsageError(f"user {localpart!r} already exists")
     raise SynfleetError(f"registration failed: {data.get('errcode', response.status_code)}: {data.get('error', '')}")

@@ -9,8 +9,9 @@ from __future__ import annotations
 import ipaddress
 import re
 import tomllib
+from dataclasses import replace
 from pathlib import Path
-from typing import Annotated, Any, Self
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -111,6 +112,19 @@ class Workers(Section):
         }
 
 
+class Metrics(Section):
+    """Prometheus metrics: each Synapse process listens on 127.0.0.1:<base_port + its index>."""
+
+    enabled: bool = False
+    base_port: Port = 19100
+
+
+class Routing(Section):
+    """How nginx balances room workers. Room-blind balancing exists to measure what hashing buys."""
+
+    room_balancing: Literal["consistent_hash", "round_robin", "least_conn"] = "consistent_hash"
+
+
 class Database(Section):
     """PostgreSQL. An empty host means the fleet's own server (a UNIX socket)."""
 
@@ -184,6 +198,8 @@ class FleetSpec(Section):
     access: Access = Field(default_factory=Access)
     workers: Workers = Field(default_factory=Workers)
     stream_writers: dict[Stream, list[str]] = Field(default_factory=dict)
+    routing: Routing = Field(default_factory=Routing)
+    metrics: Metrics = Field(default_factory=Metrics)
     database: Database = Field(default_factory=Database)
     redis: Redis = Field(default_factory=Redis)
     synapse: Synapse = Field(default_factory=Synapse)
@@ -253,13 +269,14 @@ class FleetSpec(Section):
 
     @property
     def fleet(self) -> Fleet:
-        return build_fleet(
+        fleet = build_fleet(
             self.server_name,
             self.workers.counts(),
             self.stream_writers,
             tuple(self.access.admin_allow),
             tuple(self.access.trusted_proxies),
         )
+        return replace(fleet, room_balancing=self.routing.room_balancing)
 
     def resources_for(self, group: str) -> Resources:
         return self.resources.get(group) or self.resources.get("default") or Resources.model_validate({})

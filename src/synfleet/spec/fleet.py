@@ -41,6 +41,9 @@ class Stream(StrEnum):
     QUARANTINED_MEDIA_CHANGES = "quarantined_media_changes"
 
 
+#: How nginx may balance room workers; only the consistent hash keeps one room on one worker.
+ROOM_BALANCING = ("consistent_hash", "round_robin", "least_conn")
+
 #: Streams that Synapse allows only one writer for.
 SINGLE_WRITER_STREAMS = frozenset(
     {Stream.TYPING, Stream.TO_DEVICE, Stream.ACCOUNT_DATA, Stream.PRESENCE, Stream.PUSH_RULES}
@@ -84,6 +87,7 @@ class Fleet:
     workers: tuple[Worker, ...]
     admin_allow: tuple[str, ...] = ("127.0.0.1/32", "::1/128")
     trusted_proxies: tuple[str, ...] = ()
+    room_balancing: str = "consistent_hash"  # or round_robin / least_conn: room-blind, for comparison
     _by_name: dict[str, Worker] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:

@@ -63,6 +63,38 @@ def fleet_file_text(server_name: str, profile: str) -> str:
     return text
 
 
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def fleet_toml(spec: FleetSpec) -> str:
+    """A fleet file with every key of ``spec`` (no comments); parsing it gives ``spec`` back."""
+    data = spec.model_dump(mode="json")
+    lines = [f"{key} = {_toml_value(value)}" for key, value in data.items() if not isinstance(value, dict)]
+
+    def table(prefix: str, values: dict[str, object]) -> None:
+        scalars = {k: v for k, v in values.items() if not isinstance(v, dict)}
+        if scalars or not values:
+            lines.append(f"\n[{prefix}]")
+            lines.extend(f"{key} = {_toml_value(value)}" for key, value in scalars.items())
+        for key, value in values.items():
+            if isinstance(value, dict):
+                table(f"{prefix}.{key}", value)
+
+    for key, value in data.items():
+        if isinstance(value, dict):
+            table(key, value)
+    text = "\n".join(lines) + "\n"
+    assert parse_fleet(text, "generated fleet file") == spec
+    return text
+
+
 def write_new(path: Path, text: str, mode: int = 0o644) -> None:
     """Write ``text`` to ``path`` atomically: a temp file in the same directory, then rename."""
     descriptor, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")

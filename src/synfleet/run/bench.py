@@ -1,0 +1,276 @@
+"""`synfleet bench`: the same load on a monolith, the fleet, and the fleet with room-blind balancing.
+
+Each mode runs in its own directory under ``D/bench/<mode>`` on a fresh database, with Synapse's
+rate limits raised and metrics enabled. Modes alternate over the repetitions, since one machine's
+absolute numbers drift; ratios are taken within a repetition.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import resource
+import shutil
+import socket
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from synfleet.errors import UsageError
+from synfleet.render.native import RunPaths
+from synfleet.routing.probe import free_port
+from synfleet.run.fleet import down, up
+from synfleet.run.load import BenchUser, Load, percentile, populate
+from synfleet.run.measure import cache_counters, peak_rss_mib, postgres_transactions, process_tree_cpu
+from synfleet.run.register import register_user
+from synfleet.run.supervisor import Supervisor
+from synfleet.spec.file import FleetSpec
+from synfleet.spec.fleet import Role
+from synfleet.spec.load import fleet_toml, load_spec, write_new
+
+MODES = ("monolith", "fleet", "fleet-roundrobin")
+Report = Callable[[str], None]
+
+
+def free_ports(count: int, start: int = 19300) -> int:
+    """The first port of ``count`` consecutive free loopback ports at or above ``start``."""
+    base = start
+    while base < 65000:
+        try:
+            for port in range(base, base + count):
+                with socket.socket() as probe:
+                    probe.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            base = port + 1
+    raise UsageError("no free range of loopback ports for metrics listeners")
+
+
+def mode_spec(spec: FleetSpec, mode: str, port: int, metrics_port: int) -> FleetSpec:
+    data = spec.model_dump(mode="json")
+    data["listen"]["http_port"] = port
+    data["synapse"]["relaxed_rate_limits"] = True
+    data["metrics"] = {"enabled": True, "base_port": metrics_port}
+    if mode == "monolith":
+        data["workers"] = {key: 0 for key in data["workers"]}
+        data["stream_writers"] = {}
+    if mode == "fleet-roundrobin":
+        data["routing"]["room_balancing"] = "round_robin"
+    return FleetSpec.model_validate(data)
+
+
+def _group(spec: FleetSpec, name: str) -> str:
+    fleet = spec.fleet
+    if name in ("postgres", "redis", "nginx"):
+        return name
+    role = fleet.worker(name).role
+    return "main" if role is Role.MAIN else role.value
+
+
+def run_mode(
+    directory: Path, spec: FleetSpec, users: int, rooms: int, warmup: float, duration: float, seed: int, report: Report
+) -> dict[str, Any]:
+    """Bring one mode up on a fresh database, load it, measure, bring it down."""
+    paths = RunPaths(directory)
+    down(directory, lambda _: None)
+    shutil.rmtree(paths.run, ignore_errors=True)  # a fresh database; secrets stay
+    directory.mkdir(parents=True, exist_ok=True)
+    write_new(directory / "fleet.toml", fleet_toml(spec))
+    up_seconds = up(directory, lambda _: None)
+    try:
+        base_url = f"http://{spec.listen.bind}:{spec.listen.http_port}"
+        bench_users = []
+        for n in range(users):
+            answer = register_user(directory, f"bench{n}", f"pw-{n}-{seed}", admin=False)
+            bench_users.append(BenchUser(answer["user_id"], answer["access_token"]))
+        asyncio.run(populate(base_url, bench_users, rooms, seed))
+
+        supervisor = Supervisor(paths)
+        pids = {name: info.pid for name, info in supervisor.info().items() if info.pid}
+        fleet = spec.fleet
+        metrics = {w.name: spec.metrics.base_port + i for i, w in enumerate(fleet.workers)}
+        db = spec.database
+
+        marks: dict[str, dict[str, Any]] = {}
+
+        def snapshot(name: str) -> None:
+            usage = resource.getrusage(resource.RUSAGE_SELF)
+            marks[name] = {
+                "cpu": process_tree_cpu(pids),
+                "generator": usage.ru_utime + usage.ru_stime,
+                "xacts": postgres_transactions(str(paths.sockets), db.user, db.name),
+                "caches": {name: cache_counters(port) for name, port in metrics.items()},
+            }
+
+        load = Load(base_url, bench_users, seed)
+        result = asyncio.run(load.run(warmup, duration, lambda: snapshot("before"), lambda: snapshot("after")))
+        before, after = marks["before"], marks["after"]
+    finally:
+        rss = {}
+        try:
+            for name, info in Supervisor(paths).info().items():
+                rss[name] = round(peak_rss_mib(info.pid), 1)
+        except OSError:
+            pass
+        down(directory, lambda _: None)
+
+    cpu: dict[str, float] = {}
+    for name, seconds in after["cpu"].items():
+        group = _group(spec, name)
+        cpu[group] = cpu.get(group, 0.0) + seconds - before["cpu"].get(name, 0.0)
+    cpu["generator"] = after["generator"] - before["generator"]
+    caches = {}
+    for name, counters in after["caches"].items():
+        lookups = counters.lookups - before["caches"][name].lookups
+        hits = counters.hits - before["caches"][name].hits
+        caches[name] = round(hits / lookups, 4) if lookups else None
+    figures = {
+        "up_seconds": round(up_seconds, 1),
+        "duration_s": round(result.duration, 1),
+        "acknowledged_msgs_per_s": round(result.sent / result.duration, 2),
+        "send_latency_ms": {
+            q: round(percentile(result.send_ms, v), 1) for q, v in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99))
+        },
+        "delivery_latency_ms": {
+            q: round(percentile(result.delivery_ms, v), 1) for q, v in (("p50", 0.5), ("p99", 0.99))
+        },
+        "errors": dict(result.errors),
+        "requests": result.requests,
+        "cpu_seconds": {k: round(v, 2) for k, v in sorted(cpu.items())},
+        "pg_transactions_per_request": round((after["xacts"] - before["xacts"]) / max(result.requests, 1), 3),
+        "cache_hit_ratio": caches,
+        "peak_rss_mib": rss,
+    }
+    report(
+        f"  {figures['acknowledged_msgs_per_s']} msgs/s, send p50 {figures['send_latency_ms']['p50']} ms, "
+        f"delivery p50 {figures['delivery_latency_ms']['p50']} ms, errors {sum(result.errors.values())}"
+    )
+    return figures
+
+
+def bench(
+    directory: Path,
+    modes: list[str],
+    users: int,
+    rooms: int,
+    duration: float,
+    warmup: float,
+    repeat: int,
+    report: Report,
+) -> dict[str, Any]:
+    unknown = [m for m in modes if m not in MODES]
+    if unknown:
+        raise UsageError(f"--compare: unknown mode {unknown[0]!r}; allowed: {', '.join(MODES)}")
+    if users < 2 or rooms < 1:
+        raise UsageError("--users must be at least 2 and --rooms at least 1")
+    spec = load_spec(directory)
+    runs: list[dict[str, Any]] = []
+    for repetition in range(repeat):
+        order = modes if repetition % 2 == 0 else list(reversed(modes))
+        for mode in order:
+            report(f"repetition {repetition + 1}/{repeat}: {mode}")
+            started = time.monotonic()
+            metrics_base = free_ports(len(spec.fleet.workers))
+            figures = run_mode(
+                directory / "bench" / mode,
+                mode_spec(spec, mode, free_port(), metrics_base),
+                users,
+                rooms,
+                warmup,
+                duration,
+                repetition + 1,
+                report,
+            )
+            figures["wall_seconds"] = round(time.monotonic() - started, 1)
+            runs.append({"mode": mode, "repetition": repetition + 1, **figures})
+    return {
+        "settings": {
+            "users": users,
+            "rooms": rooms,
+            "duration_s": duration,
+            "warmup_s": warmup,
+            "repeat": repeat,
+            "modes": modes,
+        },
+        "runs": runs,
+        "summary": summarise(runs, modes, repeat),
+    }
+
+
+def summarise(runs: list[dict[str, Any]], modes: list[str], repeat: int) -> dict[str, Any]:
+    """Per mode: min/median/max of throughput and latency; ratios within each repetition."""
+    summary: dict[str, Any] = {"modes": {}, "ratios": {}}
+    for mode in modes:
+        mine = [r for r in runs if r["mode"] == mode]
+        summary["modes"][mode] = {
+            "acknowledged_msgs_per_s": _spread([r["acknowledged_msgs_per_s"] for r in mine]),
+            "send_p50_ms": _spread([r["send_latency_ms"]["p50"] for r in mine]),
+            "send_p99_ms": _spread([r["send_latency_ms"]["p99"] for r in mine]),
+            "delivery_p50_ms": _spread([r["delivery_latency_ms"]["p50"] for r in mine]),
+            "cpu_seconds_total": _spread(
+                [sum(v for k, v in r["cpu_seconds"].items() if k != "generator") for r in mine]
+            ),
+        }
+    for numerator, denominator in (("fleet", "monolith"), ("fleet", "fleet-roundrobin")):
+        if numerator in modes and denominator in modes:
+            ratios = []
+            for repetition in range(1, repeat + 1):
+                a = next(r for r in runs if r["mode"] == numerator and r["repetition"] == repetition)
+                b = next(r for r in runs if r["mode"] == denominator and r["repetition"] == repetition)
+                if b["acknowledged_msgs_per_s"]:
+                    ratios.append(a["acknowledged_msgs_per_s"] / b["acknowledged_msgs_per_s"])
+            summary["ratios"][f"{numerator}/{denominator} msgs/s"] = _spread(ratios)
+    return summary
+
+
+def _spread(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {}
+    return {"min": round(min(values), 3), "median": round(statistics.median(values), 3), "max": round(max(values), 3)}
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    """Throughput, latency and CPU per mode, as one PNG."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise UsageError("drawing the PNG needs matplotlib: pip install 'synfleet[bench]'") from None
+    modes = results["settings"]["modes"]
+    summary = results["summary"]["modes"]
+    figure, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    medians = [summary[m]["acknowledged_msgs_per_s"].get("median", 0) for m in modes]
+    errors = [
+        [medians[i] - summary[m]["acknowledged_msgs_per_s"].get("min", 0) for i, m in enumerate(modes)],
+        [summary[m]["acknowledged_msgs_per_s"].get("max", 0) - medians[i] for i, m in enumerate(modes)],
+    ]
+    axes[0].bar(modes, medians, yerr=errors, capsize=6, color="#4c72b0")
+    axes[0].set_title("acknowledged messages/s (median, min-max)")
+    width = 0.35
+    for offset, key, label in ((-width / 2, "send_p50_ms", "send p50"), (width / 2, "send_p99_ms", "send p99")):
+        axes[1].bar(
+            [i + offset for i in range(len(modes))],
+            [summary[m][key].get("median", 0) for m in modes],
+            width,
+            label=label,
+        )
+    axes[1].set_xticks(range(len(modes)), modes)
+    axes[1].set_title("send latency, ms (median of runs)")
+    axes[1].legend()
+    groups = sorted({g for r in results["runs"] for g in r["cpu_seconds"]})
+    bottom = [0.0] * len(modes)
+    for group in groups:
+        values = [
+            statistics.median([r["cpu_seconds"].get(group, 0.0) for r in results["runs"] if r["mode"] == m])
+            for m in modes
+        ]
+        axes[2].bar(modes, values, bottom=bottom, label=group)
+        bottom = [b + v for b, v in zip(bottom, values, strict=True)]
+    axes[2].set_title("CPU seconds per process group")
+    axes[2].legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)

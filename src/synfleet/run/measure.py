@@ -1,0 +1,90 @@
+"""Figures of a running fleet: CPU seconds and peak RSS per process from /proc, PostgreSQL
+transactions, and Synapse's cache hit counters from each process's Prometheus listener."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _stat(pid: int) -> tuple[int, float] | None:
+    """(parent pid, CPU seconds) of a process."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text[text.rindex(")") + 2 :].split()
+    return int(fields[1]), (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def process_tree_cpu(roots: dict[str, int]) -> dict[str, float]:
+    """CPU seconds of each named process and all its live descendants (PostgreSQL backends,
+    nginx workers)."""
+    parents: dict[int, int] = {}
+    cpu: dict[int, float] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and (found := _stat(int(entry))):
+            parents[int(entry)], cpu[int(entry)] = found
+    owner: dict[int, str] = {pid: name for name, pid in roots.items()}
+    totals: dict[str, float] = defaultdict(float)
+    for pid in cpu:
+        walk, seen = pid, 0
+        while walk not in owner and walk in parents and seen < 64:
+            walk, seen = parents[walk], seen + 1
+        if walk in owner:
+            totals[owner[walk]] += cpu[pid]
+    return dict(totals)
+
+
+def peak_rss_mib(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def postgres_transactions(socket_dir: str, user: str, database: str) -> int:
+    import psycopg2
+
+    connection = psycopg2.connect(host=socket_dir, dbname=database, user=user)
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = %s", (database,))
+            row = cursor.fetchone()
+            return int(row[0]) if row else 0
+    finally:
+        connection.close()
+
+
+_SAMPLE = re.compile(r"^(synapse_util_caches_cache_hits|synapse_util_caches_cache)\{[^}]*\} ([0-9.e+]+)$", re.M)
+
+
+@dataclass(frozen=True)
+class CacheCounters:
+    hits: float
+    lookups: float
+
+
+def cache_counters(port: int) -> CacheCounters:
+    """Sum of Synapse's cache hits and lookups over all caches of one process."""
+    try:
+        text = httpx.get(f"http://127.0.0.1:{port}/_synapse/metrics", timeout=10).text
+    except httpx.HTTPError:
+        return CacheCounters(0, 0)
+    hits = lookups = 0.0
+    for name, value in _SAMPLE.findall(text):
+        if name.endswith("_hits"):
+            hits += float(value)
+        else:
+            lookups += float(value)
+    return CacheCounters(hits, lookups)
