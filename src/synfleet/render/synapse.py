@@ -31,6 +31,11 @@ RELAXED_RATE_LIMITS: dict[str, Any] = {
     },
     "rc_presence": {"per_user": {"per_second": 1000, "burst_count": 1000}},
     "rc_delayed_event_mgmt": {"per_second": 1000, "burst_count": 1000},
+    "rc_joins_per_room": {"per_second": 1000, "burst_count": 1000},
+    "rc_room_creation": {"per_second": 1000, "burst_count": 1000},
+    "rc_media_create": {"per_second": 1000, "burst_count": 1000},
+    "rc_key_requests": {"per_second": 1000, "burst_count": 1000},
+    "rc_profile": {"per_second": 1000, "burst_count": 1000},
 }
 
 

@@ -17,7 +17,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from synfleet.errors import UsageError
+import httpx
+
+from synfleet.errors import SynfleetError, UsageError
 from synfleet.render.native import RunPaths
 from synfleet.routing.probe import free_port
 from synfleet.run.fleet import down, up
@@ -84,7 +86,10 @@ def run_mode(
         for n in range(users):
             answer = register_user(directory, f"bench{n}", f"pw-{n}-{seed}", admin=False)
             bench_users.append(BenchUser(answer["user_id"], answer["access_token"]))
-        asyncio.run(populate(base_url, bench_users, rooms, seed))
+        try:
+            asyncio.run(populate(base_url, bench_users, rooms, seed))
+        except httpx.HTTPError as exc:
+            raise SynfleetError(f"setting up {users} users and {rooms} rooms failed: {exc}") from None
 
         supervisor = Supervisor(paths)
         pids = {name: info.pid for name, info in supervisor.info().items() if info.pid}

@@ -10,6 +10,7 @@ import ipaddress
 import re
 import tomllib
 from dataclasses import replace
+from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
@@ -267,8 +268,9 @@ class FleetSpec(Section):
     def baseurl(self) -> str:
         return self.public_baseurl or f"https://{self.server_name}/"
 
-    @property
+    @cached_property
     def fleet(self) -> Fleet:
+        """The fleet this file describes (built once)."""
         fleet = build_fleet(
             self.server_name,
             self.workers.counts(),
