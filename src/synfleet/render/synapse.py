@@ -138,6 +138,8 @@ def homeserver_config(spec: FleetSpec, layout: Layout, secrets: dict[str, str]) 
         config.update(RELAXED_RATE_LIMITS)
     if spec.metrics.enabled:
         config["enable_metrics"] = True
+    if spec.synapse.gc_thresholds:
+        config["gc_thresholds"] = list(spec.synapse.gc_thresholds)
     return config
 
 
@@ -175,7 +177,7 @@ def worker_config(worker: Worker, layout: Layout, metrics: int | None) -> dict[s
     return config
 
 
-def log_config(name: str, layout: Layout) -> dict[str, Any]:
+def log_config(name: str, layout: Layout, level: str = "INFO") -> dict[str, Any]:
     """Python logging for one process: to a file in the native run, to the console in containers."""
     handler: dict[str, Any]
     if layout.log_dir:
@@ -197,7 +199,7 @@ def log_config(name: str, layout: Layout) -> dict[str, Any]:
         "handlers": {"out": {**handler, "filters": ["context"]}},
         "filters": {"context": {"()": "synapse.logging.context.LoggingContextFilter", "request": ""}},
         "loggers": {"synapse.storage.SQL": {"level": "WARNING"}, "twisted": {"level": "WARNING"}},
-        "root": {"level": "INFO", "handlers": ["out"]},
+        "root": {"level": level, "handlers": ["out"]},
         "disable_existing_loggers": False,
     }
 
@@ -209,5 +211,5 @@ def render_synapse(spec: FleetSpec, layout: Layout, secrets: dict[str, str]) -> 
     for worker in fleet.workers:
         if worker.role is not Role.MAIN:
             files[f"workers/{worker.name}.yaml"] = dump(worker_config(worker, layout, metrics_port(spec, worker)))
-        files[f"log/{worker.name}.log.yaml"] = dump(log_config(worker.name, layout))
+        files[f"log/{worker.name}.log.yaml"] = dump(log_config(worker.name, layout, spec.synapse.log_level))
     return files

@@ -170,6 +170,15 @@ class Synapse(Section):
 
     version: str = "1.163.2"
     relaxed_rate_limits: bool = False
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    gc_thresholds: list[Annotated[int, Field(ge=1)]] = Field(default_factory=list)
+
+    @field_validator("gc_thresholds")
+    @classmethod
+    def _gc(cls, value: list[int]) -> list[int]:
+        if value and len(value) != 3:
+            raise ValueError(f"must be three integers (Python's gc thresholds, e.g. [700, 10, 10]), got {value}")
+        return value
 
     @field_validator("version")
     @classmethod
