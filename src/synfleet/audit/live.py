@@ -32,42 +32,33 @@ DROPPED = {
 }
 
 
+def _strip(block: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``block`` without the machine-bound directives, at every depth."""
+    return [{**d, "block": _strip(d["block"])} if "block" in d else d for d in block if d["directive"] not in DROPPED]
+
+
 def runnable_copy(tested: TestedConfig, directory: Path, port: int) -> tuple[Path, dict[str, str]]:
-    """One-file config: upstream servers on stub sockets, the routing server on 127.0.0.1:port."""
+    """One-file config: upstream servers on stub sockets, the routing server alone on 127.0.0.1:port."""
     parsed = crossplane.parse(str(tested.conf), combine=True)
-    top: list[dict[str, Any]] = parsed["config"][0]["parsed"]
-    sockets: dict[str, str] = {}
-
-    def strip(block: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        return [d for d in block if d["directive"] not in DROPPED]
-
+    top = _strip(parsed["config"][0]["parsed"])
     http = next(d for d in top if d["directive"] == "http")
+    sockets: dict[str, str] = {}
     for upstream in (d for d in http["block"] if d["directive"] == "upstream"):
         for server in (d for d in upstream["block"] if d["directive"] == "server"):
             path = f"{directory}/s{len(sockets)}.sock"
             sockets[path] = socket_worker(server["args"][0])
             server["args"] = [f"unix:{path}", *[a for a in server["args"][1:] if not a.startswith("backup")]]
     servers = [d for d in http["block"] if d["directive"] == "server"]
-    routing = next((s for s in servers if any(d["directive"] == "location" for d in s.get("block", []))), servers[0])
-    routing["block"] = [{"directive": "listen", "args": [f"127.0.0.1:{port}"]}, *strip(routing["block"])]
+    routing = next((s for s in servers if any(d["directive"] == "location" for d in s["block"])), servers[0])
+    routing["block"].insert(0, {"directive": "listen", "args": [f"127.0.0.1:{port}"]})
     temp = [
         {"directive": f"{kind}_temp_path", "args": [str(directory / kind)]}
         for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
     ]
-    http["block"] = [*temp, *[d for d in strip(http["block"]) if d["directive"] != "server"], routing]
-
-    def nested_strip(block: list[dict[str, Any]]) -> None:
-        for directive in block:
-            if "block" in directive and directive is not routing:
-                directive["block"] = (
-                    strip(directive["block"]) if directive["directive"] == "location" else directive["block"]
-                )
-                nested_strip(directive["block"])
-
-    nested_strip(routing["block"])
-    body = [*strip(top), {"directive": "error_log", "args": [str(directory / "error.log")]}]
+    http["block"] = [*temp, *[d for d in http["block"] if d["directive"] != "server"], routing]
+    top.append({"directive": "error_log", "args": [str(directory / "error.log")]})
     conf = directory / "nginx.conf"
-    conf.write_text(crossplane.build(body) + "\n")
+    conf.write_text(crossplane.build(top) + "\n")
     return conf, sockets
 
 
