@@ -99,13 +99,13 @@ def run_mode(
 
         marks: dict[str, dict[str, Any]] = {}
 
-        def snapshot(name: str) -> None:
+        def snapshot(mark: str) -> None:
             usage = resource.getrusage(resource.RUSAGE_SELF)
-            marks[name] = {
+            marks[mark] = {
                 "cpu": process_tree_cpu(pids),
                 "generator": usage.ru_utime + usage.ru_stime,
                 "xacts": postgres_transactions(str(paths.sockets), db.user, db.name),
-                "caches": {name: cache_counters(port) for name, port in metrics.items()},
+                "caches": {process: cache_counters(port) for process, port in metrics.items()},
             }
 
         load = Load(base_url, bench_users, seed)
