@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import struct
+import subprocess
+import sys
 
 import pytest
 
@@ -18,7 +20,7 @@ def test_bench_smoke_reports_every_figure() -> None:
         init = synfleet("init", "--dir", str(directory), "--server-name", "localhost", "--profile", "small")
         assert init.returncode == 0
         out, png = directory / "results.json", directory / "results.png"
-        result = synfleet(
+        command = [
             "bench",
             "--dir",
             str(directory),
@@ -36,7 +38,19 @@ def test_bench_smoke_reports_every_figure() -> None:
             str(out),
             "--png",
             str(png),
-        )
+        ]
+        try:
+            result = subprocess.run(
+                [sys.executable, "-m", "synfleet", *command],
+                capture_output=True,
+                text=True,
+                timeout=900,
+                stdin=subprocess.DEVNULL,
+            )
+        finally:  # whatever happened, nothing the bench started keeps running
+            for mode in ("monolith", "fleet", "fleet-roundrobin"):
+                if (directory / "bench" / mode).exists():
+                    synfleet("down", "--dir", str(directory / "bench" / mode))
         print(result.stdout)
         assert result.returncode == 0, result.stdout + result.stderr
         data = json.loads(out.read_text())
