@@ -21,7 +21,15 @@ import crossplane
 from synfleet.errors import UsageError
 from synfleet.routing.chash import Ring
 from synfleet.routing.evaluate import real_client
-from synfleet.routing.nginx import Map, MapEntry, Variables, interpolate, parse_method, parse_request_target
+from synfleet.routing.nginx import (
+    Map,
+    MapEntry,
+    Variables,
+    captures,
+    interpolate,
+    parse_method,
+    parse_request_target,
+)
 
 Directive = dict[str, Any]
 
@@ -192,26 +200,20 @@ class NginxModel:
             if location.modifier in ("~", "~*"):
                 found = location.regex().search(uri)
                 if found:
-                    captures = {k: v or "" for k, v in found.groupdict().items()}
-                    captures.update({str(i): g or "" for i, g in enumerate(found.groups(), 1)})
-                    return location, captures
+                    return location, captures(found)
         return longest, {}
 
-    def _inherited(self, location: Location | None, name: str) -> list[Directive]:
-        """Directives of an array type that nginx inherits only when the inner level has none."""
+    def _inherited(self, location: Location | None, *names: str) -> list[Directive]:
+        """Directives that nginx inherits from an outer level only when the inner level has none."""
         for block in (location.block if location else [], self.server, self.http):
-            found = _find(block, name)
+            found = [d for d in block if d["directive"] in names]
             if found:
                 return found
         return []
 
     def access_allowed(self, location: Location | None, client: str) -> bool:
-        rules = [d for d in (location.block if location else []) if d["directive"] in ("allow", "deny")]
-        if not rules:
-            rules = [d for d in self.server if d["directive"] in ("allow", "deny")]
-        if not rules:
-            rules = [d for d in self.http if d["directive"] in ("allow", "deny")]
-        for rule in rules:
+        """allow/deny in order, the first rule that matches ``client`` wins."""
+        for rule in self._inherited(location, "allow", "deny"):
             network = rule["args"][0]
             try:
                 matches = network == "all" or ipaddress.ip_address(client) in ipaddress.ip_network(

@@ -175,12 +175,18 @@ class Map:
         return interpolate(self.default, variables.get)
 
 
+def captures(found: re.Match[str]) -> dict[str, str]:
+    """A regex match's captures as nginx variables: $0, $1.., and named ones."""
+    values = {k: v or "" for k, v in found.groupdict().items()}
+    values.update({str(i): g or "" for i, g in enumerate(found.groups(), 1)})
+    values["0"] = found.group(0)
+    return values
+
+
 def _with_captures(found: re.Match[str], variables: Variables) -> Callable[[str], str]:
     """Variable lookup where a regex's captures ($1, $name) shadow request variables."""
-    captures = {k: v or "" for k, v in found.groupdict().items()}
-    captures.update({str(i): g or "" for i, g in enumerate(found.groups(), 1)})
-    captures["0"] = found.group(0)
-    return lambda name: captures[name] if name in captures else variables.get(name)
+    values = captures(found)
+    return lambda name: values[name] if name in values else variables.get(name)
 
 
 class Variables:

@@ -24,7 +24,7 @@ from synfleet.render.native import RunPaths
 from synfleet.routing.probe import free_port
 from synfleet.run.fleet import down, up
 from synfleet.run.load import BenchUser, Load, percentile, populate
-from synfleet.run.measure import cache_counters, peak_rss_mib, postgres_transactions, process_tree_cpu
+from synfleet.run.measure import cache_counters, memory_kib, postgres_transactions, process_tree_cpu
 from synfleet.run.register import register_user
 from synfleet.run.supervisor import Supervisor
 from synfleet.spec.file import FleetSpec
@@ -115,7 +115,7 @@ def run_mode(
         rss = {}
         try:
             for name, info in Supervisor(paths).info().items():
-                rss[name] = round(peak_rss_mib(info.pid), 1)
+                rss[name] = round(memory_kib(info.pid, "VmHWM") / 1024, 1)
         except OSError:
             pass
         down(directory, lambda _: None)

@@ -25,6 +25,7 @@ from synfleet.render.native import (
 )
 from synfleet.render.secrets import ensure_secrets
 from synfleet.run.health import is_healthy
+from synfleet.run.measure import memory_kib
 from synfleet.run.postgres import ensure_database, hand_over, init_cluster, service_account
 from synfleet.run.supervisor import Supervisor
 from synfleet.spec.file import FleetSpec
@@ -250,16 +251,6 @@ class ProcessStatus:
     socket: str
 
 
-def rss_kib(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    except (OSError, ValueError):
-        pass
-    return 0
-
-
 def status(directory: Path) -> list[ProcessStatus]:
     """Every process of the native run; empty when the fleet is not running."""
     plan = plan_for(directory)
@@ -280,7 +271,7 @@ def status(directory: Path) -> list[ProcessStatus]:
                 entry.state,
                 entry.pid,
                 now - entry.started if running else 0.0,
-                rss_kib(entry.pid) if running else 0,
+                memory_kib(entry.pid) if running else 0,
                 running and is_healthy(process.health),
                 os.path.relpath(process.socket, plan.paths.run) if process.socket.startswith("/") else process.socket,
             )

@@ -43,14 +43,15 @@ def process_tree_cpu(roots: dict[str, int]) -> dict[str, float]:
     return dict(totals)
 
 
-def peak_rss_mib(pid: int) -> float:
+def memory_kib(pid: int, field: str = "VmRSS") -> int:
+    """A memory figure of ``/proc/<pid>/status`` (VmRSS now, VmHWM the peak), 0 if gone."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1])
+    except (OSError, ValueError):
         pass
-    return 0.0
+    return 0
 
 
 def postgres_transactions(socket_dir: str, user: str, database: str) -> int:
