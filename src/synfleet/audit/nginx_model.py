@@ -13,6 +13,7 @@ import re
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -61,12 +62,16 @@ class UpstreamBlock:
     def workers(self) -> tuple[str, ...]:
         return tuple(socket_worker(s) for s in self.servers)
 
+    @cached_property
+    def ring(self) -> Ring:
+        return Ring.build(self.servers, self.weights)
+
     def pick(self, key: str, client: str) -> str | None:
         """The worker nginx picks (all servers up), None when the choice is not deterministic."""
         if len(self.servers) == 1:
             return self.workers[0]
         if self.method == "hash_consistent" and key:
-            return self.workers[Ring.build(self.servers, self.weights).pick(key)]
+            return self.workers[self.ring.pick(key)]
         if self.method == "hash" and key:
             # First try of ngx_http_upstream_get_hash_peer: ((crc32(key) >> 16) & 0x7fff) % total weight.
             point = ((zlib.crc32(key.encode()) >> 16) & 0x7FFF) % sum(self.weights)
