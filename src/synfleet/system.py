@@ -28,7 +28,6 @@ PACKAGES = {
     "postgres": "postgresql",
     "initdb": "postgresql",
     "pg_ctl": "postgresql",
-    "supervisord": "supervisor (pip install supervisor)",
 }
 
 

@@ -17,6 +17,7 @@ from synfleet.render.native import RunPaths
 from synfleet.run.bench import bench, plot
 from synfleet.run.fleet import down, plan_for, status, tail, up
 from synfleet.run.register import register_user
+from synfleet.spec.load import load_spec
 
 
 @click.command("up")
@@ -25,7 +26,7 @@ def up_command(directory: Path) -> None:
     """Start PostgreSQL, Redis, Synapse main and workers, and nginx here; return when all are healthy."""
     console = Console(highlight=False)
     seconds = up(directory, lambda line: console.print("  " + line))
-    spec = plan_for(directory).spec
+    spec = load_spec(directory)
     console.print(
         f"fleet up in {seconds:.1f}s: http://{spec.listen.bind}:{spec.listen.http_port}/ "
         f"(server name {spec.server_name})"

@@ -17,12 +17,8 @@ REGISTER_PATH = "/_synapse/admin/v1/register"
 
 def registration_mac(secret: str, nonce: str, user: str, password: str, admin: bool) -> str:
     """HMAC-SHA1 over ``nonce NUL user NUL password NUL admin|notadmin``, as Synapse checks it."""
-    mac = hmac.new(secret.encode(), digestmod=hashlib.sha1)
-    for part in (nonce, user, password, "admin" if admin else "notadmin"):
-        if part != nonce:
-            mac.update(b"\x00")
-        mac.update(part.encode())
-    return mac.hexdigest()
+    message = b"\x00".join(p.encode() for p in (nonce, user, password, "admin" if admin else "notadmin"))
+    return hmac.new(secret.encode(), message, hashlib.sha1).hexdigest()
 
 
 def register_user(directory: Path, localpart: str, password: str, admin: bool) -> dict[str, str]:
