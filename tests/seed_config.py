@@ -1,8 +1,10 @@
-"""The seed's nginx config, extracted as printed from the guide in shared/seed/."""
+"""The seed's nginx config, extracted as printed from the guide in ../shared/seed/."""
 
 from __future__ import annotations
 
 from pathlib import Path
+
+import pytest
 
 GUIDE = Path(__file__).resolve().parents[2] / "shared" / "seed" / "synapse-docker-nginx-guide.txt"
 
@@ -18,7 +20,10 @@ SECTIONS = (
 
 
 def extract_seed(target: Path) -> Path:
-    """Write the seed's six files into ``target``, each from its first line to the prose after it."""
+    """Write the seed's six files into ``target``, each from its first line to the prose after it.
+    Skips the calling test when the guide is not beside this checkout."""
+    if not GUIDE.exists():
+        pytest.skip(f"the seed guide is not at {GUIDE}")
     lines = GUIDE.read_text().splitlines()
     target.mkdir(parents=True, exist_ok=True)
     for name, first, end in SECTIONS:

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from helpers import CONFIGS, copy_fleet_case, fleet_case, read_case, synfleet
 from seed_config import extract_seed
-from synfleet.audit.findings import AuditReport, Finding, audit
-from synfleet.spec.load import load_spec
-from test_cli_route import synfleet
+from synfleet.audit import audit
+from synfleet.audit.findings import AuditReport, Finding
 
 pytestmark = pytest.mark.integration
 
@@ -96,14 +96,11 @@ def test_seed_analysis_agrees_with_real_nginx(seed_report: AuditReport) -> None:
     assert "model_mismatch" not in kinds(seed_report)
 
 
-SEVEN_ROOMS = 'server_name = "example.org"\n[workers]\nrooms = 7\nclient_sync = 2\n[stream_writers]\ntyping = ["t1"]\n'
-
-
 @pytest.fixture(scope="module", params=["seed", "small", "seven_rooms"])
 def rendered(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp(f"rendered-{request.param}")
     if request.param == "seven_rooms":
-        (directory / "fleet.toml").write_text(SEVEN_ROOMS)
+        copy_fleet_case("seven_rooms", directory)
     else:
         init = synfleet("init", "--dir", str(directory), "--server-name", "example.org", "--profile", request.param)
         assert init.returncode == 0
@@ -119,63 +116,22 @@ def test_our_rendered_configs_have_no_findings(rendered: Path) -> None:
     assert data["confirmed_by_nginx"] == data["requests"] >= 1000
 
 
-def _edit(name: str, old: str, new: str) -> Callable[[Path], None]:
-    def apply(conf: Path) -> None:
-        text = (conf / name).read_text()
-        assert old in text, f"{old!r} not in {name}"
-        (conf / name).write_text(text.replace(old, new, 1))
-
-    return apply
-
-
-BROKEN: dict[str, tuple[Callable[[Path], None], str | set[str]]] = {
-    "stray_line": (_edit("locations.conf", "location / {", "this line lost its hash\nlocation / {"), "nginx_error"),
-    "http2_on_old_nginx": (_edit("nginx.conf", "server_name _;", "server_name _;\n        http2 on;"), "nginx_error"),
-    "no_proxy_pass": (_edit("proxy.conf", "proxy_pass http://$synfleet_upstream;", ""), "missing_proxy_pass"),
-    "connection_close": (
-        _edit("proxy.conf", "proxy_set_header Connection $synfleet_connection;", "proxy_set_header Connection close;"),
-        "keepalive_disabled",
-    ),
-    "rooms_round_robin": (
-        _edit("upstreams.conf", "room_workers {\n    hash $synfleet_key consistent;", "room_workers {"),
-        "affinity_broken",
-    ),
-    "sync_round_robin": (
-        _edit("upstreams.conf", "client_syncs {\n    hash $synfleet_key consistent;", "client_syncs {"),
-        "sync_not_sticky",
-    ),
-    "admin_open": (_edit("private.conf", "deny all;", "allow all;"), "admin_exposed"),
-    # Typing requests fall through to main; the typing writer's upstream then idles as well.
-    "typing_not_to_writer": (
-        _edit("maps.conf", '"stream_typing";', '"not_a_route";'),
-        {"wrong_process", "unused_upstream"},
-    ),
-    "unused_upstream": (
-        _edit(
-            "upstreams.conf",
-            "upstream synapse_inbound_main {",
-            "upstream spare_workers {\n    server unix:/sockets/synapse_inbound_spare1.sock;\n}\n\n"
-            "upstream synapse_inbound_main {",
-        ),
-        "unused_upstream",
-    ),
-}
+BROKEN = sorted(p.name for p in (CONFIGS / "broken_nginx").iterdir())
 
 
 @pytest.mark.parametrize("variant", BROKEN)
 def test_each_broken_variant_shows_exactly_its_defect(tmp_path: Path, variant: str) -> None:
-    directory = tmp_path / "fleet"
-    directory.mkdir()
-    (directory / "fleet.toml").write_text(SEVEN_ROOMS)
+    directory = copy_fleet_case("seven_rooms", tmp_path / "fleet")
     assert synfleet("render", "--dir", str(directory)).returncode == 0
     conf = tmp_path / "conf"
     shutil.copytree(directory / "deploy" / "nginx" / "config", conf)
-    breaker, expected = BROKEN[variant]
-    breaker(conf)
-    report = audit(conf, load_spec(directory).fleet)
-    assert kinds(report) == (expected if isinstance(expected, set) else {expected}), [
-        (f.kind, f.message) for f in report.findings
-    ]
+    case = read_case(CONFIGS / "broken_nginx" / variant / "breaks.toml")
+    for edit in case["edit"]:
+        text = (conf / edit["file"]).read_text()
+        assert edit["old"] in text, f"{edit['old']!r} not in {edit['file']}"
+        (conf / edit["file"]).write_text(text.replace(edit["old"], edit["new"], 1))
+    report = audit(conf, fleet_case("seven_rooms"))
+    assert kinds(report) == set(case["expect"]), [(f.kind, f.message) for f in report.findings]
     if report.nginx_passes:
         assert report.confirmed == report.requests
     if variant == "http2_on_old_nginx":

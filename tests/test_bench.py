@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from synfleet.routing.probe import world_readable_tempdir
-from test_cli_route import synfleet
+from helpers import synfleet
+from synfleet.nginx.command import world_readable_tempdir
 
 pytestmark = pytest.mark.integration
 

@@ -2,19 +2,12 @@
 
 from __future__ import annotations
 
-import random
 import zlib
 
-from synfleet.cli.route import grown
-from synfleet.routing.chash import POINTS_PER_WEIGHT, Ring, moved, spread
-from synfleet.routing.corpus import v12_room_id
+from synfleet.model.fleet import Role, seed_fleet
+from synfleet.nginx.ketama import POINTS_PER_WEIGHT, Ring, moved, spread
+from synfleet.routing.corpus import room_keys
 from synfleet.routing.plan import RoutingPlan
-from synfleet.spec.fleet import Role, seed_fleet
-
-
-def room_keys(count: int, seed: int = 3) -> list[str]:
-    rng = random.Random(seed)
-    return [v12_room_id(rng)[1:] for _ in range(count)]
 
 
 def test_ring_points_follow_nginx_formula() -> None:
@@ -39,7 +32,7 @@ def test_key_past_the_last_point_wraps_to_the_first() -> None:
 
 def test_four_room_workers_share_load_within_15_percent() -> None:
     upstream = RoutingPlan(seed_fleet()).upstreams["synapse_inbound_room_workers"]
-    keys = room_keys(100_000)
+    keys = room_keys(100_000, seed=3)
     counts = spread(upstream.ring, keys)
     mean = len(keys) / 4
     deviations = {server.rsplit("_", 1)[-1]: round(n / mean - 1, 4) for server, n in counts.items()}
@@ -48,10 +41,10 @@ def test_four_room_workers_share_load_within_15_percent() -> None:
 
 
 def test_growing_four_to_five_moves_about_a_fifth() -> None:
-    fleet = seed_fleet()
-    before = RoutingPlan(fleet).upstreams["synapse_inbound_room_workers"]
-    after = RoutingPlan(grown(fleet, Role.ROOMS, 1)).upstreams["synapse_inbound_room_workers"]
-    keys = room_keys(100_000)
+    plan = RoutingPlan(seed_fleet())
+    before = plan.upstreams["synapse_inbound_room_workers"]
+    after = plan.grown(Role.ROOMS, 1).upstreams["synapse_inbound_room_workers"]
+    keys = room_keys(100_000, seed=3)
     changed, total = moved(before.ring, after.ring, keys)
     print(f"\ngrowing 4 -> 5 room workers moves {changed}/{total} = {changed / total:.2%} of rooms (ideal 20%)")
     assert 0.16 <= changed / total <= 0.24

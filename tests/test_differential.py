@@ -2,35 +2,26 @@
 
 from __future__ import annotations
 
+import random
 import zlib
 from collections import Counter
 
 import pytest
 
-from conftest import live_nginx
-from synfleet.routing.corpus import Corpus
+from helpers import fleet_case, live_nginx
+from synfleet.nginx.harness import Probe, send_all
+from synfleet.routing.corpus import Corpus, legacy_room_id, v12_room_id
 from synfleet.routing.evaluate import evaluate
-from synfleet.routing.probe import send_all
 from synfleet.routing.table import ROUTES
-from synfleet.spec.fleet import Fleet, Role, Stream, Worker, seed_fleet, standard_fleet
 
-FLEETS = {
-    "seed": seed_fleet(),
-    "one_room_worker": standard_fleet(rooms=1, senders=1),
-    "seven_rooms_two_of_each": standard_fleet(rooms=7, client_sync=2, client_reader=2, federation_reader=2, media=2),
-    "dedicated_writers": standard_fleet(
-        rooms=3,
-        dedicated_writers=[Stream.TYPING, Stream.RECEIPTS, Stream.PUSH_RULES, Stream.DEVICE_LISTS],
-    ),
-    "monolith_locked_admin": Fleet("localhost", (Worker("main", Role.MAIN),), admin_allow=("10.0.0.0/8",)),
-}
+FLEETS = ("seed", "one_room_worker", "seven_rooms_two_of_each", "dedicated_writers", "monolith_locked_admin")
 
 
 @pytest.mark.integration
 @pytest.mark.parametrize("fleet_name", FLEETS)
 def test_python_and_nginx_pick_the_same_worker(fleet_name: str) -> None:
     corpus = list(Corpus(seed=zlib.crc32(fleet_name.encode()), size=2400))
-    with live_nginx(FLEETS[fleet_name]) as live:
+    with live_nginx(fleet_case(fleet_name)) as live:
         answers = send_all(live.port, corpus)
         live.nginx.stop()
         log = live.access_log()
@@ -71,15 +62,10 @@ def test_python_and_nginx_pick_the_same_worker(fleet_name: str) -> None:
 @pytest.mark.integration
 def test_random_rooms_hash_like_nginx() -> None:
     """A sample of random room IDs, both forms, goes to the worker nginx's ketama picks."""
-    import random
-
-    from synfleet.routing.corpus import legacy_room_id, v12_room_id
-    from synfleet.routing.probe import Probe
-
     rng = random.Random(7)
     rooms = [v12_room_id(rng) if i % 2 else legacy_room_id(rng) for i in range(1500)]
     probes = [Probe("GET", f"/_matrix/client/v3/rooms/{room}/messages") for room in rooms]
-    with live_nginx(standard_fleet(rooms=4)) as live:
+    with live_nginx(fleet_case("seed")) as live:
         answers = send_all(live.port, probes)
     upstream = live.plan.upstreams["synapse_inbound_room_workers"]
     predicted = [upstream.worker_for(room[1:].split(":")[0]) for room in rooms]

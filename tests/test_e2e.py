@@ -15,7 +15,6 @@ import secrets
 import signal
 import socket
 import subprocess
-import sys
 import time
 import uuid
 from collections import Counter
@@ -29,11 +28,15 @@ import pytest
 from nio import AsyncClient, ToDeviceMessage
 from nio.responses import RoomMessagesResponse, SyncResponse
 
+import helpers
+from synfleet.model.load import load_spec
+from synfleet.nginx.command import world_readable_tempdir
+from synfleet.render.fleet_file import fleet_toml
 from synfleet.routing.evaluate import evaluate
 from synfleet.routing.plan import RoutingPlan
-from synfleet.routing.probe import free_port, world_readable_tempdir
 from synfleet.routing.table import Key
-from synfleet.run.layout import deployed_plan
+from synfleet.run.paths import RunPaths, deployed_plan
+from synfleet.system import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -41,14 +44,8 @@ LOG_LINE = re.compile(r'"(?P<method>[A-Z]+) (?P<url>\S+) HTTP/[0-9.]+" (?P<statu
 PASSWORD = "correct horse battery"
 
 
-def synfleet(directory: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "synfleet", *args, "--dir", str(directory)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        stdin=subprocess.DEVNULL,
-    )
+def synfleet(directory: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return helpers.synfleet(*args, "--dir", str(directory), timeout=600)
 
 
 @dataclass
@@ -66,7 +63,7 @@ class Fleet:
     @property
     def plan(self) -> RoutingPlan:
         """The plan `synfleet route --dir` uses for this directory."""
-        plan = deployed_plan(self.directory)
+        plan = deployed_plan(RunPaths(self.directory), load_spec(self.directory).fleet)
         assert plan.socket_dir == str(self.directory / "run" / "sockets")
         return plan
 
@@ -83,12 +80,8 @@ def fleet(request: pytest.FixtureRequest) -> Iterator[Fleet]:
     profile = request.param
     with world_readable_tempdir(f"synfleet-e2e-{profile}-") as directory:
         port = free_port()
-        init = synfleet(directory, "init", "--server-name", "localhost", "--profile", profile)
-        assert init.returncode == 0, init.stderr
-        text = (directory / "fleet.toml").read_text()
-        text = text.replace("http_port = 8008", f"http_port = {port}")
-        text = text.replace("relaxed_rate_limits = false", "relaxed_rate_limits = true")
-        (directory / "fleet.toml").write_text(text)
+        spec = helpers.profile_with(profile, listen={"http_port": port}, synapse={"relaxed_rate_limits": True})
+        (directory / "fleet.toml").write_text(fleet_toml(spec))
         started = time.monotonic()
         up = synfleet(directory, "up")
         seconds = time.monotonic() - started

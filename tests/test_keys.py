@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from synfleet.model.fleet import seed_fleet
 from synfleet.routing.evaluate import evaluate
 from synfleet.routing.plan import RoutingPlan
-from synfleet.spec.fleet import seed_fleet
 
 PLAN = RoutingPlan(seed_fleet())
 V12 = "!" + "A" * 10 + "b-_9" + "z" * 29  # 43 characters after "!"

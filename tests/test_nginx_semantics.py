@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from synfleet.errors import BadRequest
-from synfleet.routing.nginx import Map, MapEntry, Variables, arg, normalise_path, parse_request_target
+from synfleet.nginx.uri import arg, normalise_path, parse_request_target
+from synfleet.nginx.variables import Map, MapEntry, Variables
 
 
 @pytest.mark.parametrize(

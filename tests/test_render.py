@@ -9,24 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from helpers import copy_fleet_case, synfleet
 from synfleet.render.secrets import SIGNING_KEY, TOKEN_SECRETS
-from test_cli_route import synfleet
-
-SEVEN_ROOMS_DEDICATED = """
-server_name = "big.example.org"
-[workers]
-rooms = 7
-client_sync = 2
-client_reader = 2
-tasks = 2
-[stream_writers]
-typing = ["typing1"]
-to_device = ["todevice1"]
-receipts = ["receipts1", "receipts2"]
-push_rules = ["pushrules1"]
-device_lists = ["devicelists1"]
-events = ["tasks1", "tasks2", "persister3"]
-"""
 
 
 def rendered_files(directory: Path) -> dict[str, bytes]:
@@ -38,8 +22,7 @@ def make_fleet(directory: Path, fleet: str) -> None:
         result = synfleet("init", "--dir", str(directory), "--server-name", "example.org", "--profile", fleet)
         assert result.returncode == 0, result.stderr
     else:
-        directory.mkdir(parents=True, exist_ok=True)
-        (directory / "fleet.toml").write_text(SEVEN_ROOMS_DEDICATED)
+        copy_fleet_case(fleet, directory)
 
 
 @pytest.mark.integration
@@ -93,7 +76,7 @@ def test_secrets_are_private_and_distinct(tmp_path: Path) -> None:
 
 
 def test_worker_configs_follow_facts(tmp_path: Path) -> None:
-    (tmp_path / "fleet.toml").write_text(SEVEN_ROOMS_DEDICATED)
+    copy_fleet_case("seven_rooms_dedicated_writers", tmp_path)
     assert synfleet("render", "--dir", str(tmp_path)).returncode == 0
     synapse_dir = tmp_path / "deploy" / "synapse"
     shared = yaml.safe_load((synapse_dir / "homeserver.yaml").read_text())

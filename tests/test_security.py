@@ -4,24 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import live_nginx
+from helpers import fleet_case, live_nginx
+from synfleet.nginx.harness import Probe, send_all
 from synfleet.routing.evaluate import evaluate
-from synfleet.routing.probe import Probe, send_all
-from synfleet.spec.fleet import Fleet, seed_fleet
-
-
-def behind_proxy(admin_allow: tuple[str, ...]) -> Fleet:
-    """nginx sees every request from 127.0.0.1, a trusted reverse proxy (like one on a Docker network)."""
-    seed = seed_fleet()
-    return Fleet(seed.server_name, seed.workers, admin_allow=admin_allow, trusted_proxies=("127.0.0.1/32",))
-
 
 ADMIN = "/_synapse/admin/v1/users/@alice:example.org"
 
 
 @pytest.mark.integration
 def test_admin_api_checks_the_real_client_behind_a_trusted_proxy() -> None:
-    fleet = behind_proxy(admin_allow=("10.0.0.0/8",))
+    fleet = fleet_case("behind_proxy")  # a trusted proxy on 127.0.0.1; admins on 10.0.0.0/8
     probes = [
         Probe("GET", ADMIN, (("X-Forwarded-For", "203.0.113.7"),)),  # public client: denied
         # A public client claiming an admin address: the proxy appends the real one, which counts.
@@ -41,9 +33,7 @@ def test_admin_api_checks_the_real_client_behind_a_trusted_proxy() -> None:
 
 @pytest.mark.integration
 def test_forwarded_for_is_ignored_from_untrusted_peers() -> None:
-    seed = seed_fleet()  # no trusted proxies; admin allowed from loopback only
-    fleet = Fleet(seed.server_name, seed.workers, admin_allow=("10.0.0.0/8",))
-    with live_nginx(fleet) as live:
+    with live_nginx(fleet_case("untrusted_forwarded_for")) as live:
         ((status, worker),) = send_all(live.port, [Probe("GET", ADMIN, (("X-Forwarded-For", "10.9.9.9"),))])
     assert (status, worker) == (403, None)
 
@@ -61,7 +51,7 @@ def test_forwarded_for_is_ignored_from_untrusted_peers() -> None:
     ],
 )
 def test_replication_and_metrics_are_never_proxied(url: str) -> None:
-    with live_nginx(behind_proxy(admin_allow=("127.0.0.1/32",))) as live:
+    with live_nginx(fleet_case("behind_proxy_loopback_admin")) as live:
         answers = send_all(live.port, [Probe("GET", url), Probe("POST", url, (("X-Forwarded-For", "127.0.0.1"),))])
     assert answers == [(404, None), (404, None)]
     assert evaluate(live.plan, "GET", url).status == 404

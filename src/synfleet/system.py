@@ -1,16 +1,14 @@
-"""What this machine has installed: the server binaries synfleet drives, and their versions."""
+"""What this machine has: the server binaries synfleet drives, and free loopback ports."""
 
 from __future__ import annotations
 
 import glob
 import os
-import re
 import shutil
-import subprocess
+import socket
 import sys
-from functools import cache
 
-from synfleet.errors import SynfleetError
+from synfleet.errors import SynfleetError, UsageError
 
 #: Besides PATH: this Python's scripts (supervisord in a virtualenv) and where Debian puts binaries
 #: that are not on a normal user's PATH (the newest PostgreSQL first).
@@ -54,12 +52,23 @@ def require_binary(name: str) -> str:
     return found
 
 
-@cache
-def nginx_version() -> tuple[int, ...] | None:
-    """The installed nginx's version, None if nginx is not installed."""
-    binary = find_binary("nginx")
-    if binary is None:
-        return None
-    output = subprocess.run([binary, "-v"], capture_output=True, text=True, check=False).stderr
-    found = re.search(r"nginx/([0-9.]+)", output)
-    return tuple(int(part) for part in found.group(1).split(".")) if found else None
+def free_port() -> int:
+    """A loopback TCP port that is free right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def free_ports(count: int, start: int = 19300) -> int:
+    """The first of ``count`` consecutive free loopback ports at or above ``start``."""
+    base = start
+    while base < 65000:
+        try:
+            for port in range(base, base + count):
+                with socket.socket() as probe:
+                    probe.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            base = port + 1
+    raise UsageError("no free range of loopback ports for metrics listeners")

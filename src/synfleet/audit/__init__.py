@@ -1,1 +1,5 @@
-"""Checks of nginx and Synapse configs: our rendered deployments (check) and existing ones (audit)."""
+"""`synfleet audit`: other people's nginx configs for Synapse workers, checked against the route table."""
+
+from synfleet.audit.pipeline import audit
+
+__all__ = ["audit"]

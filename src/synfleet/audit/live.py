@@ -3,16 +3,18 @@ loopback port, with a stub on every upstream server."""
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import crossplane
 
-from synfleet.audit.nginx_model import NginxModel, socket_worker
 from synfleet.audit.repair import TestedConfig
 from synfleet.errors import BadRequest
-from synfleet.routing.probe import NginxProcess, Probe, StubUpstreams, free_port, send_all
+from synfleet.layout import worker_of_server
+from synfleet.nginx.command import NginxProcess, world_readable_tempdir
+from synfleet.nginx.config import NginxModel, parse_config
+from synfleet.nginx.harness import Probe, StubUpstreams, send_all
+from synfleet.system import free_port
 
 #: Directives that tie a config to its machine; dropped from the runnable copy.
 DROPPED = {
@@ -39,14 +41,13 @@ def _strip(block: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def runnable_copy(tested: TestedConfig, directory: Path, port: int) -> tuple[Path, dict[str, str]]:
     """One-file config: upstream servers on stub sockets, the routing server alone on 127.0.0.1:port."""
-    parsed = crossplane.parse(str(tested.conf), combine=True)
-    top = _strip(parsed["config"][0]["parsed"])
+    top = _strip(parse_config(tested.conf))
     http = next(d for d in top if d["directive"] == "http")
     sockets: dict[str, str] = {}
     for upstream in (d for d in http["block"] if d["directive"] == "upstream"):
         for server in (d for d in upstream["block"] if d["directive"] == "server"):
             path = f"{directory}/s{len(sockets)}.sock"
-            sockets[path] = socket_worker(server["args"][0])
+            sockets[path] = worker_of_server(server["args"][0])
             server["args"] = [f"unix:{path}", *[a for a in server["args"][1:] if not a.startswith("backup")]]
     servers = [d for d in http["block"] if d["directive"] == "server"]
     routing = next((s for s in servers if any(d["directive"] == "location" for d in s["block"])), servers[0])
@@ -64,9 +65,7 @@ def runnable_copy(tested: TestedConfig, directory: Path, port: int) -> tuple[Pat
 
 def confirm_with_nginx(tested: TestedConfig, probes: list[Probe]) -> tuple[int, list[str]]:
     """(requests nginx answered as evaluated, descriptions of those it did not)."""
-    with tempfile.TemporaryDirectory(prefix="sfa-") as temp:
-        directory = Path(temp)
-        directory.chmod(0o755)
+    with world_readable_tempdir("sfa-") as directory:
         port = free_port()
         conf, sockets = runnable_copy(tested, directory, port)
         model = NginxModel.load(conf)
@@ -78,7 +77,7 @@ def confirm_with_nginx(tested: TestedConfig, probes: list[Probe]) -> tuple[int, 
             finally:
                 nginx.stop()
     # The runnable copy's servers are stub sockets; name them back after the original workers.
-    original = {socket_worker(f"unix:{path}"): name for path, name in sockets.items()}
+    original = {worker_of_server(f"unix:{path}"): name for path, name in sockets.items()}
     agreed, mismatches = 0, []
     for probe, (status, worker) in zip(probes, answers, strict=True):
         try:

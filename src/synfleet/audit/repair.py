@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import re
 import shutil
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 from synfleet.errors import UsageError
-from synfleet.system import nginx_version, require_binary
+from synfleet.nginx.command import test_config, version_text
+from synfleet.nginx.config import Location
 
 REPAIR_FILE = "synfleet-repair.conf"
 MAX_REPAIRS = 20
@@ -115,9 +115,9 @@ def explain(message: str) -> tuple[str, str | None, str | None]:
     if found := re.match(r'unknown directive "(?P<name>[^"]+)"', message):
         name = found["name"]
         if name == "http2":
-            version = ".".join(map(str, nginx_version() or ()))
             return (
-                f"`http2 on;` needs nginx 1.25.1 or newer, this is {version}: write `listen ... ssl http2` instead",
+                f"`http2 on;` needs nginx 1.25.1 or newer, this is {version_text()}: write `listen ... ssl http2` "
+                "instead",
                 "comment",
                 name,
             )
@@ -141,30 +141,12 @@ def explain(message: str) -> tuple[str, str | None, str | None]:
     return message, None, None
 
 
-def test_config(source: Path, work: Path) -> TestedConfig:
+def test_and_repair(source: Path, work: Path) -> TestedConfig:
     """`nginx -t` on a copy of ``source`` in ``work``, repairing and retrying while it can."""
-    nginx = require_binary("nginx")
     conf = copy_config(source, work)
     problems: list[NginxProblem] = []
     for _ in range(MAX_REPAIRS):
-        result = subprocess.run(
-            [
-                nginx,
-                "-t",
-                "-q",
-                "-p",
-                str(work),
-                "-c",
-                str(conf),
-                "-e",
-                str(work / "_logs" / "startup.log"),
-                "-g",
-                f"pid {work / '_logs' / 'nginx.pid'};",
-            ],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
+        result = test_config(work, conf, work / "_logs" / "startup.log", work / "_logs" / "nginx.pid")
         if result.returncode == 0:
             return TestedConfig(work, conf, problems, True)
         found = next(filter(None, map(_ERROR.search, result.stderr.splitlines())), None)
@@ -186,3 +168,28 @@ def test_config(source: Path, work: Path) -> TestedConfig:
         if not repaired:
             break
     return TestedConfig(work, conf, problems, False)
+
+
+def add_proxy_pass(location: Location, tested: TestedConfig) -> bool:
+    """A location that sets a proxy target in a variable but never passes to it gets
+    ``proxy_pass $var;``, in the model and in the copy. True if it did."""
+    target = next(
+        (
+            d
+            for d in location.block
+            if d["directive"] == "set" and len(d["args"]) == 2 and d["args"][1].startswith(("http://", "https://"))
+        ),
+        None,
+    )
+    if target is None:
+        return False
+    variable = target["args"][0]
+    location.block.append({"directive": "proxy_pass", "args": [variable], "line": target["line"]})
+    # Directives after an include inside a location carry the included file's name in
+    # crossplane's combined output; a `set` in the location is in the location's own file.
+    path = Path(location.file or tested.conf)
+    lines = path.read_text().split("\n")
+    if f"proxy_pass {variable};" not in lines[target["line"] - 1]:
+        lines[target["line"] - 1] += f" proxy_pass {variable};"
+        path.write_text("\n".join(lines))
+    return True

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import re
 
-from synfleet.audit.nginx_model import NginxModel
-from synfleet.spec.fleet import SYNC_WRITER_STREAMS, Fleet, Role, Worker
+from synfleet.model.fleet import SYNC_WRITER_STREAMS, Fleet, Role, Worker
+from synfleet.nginx.config import NginxModel
 
 # (pattern on a worker or upstream name, role); the first match wins.
 NAME_ROLES: tuple[tuple[str, Role], ...] = (

@@ -11,9 +11,10 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from synfleet.audit.findings import ERROR, audit
-from synfleet.spec.load import load_spec
-from synfleet.system import nginx_version
+from synfleet.audit import audit
+from synfleet.audit.findings import ERROR
+from synfleet.model.load import load_spec
+from synfleet.nginx.command import version_text
 
 
 @click.command("audit")
@@ -69,8 +70,8 @@ def audit_command(config: Path, as_json: bool, fleet_dir: Path | None, no_confir
             f"{len(report.findings)} findings ({errors} errors) in {config}; {report.requests} requests analysed"
         )
         if report.confirmed is not None:
-            version = ".".join(map(str, nginx_version() or ()))
             console.print(
-                f"confirmed with nginx {version}: {report.confirmed} of {report.requests} requests answered as analysed"
+                f"confirmed with nginx {version_text()}: {report.confirmed} of {report.requests} requests answered "
+                "as analysed"
             )
     sys.exit(1 if report.findings else 0)

@@ -9,12 +9,16 @@ import click
 from rich.console import Console
 from rich.markup import escape
 
-from synfleet.audit.deployment import check_deployment
+from synfleet.check.deployment import check_deployment
 from synfleet.cli.options import DIR_OPTION
 from synfleet.errors import FleetError, UsageError
+from synfleet.model.file import check_server_name
+from synfleet.model.load import FLEET_FILE, load_spec
+from synfleet.model.profiles import PROFILES
 from synfleet.render.deploy import render_deployment
-from synfleet.spec.file import SERVER_NAME_PATTERN
-from synfleet.spec.load import FLEET_FILE, PROFILES, fleet_file_text, load_spec, write_new
+from synfleet.render.files import write_file
+from synfleet.render.fleet_file import fleet_file_text
+from synfleet.render.secrets import SECRETS_DIR
 
 
 @click.command("init")
@@ -30,16 +34,16 @@ from synfleet.spec.load import FLEET_FILE, PROFILES, fleet_file_text, load_spec,
 @click.option("--force", is_flag=True, help="Replace an existing fleet.toml.")
 def init_command(directory: Path, server_name: str, profile: str, force: bool) -> None:
     """Write a commented fleet.toml for a profile."""
-    if not SERVER_NAME_PATTERN.fullmatch(server_name):
-        raise FleetError(
-            f"--server-name: must be a host name such as example.org (optionally :port), got {server_name!r}"
-        )
+    try:
+        check_server_name(server_name)
+    except ValueError as exc:
+        raise FleetError(f"--server-name: {exc}") from None
     path = directory / FLEET_FILE
     if path.exists() and not force:
         raise UsageError(f"{path} exists; edit it, or pass --force to replace it")
     text = fleet_file_text(server_name, profile)
     directory.mkdir(parents=True, exist_ok=True)
-    write_new(path, text)
+    write_file(path, text)
     click.echo(f"wrote {path} ({profile} profile); next: synfleet render --dir {directory}")
 
 
@@ -51,7 +55,7 @@ def render_command(directory: Path) -> None:
     target = render_deployment(spec, directory)
     fleet = spec.fleet
     click.echo(f"rendered {len(fleet.workers)} Synapse processes for {spec.server_name} into {target}")
-    click.echo(f"  secrets: {directory / 'secrets'} (kept across renders)")
+    click.echo(f"  secrets: {directory / SECRETS_DIR} (kept across renders)")
     click.echo(f"  start with docker compose: cd {target} && docker compose up -d")
 
 

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import secrets
 import sys
-from dataclasses import replace
 from pathlib import Path
 from typing import TextIO
 
@@ -15,12 +13,14 @@ from rich.table import Table
 
 from synfleet.cli.options import DIR_OPTION
 from synfleet.errors import BadRequest, UsageError
-from synfleet.routing.chash import moved, spread
+from synfleet.model.fleet import Role
+from synfleet.model.load import load_spec
+from synfleet.nginx.ketama import moved, spread
+from synfleet.nginx.upstream import Upstream
+from synfleet.routing.corpus import room_keys
 from synfleet.routing.evaluate import Decision, evaluate
-from synfleet.routing.plan import RoutingPlan, Upstream, upstream_name
-from synfleet.run.layout import deployed_plan
-from synfleet.spec.fleet import Fleet, Role, Worker
-from synfleet.spec.load import load_spec
+from synfleet.routing.plan import GROWABLE, RoutingPlan, upstream_name
+from synfleet.run.paths import RunPaths, deployed_plan
 
 
 def parse_header(text: str) -> tuple[str, str]:
@@ -98,7 +98,7 @@ def route_command(
     synfleet route --json --batch requests.txt
     """
     headers = dict(parse_header(h) for h in header_lines)
-    plan = deployed_plan(directory)
+    plan = deployed_plan(RunPaths(directory), load_spec(directory).fleet)
     if batch is not None:
         if method or url:
             raise UsageError("give either --batch FILE or METHOD URL, not both")
@@ -114,31 +114,13 @@ def route_command(
         Console(highlight=False).print(_table(decision))
 
 
-GROWABLE = {
-    upstream_name(role): role
-    for role in (Role.ROOMS, Role.CLIENT_SYNC, Role.CLIENT_READER, Role.FEDERATION_READER, Role.MEDIA)
-}
-
-
-def grown(fleet: Fleet, role: Role, extra: int) -> Fleet:
-    """``fleet`` with ``extra`` more workers of ``role``, named like the existing ones."""
-    count = len(fleet.with_role(role))
-    added = tuple(Worker(f"{role.value}{count + i}", role) for i in range(1, extra + 1))
-    return replace(fleet, workers=fleet.workers + added)
-
-
-def random_room_keys(count: int) -> list[str]:
-    """Opaque parts of room version 12 IDs (43 characters of url-safe base64)."""
-    return [secrets.token_urlsafe(32)[:43] for _ in range(count)]
-
-
 @click.command("ring")
 @DIR_OPTION
 @click.option(
     "--group",
     default="rooms",
     show_default=True,
-    type=click.Choice(sorted(r.value for r in GROWABLE.values())),
+    type=click.Choice(sorted(r.value for r in GROWABLE)),
 )
 @click.option(
     "--keys",
@@ -158,16 +140,15 @@ def random_room_keys(count: int) -> list[str]:
 def ring_command(directory: Path, group: str, key_count: int, grow: int) -> None:
     """Show how nginx's consistent hash spreads keys over a group, and how many move when it grows."""
     role = Role(group)
-    fleet = load_spec(directory).fleet
-    socket_dir = deployed_plan(directory).socket_dir
-    before = RoutingPlan(fleet, socket_dir=socket_dir).upstreams.get(upstream_name(role))
+    plan = deployed_plan(RunPaths(directory), load_spec(directory).fleet)
+    before = plan.upstreams.get(upstream_name(role))
     if before is None:
         raise UsageError(f"the fleet has no {group} workers")
-    keys = random_room_keys(key_count)
+    keys = room_keys(key_count)
     console = Console(highlight=False)
     _print_spread(console, before, keys, f"{len(before.workers)} {group} workers")
     if grow:
-        after = RoutingPlan(grown(fleet, role, grow), socket_dir=socket_dir).upstreams[upstream_name(role)]
+        after = plan.grown(role, grow).upstreams[upstream_name(role)]
         _print_spread(console, after, keys, f"{len(after.workers)} {group} workers")
         changed, total = moved(before.ring, after.ring, keys)
         ideal = grow / len(after.workers)

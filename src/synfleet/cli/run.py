@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
 
 import click
@@ -13,11 +12,12 @@ from rich.table import Table
 
 from synfleet.cli.options import DIR_OPTION
 from synfleet.errors import UsageError
-from synfleet.render.native import RunPaths
+from synfleet.model.load import load_spec
 from synfleet.run.bench import bench, plot
-from synfleet.run.fleet import down, plan_for, status, tail, up
+from synfleet.run.fleet import down, status, up
+from synfleet.run.logs import follow, log_files, tail
+from synfleet.run.paths import RunPaths
 from synfleet.run.register import register_user
-from synfleet.spec.load import load_spec
 
 
 @click.command("up")
@@ -25,8 +25,8 @@ from synfleet.spec.load import load_spec
 def up_command(directory: Path) -> None:
     """Start PostgreSQL, Redis, Synapse main and workers, and nginx here; return when all are healthy."""
     console = Console(highlight=False)
-    seconds = up(directory, lambda line: console.print("  " + line))
     spec = load_spec(directory)
+    seconds = up(RunPaths(directory), spec, lambda line: console.print("  " + line))
     console.print(
         f"fleet up in {seconds:.1f}s: http://{spec.listen.bind}:{spec.listen.http_port}/ "
         f"(server name {spec.server_name})"
@@ -41,7 +41,7 @@ def up_command(directory: Path) -> None:
 def down_command(directory: Path) -> None:
     """Stop everything `up` started; sockets are removed, data is kept."""
     console = Console(highlight=False)
-    if down(directory, console.print):
+    if down(RunPaths(directory), console.print):
         console.print("fleet stopped (data kept)")
     else:
         console.print("the fleet was not running")
@@ -57,7 +57,7 @@ def _duration(seconds: float) -> str:
 @DIR_OPTION
 def status_command(directory: Path) -> None:
     """Show every process: state, pid, health, uptime, memory, socket."""
-    rows = status(directory)
+    rows = status(RunPaths(directory), load_spec(directory))
     console = Console(highlight=False)
     if not rows:
         console.print("the fleet is not running (start it with: synfleet up)")
@@ -89,30 +89,22 @@ def status_command(directory: Path) -> None:
 @click.command("logs")
 @DIR_OPTION
 @click.argument("name", required=False)
-@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines (Ctrl-C to stop).")
+@click.option("-f", "--follow", "follow_", is_flag=True, help="Keep printing new lines (Ctrl-C to stop).")
 @click.option("-n", "--lines", default=40, show_default=True, type=click.IntRange(0, 100_000))
-def logs_command(directory: Path, name: str | None, follow: bool, lines: int) -> None:
+def logs_command(directory: Path, name: str | None, follow_: bool, lines: int) -> None:
     """Show a process's log (NAME: main, a worker, postgres, redis, nginx); without NAME, every log."""
-    plan = plan_for(directory)
-    logs = {p.name: Path(p.log) for p in plan.processes}
-    logs["nginx"] = RunPaths(directory).logs / "access.log"
+    logs = log_files(RunPaths(directory))
     if name is not None and name not in logs:
         raise UsageError(f"no process {name!r}; choose from: {', '.join(logs)}")
     chosen = {name: logs[name]} if name else logs
     for process, path in chosen.items():
         for line in tail(path, lines):
             click.echo(f"{process}: {line}" if name is None else line, nl=False)
-    if not follow:
+    if not follow_:
         return
-    handles = {process: path.open(errors="replace") for process, path in chosen.items() if path.exists()}
-    for handle in handles.values():
-        handle.seek(0, 2)
     try:
-        while True:
-            for process, handle in handles.items():
-                for line in handle:
-                    click.echo(f"{process}: {line}" if name is None else line, nl=False)
-            time.sleep(0.3)
+        for process, line in follow(chosen):
+            click.echo(f"{process}: {line}" if name is None else line, nl=False)
     except KeyboardInterrupt:
         pass
 
@@ -133,7 +125,7 @@ def user_add_command(directory: Path, name: str, password: str, admin: bool) -> 
         password = sys.stdin.readline().rstrip("\n")
     if not password:
         raise UsageError("--password: must not be empty")
-    user_id = register_user(directory, name, password, admin)["user_id"]
+    user_id = register_user(RunPaths(directory), name, password, admin)["user_id"]
     click.echo(f"created {user_id}" + (" (admin)" if admin else ""))
 
 

@@ -4,29 +4,30 @@ from __future__ import annotations
 
 import json
 
-from synfleet.render.layout import COMPOSE
-from synfleet.render.processes import synapse_processes
+from synfleet.layout import COMPOSE, COMPOSE_HTTP_PORT, COMPOSE_HTTPS_PORT, COMPOSE_NGINX_CONFIG_DIR
+from synfleet.model.file import FleetSpec
+from synfleet.model.fleet import Role, Service
+from synfleet.render.processes import MAIN_SERVICE, synapse_processes
+from synfleet.render.secrets import SECRETS_DIR, Secret
 from synfleet.render.templating import render
-from synfleet.spec.file import FleetSpec
-from synfleet.spec.fleet import Role
 
 
 def render_compose(spec: FleetSpec, secrets: dict[str, str]) -> dict[str, str]:
     """``docker-compose.yml`` and the env files it references, by path relative to the deploy dir."""
     processes = synapse_processes(spec.fleet, COMPOSE)
     local_postgres, local_redis = not spec.database.host, not spec.redis.host
-    infrastructure = [("postgres", local_postgres), ("redis", local_redis)]
+    infrastructure = [(Service.POSTGRES.value, local_postgres), (Service.REDIS.value, local_redis)]
     services = []
     for process in processes:
         if process.role is Role.MAIN:
             depends = [("sockets-init", "service_completed_successfully")]
             depends += [(name, "service_healthy") for name, local in infrastructure if local]
         else:
-            depends = [("synapse", "service_healthy")]
+            depends = [(MAIN_SERVICE, "service_healthy")]
         services.append(
             {
                 "service": process.service,
-                "group": process.role.value,
+                "group": spec.fleet.group(process.name),
                 "command": process.arguments,
                 "socket": process.socket,
                 "depends_on": depends,
@@ -41,6 +42,12 @@ def render_compose(spec: FleetSpec, secrets: dict[str, str]) -> dict[str, str]:
         "docker-compose.yml": render(
             "docker-compose.yml.j2",
             spec=spec,
+            layout=COMPOSE,
+            main_service=MAIN_SERVICE,
+            secrets_dir=f"../{SECRETS_DIR}",
+            http_port=COMPOSE_HTTP_PORT,
+            https_port=COMPOSE_HTTPS_PORT,
+            nginx_config_dir=COMPOSE_NGINX_CONFIG_DIR,
             processes=services,
             local_postgres=local_postgres,
             local_redis=local_redis,
@@ -50,7 +57,7 @@ def render_compose(spec: FleetSpec, secrets: dict[str, str]) -> dict[str, str]:
     if local_postgres:
         files["env/postgres.env"] = (
             f"POSTGRES_USER={spec.database.user}\n"
-            f"POSTGRES_PASSWORD={secrets['postgres_password']}\n"
+            f"POSTGRES_PASSWORD={secrets[Secret.POSTGRES_PASSWORD]}\n"
             f"POSTGRES_DB={spec.database.name}\n"
             # Synapse refuses databases whose collation is not C.
             "POSTGRES_INITDB_ARGS=--encoding=UTF8 --lc-collate=C --lc-ctype=C\n"

@@ -5,15 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from synfleet.render.templating import render
-from synfleet.routing.plan import DOCKER_SOCKET_DIR, RoutingPlan
+from synfleet.routing.plan import RoutingPlan
 from synfleet.routing.table import ZONES
 
 NGINX_FILES = ("nginx.conf", "maps.conf", "upstreams.conf", "locations.conf", "proxy.conf", "private.conf")
-
-
-def http2_directive_supported(version: tuple[int, ...] | None) -> bool:
-    """``http2 on;`` exists since nginx 1.25.1; older versions spell it ``listen ... ssl http2``."""
-    return version is None or version >= (1, 25, 1)
 
 
 @dataclass(frozen=True)
@@ -33,12 +28,11 @@ class NginxTls:
 
 @dataclass(frozen=True)
 class NginxLayout:
-    """Where nginx finds sockets and writes logs, and what it listens on. Only the layout differs
-    between docker compose, the native run and tests; the routing is the same."""
+    """Where nginx writes logs, and what it listens on. Only the layout differs between docker
+    compose, the native run and tests; the routing (with the sockets) comes from the plan."""
 
-    socket_dir: str = DOCKER_SOCKET_DIR
-    log_dir: str = "/var/log/nginx"
-    listen: tuple[str, ...] = ("8008",)
+    log_dir: str
+    listen: tuple[str, ...]
     pid_file: str | None = None
     temp_dir: str | None = None
     access_log_buffer: str = " buffer=64k flush=1s"
@@ -47,8 +41,6 @@ class NginxLayout:
 
 def render_nginx(plan: RoutingPlan, layout: NginxLayout, keepalive: int = 32) -> dict[str, str]:
     """The contents of every nginx file, by file name."""
-    if plan.socket_dir != layout.socket_dir:
-        raise ValueError("the routing plan and the nginx layout disagree about the socket directory")
     context = {
         "layout": layout,
         "maps": plan.maps,

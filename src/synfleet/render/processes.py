@@ -7,11 +7,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from synfleet.render.layout import Layout
-from synfleet.spec.fleet import Fleet, Role
+from synfleet.layout import Layout
+from synfleet.model.fleet import Fleet, Role
 
+#: The modules Synapse processes run: main, and every worker (as ``worker_app``).
 MAIN_MODULE = "synapse.app.homeserver"
 WORKER_MODULE = "synapse.app.generic_worker"
+#: main's docker compose service keeps the seed's name.
+MAIN_SERVICE = "synapse"
 
 
 @dataclass(frozen=True)
@@ -24,8 +27,8 @@ class SynapseProcess:
 
     @property
     def service(self) -> str:
-        """The docker compose service name (main keeps the seed's name, ``synapse``)."""
-        return "synapse" if self.role is Role.MAIN else self.name
+        """The docker compose service name."""
+        return MAIN_SERVICE if self.role is Role.MAIN else self.name
 
     @property
     def arguments(self) -> list[str]:
@@ -38,13 +41,12 @@ class SynapseProcess:
 
 def synapse_processes(fleet: Fleet, layout: Layout) -> list[SynapseProcess]:
     """Main first (it migrates the schema), then every worker."""
-    shared = f"{layout.config_dir}/homeserver.yaml"
     processes = []
     paths: tuple[str, ...]
     for worker in fleet.workers:
         if worker.role is Role.MAIN:
-            module, paths = MAIN_MODULE, (shared,)
+            module, paths = MAIN_MODULE, (layout.shared_config,)
         else:
-            module, paths = WORKER_MODULE, (shared, f"{layout.config_dir}/workers/{worker.name}.yaml")
+            module, paths = WORKER_MODULE, (layout.shared_config, layout.worker_config(worker.name))
         processes.append(SynapseProcess(worker.name, worker.role, module, paths, layout.inbound_socket(worker.name)))
     return processes

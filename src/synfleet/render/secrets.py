@@ -6,19 +6,28 @@ import base64
 import os
 import secrets
 import string
+from enum import StrEnum
 from pathlib import Path
 
 from synfleet.errors import SynfleetError
 
 SECRETS_DIR = "secrets"
-TOKEN_SECRETS = (
-    "registration_shared_secret",
-    "macaroon_secret_key",
-    "form_secret",
-    "worker_replication_secret",
-    "postgres_password",
-)
-SIGNING_KEY = "signing.key"
+
+
+class Secret(StrEnum):
+    """Every secret of a fleet, named as its file in ``D/secrets``."""
+
+    REGISTRATION_SHARED_SECRET = "registration_shared_secret"
+    MACAROON_SECRET_KEY = "macaroon_secret_key"
+    FORM_SECRET = "form_secret"
+    WORKER_REPLICATION_SECRET = "worker_replication_secret"
+    POSTGRES_PASSWORD = "postgres_password"
+    SIGNING_KEY = "signing.key"
+
+
+#: Random tokens; the signing key is an ed25519 key in Synapse's format.
+TOKEN_SECRETS = tuple(s for s in Secret if s is not Secret.SIGNING_KEY)
+SIGNING_KEY = Secret.SIGNING_KEY
 
 
 def _signing_key() -> str:
@@ -40,10 +49,10 @@ def ensure_secrets(directory: Path) -> dict[str, str]:
     try:
         folder.mkdir(mode=0o700, exist_ok=True)
         values: dict[str, str] = {}
-        for name in (*TOKEN_SECRETS, SIGNING_KEY):
+        for name in Secret:
             path = folder / name
             if not path.exists():
-                _write_private(path, _signing_key() if name == SIGNING_KEY else secrets.token_urlsafe(32) + "\n")
+                _write_private(path, _signing_key() if name is SIGNING_KEY else secrets.token_urlsafe(32) + "\n")
             values[name] = path.read_text().strip()
     except OSError as exc:
         raise SynfleetError(f"{folder}: cannot write secrets: {exc.strerror}") from None

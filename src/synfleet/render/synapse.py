@@ -6,11 +6,11 @@ from typing import Any
 
 import yaml
 
-from synfleet.render.layout import Layout
-from synfleet.spec.file import FleetSpec
-from synfleet.spec.fleet import Role, Stream, Worker
-
-GENERIC_WORKER = "synapse.app.generic_worker"
+from synfleet.layout import SHARED_CONFIG, Layout, log_config_file, worker_config_file
+from synfleet.model.file import FleetSpec
+from synfleet.model.fleet import Role, Stream, Worker
+from synfleet.render.processes import WORKER_MODULE
+from synfleet.render.secrets import Secret
 
 # Per-user limits that interactive tests and load generators exceed within seconds.
 RELAXED_RATE_LIMITS: dict[str, Any] = {
@@ -56,13 +56,6 @@ def inbound_resources(worker: Worker) -> list[str]:
     return ["client", "federation"] if worker.serves_http else ["health"]
 
 
-def metrics_port(spec: FleetSpec, worker: Worker) -> int | None:
-    """The TCP port of a process's Prometheus listener (metrics cannot be served on a socket)."""
-    if not spec.metrics.enabled:
-        return None
-    return spec.metrics.base_port + spec.fleet.workers.index(worker)
-
-
 def listeners(worker: Worker, layout: Layout, metrics: int | None = None) -> list[dict[str, Any]]:
     """The inbound socket (requests from nginx; only /health for workers nginx never routes to),
     for instance_map members the replication socket, and the metrics port if enabled."""
@@ -103,14 +96,14 @@ def homeserver_config(spec: FleetSpec, layout: Layout, secrets: dict[str, str]) 
         "public_baseurl": spec.baseurl,
         "pid_file": f"{layout.data_dir}/homeserver.pid",
         "report_stats": False,
-        "signing_key_path": layout.secret("signing.key"),
-        "macaroon_secret_key_path": layout.secret("macaroon_secret_key"),
-        "form_secret_path": layout.secret("form_secret"),
-        "registration_shared_secret_path": layout.secret("registration_shared_secret"),
-        "worker_replication_secret_path": layout.secret("worker_replication_secret"),
+        "signing_key_path": layout.secret(Secret.SIGNING_KEY),
+        "macaroon_secret_key_path": layout.secret(Secret.MACAROON_SECRET_KEY),
+        "form_secret_path": layout.secret(Secret.FORM_SECRET),
+        "registration_shared_secret_path": layout.secret(Secret.REGISTRATION_SHARED_SECRET),
+        "worker_replication_secret_path": layout.secret(Secret.WORKER_REPLICATION_SECRET),
         "media_store_path": f"{layout.data_dir}/media_store",
-        "log_config": f"{layout.config_dir}/log/main.log.yaml",
-        "listeners": listeners(fleet.main, layout, metrics_port(spec, fleet.main)),
+        "log_config": layout.log_config(fleet.main.name),
+        "listeners": listeners(fleet.main, layout, spec.metrics_port(fleet.main)),
         "database": database_config(spec, layout, secrets),
         "redis": redis_config(spec, layout),
         "instance_map": {
@@ -147,7 +140,7 @@ def database_config(spec: FleetSpec, layout: Layout, secrets: dict[str, str]) ->
     db = spec.database
     args: dict[str, Any] = {
         "user": db.user,
-        "password": secrets["postgres_password"],
+        "password": secrets[Secret.POSTGRES_PASSWORD],
         "dbname": db.name,
         "host": db.host or layout.socket_dir,
         "cp_min": db.pool_min,
@@ -167,9 +160,9 @@ def redis_config(spec: FleetSpec, layout: Layout) -> dict[str, Any]:
 def worker_config(worker: Worker, layout: Layout, metrics: int | None) -> dict[str, Any]:
     """One worker's own file, loaded after homeserver.yaml (top-level keys replace shared ones)."""
     config: dict[str, Any] = {
-        "worker_app": GENERIC_WORKER,
+        "worker_app": WORKER_MODULE,
         "worker_name": worker.name,
-        "worker_log_config": f"{layout.config_dir}/log/{worker.name}.log.yaml",
+        "worker_log_config": layout.log_config(worker.name),
         "worker_listeners": listeners(worker, layout, metrics),
         # Only media workers load the media repository, even when main has none.
         "enable_media_repo": worker.role is Role.MEDIA,
@@ -184,7 +177,7 @@ def log_config(name: str, layout: Layout, level: str = "INFO") -> dict[str, Any]
         handler = {
             "class": "logging.handlers.WatchedFileHandler",
             "formatter": "precise",
-            "filename": f"{layout.log_dir}/{name}.log",
+            "filename": layout.log_file(name),
             "encoding": "utf8",
         }
     else:
@@ -207,9 +200,9 @@ def log_config(name: str, layout: Layout, level: str = "INFO") -> dict[str, Any]
 def render_synapse(spec: FleetSpec, layout: Layout, secrets: dict[str, str]) -> dict[str, str]:
     """Every Synapse file by path relative to the config directory."""
     fleet = spec.fleet
-    files = {"homeserver.yaml": dump(homeserver_config(spec, layout, secrets))}
+    files = {SHARED_CONFIG: dump(homeserver_config(spec, layout, secrets))}
     for worker in fleet.workers:
         if worker.role is not Role.MAIN:
-            files[f"workers/{worker.name}.yaml"] = dump(worker_config(worker, layout, metrics_port(spec, worker)))
-        files[f"log/{worker.name}.log.yaml"] = dump(log_config(worker.name, layout, spec.synapse.log_level))
+            files[worker_config_file(worker.name)] = dump(worker_config(worker, layout, spec.metrics_port(worker)))
+        files[log_config_file(worker.name)] = dump(log_config(worker.name, layout, spec.synapse.log_level))
     return files

@@ -6,17 +6,7 @@ from functools import cache
 
 import jinja2
 
-
-def nginx_quote(value: str) -> str:
-    """``value`` as one double-quoted nginx token.
-
-    nginx's lexer turns ``\\"``, ``\\\\``, ``\\t``, ``\\r`` and ``\\n`` inside quotes into other characters;
-    synfleet's regexes avoid them, so any that appear are a bug, not something to escape silently.
-    """
-    for sequence in ('\\"', "\\\\", "\\t", "\\r", "\\n", "\\'"):
-        if sequence in value:
-            raise ValueError(f"{value!r} contains {sequence!r}, which nginx would rewrite")
-    return '"' + value.replace('"', '\\"') + '"'
+from synfleet.nginx.lexer import quote
 
 
 @cache
@@ -29,7 +19,7 @@ def environment() -> jinja2.Environment:
         keep_trailing_newline=True,
         autoescape=False,
     )
-    env.filters["nginx_quote"] = nginx_quote
+    env.filters["nginx_quote"] = quote
     return env
 
 

@@ -14,7 +14,7 @@ import string
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from synfleet.routing.probe import Probe
+from synfleet.nginx.harness import Probe
 
 C = "/_matrix/client/v3"
 R0 = "/_matrix/client/r0"
@@ -239,6 +239,12 @@ def v12_room_id(rng: random.Random) -> str:
 def legacy_room_id(rng: random.Random) -> str:
     opaque = "".join(rng.choices(string.ascii_letters, k=18))
     return f"!{opaque}:{rng.choice(SERVERS)}"
+
+
+def room_keys(count: int, seed: int | None = None) -> list[str]:
+    """The room keys (opaque parts) of ``count`` random room version 12 IDs; ``seed`` repeats them."""
+    rng = random.Random(seed)
+    return [v12_room_id(rng)[1:] for _ in range(count)]
 
 
 def user_localpart(rng: random.Random) -> str:

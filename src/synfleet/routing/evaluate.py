@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
-from synfleet.routing.nginx import Variables, parse_method, parse_request_target
+from synfleet.nginx.realip import in_networks, real_client
+from synfleet.nginx.uri import parse_method, parse_request_target
+from synfleet.nginx.variables import Variables
 from synfleet.routing.plan import RoutingPlan
 from synfleet.routing.table import Access, zone_for
 
@@ -33,34 +34,6 @@ class Decision:
         return data
 
 
-def _allowed(address: str, networks: tuple[str, ...]) -> bool:
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return False
-    return any(ip in ipaddress.ip_network(net, strict=False) for net in networks)
-
-
-def real_client(remote_addr: str, forwarded_for: str, trusted: tuple[str, ...]) -> str:
-    """The client address nginx's realip module settles on (``real_ip_recursive on``): when the
-    peer is a trusted proxy, the rightmost X-Forwarded-For address that is not trusted."""
-    if not trusted or not forwarded_for or not _allowed(remote_addr, trusted):
-        return remote_addr
-    hops = [hop.strip() for hop in forwarded_for.split(",") if hop.strip()]
-    for hop in reversed(hops):
-        if not _allowed(hop, trusted):
-            return hop if _valid_ip(hop) else remote_addr
-    return hops[0] if hops and _valid_ip(hops[0]) else remote_addr
-
-
-def _valid_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
-
-
 def evaluate(
     plan: RoutingPlan,
     method: str,
@@ -75,7 +48,7 @@ def evaluate(
     forwarded = next((v for k, v in headers.items() if k.lower() == "x-forwarded-for"), "")
     remote_addr = real_client(remote_addr, forwarded, plan.fleet.trusted_proxies)
     access = zone_for(uri)
-    if access is Access.DENIED or (access is Access.PRIVATE and not _allowed(remote_addr, plan.fleet.admin_allow)):
+    if access is Access.DENIED or (access is Access.PRIVATE and not in_networks(remote_addr, plan.fleet.admin_allow)):
         status = 404 if access is Access.DENIED else 403
         return Decision(method, url, uri, None, None, None, None, "", access, status)
     variables = Variables(method, uri, args, headers, remote_addr, plan.maps)

@@ -1,7 +1,7 @@
 """The routing plan of one fleet: the route table resolved to upstreams, and the nginx maps that
 compute route, upstream and balancing key for a request.
 
-The same :class:`~synfleet.routing.nginx.Map` records are rendered into ``maps.conf`` and evaluated
+The same :class:`~synfleet.nginx.variables.Map` records are rendered into ``maps.conf`` and evaluated
 by :mod:`synfleet.routing.evaluate`, so nginx and Python cannot disagree about what they contain.
 """
 
@@ -10,17 +10,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import cached_property
 
-from synfleet.routing.chash import Ring
-from synfleet.routing.nginx import Map, MapEntry
+from synfleet.layout import COMPOSE, inbound_socket
+from synfleet.model.fleet import Fleet, Role, Stream, Worker
+from synfleet.nginx.upstream import Balancing, Upstream
+from synfleet.nginx.variables import Map, MapEntry
 from synfleet.routing.table import DEFAULT_RULE, ROUTES, Key, Rule, Target
-from synfleet.spec.fleet import Fleet, Role, Stream, Worker
-
-DOCKER_SOCKET_DIR = "/sockets"
 
 #: Weight of every server in a hashed upstream. nginx places 160 ring points per unit of weight; with
 #: the default weight 1 four room workers can differ by +-20% in load, with 8 (1,280 points each)
 #: by about +-6%. Equal weights keep shares equal; only the evenness improves.
 HASH_WEIGHT = 8
+
+#: The nginx variable hashed upstreams hash on.
+HASH_KEY = "$synfleet_key"
 
 _GROUP_NAMES = {
     Role.MAIN: "main",
@@ -30,6 +32,9 @@ _GROUP_NAMES = {
     Role.FEDERATION_READER: "federation_readers",
     Role.MEDIA: "media",
 }
+
+#: Roles whose upstream can grow by adding workers (``synfleet ring``).
+GROWABLE = (Role.ROOMS, Role.CLIENT_SYNC, Role.CLIENT_READER, Role.FEDERATION_READER, Role.MEDIA)
 
 #: The nginx variable each balancing key is computed into.
 KEY_VARIABLES = {
@@ -46,38 +51,18 @@ def upstream_name(target: Target) -> str:
     return f"synapse_inbound_{_GROUP_NAMES[target]}"
 
 
-def inbound_socket(socket_dir: str, worker: str) -> str:
-    return f"{socket_dir}/synapse_inbound_{worker}.sock"
-
-
-@dataclass(frozen=True)
-class Upstream:
-    """An nginx ``upstream``: the workers behind it, in order, and their ``server`` arguments."""
-
-    name: str
-    workers: tuple[str, ...]
-    servers: tuple[str, ...]
-    balancing: str = "consistent_hash"
-
-    @property
-    def hashed(self) -> bool:
-        return len(self.servers) > 1 and self.balancing == "consistent_hash"
-
-    @property
-    def weight(self) -> int:
-        return HASH_WEIGHT if self.hashed else 1
-
-    @cached_property
-    def ring(self) -> Ring:
-        return Ring.build(self.servers, [self.weight] * len(self.servers))
-
-    def worker_for(self, key: str) -> str | None:
-        """The worker nginx picks for ``key``; None when it balances without a key."""
-        if len(self.workers) == 1:
-            return self.workers[0]
-        if key == "" or not self.hashed:
-            return None
-        return self.workers[self.ring.pick(key)]
+def group_upstream(names: tuple[str, ...], name: str, socket_dir: str, balancing: Balancing) -> Upstream:
+    """The upstream of one group of workers, each on its inbound socket; hashed over several workers
+    with :data:`HASH_WEIGHT` each."""
+    hashed = balancing is Balancing.CONSISTENT_HASH and len(names) > 1
+    return Upstream(
+        name,
+        servers=tuple(f"unix:{inbound_socket(socket_dir, n)}" for n in names),
+        workers=names,
+        weights=(HASH_WEIGHT if hashed else 1,) * len(names),
+        balancing=balancing,
+        key=HASH_KEY if balancing is Balancing.CONSISTENT_HASH else "",
+    )
 
 
 # The balancing keys. Synapse's access tokens look like syt_<base64 localpart>_<random>_<crc>; the
@@ -127,7 +112,7 @@ class RoutingPlan:
     """Route table + fleet: where each rule's requests go, and the maps nginx uses to get there."""
 
     fleet: Fleet
-    socket_dir: str = DOCKER_SOCKET_DIR
+    socket_dir: str = COMPOSE.socket_dir
     rules: tuple[Rule, ...] = ROUTES
     upstreams: dict[str, Upstream] = field(init=False)
     rule_upstream: dict[str, str] = field(init=False)
@@ -140,10 +125,8 @@ class RoutingPlan:
             target = rule.target if workers != (self.fleet.main,) else Role.MAIN
             name = upstream_name(target)
             if name not in upstreams:
-                names = tuple(w.name for w in workers)
-                servers = tuple(f"unix:{inbound_socket(self.socket_dir, n)}" for n in names)
-                balancing = self.fleet.room_balancing if target is Role.ROOMS else "consistent_hash"
-                upstreams[name] = Upstream(name, names, servers, balancing)
+                balancing = Balancing(self.fleet.room_balancing if target is Role.ROOMS else Balancing.CONSISTENT_HASH)
+                upstreams[name] = group_upstream(tuple(w.name for w in workers), name, self.socket_dir, balancing)
             rule_upstream[rule.name] = name
         object.__setattr__(self, "upstreams", dict(sorted(upstreams.items())))
         object.__setattr__(self, "rule_upstream", rule_upstream)
@@ -194,3 +177,7 @@ class RoutingPlan:
 
     def rule(self, name: str) -> Rule:
         return next(r for r in (*self.rules, DEFAULT_RULE) if r.name == name)
+
+    def grown(self, role: Role, extra: int) -> RoutingPlan:
+        """This plan with ``extra`` more workers of ``role``."""
+        return RoutingPlan(self.fleet.grown(role, extra), self.socket_dir, self.rules)

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from synfleet.spec.fleet import Role, Stream
+from synfleet.model.fleet import Role, Stream
 
 
 class Key(StrEnum):

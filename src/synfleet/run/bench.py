@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import resource
 import shutil
-import socket
 import statistics
 import time
 from collections.abc import Callable
@@ -20,33 +19,20 @@ from typing import Any
 import httpx
 
 from synfleet.errors import SynfleetError, UsageError
-from synfleet.render.native import RunPaths
-from synfleet.routing.probe import free_port
+from synfleet.model.file import FleetSpec
+from synfleet.model.load import FLEET_FILE, load_spec
+from synfleet.render.files import write_file
+from synfleet.render.fleet_file import fleet_toml
 from synfleet.run.fleet import down, up
 from synfleet.run.load import BenchUser, Load, percentile, populate
 from synfleet.run.measure import cache_counters, memory_kib, postgres_transactions, process_tree_cpu
+from synfleet.run.paths import RunPaths
 from synfleet.run.register import register_user
 from synfleet.run.supervisor import Supervisor
-from synfleet.spec.file import FleetSpec
-from synfleet.spec.fleet import Role
-from synfleet.spec.load import fleet_toml, load_spec, write_new
+from synfleet.system import free_port, free_ports
 
 MODES = ("monolith", "fleet", "fleet-roundrobin")
 Report = Callable[[str], None]
-
-
-def free_ports(count: int, start: int = 19300) -> int:
-    """The first port of ``count`` consecutive free loopback ports at or above ``start``."""
-    base = start
-    while base < 65000:
-        try:
-            for port in range(base, base + count):
-                with socket.socket() as probe:
-                    probe.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            base = port + 1
-    raise UsageError("no free range of loopback ports for metrics listeners")
 
 
 def mode_spec(spec: FleetSpec, mode: str, port: int, metrics_port: int) -> FleetSpec:
@@ -62,29 +48,22 @@ def mode_spec(spec: FleetSpec, mode: str, port: int, metrics_port: int) -> Fleet
     return FleetSpec.model_validate(data)
 
 
-def _group(spec: FleetSpec, name: str) -> str:
-    fleet = spec.fleet
-    if name in ("postgres", "redis", "nginx"):
-        return name
-    role = fleet.worker(name).role
-    return "main" if role is Role.MAIN else role.value
-
-
 def run_mode(
     directory: Path, spec: FleetSpec, users: int, rooms: int, warmup: float, duration: float, seed: int, report: Report
 ) -> dict[str, Any]:
-    """Bring one mode up on a fresh database, load it, measure, bring it down."""
+    """Bring one mode up on a fresh database, load it, measure, bring it down. Its fleet file is
+    written too, so that `synfleet status`, `logs` and `route` work on its directory."""
     paths = RunPaths(directory)
-    down(directory, lambda _: None)
+    down(paths, lambda _: None)
     shutil.rmtree(paths.run, ignore_errors=True)  # a fresh database; secrets stay
     directory.mkdir(parents=True, exist_ok=True)
-    write_new(directory / "fleet.toml", fleet_toml(spec))
-    up_seconds = up(directory, lambda _: None)
+    write_file(directory / FLEET_FILE, fleet_toml(spec))
+    up_seconds = up(paths, spec, lambda _: None)
     try:
         base_url = f"http://{spec.listen.bind}:{spec.listen.http_port}"
         bench_users = []
         for n in range(users):
-            answer = register_user(directory, f"bench{n}", f"pw-{n}-{seed}", admin=False)
+            answer = register_user(paths, f"bench{n}", f"pw-{n}-{seed}", admin=False)
             bench_users.append(BenchUser(answer["user_id"], answer["access_token"]))
         try:
             asyncio.run(populate(base_url, bench_users, rooms, seed))
@@ -93,8 +72,7 @@ def run_mode(
 
         supervisor = Supervisor(paths)
         pids = {name: info.pid for name, info in supervisor.info().items() if info.pid}
-        fleet = spec.fleet
-        metrics = {w.name: spec.metrics.base_port + i for i, w in enumerate(fleet.workers)}
+        metrics = {w.name: port for w in spec.fleet.workers if (port := spec.metrics_port(w)) is not None}
         db = spec.database
 
         marks: dict[str, dict[str, Any]] = {}
@@ -118,11 +96,11 @@ def run_mode(
                 rss[name] = round(memory_kib(info.pid, "VmHWM") / 1024, 1)
         except OSError:
             pass
-        down(directory, lambda _: None)
+        down(paths, lambda _: None)
 
     cpu: dict[str, float] = {}
     for name, seconds in after["cpu"].items():
-        group = _group(spec, name)
+        group = spec.fleet.group(name)
         cpu[group] = cpu.get(group, 0.0) + seconds - before["cpu"].get(name, 0.0)
     cpu["generator"] = after["generator"] - before["generator"]
     caches = {}

@@ -6,7 +6,7 @@ import socket
 
 import httpx
 
-from synfleet.render.native import Health
+from synfleet.run.process import Health, HealthKind
 
 
 def synapse_health(socket_path: str, timeout: float = 2.0) -> bool:
@@ -30,18 +30,18 @@ def _unix_exchange(path: str, payload: bytes, timeout: float) -> bytes:
 
 def is_healthy(health: Health, timeout: float = 2.0) -> bool:
     try:
-        if health.kind == "http":
-            return synapse_health(health.target, timeout)
-        if health.kind == "redis":
-            return _unix_exchange(health.target, b"PING\r\n", timeout).startswith(b"+PONG")
-        if health.kind == "postgres":
-            return postgres_ready(health.target, health.user)
-        if health.kind == "tcp":
-            with socket.create_connection((health.target, health.port), timeout=timeout):
-                return True
+        match health.kind:
+            case HealthKind.HTTP:
+                return synapse_health(health.target, timeout)
+            case HealthKind.REDIS:
+                return _unix_exchange(health.target, b"PING\r\n", timeout).startswith(b"+PONG")
+            case HealthKind.POSTGRES:
+                return postgres_ready(health.target, health.user)
+            case HealthKind.TCP:
+                with socket.create_connection((health.target, health.port), timeout=timeout):
+                    return True
     except OSError:
         return False
-    raise ValueError(f"unknown health check {health.kind}")
 
 
 def postgres_ready(socket_dir: str, user: str) -> bool:

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from synfleet.errors import SynfleetError
-from synfleet.spec.file import Database
+from synfleet.model.file import Database
 
 #: The account PostgreSQL runs as when synfleet is run as root (PostgreSQL refuses root).
 POSTGRES_ACCOUNT = "postgres"

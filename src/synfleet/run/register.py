@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from pathlib import Path
 
 import httpx
 
 from synfleet.errors import SynfleetError, UsageError
-from synfleet.render.native import RunPaths
-from synfleet.render.secrets import SECRETS_DIR
+from synfleet.render.secrets import SECRETS_DIR, Secret
+from synfleet.run.paths import RunPaths
 
 REGISTER_PATH = "/_synapse/admin/v1/register"
 
@@ -21,15 +20,15 @@ def registration_mac(secret: str, nonce: str, user: str, password: str, admin: b
     return hmac.new(secret.encode(), message, hashlib.sha1).hexdigest()
 
 
-def register_user(directory: Path, localpart: str, password: str, admin: bool) -> dict[str, str]:
+def register_user(paths: RunPaths, localpart: str, password: str, admin: bool) -> dict[str, str]:
     """Create a user; returns Synapse's answer (``user_id``, ``access_token``, ...). Errors name the
     reason (e.g. the user exists)."""
-    secret_file = directory / SECRETS_DIR / "registration_shared_secret"
+    secret_file = paths.directory / SECRETS_DIR / Secret.REGISTRATION_SHARED_SECRET
     try:
         secret = secret_file.read_text().strip()
     except OSError:
-        raise UsageError(f"{secret_file}: missing; run `synfleet up --dir {directory}` first") from None
-    socket_path = RunPaths(directory).layout.inbound_socket("main")
+        raise UsageError(f"{secret_file}: missing; run `synfleet up --dir {paths.directory}` first") from None
+    socket_path = paths.layout.inbound_socket("main")
     transport = httpx.HTTPTransport(uds=socket_path)
     try:
         with httpx.Client(transport=transport, base_url="http://localhost", timeout=30) as client:

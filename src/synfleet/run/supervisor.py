@@ -13,7 +13,9 @@ from typing import Any, cast
 from supervisor.xmlrpc import SupervisorTransport
 
 from synfleet.errors import SynfleetError
-from synfleet.render.native import RunPaths
+from synfleet.render.templating import render
+from synfleet.run.paths import RunPaths
+from synfleet.run.process import NativeProcess
 from synfleet.system import find_binary
 
 
@@ -24,6 +26,12 @@ class ProcessInfo:
     pid: int
     started: int  # unix time
     description: str
+
+
+def supervisor_config(paths: RunPaths, processes: list[NativeProcess]) -> str:
+    """supervisord.conf: every process, none started automatically (`synfleet up` starts them
+    tier by tier), each restarted when it crashes."""
+    return render("supervisord.conf.j2", paths=paths, processes=processes, as_root=os.geteuid() == 0)
 
 
 def pid_alive(pid: int) -> bool:

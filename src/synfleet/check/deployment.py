@@ -1,0 +1,215 @@
+"""`synfleet check`: prove a rendered deployment with the real tools, then with synfleet's own checks.
+
+1. ``nginx -t`` on the nginx config, in a temp prefix, with the container paths remapped.
+2. Every process's Synapse config loaded by Synapse's config classes (main; main + each worker).
+3. Consistency: stream writers reachable over replication, every upstream socket served by a
+   listener with the resources its routes need, every route pointing at an existing upstream, a
+   compose service with a healthcheck for every process.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from synfleet.errors import UsageError
+from synfleet.layout import COMPOSE, SHARED_CONFIG, WORKER_CONFIG_DIR
+from synfleet.model.fleet import Role
+from synfleet.model.load import load_spec
+from synfleet.nginx.command import test_config, world_readable_tempdir
+from synfleet.nginx.config import parse_config, walk
+from synfleet.render.deploy import DEPLOY_DIR, NGINX_CONFIG_DIR
+from synfleet.render.processes import MAIN_SERVICE
+from synfleet.render.secrets import SECRETS_DIR
+from synfleet.routing.table import DEFAULT_RULE, ROUTES, Rule
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    name: str
+    ok: bool
+    detail: str = ""
+
+
+def remap_text(text: str, mapping: Mapping[str, str]) -> str:
+    """Replace path roots (``/sockets`` -> ``/tmp/x/sockets``) wherever they start a path."""
+    for root, replacement in sorted(mapping.items(), key=lambda item: -len(item[0])):
+        text = re.sub(rf"(?<![\w./-]){re.escape(root)}(?=/|\b|$)", replacement.replace("\\", "\\\\"), text)
+    return text
+
+
+def remap_value(value: Any, mapping: Mapping[str, str]) -> Any:
+    """:func:`remap_text` applied to every string in a parsed YAML document."""
+    if isinstance(value, str):
+        return remap_text(value, mapping)
+    if isinstance(value, list):
+        return [remap_value(v, mapping) for v in value]
+    if isinstance(value, dict):
+        return {k: remap_value(v, mapping) for k, v in value.items()}
+    return value
+
+
+def nginx_test(conf_dir: Path, mapping: Mapping[str, str], scratch: Path) -> CheckResult:
+    """``nginx -t`` on a remapped copy of ``conf_dir``."""
+    copy = scratch / "nginx"
+    copy.mkdir()
+    for path in conf_dir.iterdir():
+        (copy / path.name).write_text(remap_text(path.read_text(), mapping))
+    for directory in mapping.values():
+        if not Path(directory).suffix:
+            Path(directory).mkdir(parents=True, exist_ok=True)
+    result = test_config(copy, copy / "nginx.conf", scratch / "nginx-error.log", scratch / "nginx.pid")
+    output = (result.stdout + result.stderr).strip().replace(str(copy) + "/", "")
+    return CheckResult(
+        "nginx -t", result.returncode == 0, output.splitlines()[0] if output and result.returncode else ""
+    )
+
+
+def synapse_load(config_dir: Path, mapping: Mapping[str, str], scratch: Path) -> Iterator[CheckResult]:
+    """Load main's and each worker's config with Synapse, from a remapped copy."""
+    copy = scratch / "synapse"
+    for path in sorted(config_dir.rglob("*.yaml")):
+        target = copy / path.relative_to(config_dir)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(yaml.safe_dump(remap_value(yaml.safe_load(path.read_text()), mapping), sort_keys=False))
+    workers = sorted(str(p) for p in (copy / WORKER_CONFIG_DIR).glob("*.yaml"))
+    result = subprocess.run(
+        [sys.executable, "-m", "synfleet.check.synapse_loader", str(copy / SHARED_CONFIG), *workers],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=600,
+    )
+    lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    if not lines:
+        yield CheckResult("synapse config", False, (result.stderr.strip().splitlines() or ["no output"])[-1])
+    for line in lines:
+        if line["process"] == "*":
+            yield CheckResult("synapse config", False, line["error"] + ": pip install 'synfleet[synapse]'")
+        else:
+            yield CheckResult(f"synapse config: {line['process']}", line["ok"], line["error"])
+
+
+def _listeners(config: dict[str, Any], key: str, media_repo: bool) -> dict[str, set[str]]:
+    """Socket path -> resource names of a process's HTTP listeners. A process that loads the media
+    repository serves media on its client and federation resources too."""
+    found = {}
+    for listener in config.get(key) or []:
+        if "path" in listener:
+            names = {n for res in listener.get("resources", []) for n in res.get("names", [])}
+            if media_repo and names & {"client", "federation"}:
+                names.add("media")
+            found[listener["path"]] = names
+    return found
+
+
+def resources_needed(rule: Rule) -> set[str]:
+    """The Synapse listener resources a rule's requests need."""
+    if rule.target is Role.MEDIA:
+        return {"media"}
+    needed = set()
+    if "/_matrix/federation" in rule.path or "/_matrix/key" in rule.path:
+        needed.add("federation")
+    if "/_matrix/client" in rule.path or "/_synapse" in rule.path or not needed:
+        needed.add("client")
+    return needed
+
+
+def consistency(deploy: Path) -> Iterator[CheckResult]:
+    """synfleet's own checks across nginx, Synapse and compose files."""
+    synapse_dir = deploy / "synapse"
+    shared = yaml.safe_load((synapse_dir / SHARED_CONFIG).read_text())
+    processes: dict[str, dict[str, Any]] = {"main": shared}
+    for path in sorted((synapse_dir / WORKER_CONFIG_DIR).glob("*.yaml")):
+        processes[path.stem] = yaml.safe_load(path.read_text())
+    listeners = {
+        name: _listeners(
+            cfg,
+            "listeners" if name == "main" else "worker_listeners",
+            bool(cfg.get("enable_media_repo", shared.get("enable_media_repo", True))),
+        )
+        for name, cfg in processes.items()
+    }
+
+    # Stream writers: in instance_map, with a replication listener on the mapped socket.
+    instance_map = shared.get("instance_map") or {}
+    problems = []
+    for stream, writers in (shared.get("stream_writers") or {}).items():
+        for writer in writers if isinstance(writers, list) else [writers]:
+            location = instance_map.get(writer, {}).get("path")
+            if location is None:
+                problems.append(f"{stream} writer {writer} is not in instance_map")
+            elif "replication" not in listeners.get(writer, {}).get(location, set()):
+                problems.append(f"{stream} writer {writer} has no replication listener on {location}")
+    yield CheckResult("stream writers reachable over replication", not problems, "; ".join(problems))
+
+    # nginx: every route names an upstream, every upstream socket is a listener with the right resources.
+    blocks = walk(parse_config(deploy / NGINX_CONFIG_DIR / "nginx.conf"))
+    upstreams = {
+        b["args"][0]: [d["args"][0].removeprefix("unix:") for d in b.get("block", []) if d["directive"] == "server"]
+        for b in blocks
+        if b["directive"] == "upstream"
+    }
+    maps = {b["args"][1]: b.get("block", []) for b in blocks if b["directive"] == "map"}
+    route_upstream = {d["directive"]: d["args"][0] for d in maps.get("$synfleet_upstream", [])}
+    rules = {rule.name: rule for rule in (*ROUTES, DEFAULT_RULE)}
+    routes = [d["args"][0] for d in maps.get("$synfleet_route", [])]
+    problems = []
+    served = {path: (name, names) for name, by_path in listeners.items() for path, names in by_path.items()}
+    for route in routes:
+        upstream = route_upstream.get(route, route_upstream.get("default"))
+        if route not in rules:
+            problems.append(f"route {route} is not in synfleet's route table")
+        elif upstream not in upstreams:
+            problems.append(f"route {route} goes to {upstream}, which is not an upstream")
+        else:
+            for socket in upstreams[upstream]:
+                process, names = served.get(socket, (None, set()))
+                missing = resources_needed(rules[route]) - names
+                if process is None:
+                    problems.append(f"{upstream}: no Synapse listener on {socket}")
+                elif missing:
+                    problems.append(
+                        f"route {route}: {process} on {socket} lacks resource(s) {', '.join(sorted(missing))}"
+                    )
+    yield CheckResult("every route reaches a listener that serves it", not problems, "; ".join(sorted(set(problems))))
+
+    # docker compose: a service with a healthcheck per process.
+    compose = yaml.safe_load((deploy / "docker-compose.yml").read_text())
+    services = compose.get("services") or {}
+    expected = {MAIN_SERVICE if name == "main" else name for name in processes}
+    problems = [f"no service for {name}" for name in sorted(expected - set(services))]
+    problems += [
+        f"{name} has no healthcheck" for name in sorted(expected & set(services)) if "healthcheck" not in services[name]
+    ]
+    yield CheckResult("compose: a healthy-checked service per process", not problems, "; ".join(problems))
+
+
+def check_deployment(directory: Path) -> Iterator[CheckResult]:
+    """Every check of ``directory/deploy``, as results (failures included, never raised)."""
+    spec = load_spec(directory)
+    deploy = directory / DEPLOY_DIR
+    if not (deploy / NGINX_CONFIG_DIR / "nginx.conf").exists():
+        raise UsageError(f"{deploy}: nothing rendered; run `synfleet render --dir {directory}` first")
+    with world_readable_tempdir("synfleet-check-") as scratch:
+        mapping = {
+            COMPOSE.socket_dir: str(scratch / "sockets"),
+            COMPOSE.data_dir: str(scratch / "data"),
+            COMPOSE.config_dir: str(scratch / "synapse"),
+            COMPOSE.secrets_dir: str((directory / SECRETS_DIR).resolve()),
+            COMPOSE.nginx_log_dir: str(scratch / "nginx-logs"),
+        }
+        if spec.tls.enabled:
+            mapping[COMPOSE.tls_certificate] = spec.tls.certificate
+            mapping[COMPOSE.tls_key] = spec.tls.key
+        yield nginx_test(deploy / NGINX_CONFIG_DIR, mapping, scratch)
+        yield from synapse_load(deploy / "synapse", mapping, scratch)
+        yield from consistency(deploy)

@@ -1,0 +1,121 @@
+"""Where things live, as the processes see them: every socket, config, data, log and secret path.
+
+Each name is decided here once. Only the layout differs between targets (docker compose, the
+native run, tests); templates and routing are the same for all of them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+
+#: The configuration every Synapse process loads first, relative to the config directory.
+SHARED_CONFIG = "homeserver.yaml"
+#: Each worker's own configuration, relative to the config directory.
+WORKER_CONFIG_DIR = "workers"
+LOG_CONFIG_DIR = "log"
+_INBOUND_PREFIX = "synapse_inbound_"
+
+
+def worker_config_file(worker: str) -> str:
+    return f"{WORKER_CONFIG_DIR}/{worker}.yaml"
+
+
+def log_config_file(worker: str) -> str:
+    return f"{LOG_CONFIG_DIR}/{worker}.log.yaml"
+
+
+def inbound_socket(socket_dir: str, worker: str) -> str:
+    """The socket on which a Synapse process takes requests from nginx (and answers /health)."""
+    return f"{socket_dir}/{_INBOUND_PREFIX}{worker}.sock"
+
+
+def worker_of_server(server: str) -> str:
+    """A readable name for an nginx upstream ``server``: the worker of an inbound socket, another
+    socket's stem, or host:port."""
+    if server.startswith("unix:"):
+        stem = PurePosixPath(server[5:]).name.removesuffix(".sock")
+        return stem.removeprefix(_INBOUND_PREFIX)
+    return server
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Paths inside the processes' view of the world.
+
+    ``config_dir`` holds homeserver.yaml, ``workers/`` and ``log/``; ``data_dir`` Synapse's media
+    store; ``secrets_dir`` the generated secrets; ``socket_dir`` every UNIX socket (Synapse, Redis,
+    PostgreSQL); ``log_dir`` Synapse's log files (None: log to the console, as containers do);
+    ``nginx_log_dir`` nginx's access and error logs; ``tls_certificate`` and ``tls_key`` where nginx
+    reads the TLS files (empty: the fleet file's own paths).
+    """
+
+    name: str
+    config_dir: str
+    data_dir: str
+    secrets_dir: str
+    socket_dir: str
+    log_dir: str | None
+    nginx_log_dir: str
+    tls_certificate: str = ""
+    tls_key: str = ""
+
+    def inbound_socket(self, worker: str) -> str:
+        return inbound_socket(self.socket_dir, worker)
+
+    def replication_socket(self, worker: str) -> str:
+        return f"{self.socket_dir}/synapse_replication_{worker}.sock"
+
+    @property
+    def redis_socket(self) -> str:
+        return f"{self.socket_dir}/redis.sock"
+
+    def secret(self, name: str) -> str:
+        return f"{self.secrets_dir}/{name}"
+
+    @property
+    def shared_config(self) -> str:
+        return f"{self.config_dir}/{SHARED_CONFIG}"
+
+    def worker_config(self, worker: str) -> str:
+        return f"{self.config_dir}/{worker_config_file(worker)}"
+
+    def log_config(self, worker: str) -> str:
+        return f"{self.config_dir}/{log_config_file(worker)}"
+
+    def log_file(self, process: str) -> str:
+        """Where a process writes its log when the layout has a log directory."""
+        return f"{self.log_dir}/{process}.log"
+
+
+#: Inside docker compose containers.
+COMPOSE = Layout(
+    name="compose",
+    config_dir="/config",
+    data_dir="/data",
+    secrets_dir="/secrets",
+    socket_dir="/sockets",
+    log_dir=None,
+    nginx_log_dir="/var/log/nginx",
+    tls_certificate="/etc/ssl/synfleet/fullchain.pem",
+    tls_key="/etc/ssl/synfleet/privkey.pem",
+)
+#: The ports nginx listens on inside its container; compose publishes listen.http_port and
+#: listen.https_port on them.
+COMPOSE_HTTP_PORT = 8008
+COMPOSE_HTTPS_PORT = 8448
+#: Where the nginx container reads its configuration.
+COMPOSE_NGINX_CONFIG_DIR = "/etc/nginx"
+
+
+def native_layout(run_dir: str, secrets_dir: str) -> Layout:
+    """On this machine, everything under ``run_dir`` (``synfleet up``)."""
+    return Layout(
+        name="native",
+        config_dir=f"{run_dir}/synapse",
+        data_dir=f"{run_dir}/data",
+        secrets_dir=secrets_dir,
+        socket_dir=f"{run_dir}/sockets",
+        log_dir=f"{run_dir}/logs",
+        nginx_log_dir=f"{run_dir}/logs",
+    )

@@ -1,0 +1,368 @@
+"""``fleet.toml``: the validated description of a deployment.
+
+Every section is a small strict model: unknown keys, wrong types and out-of-range values are
+rejected with a message that names the field and says what would be valid.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import tomllib
+from dataclasses import replace
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated, Any, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from synfleet.errors import FleetError
+from synfleet.model.fleet import (
+    DEFAULT_ADMIN_ALLOW,
+    HTTP_ROLES,
+    SEED_COUNTS,
+    SINGLE_WRITER_STREAMS,
+    Fleet,
+    Role,
+    Service,
+    Stream,
+    Worker,
+    build_fleet,
+)
+
+NAME_PATTERN = re.compile(r"[a-z0-9_]+")
+# A DNS name (labels of letters, digits and inner hyphens) or an IP literal, with an optional port.
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+SERVER_NAME_PATTERN = re.compile(rf"(?:{_LABEL}(?:\.{_LABEL})*|\[[0-9A-Fa-f:.]+\])(?::[0-9]{{1,5}})?")
+MEMORY_PATTERN = re.compile(r"[0-9]+(?:\.[0-9]+)?[kmg]?", re.IGNORECASE)
+VERSION_PATTERN = re.compile(r"[0-9]+\.[0-9]+\.[0-9]+(?:rc[0-9]+)?")
+
+Port = Annotated[int, Field(ge=1, le=65535)]
+Count = Annotated[int, Field(ge=0, le=64)]
+
+
+def check_server_name(value: str) -> str:
+    """``value`` if it can be a homeserver's name; else ValueError saying what would be valid."""
+    if not SERVER_NAME_PATTERN.fullmatch(value) or len(value) > 255:
+        raise ValueError(f"must be a host name such as example.org (optionally :port), got {value!r}")
+    return value
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Listen(Section):
+    """Where nginx accepts client and federation traffic."""
+
+    bind: str = "127.0.0.1"
+    http_port: Port = 8008
+    https_port: Port = 8448
+
+    @field_validator("bind")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            raise ValueError(f"must be an IP address such as 127.0.0.1 or 0.0.0.0, got {value!r}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _distinct(self) -> Self:
+        if self.http_port == self.https_port:
+            raise ValueError(f"http_port and https_port must differ (both {self.http_port})")
+        return self
+
+
+class Tls(Section):
+    """TLS on nginx's https_port; off when another proxy terminates TLS."""
+
+    enabled: bool = False
+    certificate: str = ""
+    key: str = ""
+
+    @model_validator(mode="after")
+    def _paths(self) -> Self:
+        if self.enabled and not (self.certificate and self.key):
+            raise ValueError("certificate and key (PEM file paths) are required when enabled = true")
+        return self
+
+
+def _networks(values: list[str]) -> list[str]:
+    out = []
+    for value in values:
+        try:
+            out.append(str(ipaddress.ip_network(value, strict=False)))
+        except ValueError:
+            raise ValueError(f"{value!r} is not an IP address or CIDR network such as 10.0.0.0/8") from None
+    return out
+
+
+class Access(Section):
+    """Who may use the admin API, and which proxies may set the client address (X-Forwarded-For)."""
+
+    admin_allow: list[str] = Field(default_factory=lambda: list(DEFAULT_ADMIN_ALLOW))
+    trusted_proxies: list[str] = Field(default_factory=list)
+
+    _check = field_validator("admin_allow", "trusted_proxies")(_networks)
+
+
+class Workers(Section):
+    """How many workers of each role; 0 leaves that work to main. The defaults are the seed's."""
+
+    client_sync: Count = SEED_COUNTS[Role.CLIENT_SYNC]
+    rooms: Count = SEED_COUNTS[Role.ROOMS]
+    client_reader: Count = SEED_COUNTS[Role.CLIENT_READER]
+    federation_reader: Count = SEED_COUNTS[Role.FEDERATION_READER]
+    media: Count = SEED_COUNTS[Role.MEDIA]
+    tasks: Count = SEED_COUNTS[Role.TASKS]
+    senders: Count = SEED_COUNTS[Role.SENDER]
+
+    def counts(self) -> dict[Role, int]:
+        return {
+            Role.CLIENT_SYNC: self.client_sync,
+            Role.ROOMS: self.rooms,
+            Role.CLIENT_READER: self.client_reader,
+            Role.FEDERATION_READER: self.federation_reader,
+            Role.MEDIA: self.media,
+            Role.TASKS: self.tasks,
+            Role.SENDER: self.senders,
+        }
+
+
+class Metrics(Section):
+    """Prometheus metrics: each Synapse process listens on 127.0.0.1:<base_port + its index>."""
+
+    enabled: bool = False
+    base_port: Port = 19100
+
+
+class Routing(Section):
+    """How nginx balances room workers. Room-blind balancing exists to measure what hashing buys."""
+
+    room_balancing: Literal["consistent_hash", "round_robin", "least_conn"] = "consistent_hash"
+
+
+class Database(Section):
+    """PostgreSQL. An empty host means the fleet's own server (a UNIX socket)."""
+
+    name: str = Field("synapse", pattern=r"^[A-Za-z0-9_]+$")
+    user: str = Field("synapse", pattern=r"^[A-Za-z0-9_]+$")
+    host: str = ""
+    port: Port = 5432
+    pool_min: int = Field(5, ge=1, le=100)
+    pool_max: int = Field(10, ge=1, le=100)
+
+    @model_validator(mode="after")
+    def _pool(self) -> Self:
+        if self.pool_min > self.pool_max:
+            raise ValueError(f"pool_min ({self.pool_min}) must not exceed pool_max ({self.pool_max})")
+        return self
+
+
+class Redis(Section):
+    """Redis for replication. An empty host means the fleet's own server (a UNIX socket)."""
+
+    host: str = ""
+    port: Port = 6379
+    dbid: int = Field(0, ge=0, le=15)
+
+
+class Resources(Section):
+    """Limits for one docker compose service."""
+
+    memory: str = "1g"
+    cpus: float = Field(1.0, gt=0, le=256)
+
+    @field_validator("memory")
+    @classmethod
+    def _memory(cls, value: str) -> str:
+        if not MEMORY_PATTERN.fullmatch(value):
+            raise ValueError(f"must be a size such as 512m or 2g, got {value!r}")
+        return value.lower()
+
+
+class Synapse(Section):
+    """Synapse itself."""
+
+    version: str = "1.163.2"
+    relaxed_rate_limits: bool = False
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    gc_thresholds: list[Annotated[int, Field(ge=1)]] = Field(default_factory=list)
+
+    @field_validator("gc_thresholds")
+    @classmethod
+    def _gc(cls, value: list[int]) -> list[int]:
+        if value and len(value) != 3:
+            raise ValueError(f"must be three integers (Python's gc thresholds, e.g. [700, 10, 10]), got {value}")
+        return value
+
+    @field_validator("version")
+    @classmethod
+    def _version(cls, value: str) -> str:
+        if not VERSION_PATTERN.fullmatch(value):
+            raise ValueError(f"must be a release such as 1.163.2, got {value!r}")
+        return value
+
+
+#: Groups that take docker compose limits: every process's group (see :meth:`Fleet.group`), and a default.
+RESOURCE_GROUPS = (
+    "default",
+    Role.MAIN.value,
+    *(s.value for s in Service),
+    *(r.value for r in Role if r is not Role.MAIN),
+)
+
+
+class FleetSpec(Section):
+    """The whole fleet file."""
+
+    server_name: str
+    public_baseurl: str = ""
+    listen: Listen = Field(default_factory=Listen)
+    tls: Tls = Field(default_factory=Tls)
+    access: Access = Field(default_factory=Access)
+    workers: Workers = Field(default_factory=Workers)
+    stream_writers: dict[Stream, list[str]] = Field(default_factory=dict)
+    routing: Routing = Field(default_factory=Routing)
+    metrics: Metrics = Field(default_factory=Metrics)
+    database: Database = Field(default_factory=Database)
+    redis: Redis = Field(default_factory=Redis)
+    synapse: Synapse = Field(default_factory=Synapse)
+    resources: dict[str, Resources] = Field(default_factory=dict)
+
+    _server_name = field_validator("server_name")(check_server_name)
+
+    @field_validator("public_baseurl")
+    @classmethod
+    def _baseurl(cls, value: str) -> str:
+        if value and not re.fullmatch(r"https?://[^/\s]+/(?:[^\s]*)", value):
+            raise ValueError(f"must be an http(s) URL ending in /, such as https://matrix.example.org/, got {value!r}")
+        return value
+
+    @field_validator("stream_writers")
+    @classmethod
+    def _writers(cls, value: dict[Stream, list[str]]) -> dict[Stream, list[str]]:
+        for stream, names in value.items():
+            if not names:
+                raise ValueError(f"{stream.value}: needs at least one worker name (or remove the key)")
+            for name in names:
+                if not NAME_PATTERN.fullmatch(name):
+                    raise ValueError(f"{stream.value}: worker name {name!r} may only use a-z, 0-9 and _")
+            if len(set(names)) != len(names):
+                raise ValueError(f"{stream.value}: {names} names a worker twice")
+            if stream in SINGLE_WRITER_STREAMS and len(names) > 1:
+                allowed = ", ".join(sorted(s.value for s in Stream if s not in SINGLE_WRITER_STREAMS))
+                raise ValueError(
+                    f"{stream.value}: Synapse allows a single writer for this stream, got {len(names)} "
+                    f"({', '.join(names)}); streams with several writers: {allowed}"
+                )
+        return value
+
+    @field_validator("resources")
+    @classmethod
+    def _resource_groups(cls, value: dict[str, Resources]) -> dict[str, Resources]:
+        for group in value:
+            if group not in RESOURCE_GROUPS:
+                raise ValueError(f"unknown group {group!r}; allowed: {', '.join(RESOURCE_GROUPS)}")
+        return value
+
+    @model_validator(mode="after")
+    def _writers_serve_http(self) -> Self:
+        fleet = self.fleet
+        for stream, names in self.stream_writers.items():
+            if stream is Stream.EVENTS:
+                continue
+            for name in names:
+                worker = fleet.worker(name)
+                if not worker.serves_http:
+                    raise ValueError(
+                        f"stream_writers.{stream.value}: {name} is a {worker.role.value} worker, which "
+                        "serves no "
+                        "HTTP requests; use a new name for a dedicated writer, or a worker of role "
+                        + ", ".join(sorted(r.value for r in HTTP_ROLES))
+                    )
+        return self
+
+    @property
+    def baseurl(self) -> str:
+        return self.public_baseurl or f"https://{self.server_name}/"
+
+    @cached_property
+    def fleet(self) -> Fleet:
+        """The fleet this file describes (built once)."""
+        fleet = build_fleet(
+            self.server_name,
+            self.workers.counts(),
+            self.stream_writers,
+            tuple(self.access.admin_allow),
+            tuple(self.access.trusted_proxies),
+        )
+        return replace(fleet, room_balancing=self.routing.room_balancing)
+
+    def metrics_port(self, worker: Worker) -> int | None:
+        """The TCP port of a process's Prometheus listener (metrics cannot be served on a socket)."""
+        if not self.metrics.enabled:
+            return None
+        return self.metrics.base_port + self.fleet.workers.index(worker)
+
+    def resources_for(self, group: str) -> Resources:
+        return self.resources.get(group) or self.resources.get("default") or Resources.model_validate({})
+
+
+def _describe(error: dict[str, Any], model: type[BaseModel]) -> str:
+    location = ".".join(str(part) for part in error["loc"] if part != "[key]")
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        parent = error["loc"][:-1]
+        allowed = _fields_at(model, parent)
+        hint = f"; allowed: {', '.join(allowed)}" if allowed else ""
+        return f"{location}: unknown key{hint}"
+    if kind == "missing":
+        return f"{location}: required key is missing"
+    if kind == "enum":
+        return f"{location}: unknown value {error['input']!r}; allowed: {error['ctx']['expected']}"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if location and re.match(r"[a-z_]+: ", message):  # a validator naming the key inside a table
+        return f"{location}.{message}"
+    if kind in (
+        "greater_than_equal",
+        "less_than_equal",
+        "greater_than",
+        "less_than",
+        "string_pattern_mismatch",
+    ):
+        message += f" (got {error['input']!r})"
+    return f"{location}: {message}" if location else message
+
+
+def _fields_at(model: type[BaseModel], path: tuple[Any, ...]) -> list[str]:
+    current: Any = model
+    for part in path:
+        field = current.model_fields.get(str(part))
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            return []
+        current = field.annotation
+    return list(current.model_fields)
+
+
+def parse_fleet(text: str, source: str = "fleet.toml") -> FleetSpec:
+    """Validate a fleet file's text. Raises FleetError naming the file and the first bad field."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise FleetError(f"{source}: not valid TOML: {exc}") from None
+    try:
+        return FleetSpec.model_validate(data)
+    except ValidationError as exc:
+        problems = [_describe(dict(e), FleetSpec) for e in exc.errors()]
+        raise FleetError(f"{source}: " + "; ".join(problems)) from None
+
+
+def read_fleet(path: Path) -> FleetSpec:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise FleetError(f"{path}: cannot read: {exc.strerror}") from None
+    return parse_fleet(text, str(path))

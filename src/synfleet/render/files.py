@@ -1,0 +1,83 @@
+"""Rendered files, and how they reach the disk: atomically, secrets readable by the owner only."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from synfleet.errors import SynfleetError
+from synfleet.layout import SHARED_CONFIG
+
+PRIVATE = 0o600
+PUBLIC = 0o644
+
+#: Files holding secrets (the database password), by path relative to the deployment directory.
+PRIVATE_FILES = frozenset({f"synapse/{SHARED_CONFIG}", "env/postgres.env"})
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """Files by path relative to the deployment directory, and empty directories to create."""
+
+    files: dict[str, str]
+    directories: tuple[str, ...] = ()
+
+    def mode(self, relative: str) -> int:
+        return PRIVATE if relative in PRIVATE_FILES else PUBLIC
+
+
+def write_file(path: Path, text: str, mode: int = PUBLIC) -> None:
+    """Write ``text`` to ``path`` atomically: a temp file in the same directory, then rename."""
+    descriptor, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(text)
+        os.chmod(temp, mode)
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def write_tree(target: Path, rendered: Rendered) -> None:
+    """Write ``rendered`` to ``target``: build it in a temp dir beside it, then swap it in."""
+    parent = target.parent
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=parent))
+    old: Path | None = None
+    try:
+        staging.chmod(0o755)
+        for directory in rendered.directories:
+            (staging / directory).mkdir(parents=True, exist_ok=True)
+        for relative, text in sorted(rendered.files.items()):
+            path = staging / relative
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+            path.chmod(rendered.mode(relative))
+        if target.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}-old-", dir=parent))
+            os.replace(target, old / target.name)
+        os.replace(staging, target)
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        if old is not None and not target.exists():
+            os.replace(old / target.name, target)
+        raise SynfleetError(f"{target}: cannot write the deployment: {exc.strerror}") from None
+    finally:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def update_tree(target: Path, rendered: Rendered) -> bool:
+    """Write the files of ``rendered`` under ``target`` that differ, each atomically; True if any did."""
+    changed = False
+    for relative, text in sorted(rendered.files.items()):
+        path = target / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists() and path.read_text() == text:
+            continue
+        write_file(path, text, rendered.mode(relative))
+        changed = True
+    return changed

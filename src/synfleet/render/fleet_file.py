@@ -1,0 +1,58 @@
+"""Fleet files written by synfleet: the commented one `synfleet init` writes, and a plain one."""
+
+from __future__ import annotations
+
+from synfleet.model.file import FleetSpec, parse_fleet
+from synfleet.model.fleet import SYNC_WRITER_STREAMS, Role, Service, Stream
+from synfleet.model.profiles import profile_spec
+from synfleet.render.templating import render
+
+
+def toml_value(value: object) -> str:
+    """A TOML literal for a value of the fleet file (booleans, numbers, strings, lists of them)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def fleet_file_text(server_name: str, profile: str) -> str:
+    """A commented fleet file for ``profile``, its values taken from the model; validated before it
+    is returned."""
+    spec = profile_spec(server_name, profile)
+    text = render(
+        "fleet.toml.j2",
+        spec=spec,
+        profile=profile,
+        toml=toml_value,
+        resources=spec.resources_for("default"),
+        resource_groups=", ".join(toml_value(g) for g in ("default", Role.MAIN.value, *Service)),
+        sync_writer_streams=", ".join(s.value for s in Stream if s in SYNC_WRITER_STREAMS),
+    )
+    parse_fleet(text, f"profile {profile}")
+    return text
+
+
+def fleet_toml(spec: FleetSpec) -> str:
+    """A fleet file with every key of ``spec`` (no comments); parsing it gives ``spec`` back."""
+    data = spec.model_dump(mode="json")
+    lines = [f"{key} = {toml_value(value)}" for key, value in data.items() if not isinstance(value, dict)]
+
+    def table(prefix: str, values: dict[str, object]) -> None:
+        scalars = {k: v for k, v in values.items() if not isinstance(v, dict)}
+        if scalars or not values:
+            lines.append(f"\n[{prefix}]")
+            lines.extend(f"{key} = {toml_value(value)}" for key, value in scalars.items())
+        for key, value in values.items():
+            if isinstance(value, dict):
+                table(f"{prefix}.{key}", value)
+
+    for key, value in data.items():
+        if isinstance(value, dict):
+            table(key, value)
+    text = "\n".join(lines) + "\n"
+    assert parse_fleet(text, "generated fleet file") == spec
+    return text

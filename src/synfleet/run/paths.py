@@ -1,0 +1,95 @@
+"""Where the native run of a deployment directory lives on this machine."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+from synfleet.layout import COMPOSE, Layout, native_layout
+from synfleet.model.fleet import Fleet
+from synfleet.render.secrets import SECRETS_DIR
+from synfleet.routing.plan import RoutingPlan
+
+RUN_DIR = "run"
+#: nginx's prefix (and its config files) in the run directory.
+NGINX_DIR = "nginx"
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """The run directory ``D/run`` of deployment directory ``D``: what the processes see (the
+    :attr:`layout`), and what only synfleet uses (supervisord, PostgreSQL's data, nginx's prefix)."""
+
+    directory: Path  # the deployment directory D
+
+    @cached_property
+    def run(self) -> Path:
+        return self.directory.resolve() / RUN_DIR
+
+    @cached_property
+    def secrets(self) -> Path:
+        return (self.directory / SECRETS_DIR).resolve()
+
+    @cached_property
+    def layout(self) -> Layout:
+        return native_layout(str(self.run), str(self.secrets))
+
+    @property
+    def sockets(self) -> Path:
+        return Path(self.layout.socket_dir)
+
+    @property
+    def logs(self) -> Path:
+        return Path(self.layout.nginx_log_dir)
+
+    @property
+    def data(self) -> Path:
+        return Path(self.layout.data_dir)
+
+    @property
+    def postgres_data(self) -> Path:
+        return self.run / "postgres"
+
+    @property
+    def supervisor_conf(self) -> Path:
+        return self.run / "supervisord.conf"
+
+    @property
+    def supervisor_socket(self) -> Path:
+        return self.run / "supervisor.sock"
+
+    @property
+    def supervisor_pid(self) -> Path:
+        return self.run / "supervisord.pid"
+
+    @property
+    def nginx_dir(self) -> Path:
+        return self.run / NGINX_DIR
+
+    def log(self, process: str) -> Path:
+        """A process's own log file (Synapse's logging, PostgreSQL's, Redis's)."""
+        return Path(self.layout.log_file(process))
+
+    @property
+    def nginx_error_log(self) -> Path:
+        return self.logs / "error.log"
+
+    def output(self, process: str) -> Path:
+        """What supervisord captures of a process's stdout and stderr."""
+        return self.logs / f"{process}.out"
+
+    @property
+    def access_log(self) -> Path:
+        return self.logs / "access.log"
+
+
+def deployed_plan(paths: RunPaths, fleet: Fleet) -> RoutingPlan:
+    """The routing plan of ``fleet`` with the socket paths its directory runs with.
+
+    nginx's consistent hash depends on the ``server`` strings, so the native run (sockets under
+    ``D/run``) and docker compose (``/sockets``) place rooms differently. A directory that
+    ``synfleet up`` has run uses the native paths, any other the compose paths.
+    """
+    socket_dir = str(paths.sockets) if paths.supervisor_conf.exists() else COMPOSE.socket_dir
+    return RoutingPlan(fleet, socket_dir=socket_dir)

@@ -1,0 +1,108 @@
+"""What several test modules use: the synfleet command, fixture cases, and real nginx on a rendered
+routing config with stub workers on its sockets."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from synfleet.model.file import FleetSpec, read_fleet
+from synfleet.model.fleet import Fleet
+from synfleet.model.profiles import profile_spec
+from synfleet.nginx.command import NginxProcess, world_readable_tempdir
+from synfleet.nginx.harness import StubUpstreams
+from synfleet.render.nginx import NginxLayout, render_nginx
+from synfleet.routing.plan import RoutingPlan
+from synfleet.system import free_port
+
+CONFIGS = Path(__file__).parent / "configs"
+LOG_LINE = re.compile(r'"(?P<request>[^"]*)" (?P<status>\d+) \d+ route=(?P<route>\S+) upstream=(?P<upstream>\S+)')
+
+
+def synfleet(
+    *args: str, stdin: str = "", cwd: Path | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """Run the synfleet command as a user does."""
+    return subprocess.run(
+        [sys.executable, "-m", "synfleet", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=timeout,
+    )
+
+
+def fleet_case(name: str) -> Fleet:
+    """The fleet of ``configs/fleets/<name>/fleet.toml``."""
+    return read_fleet(CONFIGS / "fleets" / name / "fleet.toml").fleet
+
+
+def copy_fleet_case(name: str, directory: Path) -> Path:
+    """A deployment directory holding ``configs/fleets/<name>/fleet.toml``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    shutil.copy(CONFIGS / "fleets" / name / "fleet.toml", directory / "fleet.toml")
+    return directory
+
+
+def profile_with(profile: str, **sections: dict[str, Any]) -> FleetSpec:
+    """The fleet of ``profile`` for server ``localhost``, with some keys of some sections changed."""
+    data = profile_spec("localhost", profile).model_dump(mode="json")
+    for section, values in sections.items():
+        data[section].update(values)
+    return FleetSpec.model_validate(data)
+
+
+def read_case(path: Path) -> dict[str, Any]:
+    return tomllib.loads(path.read_text())
+
+
+@dataclass
+class LiveNginx:
+    plan: RoutingPlan
+    port: int
+    directory: Path
+    nginx: NginxProcess
+
+    def access_log(self) -> list[dict[str, str]]:
+        """Parsed access log lines (stop nginx first so the buffer is flushed)."""
+        text = (self.directory / "logs" / "access.log").read_text()
+        return [m.groupdict() for m in map(LOG_LINE.search, text.splitlines()) if m]
+
+
+@contextmanager
+def live_nginx(fleet: Fleet) -> Iterator[LiveNginx]:
+    """Render ``fleet``'s nginx config into a temp prefix and run it with a stub on every socket."""
+    with world_readable_tempdir("synfleet-test-") as directory:
+        port = free_port()
+        layout = NginxLayout(
+            log_dir=str(directory / "logs"),
+            listen=(f"127.0.0.1:{port}",),
+            pid_file=str(directory / "nginx.pid"),
+            temp_dir=str(directory / "tmp"),
+        )
+        for sub in ("logs", "tmp", "conf"):
+            (directory / sub).mkdir()
+        plan = RoutingPlan(fleet, socket_dir=str(directory / "sockets"))
+        for name, text in render_nginx(plan, layout).items():
+            (directory / "conf" / name).write_text(text)
+        sockets = {
+            server.removeprefix("unix:"): worker
+            for upstream in plan.upstreams.values()
+            for worker, server in zip(upstream.workers, upstream.servers, strict=True)
+        }
+        with StubUpstreams(sockets):
+            nginx = NginxProcess(directory / "conf")
+            nginx.start(port)
+            try:
+                yield LiveNginx(plan, port, directory, nginx)
+            finally:
+                nginx.stop()
