@@ -71,4 +71,4 @@ def free_ports(count: int, start: int = 19300) -> int:
             return base
         except OSError:
             base = port + 1
-    raise UsageError("no free range of loopback ports for metrics listeners")
+    raise UsageError(f"no {count} consecutive free loopback ports at or above {start}")
