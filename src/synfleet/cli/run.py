@@ -25,6 +25,7 @@ from synfleet.run.register import register_user
 def up_command(directory: Path) -> None:
     """Start PostgreSQL, Redis, Synapse main and workers, and nginx here; return when all are healthy."""
     console = Console(highlight=False)
+    directory.mkdir(parents=True, exist_ok=True)  # a new deployment directory runs the default fleet
     spec = load_spec(directory)
     seconds = up(RunPaths(directory), spec, lambda line: console.print("  " + line))
     console.print(

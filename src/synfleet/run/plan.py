@@ -36,7 +36,6 @@ class Plan:
 
 def plan_for(paths: RunPaths, spec: FleetSpec) -> Plan:
     """Find every binary and check the directories before anything is written or started."""
-    paths.directory.mkdir(parents=True, exist_ok=True)
     if importlib.util.find_spec("synapse") is None:
         raise SynfleetError(
             "Synapse is not installed in this Python: pip install 'synfleet[synapse]' (or run scripts/setup.sh)"
