@@ -79,3 +79,12 @@ def test_init_refuses_to_overwrite_and_validates_the_name(tmp_path: Path) -> Non
     bad = synfleet("init", "--dir", str(tmp_path / "new"), "--server-name", "no spaces")
     assert bad.returncode == 2 and "--server-name" in bad.stderr
     assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_init_file_shows_the_models_values(profile: str) -> None:
+    # Every value init writes comes from the model, so the file and the defaults cannot drift apart.
+    written = parse_fleet(fleet_file_text("example.org", profile))
+    expected = profile_spec("example.org", profile)
+    assert written.model_dump(exclude={"resources"}) == expected.model_dump(exclude={"resources"})
+    assert written.resources_for("default") == expected.resources_for("default")

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers import copy_fleet_case, synfleet
+from helpers import copy_fleet_case, fleet_case, synfleet
+from synfleet.layout import COMPOSE, native_layout, worker_of_server
 from synfleet.render.secrets import SIGNING_KEY, TOKEN_SECRETS
 
 
@@ -155,3 +156,11 @@ def test_tls_variant_passes_nginx_t(tmp_path: Path) -> None:
     assert check.returncode == 0, check.stdout
     compose = yaml.safe_load((tmp_path / "deploy" / "docker-compose.yml").read_text())
     assert "8448:8448" in compose["services"]["nginx"]["ports"]
+
+
+def test_socket_names_read_back_as_their_workers() -> None:
+    fleet = fleet_case("seven_rooms_dedicated_writers")
+    for layout in (COMPOSE, native_layout("/srv/fleet/run", "/srv/fleet/secrets")):
+        servers = [f"unix:{layout.inbound_socket(w.name)}" for w in fleet.workers]
+        assert [worker_of_server(s) for s in servers] == [w.name for w in fleet.workers]
+    assert worker_of_server("10.0.0.5:8083") == "10.0.0.5:8083"
