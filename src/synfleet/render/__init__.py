@@ -1,1 +1,2 @@
-"""Render targets: nginx, Synapse, docker compose and the native process plan."""
+"""Render targets: nginx, Synapse and docker compose from shared templates, and which Synapse
+processes run; the native run renders its directory with the same targets."""
