@@ -9,6 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
+#: Where Synapse's configuration goes in a rendered tree (``D/deploy``, ``D/run``).
+SYNAPSE_DIR = "synapse"
+#: Where nginx's configuration and logs go in the compose tree (``D/deploy``).
+DEPLOY_NGINX_CONFIG = "nginx/config"
+DEPLOY_NGINX_LOGS = "nginx/logs"
 #: The configuration every Synapse process loads first, relative to the config directory.
 SHARED_CONFIG = "homeserver.yaml"
 #: Each worker's own configuration, relative to the config directory.
@@ -112,7 +117,7 @@ def native_layout(run_dir: str, secrets_dir: str) -> Layout:
     """On this machine, everything under ``run_dir`` (``synfleet up``)."""
     return Layout(
         name="native",
-        config_dir=f"{run_dir}/synapse",
+        config_dir=f"{run_dir}/{SYNAPSE_DIR}",
         data_dir=f"{run_dir}/data",
         secrets_dir=secrets_dir,
         socket_dir=f"{run_dir}/sockets",

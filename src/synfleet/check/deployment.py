@@ -21,12 +21,12 @@ from typing import Any
 import yaml
 
 from synfleet.errors import UsageError
-from synfleet.layout import COMPOSE, SHARED_CONFIG, WORKER_CONFIG_DIR
+from synfleet.layout import COMPOSE, DEPLOY_NGINX_CONFIG, SHARED_CONFIG, SYNAPSE_DIR, WORKER_CONFIG_DIR
 from synfleet.model.fleet import Role
 from synfleet.model.load import load_spec
 from synfleet.nginx.command import test_config, world_readable_tempdir
 from synfleet.nginx.config import parse_config, walk
-from synfleet.render.deploy import DEPLOY_DIR, NGINX_CONFIG_DIR
+from synfleet.render.deploy import DEPLOY_DIR
 from synfleet.render.processes import MAIN_SERVICE
 from synfleet.render.secrets import SECRETS_DIR
 from synfleet.routing.table import DEFAULT_RULE, ROUTES, Rule
@@ -75,7 +75,7 @@ def nginx_test(conf_dir: Path, mapping: Mapping[str, str], scratch: Path) -> Che
 
 def synapse_load(config_dir: Path, mapping: Mapping[str, str], scratch: Path) -> Iterator[CheckResult]:
     """Load main's and each worker's config with Synapse, from a remapped copy."""
-    copy = scratch / "synapse"
+    copy = scratch / SYNAPSE_DIR
     for path in sorted(config_dir.rglob("*.yaml")):
         target = copy / path.relative_to(config_dir)
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -125,7 +125,7 @@ def resources_needed(rule: Rule) -> set[str]:
 
 def consistency(deploy: Path) -> Iterator[CheckResult]:
     """synfleet's own checks across nginx, Synapse and compose files."""
-    synapse_dir = deploy / "synapse"
+    synapse_dir = deploy / SYNAPSE_DIR
     shared = yaml.safe_load((synapse_dir / SHARED_CONFIG).read_text())
     processes: dict[str, dict[str, Any]] = {"main": shared}
     for path in sorted((synapse_dir / WORKER_CONFIG_DIR).glob("*.yaml")):
@@ -152,7 +152,7 @@ def consistency(deploy: Path) -> Iterator[CheckResult]:
     yield CheckResult("stream writers reachable over replication", not problems, "; ".join(problems))
 
     # nginx: every route names an upstream, every upstream socket is a listener with the right resources.
-    blocks = walk(parse_config(deploy / NGINX_CONFIG_DIR / "nginx.conf"))
+    blocks = walk(parse_config(deploy / DEPLOY_NGINX_CONFIG / "nginx.conf"))
     upstreams = {
         b["args"][0]: [d["args"][0].removeprefix("unix:") for d in b.get("block", []) if d["directive"] == "server"]
         for b in blocks
@@ -197,19 +197,19 @@ def check_deployment(directory: Path) -> Iterator[CheckResult]:
     """Every check of ``directory/deploy``, as results (failures included, never raised)."""
     spec = load_spec(directory)
     deploy = directory / DEPLOY_DIR
-    if not (deploy / NGINX_CONFIG_DIR / "nginx.conf").exists():
+    if not (deploy / DEPLOY_NGINX_CONFIG / "nginx.conf").exists():
         raise UsageError(f"{deploy}: nothing rendered; run `synfleet render --dir {directory}` first")
     with world_readable_tempdir("synfleet-check-") as scratch:
         mapping = {
             COMPOSE.socket_dir: str(scratch / "sockets"),
             COMPOSE.data_dir: str(scratch / "data"),
-            COMPOSE.config_dir: str(scratch / "synapse"),
+            COMPOSE.config_dir: str(scratch / SYNAPSE_DIR),
             COMPOSE.secrets_dir: str((directory / SECRETS_DIR).resolve()),
             COMPOSE.nginx_log_dir: str(scratch / "nginx-logs"),
         }
         if spec.tls.enabled:
             mapping[COMPOSE.tls_certificate] = spec.tls.certificate
             mapping[COMPOSE.tls_key] = spec.tls.key
-        yield nginx_test(deploy / NGINX_CONFIG_DIR, mapping, scratch)
-        yield from synapse_load(deploy / "synapse", mapping, scratch)
+        yield nginx_test(deploy / DEPLOY_NGINX_CONFIG, mapping, scratch)
+        yield from synapse_load(deploy / SYNAPSE_DIR, mapping, scratch)
         yield from consistency(deploy)

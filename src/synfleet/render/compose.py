@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import json
 
-from synfleet.layout import COMPOSE, COMPOSE_HTTP_PORT, COMPOSE_HTTPS_PORT, COMPOSE_NGINX_CONFIG_DIR
+from synfleet.layout import (
+    COMPOSE,
+    COMPOSE_HTTP_PORT,
+    COMPOSE_HTTPS_PORT,
+    COMPOSE_NGINX_CONFIG_DIR,
+    DEPLOY_NGINX_CONFIG,
+    DEPLOY_NGINX_LOGS,
+    SYNAPSE_DIR,
+)
 from synfleet.model.file import FleetSpec
 from synfleet.model.fleet import Role, Service
 from synfleet.render.processes import MAIN_SERVICE, synapse_processes
@@ -48,6 +56,9 @@ def render_compose(spec: FleetSpec, secrets: dict[str, str]) -> dict[str, str]:
             http_port=COMPOSE_HTTP_PORT,
             https_port=COMPOSE_HTTPS_PORT,
             nginx_config_dir=COMPOSE_NGINX_CONFIG_DIR,
+            synapse_dir=SYNAPSE_DIR,
+            nginx_config=DEPLOY_NGINX_CONFIG,
+            nginx_logs=DEPLOY_NGINX_LOGS,
             processes=services,
             local_postgres=local_postgres,
             local_redis=local_redis,

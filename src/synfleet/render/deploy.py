@@ -7,7 +7,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from synfleet.layout import COMPOSE, COMPOSE_HTTP_PORT, COMPOSE_HTTPS_PORT, Layout
+from synfleet.layout import (
+    COMPOSE,
+    COMPOSE_HTTP_PORT,
+    COMPOSE_HTTPS_PORT,
+    DEPLOY_NGINX_CONFIG,
+    DEPLOY_NGINX_LOGS,
+    SYNAPSE_DIR,
+    Layout,
+)
 from synfleet.model.file import FleetSpec
 from synfleet.nginx.command import http2_directive_supported, nginx_version
 from synfleet.render.compose import render_compose
@@ -18,8 +26,6 @@ from synfleet.render.synapse import render_synapse
 from synfleet.routing.plan import RoutingPlan
 
 DEPLOY_DIR = "deploy"
-#: Where the nginx files go, relative to the deployment directory.
-NGINX_CONFIG_DIR = "nginx/config"
 
 
 def compose_nginx_layout(spec: FleetSpec) -> NginxLayout:
@@ -42,14 +48,14 @@ def render_files(
     deployment's root."""
     plan = RoutingPlan(spec.fleet, socket_dir=layout.socket_dir)
     files = {f"{nginx_dir}/{name}": text for name, text in render_nginx(plan, nginx_layout).items()}
-    files.update({f"synapse/{name}": text for name, text in render_synapse(spec, layout, secrets).items()})
+    files.update({f"{SYNAPSE_DIR}/{name}": text for name, text in render_synapse(spec, layout, secrets).items()})
     return files
 
 
 def render_compose_deployment(spec: FleetSpec, secrets: dict[str, str]) -> Rendered:
-    files = render_files(spec, COMPOSE, compose_nginx_layout(spec), secrets, NGINX_CONFIG_DIR)
+    files = render_files(spec, COMPOSE, compose_nginx_layout(spec), secrets, DEPLOY_NGINX_CONFIG)
     files.update(render_compose(spec, secrets))
-    return Rendered(files, directories=("nginx/logs",))
+    return Rendered(files, directories=(DEPLOY_NGINX_LOGS,))
 
 
 def render_deployment(spec: FleetSpec, directory: Path) -> Path:

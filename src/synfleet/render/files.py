@@ -9,13 +9,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from synfleet.errors import SynfleetError
-from synfleet.layout import SHARED_CONFIG
+from synfleet.layout import SHARED_CONFIG, SYNAPSE_DIR
 
 PRIVATE = 0o600
 PUBLIC = 0o644
 
 #: Files holding secrets (the database password), by path relative to the deployment directory.
-PRIVATE_FILES = frozenset({f"synapse/{SHARED_CONFIG}", "env/postgres.env"})
+PRIVATE_FILES = frozenset({f"{SYNAPSE_DIR}/{SHARED_CONFIG}", "env/postgres.env"})
 
 
 @dataclass(frozen=True)
