@@ -7,7 +7,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tomllib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -59,10 +58,6 @@ def profile_with(profile: str, **sections: dict[str, Any]) -> FleetSpec:
     for section, values in sections.items():
         data[section].update(values)
     return FleetSpec.model_validate(data)
-
-
-def read_case(path: Path) -> dict[str, Any]:
-    return tomllib.loads(path.read_text())
 
 
 @dataclass

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import json
 import shutil
+import tomllib
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from helpers import CONFIGS, copy_fleet_case, fleet_case, read_case, synfleet
+from helpers import CONFIGS, copy_fleet_case, fleet_case, synfleet
 from seed_config import extract_seed
 from synfleet.audit import audit
 from synfleet.audit.findings import AuditReport, Finding
@@ -125,7 +126,7 @@ def test_each_broken_variant_shows_exactly_its_defect(tmp_path: Path, variant: s
     assert synfleet("render", "--dir", str(directory)).returncode == 0
     conf = tmp_path / "conf"
     shutil.copytree(directory / "deploy" / "nginx" / "config", conf)
-    case = read_case(CONFIGS / "broken_nginx" / variant / "breaks.toml")
+    case = tomllib.loads((CONFIGS / "broken_nginx" / variant / "breaks.toml").read_text())
     for edit in case["edit"]:
         text = (conf / edit["file"]).read_text()
         assert edit["old"] in text, f"{edit['old']!r} not in {edit['file']}"

@@ -11,7 +11,7 @@ import yaml
 
 from helpers import copy_fleet_case, fleet_case, synfleet
 from synfleet.layout import COMPOSE, native_layout, worker_of_server
-from synfleet.render.secrets import SIGNING_KEY, TOKEN_SECRETS
+from synfleet.render.secrets import Secret
 
 
 def rendered_files(directory: Path) -> dict[str, bytes]:
@@ -67,7 +67,7 @@ def test_secrets_are_private_and_distinct(tmp_path: Path) -> None:
     folder = tmp_path / "secrets"
     assert stat.S_IMODE(folder.stat().st_mode) == 0o700
     values = []
-    for name in (*TOKEN_SECRETS, SIGNING_KEY):
+    for name in Secret:
         path = folder / name
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, name
         values.append(path.read_text())

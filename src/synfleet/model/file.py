@@ -154,6 +154,11 @@ class Database(Section):
     pool_min: int = Field(5, ge=1, le=100)
     pool_max: int = Field(10, ge=1, le=100)
 
+    @property
+    def local(self) -> bool:
+        """The fleet runs its own PostgreSQL (no host given)."""
+        return not self.host
+
     @model_validator(mode="after")
     def _pool(self) -> Self:
         if self.pool_min > self.pool_max:
@@ -167,6 +172,11 @@ class Redis(Section):
     host: str = ""
     port: Port = 6379
     dbid: int = Field(0, ge=0, le=15)
+
+    @property
+    def local(self) -> bool:
+        """The fleet runs its own Redis (no host given)."""
+        return not self.host
 
 
 class Resources(Section):
@@ -206,13 +216,10 @@ class Synapse(Section):
         return value
 
 
-#: Groups that take docker compose limits: every process's group (see :meth:`Fleet.group`), and a default.
-RESOURCE_GROUPS = (
-    "default",
-    Role.MAIN.value,
-    *(s.value for s in Service),
-    *(r.value for r in Role if r is not Role.MAIN),
-)
+#: Groups that take docker compose limits: every process's group (see :meth:`Fleet.group`), and a
+#: default. Those that are not worker roles come first.
+FIXED_GROUPS = ("default", Role.MAIN.value, *(s.value for s in Service))
+RESOURCE_GROUPS = (*FIXED_GROUPS, *(r.value for r in Role if r is not Role.MAIN))
 
 
 class FleetSpec(Section):

@@ -23,7 +23,7 @@ from synfleet.render.templating import render
 def render_compose(spec: FleetSpec, secrets: dict[str, str]) -> dict[str, str]:
     """``docker-compose.yml`` and the env files it references, by path relative to the deploy dir."""
     processes = synapse_processes(spec.fleet, COMPOSE)
-    local_postgres, local_redis = not spec.database.host, not spec.redis.host
+    local_postgres, local_redis = spec.database.local, spec.redis.local
     infrastructure = [(Service.POSTGRES.value, local_postgres), (Service.REDIS.value, local_redis)]
     services = []
     for process in processes:

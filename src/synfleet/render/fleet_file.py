@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from synfleet.model.file import FleetSpec, parse_fleet
-from synfleet.model.fleet import SYNC_WRITER_STREAMS, Role, Service, Stream
+from synfleet.model.file import FIXED_GROUPS, FleetSpec, parse_fleet
+from synfleet.model.fleet import SYNC_WRITER_STREAMS, Stream
 from synfleet.model.profiles import profile_spec
 from synfleet.render.templating import render
 
@@ -29,7 +29,7 @@ def fleet_file_text(server_name: str, profile: str) -> str:
         profile=profile,
         toml=toml_value,
         resources=spec.resources_for("default"),
-        resource_groups=", ".join(toml_value(g) for g in ("default", Role.MAIN.value, *Service)),
+        resource_groups=", ".join(toml_value(g) for g in FIXED_GROUPS),
         sync_writer_streams=", ".join(s.value for s in Stream if s in SYNC_WRITER_STREAMS),
     )
     parse_fleet(text, f"profile {profile}")

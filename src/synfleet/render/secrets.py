@@ -15,7 +15,8 @@ SECRETS_DIR = "secrets"
 
 
 class Secret(StrEnum):
-    """Every secret of a fleet, named as its file in ``D/secrets``."""
+    """Every secret of a fleet, named as its file in ``D/secrets``: random tokens, and last the
+    signing key (ed25519, in Synapse's format)."""
 
     REGISTRATION_SHARED_SECRET = "registration_shared_secret"
     MACAROON_SECRET_KEY = "macaroon_secret_key"
@@ -23,11 +24,6 @@ class Secret(StrEnum):
     WORKER_REPLICATION_SECRET = "worker_replication_secret"
     POSTGRES_PASSWORD = "postgres_password"
     SIGNING_KEY = "signing.key"
-
-
-#: Random tokens; the signing key is an ed25519 key in Synapse's format.
-TOKEN_SECRETS = tuple(s for s in Secret if s is not Secret.SIGNING_KEY)
-SIGNING_KEY = Secret.SIGNING_KEY
 
 
 def _signing_key() -> str:
@@ -52,7 +48,7 @@ def ensure_secrets(directory: Path) -> dict[str, str]:
         for name in Secret:
             path = folder / name
             if not path.exists():
-                _write_private(path, _signing_key() if name is SIGNING_KEY else secrets.token_urlsafe(32) + "\n")
+                _write_private(path, _signing_key() if name is Secret.SIGNING_KEY else secrets.token_urlsafe(32) + "\n")
             values[name] = path.read_text().strip()
     except OSError as exc:
         raise SynfleetError(f"{folder}: cannot write secrets: {exc.strerror}") from None

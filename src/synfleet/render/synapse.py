@@ -146,13 +146,13 @@ def database_config(spec: FleetSpec, layout: Layout, secrets: dict[str, str]) ->
         "cp_min": db.pool_min,
         "cp_max": db.pool_max,
     }
-    if db.host:
+    if not db.local:
         args["port"] = db.port
     return {"name": "psycopg2", "args": args}
 
 
 def redis_config(spec: FleetSpec, layout: Layout) -> dict[str, Any]:
-    if spec.redis.host:
+    if not spec.redis.local:
         return {"enabled": True, "host": spec.redis.host, "port": spec.redis.port, "dbid": spec.redis.dbid}
     return {"enabled": True, "path": layout.redis_socket, "dbid": spec.redis.dbid}
 

@@ -112,7 +112,7 @@ def up(paths: RunPaths, spec: FleetSpec, report: Report) -> float:
                 "[yellow]configuration changed[/yellow]: run `synfleet down` and `synfleet up` to apply it everywhere"
             )
     else:
-        if not plan.spec.database.host and init_cluster(
+        if plan.spec.database.local and init_cluster(
             require_binary("initdb"),
             paths.postgres_data,
             plan.spec.database,
@@ -135,7 +135,7 @@ def up(paths: RunPaths, spec: FleetSpec, report: Report) -> float:
             if failed:
                 logs = failure_logs(failed.name, Path(failed.log), paths)
                 raise SynfleetError(f"{failed.name} did not become healthy\n{logs}")
-            if tier is Tier.INFRASTRUCTURE and not plan.spec.database.host:
+            if tier is Tier.INFRASTRUCTURE and plan.spec.database.local:
                 ensure_database(str(paths.sockets), plan.spec.database)
     except BaseException:
         if not already:

@@ -15,8 +15,8 @@ from synfleet.run.paths import RunPaths
 def log_files(paths: RunPaths) -> dict[str, Path]:
     """Each process's log by process name, in start order; nginx's is its access log."""
     spec = load_spec(paths.directory)
-    names = [Service.POSTGRES.value] if not spec.database.host else []
-    names += [Service.REDIS.value] if not spec.redis.host else []
+    names = [Service.POSTGRES.value] if spec.database.local else []
+    names += [Service.REDIS.value] if spec.redis.local else []
     names += [w.name for w in spec.fleet.workers]
     return {**{name: paths.log(name) for name in names}, Service.NGINX.value: paths.access_log}
 

@@ -41,12 +41,12 @@ def plan_for(paths: RunPaths, spec: FleetSpec) -> Plan:
             "Synapse is not installed in this Python: pip install 'synfleet[synapse]' (or run scripts/setup.sh)"
         )
     names = ["nginx"]
-    if not spec.database.host:
+    if spec.database.local:
         names += ["postgres", "initdb"]
-    if not spec.redis.host:
+    if spec.redis.local:
         names.append("redis-server")
     binaries = {name: require_binary(name) for name in names}
-    account = service_account() if not spec.database.host else None
+    account = service_account() if spec.database.local else None
     if os.geteuid() == 0:
         _check_reachable(paths.run)
     return Plan(spec, paths, native_processes(spec, paths, binaries, account), account)
@@ -83,7 +83,7 @@ def native_processes(
     """Every process `synfleet up` supervises, in start order."""
     layout = paths.layout
     processes: list[NativeProcess] = []
-    if not spec.database.host:
+    if spec.database.local:
         processes.append(
             NativeProcess(
                 Service.POSTGRES.value,
@@ -107,7 +107,7 @@ def native_processes(
                 stop_wait=60,
             )
         )
-    if not spec.redis.host:
+    if spec.redis.local:
         processes.append(
             NativeProcess(
                 Service.REDIS.value,
