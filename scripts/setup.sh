@@ -17,10 +17,31 @@ if [ ${#missing[@]} -gt 0 ]; then
     $sudo apt-get install -y -q "${missing[@]}"
 fi
 
-python=${PYTHON:-python3}
+# Run as root, synfleet runs Synapse as an unprivileged account, which must be able to run the
+# virtualenv's Python (a Python under /root cannot be): pick one that every user can run.
+runs_for_others() {
+    [ "$(id -u)" -ne 0 ] || runuser -u nobody -- "$1" -c '' 2>/dev/null
+}
+if [ -x .venv/bin/python ] && ! runs_for_others .venv/bin/python; then
+    echo "setup: .venv's Python cannot be run by other users; making it again"
+    rm -rf .venv
+fi
 if [ ! -x .venv/bin/python ]; then
-    echo "setup: creating .venv"
+    python=${PYTHON:-$(command -v python3)}
+    if ! runs_for_others "$python"; then
+        for candidate in /usr/bin/python3 /usr/local/bin/python3; do
+            if [ -x "$candidate" ] && runs_for_others "$candidate"; then
+                python=$candidate
+                break
+            fi
+        done
+    fi
+    echo "setup: creating .venv with $python"
     "$python" -m venv .venv
+    if ! runs_for_others .venv/bin/python; then
+        echo "setup: error: no Python here can be run by other users (is this directory under /root?)" >&2
+        exit 1
+    fi
 fi
 echo "setup: installing synfleet, Synapse and test tools into .venv"
 .venv/bin/python -m pip install -q --upgrade pip

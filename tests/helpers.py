@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from synfleet.model.file import FleetSpec, read_fleet
+from synfleet.model.file import FleetSpec, Media, read_fleet
 from synfleet.model.fleet import Fleet
 from synfleet.model.profiles import profile_spec
 from synfleet.nginx.command import NginxProcess, world_readable_tempdir
@@ -87,7 +87,7 @@ def live_nginx(fleet: Fleet) -> Iterator[LiveNginx]:
         for sub in ("logs", "tmp", "conf"):
             (directory / sub).mkdir()
         plan = RoutingPlan(fleet, socket_dir=str(directory / "sockets"))
-        for name, text in render_nginx(plan, layout).items():
+        for name, text in render_nginx(plan, layout, Media().max_upload_bytes).items():
             (directory / "conf" / name).write_text(text)
         sockets = {
             server.removeprefix("unix:"): worker

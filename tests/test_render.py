@@ -160,7 +160,7 @@ def test_tls_variant_passes_nginx_t(tmp_path: Path) -> None:
 
 def test_socket_names_read_back_as_their_workers() -> None:
     fleet = fleet_case("seven_rooms_dedicated_writers")
-    for layout in (COMPOSE, native_layout("/srv/fleet/run", "/srv/fleet/secrets")):
+    for layout in (COMPOSE, native_layout("/srv/fleet/run")):
         servers = [f"unix:{layout.inbound_socket(w.name)}" for w in fleet.workers]
         assert [worker_of_server(s) for s in servers] == [w.name for w in fleet.workers]
     assert worker_of_server("10.0.0.5:8083") == "10.0.0.5:8083"

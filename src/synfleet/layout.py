@@ -19,6 +19,8 @@ SHARED_CONFIG = "homeserver.yaml"
 #: Each worker's own configuration, relative to the config directory.
 WORKER_CONFIG_DIR = "workers"
 LOG_CONFIG_DIR = "log"
+#: The generated secrets: ``D/secrets``, and the native run's copy ``D/run/secrets``.
+SECRETS_DIR = "secrets"
 _INBOUND_PREFIX = "synapse_inbound_"
 
 
@@ -52,7 +54,8 @@ class Layout:
     store; ``secrets_dir`` the generated secrets; ``socket_dir`` every UNIX socket (Synapse, Redis,
     PostgreSQL); ``log_dir`` Synapse's log files (None: log to the console, as containers do);
     ``nginx_log_dir`` nginx's access and error logs; ``tls_certificate`` and ``tls_key`` where nginx
-    reads the TLS files (empty: the fleet file's own paths).
+    reads the TLS files (empty: the fleet file's own paths); ``inbound_socket_mode`` the mode of the
+    sockets nginx connects to.
     """
 
     name: str
@@ -64,6 +67,7 @@ class Layout:
     nginx_log_dir: str
     tls_certificate: str = ""
     tls_key: str = ""
+    inbound_socket_mode: int = 0o660
 
     def inbound_socket(self, worker: str) -> str:
         return inbound_socket(self.socket_dir, worker)
@@ -104,6 +108,9 @@ COMPOSE = Layout(
     nginx_log_dir="/var/log/nginx",
     tls_certificate="/etc/ssl/synfleet/fullchain.pem",
     tls_key="/etc/ssl/synfleet/privkey.pem",
+    # nginx's workers run as another user than Synapse; the sockets volume is mounted by the fleet's
+    # containers only.
+    inbound_socket_mode=0o666,
 )
 #: The ports nginx listens on inside its container; compose publishes listen.http_port and
 #: listen.https_port on them.
@@ -113,13 +120,14 @@ COMPOSE_HTTPS_PORT = 8448
 COMPOSE_NGINX_CONFIG_DIR = "/etc/nginx"
 
 
-def native_layout(run_dir: str, secrets_dir: str) -> Layout:
-    """On this machine, everything under ``run_dir`` (``synfleet up``)."""
+def native_layout(run_dir: str) -> Layout:
+    """On this machine, everything under ``run_dir`` (``synfleet up``). The sockets directory is
+    reachable only by the fleet's accounts; nginx's workers connect by group."""
     return Layout(
         name="native",
         config_dir=f"{run_dir}/{SYNAPSE_DIR}",
         data_dir=f"{run_dir}/data",
-        secrets_dir=secrets_dir,
+        secrets_dir=f"{run_dir}/{SECRETS_DIR}",
         socket_dir=f"{run_dir}/sockets",
         log_dir=f"{run_dir}/logs",
         nginx_log_dir=f"{run_dir}/logs",

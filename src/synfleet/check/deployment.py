@@ -21,14 +21,13 @@ from typing import Any
 import yaml
 
 from synfleet.errors import UsageError
-from synfleet.layout import COMPOSE, DEPLOY_NGINX_CONFIG, SHARED_CONFIG, SYNAPSE_DIR, WORKER_CONFIG_DIR
+from synfleet.layout import COMPOSE, DEPLOY_NGINX_CONFIG, SECRETS_DIR, SHARED_CONFIG, SYNAPSE_DIR, WORKER_CONFIG_DIR
 from synfleet.model.fleet import Role
 from synfleet.model.load import load_spec
 from synfleet.nginx.command import test_config, world_readable_tempdir
 from synfleet.nginx.config import parse_config, walk
 from synfleet.render.deploy import DEPLOY_DIR
 from synfleet.render.processes import MAIN_SERVICE
-from synfleet.render.secrets import SECRETS_DIR
 from synfleet.routing.table import DEFAULT_RULE, ROUTES, Rule
 
 

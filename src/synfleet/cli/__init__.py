@@ -44,6 +44,10 @@ def main() -> None:
     except click.exceptions.Abort:
         click.echo("synfleet: aborted", err=True)
         sys.exit(130)
+    except click.UsageError as exc:
+        command = exc.ctx.command_path if exc.ctx else "synfleet"
+        click.echo(f"synfleet: error: {exc.format_message()} (see `{command} --help`)", err=True)
+        sys.exit(exc.exit_code)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)

@@ -10,15 +10,15 @@ from rich.console import Console
 from rich.markup import escape
 
 from synfleet.check.deployment import check_deployment
-from synfleet.cli.options import DIR_OPTION
+from synfleet.cli.options import DIR_OPTION, make_directory
 from synfleet.errors import FleetError, UsageError
+from synfleet.layout import SECRETS_DIR
 from synfleet.model.file import check_server_name
 from synfleet.model.load import FLEET_FILE, load_spec
 from synfleet.model.profiles import PROFILES
 from synfleet.render.deploy import render_deployment
 from synfleet.render.files import write_file
 from synfleet.render.fleet_file import fleet_file_text
-from synfleet.render.secrets import SECRETS_DIR
 
 
 @click.command("init")
@@ -42,8 +42,11 @@ def init_command(directory: Path, server_name: str, profile: str, force: bool) -
     if path.exists() and not force:
         raise UsageError(f"{path} exists; edit it, or pass --force to replace it")
     text = fleet_file_text(server_name, profile)
-    directory.mkdir(parents=True, exist_ok=True)
-    write_file(path, text)
+    make_directory(directory)
+    try:
+        write_file(path, text)
+    except OSError as exc:
+        raise UsageError(f"{directory}: cannot write {FLEET_FILE} there: {exc.strerror}") from None
     click.echo(f"wrote {path} ({profile} profile); next: synfleet render --dir {directory}")
 
 

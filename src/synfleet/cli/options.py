@@ -6,11 +6,29 @@ from pathlib import Path
 
 import click
 
+from synfleet.errors import UsageError
+
+
+def _directory(context: click.Context, parameter: click.Parameter, value: Path) -> Path:
+    if value.exists() and not value.is_dir():
+        raise click.BadParameter(f"{value} is not a directory", context, parameter)
+    return value
+
+
 DIR_OPTION = click.option(
     "--dir",
     "directory",
     type=click.Path(path_type=Path, file_okay=False),
+    callback=_directory,
     default=Path("."),
     show_default=True,
     help="Deployment directory holding fleet.toml (without one: the seed's fleet for localhost).",
 )
+
+
+def make_directory(directory: Path) -> None:
+    """Create a deployment directory (and its parents) if it does not exist."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"{directory}: cannot create the directory: {exc.strerror}") from None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import TextIO
+from typing import BinaryIO
 
 import click
 from rich.console import Console
@@ -54,14 +54,17 @@ def _table(decision: Decision) -> Table:
     return table
 
 
-def _batch(plan: RoutingPlan, source: TextIO, headers: dict[str, str], remote_addr: str) -> int:
+def _batch(plan: RoutingPlan, source: BinaryIO, headers: dict[str, str], remote_addr: str) -> int:
     """One JSON object per input line, in order; bad lines give an ``error`` object."""
     status = 0
-    for number, line in enumerate(source, 1):
+    for number, raw in enumerate(source, 1):
+        line = raw.decode("utf-8", errors="replace")
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         parts = line.split()
         try:
+            if line.encode() != raw:
+                raise BadRequest(f"not UTF-8 text: {raw.strip()!r}")
             if len(parts) != 2:
                 raise BadRequest(f"expected 'METHOD URL', got {line.strip()!r}")
             result: dict[str, object] = evaluate(plan, parts[0].upper(), parts[1], headers, remote_addr).as_json()
@@ -76,7 +79,7 @@ def _batch(plan: RoutingPlan, source: TextIO, headers: dict[str, str], remote_ad
 @click.command("route")
 @DIR_OPTION
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-@click.option("--batch", type=click.File("r"), help="Read 'METHOD URL' lines from FILE ('-': stdin).")
+@click.option("--batch", type=click.File("rb"), help="Read 'METHOD URL' lines from FILE ('-': stdin).")
 @click.option("-H", "--header", "header_lines", multiple=True, metavar="'NAME: VALUE'", help="Request header.")
 @click.option("--from", "remote_addr", default="127.0.0.1", show_default=True, help="Client address.")
 @click.argument("method", required=False)
@@ -84,7 +87,7 @@ def _batch(plan: RoutingPlan, source: TextIO, headers: dict[str, str], remote_ad
 def route_command(
     directory: Path,
     as_json: bool,
-    batch: TextIO | None,
+    batch: BinaryIO | None,
     header_lines: tuple[str, ...],
     remote_addr: str,
     method: str | None,

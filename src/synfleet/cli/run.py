@@ -10,7 +10,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from synfleet.cli.options import DIR_OPTION
+from synfleet.cli.options import DIR_OPTION, make_directory
 from synfleet.errors import UsageError
 from synfleet.model.load import load_spec
 from synfleet.run.bench import bench, plot
@@ -25,7 +25,7 @@ from synfleet.run.register import register_user
 def up_command(directory: Path) -> None:
     """Start PostgreSQL, Redis, Synapse main and workers, and nginx here; return when all are healthy."""
     console = Console(highlight=False)
-    directory.mkdir(parents=True, exist_ok=True)  # a new deployment directory runs the default fleet
+    make_directory(directory)  # a new deployment directory runs the default fleet
     spec = load_spec(directory)
     seconds = up(RunPaths(directory), spec, lambda line: console.print("  " + line))
     console.print(

@@ -36,9 +36,23 @@ _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 SERVER_NAME_PATTERN = re.compile(rf"(?:{_LABEL}(?:\.{_LABEL})*|\[[0-9A-Fa-f:.]+\])(?::[0-9]{{1,5}})?")
 MEMORY_PATTERN = re.compile(r"[0-9]+(?:\.[0-9]+)?[kmg]?", re.IGNORECASE)
 VERSION_PATTERN = re.compile(r"[0-9]+\.[0-9]+\.[0-9]+(?:rc[0-9]+)?")
+SIZE_PATTERN = re.compile(r"([0-9]+)([KMG]?)")
+_SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}
+
+#: The largest request body Synapse takes other than a media upload: a full federation /send of
+#: 200 events of at most 64 KiB each (Synapse's own limit, 12.5 MiB).
+REQUEST_BODY_LIMIT = 200 * 64 * 1024
 
 Port = Annotated[int, Field(ge=1, le=65535)]
 Count = Annotated[int, Field(ge=0, le=64)]
+
+
+def parse_size(value: str) -> int:
+    """The bytes in a size such as 50M (K, M and G are powers of 1024); ValueError if it is none."""
+    match = SIZE_PATTERN.fullmatch(value)
+    if not match or int(match[1]) == 0:
+        raise ValueError(f"must be a size such as 50M, 512K or 2G (powers of 1024), got {value!r}")
+    return int(match[1]) * _SIZE_UNITS[match[2]]
 
 
 def check_server_name(value: str) -> str:
@@ -49,7 +63,7 @@ def check_server_name(value: str) -> str:
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class Listen(Section):
@@ -136,6 +150,22 @@ class Metrics(Section):
 
     enabled: bool = False
     base_port: Port = 19100
+
+
+class Media(Section):
+    """Media uploads: the largest file a client may upload, enforced by nginx and Synapse alike."""
+
+    max_upload_size: str = "50M"
+
+    @field_validator("max_upload_size")
+    @classmethod
+    def _size(cls, value: str) -> str:
+        parse_size(value)
+        return value
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return parse_size(self.max_upload_size)
 
 
 class Routing(Section):
@@ -231,9 +261,10 @@ class FleetSpec(Section):
     tls: Tls = Field(default_factory=Tls)
     access: Access = Field(default_factory=Access)
     workers: Workers = Field(default_factory=Workers)
-    stream_writers: dict[Stream, list[str]] = Field(default_factory=dict)
+    stream_writers: dict[Annotated[Stream, Field(strict=False)], list[str]] = Field(default_factory=dict)
     routing: Routing = Field(default_factory=Routing)
     metrics: Metrics = Field(default_factory=Metrics)
+    media: Media = Field(default_factory=Media)
     database: Database = Field(default_factory=Database)
     redis: Redis = Field(default_factory=Redis)
     synapse: Synapse = Field(default_factory=Synapse)
@@ -334,6 +365,11 @@ def _describe(error: dict[str, Any], model: type[BaseModel]) -> str:
     if location and re.match(r"[a-z_]+: ", message):  # a validator naming the key inside a table
         return f"{location}.{message}"
     if kind in (
+        "int_type",
+        "bool_type",
+        "string_type",
+        "float_type",
+        "list_type",
         "greater_than_equal",
         "less_than_equal",
         "greater_than",
@@ -369,7 +405,9 @@ def parse_fleet(text: str, source: str = "fleet.toml") -> FleetSpec:
 
 def read_fleet(path: Path) -> FleetSpec:
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise FleetError(f"{path}: cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise FleetError(f"{path}: not UTF-8 text (byte {exc.start})") from None
     return parse_fleet(text, str(path))

@@ -11,12 +11,13 @@ from synfleet.layout import (
     COMPOSE_NGINX_CONFIG_DIR,
     DEPLOY_NGINX_CONFIG,
     DEPLOY_NGINX_LOGS,
+    SECRETS_DIR,
     SYNAPSE_DIR,
 )
 from synfleet.model.file import FleetSpec
 from synfleet.model.fleet import Role, Service
 from synfleet.render.processes import MAIN_SERVICE, synapse_processes
-from synfleet.render.secrets import SECRETS_DIR, Secret
+from synfleet.render.secrets import Secret
 from synfleet.render.templating import render
 
 

@@ -47,7 +47,10 @@ def render_files(
     """nginx (into ``nginx_dir``) and Synapse files for one layout, by path relative to the
     deployment's root."""
     plan = RoutingPlan(spec.fleet, socket_dir=layout.socket_dir)
-    files = {f"{nginx_dir}/{name}": text for name, text in render_nginx(plan, nginx_layout).items()}
+    files = {
+        f"{nginx_dir}/{name}": text
+        for name, text in render_nginx(plan, nginx_layout, spec.media.max_upload_bytes).items()
+    }
     files.update({f"{SYNAPSE_DIR}/{name}": text for name, text in render_synapse(spec, layout, secrets).items()})
     return files
 

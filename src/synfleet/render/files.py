@@ -8,13 +8,14 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from synfleet.errors import SynfleetError
-from synfleet.layout import SHARED_CONFIG, SYNAPSE_DIR
+from synfleet.errors import UsageError
+from synfleet.layout import SECRETS_DIR, SHARED_CONFIG, SYNAPSE_DIR
 
 PRIVATE = 0o600
 PUBLIC = 0o644
 
-#: Files holding secrets (the database password), by path relative to the deployment directory.
+#: Files holding secrets (the database password), by path relative to the deployment directory;
+#: and every file in a secrets directory.
 PRIVATE_FILES = frozenset({f"{SYNAPSE_DIR}/{SHARED_CONFIG}", "env/postgres.env"})
 
 
@@ -26,7 +27,8 @@ class Rendered:
     directories: tuple[str, ...] = ()
 
     def mode(self, relative: str) -> int:
-        return PRIVATE if relative in PRIVATE_FILES else PUBLIC
+        private = relative in PRIVATE_FILES or relative.startswith(f"{SECRETS_DIR}/")
+        return PRIVATE if private else PUBLIC
 
 
 def write_file(path: Path, text: str, mode: int = PUBLIC) -> None:
@@ -64,7 +66,7 @@ def write_tree(target: Path, rendered: Rendered) -> None:
         shutil.rmtree(staging, ignore_errors=True)
         if old is not None and not target.exists():
             os.replace(old / target.name, target)
-        raise SynfleetError(f"{target}: cannot write the deployment: {exc.strerror}") from None
+        raise UsageError(f"{target}: cannot write the deployment: {exc.strerror}") from None
     finally:
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from synfleet.model.file import REQUEST_BODY_LIMIT
 from synfleet.render.templating import render
 from synfleet.routing.plan import RoutingPlan
-from synfleet.routing.table import ZONES
+from synfleet.routing.table import MEDIA_UPLOAD_PREFIXES, ZONES
 
 NGINX_FILES = ("nginx.conf", "maps.conf", "upstreams.conf", "locations.conf", "proxy.conf", "private.conf")
 
@@ -33,15 +34,20 @@ class NginxLayout:
 
     log_dir: str
     listen: tuple[str, ...]
+    user: str | None = None  # the account of the worker processes, when the master runs as root
     pid_file: str | None = None
     temp_dir: str | None = None
     access_log_buffer: str = " buffer=64k flush=1s"
     tls: NginxTls | None = None
 
 
-def render_nginx(plan: RoutingPlan, layout: NginxLayout, keepalive: int = 32) -> dict[str, str]:
-    """The contents of every nginx file, by file name."""
+def render_nginx(plan: RoutingPlan, layout: NginxLayout, max_upload: int, keepalive: int = 32) -> dict[str, str]:
+    """The contents of every nginx file, by file name. Request bodies are limited to what Synapse
+    takes: ``max_upload`` bytes for media uploads, REQUEST_BODY_LIMIT for every other request."""
     context = {
+        "body_limit": REQUEST_BODY_LIMIT,
+        "max_upload": max_upload,
+        "upload_prefixes": MEDIA_UPLOAD_PREFIXES,
         "layout": layout,
         "maps": plan.maps,
         "upstreams": list(plan.upstreams.values()),

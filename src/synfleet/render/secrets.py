@@ -9,9 +9,8 @@ import string
 from enum import StrEnum
 from pathlib import Path
 
-from synfleet.errors import SynfleetError
-
-SECRETS_DIR = "secrets"
+from synfleet.errors import UsageError
+from synfleet.layout import SECRETS_DIR
 
 
 class Secret(StrEnum):
@@ -51,5 +50,5 @@ def ensure_secrets(directory: Path) -> dict[str, str]:
                 _write_private(path, _signing_key() if name is Secret.SIGNING_KEY else secrets.token_urlsafe(32) + "\n")
             values[name] = path.read_text().strip()
     except OSError as exc:
-        raise SynfleetError(f"{folder}: cannot write secrets: {exc.strerror}") from None
+        raise UsageError(f"{folder}: cannot write secrets: {exc.strerror}") from None
     return values

@@ -62,7 +62,7 @@ def listeners(worker: Worker, layout: Layout, metrics: int | None = None) -> lis
     result: list[dict[str, Any]] = [
         {
             "path": layout.inbound_socket(worker.name),
-            "mode": 0o666,  # nginx may run as another user
+            "mode": layout.inbound_socket_mode,
             "type": "http",
             "x_forwarded": True,
             "resources": [{"names": inbound_resources(worker), "compress": False}],
@@ -102,6 +102,7 @@ def homeserver_config(spec: FleetSpec, layout: Layout, secrets: dict[str, str]) 
         "registration_shared_secret_path": layout.secret(Secret.REGISTRATION_SHARED_SECRET),
         "worker_replication_secret_path": layout.secret(Secret.WORKER_REPLICATION_SECRET),
         "media_store_path": f"{layout.data_dir}/media_store",
+        "max_upload_size": spec.media.max_upload_bytes,
         "log_config": layout.log_config(fleet.main.name),
         "listeners": listeners(fleet.main, layout, spec.metrics_port(fleet.main)),
         "database": database_config(spec, layout, secrets),

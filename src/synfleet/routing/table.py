@@ -213,6 +213,11 @@ ZONES: tuple[Zone, ...] = (
 )
 
 
+#: Media uploads: the only requests whose body may be larger than Synapse's limit for the others
+#: (up to the fleet's ``media.max_upload_size``). Synapse serves them under these prefixes alone.
+MEDIA_UPLOAD_PREFIXES = tuple(f"/_matrix/media/{version}/upload" for version in ("r0", "v1", "v3"))
+
+
 def zone_for(uri: str) -> Access:
     """The access policy of ``uri``: the longest matching zone prefix, else public."""
     best = max((z for z in ZONES if uri.startswith(z.prefix)), key=lambda z: len(z.prefix), default=None)

@@ -14,13 +14,14 @@ from pathlib import Path
 from synfleet.errors import SynfleetError, UsageError
 from synfleet.model.file import FleetSpec
 from synfleet.render.files import update_tree
-from synfleet.render.secrets import ensure_secrets
+from synfleet.render.secrets import Secret, ensure_secrets
+from synfleet.run.accounts import Account, Accounts, as_root, ensure_accounts
 from synfleet.run.health import is_healthy
 from synfleet.run.logs import failure_logs
 from synfleet.run.measure import memory_kib
 from synfleet.run.paths import RunPaths
 from synfleet.run.plan import Plan, plan_for, run_files
-from synfleet.run.postgres import ensure_database, hand_over, init_cluster
+from synfleet.run.postgres import ensure_database, init_cluster
 from synfleet.run.process import NativeProcess, Tier
 from synfleet.run.supervisor import Supervisor
 from synfleet.system import require_binary
@@ -58,15 +59,49 @@ def _clear_stale_sockets(paths: RunPaths) -> None:
         raise UsageError(f"socket {path} is in use by a process synfleet did not start: stop it first")
 
 
-def _write_run_files(plan: Plan, secrets: dict[str, str]) -> bool:
-    """Write the run directory's config files; True if any changed."""
+def _write_run_files(plan: Plan, secrets: dict[str, str], accounts: Accounts | None) -> bool:
+    """Write the run directory's config files and give each part to whoever needs it; True if any
+    file changed."""
     paths = plan.paths
-    for directory in (paths.run, paths.logs, paths.sockets, paths.nginx_dir / "tmp", paths.data):
+    private = (paths.config, paths.secrets, paths.data)
+    for directory in (paths.run, paths.logs, paths.sockets, paths.nginx_dir / "tmp", *private):
         directory.mkdir(parents=True, exist_ok=True)
+    changed = update_tree(paths.run, run_files(plan, secrets))
     paths.run.chmod(0o755)
-    if plan.postgres_account:
-        hand_over(paths.sockets, plan.postgres_account)  # PostgreSQL puts its socket there
-    return update_tree(paths.run, run_files(plan, secrets))
+    for directory in (*private, paths.sockets):
+        directory.chmod(0o700)
+    paths.logs.chmod(0o750)
+    if accounts is not None:
+        _hand_over(plan, accounts)
+    return changed
+
+
+def _chown_tree(top: Path, account: Account, always: bool) -> None:
+    """Give ``top`` and what it holds to ``account``: always, or when ``top`` is someone else's."""
+    if not top.exists() or (not always and top.stat().st_uid == account.uid):
+        return
+    for root, directories, files in os.walk(top):
+        for name in (root, *(os.path.join(root, entry) for entry in directories + files)):
+            os.chown(name, account.uid, account.gid, follow_symlinks=False)
+
+
+def _hand_over(plan: Plan, accounts: Accounts) -> None:
+    """Run as root: the fleet's account owns its config, secrets, data and sockets; nginx's workers
+    reach the sockets directory by group (set-group-ID, so sockets made there are in that group);
+    the log directory is shared, sticky, so no account can replace another's log."""
+    paths, fleet = plan.paths, accounts.fleet
+    _chown_tree(paths.config, fleet, always=True)
+    _chown_tree(paths.secrets, fleet, always=True)
+    _chown_tree(paths.data, fleet, always=False)
+    _chown_tree(paths.postgres_data, fleet, always=False)  # created by an earlier account
+    os.chown(paths.sockets, fleet.uid, accounts.nginx.gid)
+    paths.sockets.chmod(0o2750)
+    os.chown(paths.logs, 0, fleet.gid)
+    paths.logs.chmod(0o1770)
+    for process in plan.processes:
+        log = Path(process.log)
+        if process.user and log.parent == paths.logs and log.exists():
+            os.chown(log, fleet.uid, fleet.gid)
 
 
 def _wait_healthy(
@@ -103,7 +138,8 @@ def up(paths: RunPaths, spec: FleetSpec, report: Report) -> float:
         _port_free(plan.spec.listen.bind, plan.spec.listen.http_port)
         _clear_stale_sockets(paths)
     secrets = ensure_secrets(paths.directory)
-    changed = _write_run_files(plan, secrets)
+    accounts = ensure_accounts(report) if as_root() else None
+    changed = _write_run_files(plan, secrets, accounts)
     if already:
         report("the fleet is already running; checking every process")
         if changed:
@@ -116,7 +152,8 @@ def up(paths: RunPaths, spec: FleetSpec, report: Report) -> float:
             require_binary("initdb"),
             paths.postgres_data,
             plan.spec.database,
-            plan.postgres_account,
+            secrets[Secret.POSTGRES_PASSWORD],
+            accounts.fleet if accounts else None,
             paths.log("initdb"),
         ):
             report("created the PostgreSQL cluster")
@@ -136,7 +173,9 @@ def up(paths: RunPaths, spec: FleetSpec, report: Report) -> float:
                 logs = failure_logs(failed.name, Path(failed.log), paths)
                 raise SynfleetError(f"{failed.name} did not become healthy\n{logs}")
             if tier is Tier.INFRASTRUCTURE and plan.spec.database.local:
-                ensure_database(str(paths.sockets), plan.spec.database)
+                ensure_database(
+                    str(paths.sockets), paths.postgres_data, plan.spec.database, secrets[Secret.POSTGRES_PASSWORD]
+                )
     except BaseException:
         if not already:
             report("stopping what was started")

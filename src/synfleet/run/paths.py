@@ -8,7 +8,6 @@ from pathlib import Path
 
 from synfleet.layout import COMPOSE, Layout, native_layout
 from synfleet.model.fleet import Fleet
-from synfleet.render.secrets import SECRETS_DIR
 from synfleet.routing.plan import RoutingPlan
 
 RUN_DIR = "run"
@@ -28,12 +27,17 @@ class RunPaths:
         return self.directory.resolve() / RUN_DIR
 
     @cached_property
-    def secrets(self) -> Path:
-        return (self.directory / SECRETS_DIR).resolve()
-
-    @cached_property
     def layout(self) -> Layout:
-        return native_layout(str(self.run), str(self.secrets))
+        return native_layout(str(self.run))
+
+    @property
+    def secrets(self) -> Path:
+        """The copy of the deployment's secrets that the processes read."""
+        return Path(self.layout.secrets_dir)
+
+    @property
+    def config(self) -> Path:
+        return Path(self.layout.config_dir)
 
     @property
     def sockets(self) -> Path:

@@ -8,10 +8,12 @@ import importlib.util
 import os
 import stat
 import sys
+import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
 
 from synfleet.errors import SynfleetError, UsageError
+from synfleet.layout import SECRETS_DIR
 from synfleet.model.file import FleetSpec
 from synfleet.model.fleet import Role, Service
 from synfleet.nginx.command import command_line
@@ -19,8 +21,8 @@ from synfleet.render.deploy import render_files
 from synfleet.render.files import Rendered
 from synfleet.render.nginx import NginxLayout
 from synfleet.render.processes import synapse_processes
+from synfleet.run.accounts import FLEET_ACCOUNT, NGINX_ACCOUNT, as_root
 from synfleet.run.paths import NGINX_DIR, RunPaths
-from synfleet.run.postgres import service_account
 from synfleet.run.process import Health, HealthKind, NativeProcess, Tier
 from synfleet.run.supervisor import supervisor_config
 from synfleet.system import require_binary
@@ -31,12 +33,12 @@ class Plan:
     spec: FleetSpec
     paths: RunPaths
     processes: list[NativeProcess]
-    postgres_account: str | None
 
 
 def plan_for(paths: RunPaths, spec: FleetSpec) -> Plan:
     """Find every binary and check the directories before anything is written or started."""
-    if importlib.util.find_spec("synapse") is None:
+    synapse = importlib.util.find_spec("synapse")
+    if synapse is None or synapse.origin is None:
         raise SynfleetError(
             "Synapse is not installed in this Python: pip install 'synfleet[synapse]' (or run scripts/setup.sh)"
         )
@@ -46,27 +48,50 @@ def plan_for(paths: RunPaths, spec: FleetSpec) -> Plan:
     if spec.redis.local:
         names.append("redis-server")
     binaries = {name: require_binary(name) for name in names}
-    account = service_account() if spec.database.local else None
-    if os.geteuid() == 0:
+    if as_root():
         _check_reachable(paths.run)
-    return Plan(spec, paths, native_processes(spec, paths, binaries, account), account)
+        python = (Path(os.path.realpath(sys.executable)), Path(sysconfig.get_paths()["stdlib"]))
+        for path in (*python, Path(synapse.origin).parent, Path(__file__).parents[1]):
+            _check_python_reachable(path)
+    return Plan(spec, paths, native_processes(spec, paths, binaries))
+
+
+def _blocked_parent(path: Path) -> Path | None:
+    """The first directory above ``path`` that other users cannot pass through."""
+    for parent in reversed(path.parents):
+        if parent.exists() and not parent.stat().st_mode & stat.S_IXOTH:
+            return parent
+    return None
 
 
 def _check_reachable(run: Path) -> None:
-    """nginx workers and PostgreSQL drop root; they must be able to reach the run directory."""
-    for parent in run.parents:
-        if parent.exists() and not parent.stat().st_mode & stat.S_IXOTH:
-            raise UsageError(
-                f"{parent} is not reachable by other users (mode {stat.S_IMODE(parent.stat().st_mode):o}); nginx "
-                f"and PostgreSQL, which do not run as root, need it: use a directory elsewhere (e.g. /srv/fleet) "
-                f"or chmod o+x {parent}"
-            )
+    """Run as root, every process but nginx's master drops root; they must reach the run directory."""
+    if parent := _blocked_parent(run):
+        raise UsageError(
+            f"{parent} is not reachable by other users (mode {stat.S_IMODE(parent.stat().st_mode):o}); the "
+            f"fleet's accounts ({FLEET_ACCOUNT}, {NGINX_ACCOUNT}) need it: use a directory elsewhere (e.g. "
+            f"/srv/fleet) or chmod o+x {parent}"
+        )
+
+
+def _check_python_reachable(path: Path) -> None:
+    """Run as root, Synapse runs as the fleet's account, from this Python and these packages."""
+    parent = _blocked_parent(path)
+    if parent is None and path.stat().st_mode & stat.S_IROTH:
+        return
+    blocked = parent or path
+    raise UsageError(
+        f"Synapse runs as the account {FLEET_ACCOUNT}, which cannot reach {path} ({blocked} is mode "
+        f"{stat.S_IMODE(blocked.stat().st_mode):o}): install synfleet in a virtualenv made from a Python that "
+        "every user can run, e.g. `/usr/bin/python3 -m venv /opt/synfleet` (scripts/setup.sh does so)"
+    )
 
 
 def native_nginx_layout(spec: FleetSpec, paths: RunPaths) -> NginxLayout:
     return NginxLayout(
         log_dir=str(paths.logs),
         listen=(f"{_host(spec.listen.bind)}:{spec.listen.http_port}",),
+        user=NGINX_ACCOUNT if as_root() else None,
         pid_file=str(paths.nginx_dir / "nginx.pid"),
         temp_dir=str(paths.nginx_dir / "tmp"),
         access_log_buffer="",
@@ -77,11 +102,11 @@ def _host(address: str) -> str:
     return f"[{address}]" if ":" in address else address
 
 
-def native_processes(
-    spec: FleetSpec, paths: RunPaths, binaries: dict[str, str], postgres_user: str | None
-) -> list[NativeProcess]:
-    """Every process `synfleet up` supervises, in start order."""
+def native_processes(spec: FleetSpec, paths: RunPaths, binaries: dict[str, str]) -> list[NativeProcess]:
+    """Every process `synfleet up` supervises, in start order. Run as root, all but nginx run as
+    the fleet's account."""
     layout = paths.layout
+    account = FLEET_ACCOUNT if as_root() else None
     processes: list[NativeProcess] = []
     if spec.database.local:
         processes.append(
@@ -97,12 +122,14 @@ def native_processes(
                     "-c",
                     f"unix_socket_directories={paths.sockets}",
                     "-c",
+                    "unix_socket_permissions=0700",
+                    "-c",
                     "max_connections=500",
                 ],
                 Health(HealthKind.POSTGRES, str(paths.sockets), user=spec.database.user),
                 str(paths.log(Service.POSTGRES)),
                 f"{paths.sockets}/.s.PGSQL.5432",
-                user=postgres_user,
+                user=account,
                 stop_signal="INT",  # fast shutdown
                 stop_wait=60,
             )
@@ -130,6 +157,7 @@ def native_processes(
                 Health(HealthKind.REDIS, layout.redis_socket),
                 str(paths.log(Service.REDIS)),
                 layout.redis_socket,
+                user=account,
             )
         )
     for process in synapse_processes(spec.fleet, layout):
@@ -141,6 +169,7 @@ def native_processes(
                 Health(HealthKind.HTTP, process.socket),
                 str(paths.log(process.name)),
                 process.socket,
+                user=account,
                 environment={"PYTHONUNBUFFERED": "1"},
             )
         )
@@ -161,8 +190,10 @@ def native_processes(
 
 
 def run_files(plan: Plan, secrets: dict[str, str]) -> Rendered:
-    """The run directory's files, by path relative to it: nginx, Synapse, supervisord."""
+    """The run directory's files, by path relative to it: nginx, Synapse, supervisord, and a copy of
+    the deployment's secrets (for the fleet's account to read)."""
     paths = plan.paths
     files = render_files(plan.spec, paths.layout, native_nginx_layout(plan.spec, paths), secrets, NGINX_DIR)
     files["supervisord.conf"] = supervisor_config(paths, plan.processes)
+    files.update({f"{SECRETS_DIR}/{name}": f"{value}\n" for name, value in secrets.items()})
     return Rendered(files)

@@ -1,67 +1,50 @@
-"""The fleet's own PostgreSQL cluster: created once with initdb, then a database for Synapse."""
+"""The fleet's own PostgreSQL cluster: created once with initdb, then a database for Synapse.
+
+Every connection authenticates with the generated password (scram-sha-256), on a socket only the
+fleet's account can reach.
+"""
 
 from __future__ import annotations
 
 import os
-import pwd
 import subprocess
-from collections.abc import Callable
+import tempfile
 from pathlib import Path
 
 from synfleet.errors import SynfleetError
 from synfleet.model.file import Database
+from synfleet.run.accounts import Account
 
-#: The account PostgreSQL runs as when synfleet is run as root (PostgreSQL refuses root).
-POSTGRES_ACCOUNT = "postgres"
+AUTH_METHOD = "scram-sha-256"
+#: Who may connect: local sockets only (the server listens on no TCP address), with a password.
+HBA = f"# Rendered by synfleet: password logins on the socket only.\nlocal all all {AUTH_METHOD}\n"
 
-
-def service_account() -> str | None:
-    """None when not root; else the unprivileged account for PostgreSQL."""
-    if os.geteuid() != 0:
-        return None
-    try:
-        pwd.getpwnam(POSTGRES_ACCOUNT)
-    except KeyError:
-        raise SynfleetError(
-            f"running as root, PostgreSQL needs the unprivileged account {POSTGRES_ACCOUNT!r}, which does not "
-            "exist: install PostgreSQL with `apt-get install postgresql` or run synfleet as a normal user"
-        ) from None
-    return POSTGRES_ACCOUNT
+LOCALE = ("--encoding=UTF8", "--locale=C")
 
 
-def _as(account: str | None) -> Callable[[], None] | None:
-    if account is None:
-        return None
-    entry = pwd.getpwnam(account)
-
-    def switch() -> None:
-        os.setgid(entry.pw_gid)
-        os.setuid(entry.pw_uid)
-
-    return switch
-
-
-def hand_over(path: Path, account: str | None) -> None:
-    """Give ``path`` to ``account`` (when running as root)."""
-    if account is not None:
-        entry = pwd.getpwnam(account)
-        os.chown(path, entry.pw_uid, entry.pw_gid)
-
-
-def init_cluster(initdb: str, data: Path, database: Database, account: str | None, log: Path) -> bool:
+def init_cluster(
+    initdb: str, data: Path, database: Database, password: str, account: Account | None, log: Path
+) -> bool:
     """Run initdb if ``data`` holds no cluster yet. True if a cluster was created."""
     if (data / "PG_VERSION").exists():
         return False
     data.mkdir(mode=0o700, parents=True, exist_ok=True)
-    hand_over(data, account)
-    result = subprocess.run(
-        [initdb, "-D", str(data), "-U", database.user, "--auth=trust", "--encoding=UTF8", "--locale=C"],
-        preexec_fn=_as(account),
-        capture_output=True,
-        text=True,
-        check=False,
-        cwd="/",
-    )
+    if account is not None:
+        os.chown(data, account.uid, account.gid)
+    # initdb reads the superuser's password from a file; only the account that runs it may read that.
+    with tempfile.NamedTemporaryFile("w", prefix="synfleet-pw-", delete=True) as pwfile:
+        pwfile.write(password + "\n")
+        pwfile.flush()
+        if account is not None:
+            os.chown(pwfile.name, account.uid, account.gid)
+        result = subprocess.run(
+            [initdb, "-D", str(data), "-U", database.user, f"--auth={AUTH_METHOD}", f"--pwfile={pwfile.name}", *LOCALE],
+            preexec_fn=account.switch if account else None,
+            capture_output=True,
+            text=True,
+            check=False,
+            cwd="/",
+        )
     log.write_text(result.stdout + result.stderr)
     if result.returncode != 0:
         lines = (result.stderr or result.stdout).strip().splitlines()
@@ -69,14 +52,27 @@ def init_cluster(initdb: str, data: Path, database: Database, account: str | Non
     return True
 
 
-def ensure_database(socket_dir: str, database: Database) -> None:
-    """Create Synapse's database with the C collation Synapse requires, if it does not exist."""
+def ensure_database(socket_dir: str, data: Path, database: Database, password: str) -> None:
+    """Make the cluster take only password logins, with the fleet's password, and create Synapse's
+    database with the C collation Synapse requires, if it does not exist.
+
+    A cluster created before passwords were required (``trust``) is converted here: the password is
+    set first, then pg_hba.conf replaced and reloaded.
+    """
     import psycopg2
 
-    connection = psycopg2.connect(host=socket_dir, dbname="postgres", user=database.user)
+    connection = psycopg2.connect(host=socket_dir, dbname="postgres", user=database.user, password=password)
     try:
         connection.autocommit = True
         with connection.cursor() as cursor:
+            cursor.execute("SET password_encryption = %s", (AUTH_METHOD,))
+            cursor.execute(f'ALTER ROLE "{database.user}" PASSWORD %s', (password,))
+            hba = data / "pg_hba.conf"
+            if hba.read_text() != HBA:
+                stat = hba.stat()
+                hba.write_text(HBA)
+                os.chown(hba, stat.st_uid, stat.st_gid)
+                cursor.execute("SELECT pg_reload_conf()")
             cursor.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database.name,))
             if cursor.fetchone() is None:
                 cursor.execute(

@@ -8,7 +8,8 @@ import hmac
 import httpx
 
 from synfleet.errors import SynfleetError, UsageError
-from synfleet.render.secrets import SECRETS_DIR, Secret
+from synfleet.layout import SECRETS_DIR
+from synfleet.render.secrets import Secret
 from synfleet.run.paths import RunPaths
 
 REGISTER_PATH = "/_synapse/admin/v1/register"

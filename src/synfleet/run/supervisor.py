@@ -14,6 +14,7 @@ from supervisor.xmlrpc import SupervisorTransport
 
 from synfleet.errors import SynfleetError
 from synfleet.render.templating import render
+from synfleet.run.accounts import as_root
 from synfleet.run.paths import RunPaths
 from synfleet.run.process import NativeProcess
 from synfleet.system import find_binary
@@ -31,7 +32,7 @@ class ProcessInfo:
 def supervisor_config(paths: RunPaths, processes: list[NativeProcess]) -> str:
     """supervisord.conf: every process, none started automatically (`synfleet up` starts them
     tier by tier), each restarted when it crashes."""
-    return render("supervisord.conf.j2", paths=paths, processes=processes, as_root=os.geteuid() == 0)
+    return render("supervisord.conf.j2", paths=paths, processes=processes, as_root=as_root())
 
 
 def pid_alive(pid: int) -> bool:
