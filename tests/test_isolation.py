@@ -79,7 +79,10 @@ def fleet() -> Iterator[SecuredFleet]:
             body = json.dumps({**login, "password": PASSWORD}).encode()
             secured = SecuredFleet(directory, port, "", admin)
             status, answer = secured.request(
-                "POST", "/_matrix/client/v3/login", {"X-Forwarded-For": FORGED, "Content-Type": "application/json"}, body
+                "POST",
+                "/_matrix/client/v3/login",
+                {"X-Forwarded-For": FORGED, "Content-Type": "application/json"},
+                body,
             )
             assert status == 200, answer
             secured.token = json.loads(answer)["access_token"]
@@ -258,7 +261,14 @@ def test_postgresql_wants_the_password_even_from_root(fleet: SecuredFleet) -> No
     as_root = subprocess.run(command, env=environment, capture_output=True, text=True, check=False)
     assert as_root.returncode != 0 and "password" in as_root.stderr
     as_nobody = subprocess.run(
-        command, env=environment, capture_output=True, text=True, check=False, user=NOBODY, group=NOBODY, extra_groups=[]
+        command,
+        env=environment,
+        capture_output=True,
+        text=True,
+        check=False,
+        user=NOBODY,
+        group=NOBODY,
+        extra_groups=[],
     )
     assert as_nobody.returncode != 0
     password = (fleet.directory / "secrets" / "postgres_password").read_text().strip()

@@ -49,8 +49,8 @@ def test_render_check_and_rerender(tmp_path: Path, fleet: str) -> None:
         assert "/health" in " ".join(services[process]["healthcheck"]["test"])
     for worker in workers:
         assert services[worker]["depends_on"]["synapse"]["condition"] == "service_healthy"
-    assert services["sockets-init"]["restart"] == "no"
-    assert services["synapse"]["depends_on"]["sockets-init"]["condition"] == "service_completed_successfully"
+    assert services["volumes-init"]["restart"] == "no"
+    assert services["synapse"]["depends_on"]["volumes-init"]["condition"] == "service_completed_successfully"
     assert "--lc-collate=C" in (deploy / "env" / "postgres.env").read_text()
 
     secrets_before = rendered_files(tmp_path / "secrets")

@@ -1,8 +1,10 @@
 """`synfleet audit`: what an existing nginx config for Synapse workers gets wrong.
 
+0. the input checked to be a readable nginx config (:mod:`synfleet.audit.source`);
 1. ``nginx -t`` on a copy, repaired where the fix is obvious (:mod:`synfleet.audit.repair`);
 2. the copy parsed and every request of a corpus evaluated with nginx's semantics, compared with
-   synfleet's route table (:mod:`synfleet.audit.auditor`);
+   synfleet's route table (:mod:`synfleet.audit.auditor`); what a client decides for Synapse
+   (:mod:`synfleet.audit.trust`) and who else can reach its sockets (:mod:`synfleet.audit.sockets`);
 3. where nginx runs, the evaluation confirmed by real nginx (:mod:`synfleet.audit.live`).
 """
 
@@ -14,26 +16,74 @@ from pathlib import Path
 
 from synfleet.audit.auditor import Auditor, missing_proxy_pass, nginx_findings
 from synfleet.audit.findings import ERROR, WARNING, AuditReport, Finding
+from synfleet.audit.lines import DirectiveFiles
 from synfleet.audit.live import confirm_with_nginx
-from synfleet.audit.repair import test_and_repair
+from synfleet.audit.repair import TestedConfig, test_and_repair
 from synfleet.audit.roles import infer_fleet
+from synfleet.audit.sockets import reachable_sockets
+from synfleet.audit.source import ConfigSource
+from synfleet.audit.trust import body_size, forwarded_for, request_uris
+from synfleet.errors import UsageError
+from synfleet.model.file import Media
 from synfleet.model.fleet import Fleet
-from synfleet.nginx.config import NginxModel
+from synfleet.nginx.config import NginxModel, parse_config
 from synfleet.routing.corpus import Corpus
 
+#: The media upload size of a fleet file that does not set one.
+DEFAULT_MAX_UPLOAD_BYTES = Media().max_upload_bytes
 
-def audit(source: Path, fleet: Fleet | None = None, corpus_size: int = 1200, confirm: bool = True) -> AuditReport:
-    """Audit the nginx config at ``source`` (a directory with nginx.conf, or one file)."""
+
+def load_model(source: ConfigSource, tested: TestedConfig) -> NginxModel:
+    """The tested copy's model; UsageError naming ``source`` if it cannot be parsed (in nginx's words
+    when `nginx -t` failed too: crossplane's are often empty) or routes nothing (no http or server block)."""
+    try:
+        parse_config(tested.conf)
+    except UsageError as error:
+        detail = source.in_user_terms(str(error), tested.directory)
+        if tested.problems and not tested.passes and not tested.problems[-1].repaired:
+            problem = tested.problems[-1]
+            where = [problem.file] if source.is_directory else []
+            if problem.line:
+                where.append(f"line {problem.line}")
+            detail = f"{', '.join(where)}: {problem.message}" if where else problem.message
+        raise UsageError(f"{source.given}: not an nginx config synfleet can parse: {detail}") from None
+    try:
+        return NginxModel.load(tested.conf)
+    except UsageError as error:
+        detail = source.in_user_terms(str(error), tested.directory).removeprefix(f"{source.given}: ")
+        raise UsageError(f"{source.given}: not an nginx config synfleet can audit: {detail}") from None
+
+
+def audit(
+    source: Path,
+    fleet: Fleet | None = None,
+    corpus_size: int = 1200,
+    confirm: bool = True,
+    *,
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+    socket_dir: Path | None = None,
+) -> AuditReport:
+    """Audit the nginx config at ``source`` (a directory with nginx.conf, or one file).
+
+    ``max_upload_bytes`` is the fleet's media upload size; sockets in ``socket_dir`` (a deployment's
+    run/sockets) are checked along with those the config names. UsageError, naming ``source``, when
+    it is not an nginx config that can be read and parsed.
+    """
+    config = ConfigSource.check(source)
     report = AuditReport(str(source))
     with tempfile.TemporaryDirectory(prefix="synfleet-audit-") as temp:
-        tested = test_and_repair(source, Path(temp) / "config")
+        tested = test_and_repair(config, Path(temp) / "config")
         report.nginx_passes = tested.passes
         report.findings += nginx_findings(tested)
-        model = NginxModel.load(tested.conf)
+        model = load_model(config, tested)
         report.findings += missing_proxy_pass(model, tested)
+        report.findings += reachable_sockets(model, socket_dir)
         auditor = Auditor(model, fleet or infer_fleet(model))
         corpus = list(Corpus(seed=11, size=corpus_size))
         report.requests = auditor.routing(corpus)
+        files = DirectiveFiles(tested.conf)
+        report.findings += forwarded_for(model, files)
+        report.findings += body_size(model, files, request_uris(p.url for p in corpus), max_upload_bytes)
         rng = random.Random(5)
         auditor.rooms(rng)
         auditor.sync(rng)

@@ -8,11 +8,14 @@ the analysis can go on, and `nginx -t` runs again.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+from synfleet.audit.source import MAIN_FILE, ConfigSource
 from synfleet.errors import UsageError
 from synfleet.nginx.command import test_config, version_text
 from synfleet.nginx.config import Location
@@ -42,20 +45,38 @@ class TestedConfig:
     passes: bool  # `nginx -t` accepts the (repaired) copy
 
 
-def copy_config(source: Path, work: Path) -> Path:
+def _uncopyable(directory: str, names: list[str]) -> set[str]:
+    """Entries a copy must leave out: devices, FIFOs, sockets, dangling links and what cannot be read
+    (a private key, say). A config file among them was already refused by :class:`ConfigSource`."""
+    left_out = set()
+    for name in names:
+        path = os.path.join(directory, name)
+        try:
+            mode = os.stat(path).st_mode
+        except OSError:
+            left_out.add(name)
+            continue
+        readable = os.access(path, os.R_OK | (os.X_OK if stat.S_ISDIR(mode) else 0))
+        if not readable or not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            left_out.add(name)
+    return left_out
+
+
+def copy_config(source: ConfigSource, work: Path) -> Path:
     """Copy a config (a directory with nginx.conf, or one file) into ``work``; the main file's path."""
-    if source.is_dir():
-        main = source / "nginx.conf"
-        if not main.exists():
-            raise UsageError(f"{source}: no nginx.conf in this directory")
-        shutil.copytree(source, work, dirs_exist_ok=True, symlinks=False)
-        conf = work / "nginx.conf"
-    elif source.is_file():
-        work.mkdir(parents=True, exist_ok=True)
-        conf = work / source.name
-        shutil.copy(source, conf)
-    else:
-        raise UsageError(f"{source}: no such file or directory")
+    try:
+        if source.is_directory:
+            shutil.copytree(source.given, work, dirs_exist_ok=True, symlinks=False, ignore=_uncopyable)
+            conf = work / MAIN_FILE
+        else:
+            work.mkdir(parents=True, exist_ok=True)
+            conf = work / source.main.name
+            shutil.copy(source.main, conf)
+    except shutil.Error as error:  # a file that changed or vanished while being copied
+        name, _, reason = error.args[0][0]
+        raise UsageError(f"{name}: cannot be copied: {reason}") from None
+    except OSError as error:
+        raise UsageError(f"{error.filename or source.given}: cannot be copied: {error.strerror}") from None
     logs = work / "_logs"
     logs.mkdir(exist_ok=True)
     for path in work.rglob("*"):
@@ -104,7 +125,11 @@ def _first_use(work: Path, variable: str) -> tuple[Path, int] | None:
     """Where ``$variable`` is first used (nginx does not say for unknown variables)."""
     pattern = re.compile(rf"\${re.escape(variable)}\b")
     for path in sorted(work.rglob("*.conf")):
-        for number, text in enumerate(path.read_text().split("\n"), 1):
+        try:
+            lines = path.read_text().split("\n")
+        except (UnicodeDecodeError, OSError):  # not a file nginx reads: ConfigSource checked those
+            continue
+        for number, text in enumerate(lines, 1):
             if pattern.search(text) and not text.lstrip().startswith("#") and REPAIR_FILE not in path.name:
                 return path, number
     return None
@@ -141,8 +166,9 @@ def explain(message: str) -> tuple[str, str | None, str | None]:
     return message, None, None
 
 
-def test_and_repair(source: Path, work: Path) -> TestedConfig:
-    """`nginx -t` on a copy of ``source`` in ``work``, repairing and retrying while it can."""
+def test_and_repair(source: ConfigSource, work: Path) -> TestedConfig:
+    """`nginx -t` on a copy of ``source`` in ``work``, repairing and retrying while it can. nginx's
+    messages name files as the user knows them, not in the copy."""
     conf = copy_config(source, work)
     problems: list[NginxProblem] = []
     for _ in range(MAX_REPAIRS):
@@ -151,11 +177,13 @@ def test_and_repair(source: Path, work: Path) -> TestedConfig:
             return TestedConfig(work, conf, problems, True)
         found = next(filter(None, map(_ERROR.search, result.stderr.splitlines())), None)
         if found is None:
-            problems.append(NginxProblem(str(conf.name), 0, result.stderr.strip(), result.stderr.strip(), False))
+            output = source.in_user_terms(result.stderr.strip(), work)
+            problems.append(NginxProblem(str(conf.name), 0, output, output, False))
             break
         file = Path(found["file"]) if found["file"] else conf
         line = int(found["line"] or 0)
-        plain, repair, argument = explain(found["message"])
+        message = source.in_user_terms(found["message"], work)
+        plain, repair, argument = explain(message)
         repaired = False
         if repair == "comment" and line:
             line = _comment_out(file, line, argument)
@@ -164,7 +192,7 @@ def test_and_repair(source: Path, work: Path) -> TestedConfig:
             repaired = _define_variable(conf, argument)
             file, line = _first_use(work, argument) or (file, line)
         relative = str(file.relative_to(work)) if file.is_relative_to(work) else str(file)
-        problems.append(NginxProblem(relative, line, found["message"], plain, repaired))
+        problems.append(NginxProblem(relative, line, message, plain, repaired))
         if not repaired:
             break
     return TestedConfig(work, conf, problems, False)

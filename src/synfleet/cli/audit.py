@@ -15,6 +15,7 @@ from synfleet.audit import audit
 from synfleet.audit.findings import ERROR
 from synfleet.model.load import load_spec
 from synfleet.nginx.command import version_text
+from synfleet.run.paths import RunPaths
 
 
 @click.command("audit")
@@ -24,7 +25,8 @@ from synfleet.nginx.command import version_text
     "--fleet",
     "fleet_dir",
     type=click.Path(path_type=Path, file_okay=False),
-    help="Directory whose fleet.toml says which worker does what (default: guessed from names).",
+    help="Deployment directory whose fleet.toml says which worker does what and the media upload size "
+    "(default: roles guessed from names, the default upload size); its run/sockets are checked too.",
 )
 @click.option("--no-confirm", is_flag=True, help="Do not run the config in a real nginx to confirm the analysis.")
 def audit_command(config: Path, as_json: bool, fleet_dir: Path | None, no_confirm: bool) -> None:
@@ -32,8 +34,17 @@ def audit_command(config: Path, as_json: bool, fleet_dir: Path | None, no_confir
 
     Exits 0 without findings, 1 with findings, 2 when the config cannot be read.
     """
-    fleet = load_spec(fleet_dir).fleet if fleet_dir else None
-    report = audit(config, fleet, confirm=not no_confirm)
+    if fleet_dir:
+        spec = load_spec(fleet_dir)
+        report = audit(
+            config,
+            spec.fleet,
+            confirm=not no_confirm,
+            max_upload_bytes=spec.media.max_upload_bytes,
+            socket_dir=RunPaths(fleet_dir).sockets,
+        )
+    else:
+        report = audit(config, confirm=not no_confirm)
     if as_json:
         click.echo(
             json.dumps(

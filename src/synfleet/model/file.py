@@ -7,6 +7,7 @@ rejected with a message that names the field and says what would be valid.
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 import tomllib
 from dataclasses import replace
@@ -376,8 +377,15 @@ def _describe(error: dict[str, Any], model: type[BaseModel]) -> str:
         "less_than",
         "string_pattern_mismatch",
     ):
-        message += f" (got {error['input']!r})"
+        message += f" (got {_as_toml(error['input'])})"
     return f"{location}: {message}" if location else message
+
+
+def _as_toml(value: Any) -> str:
+    """A scalar as it is written in TOML (true, 2.0, "8008"); anything else as Python shows it."""
+    if isinstance(value, bool | int | float | str):
+        return json.dumps(value)
+    return repr(value)
 
 
 def _fields_at(model: type[BaseModel], path: tuple[Any, ...]) -> list[str]:

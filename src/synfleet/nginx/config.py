@@ -160,7 +160,7 @@ class NginxModel:
                     return location, captures(found)
         return longest, {}
 
-    def _inherited(self, location: Location | None, *names: str) -> list[Directive]:
+    def inherited(self, location: Location | None, *names: str) -> list[Directive]:
         """Directives that nginx inherits from an outer level only when the inner level has none."""
         for block in (location.block if location else [], self.server, self.http):
             found = [d for d in block if d["directive"] in names]
@@ -170,7 +170,7 @@ class NginxModel:
 
     def access_allowed(self, location: Location | None, client: str) -> bool:
         """allow/deny in order, the first rule that matches ``client`` wins."""
-        for rule in self._inherited(location, "allow", "deny"):
+        for rule in self.inherited(location, "allow", "deny"):
             network = rule["args"][0]
             try:
                 matches = network == "all" or in_networks(client, (network,))
@@ -219,10 +219,10 @@ class NginxModel:
         target = interpolate(proxy[0]["args"][0], variables.get)
         host = re.sub(r"^[a-z]+://", "", target).split("/", 1)[0]
         upstream = self.upstreams.get(host)
-        version = self._inherited(location, "proxy_http_version")
+        version = self.inherited(location, "proxy_http_version")
         outcome.http_version = version[0]["args"][0] if version else "1.0"
         outcome.connection_header = "close"
-        for header in self._inherited(location, "proxy_set_header"):
+        for header in self.inherited(location, "proxy_set_header"):
             if header["args"][0].lower() == "connection":
                 outcome.connection_header = interpolate(header["args"][1], variables.get)
         outcome.upstream = host

@@ -20,6 +20,11 @@ from synfleet.render.processes import MAIN_SERVICE, synapse_processes
 from synfleet.render.secrets import Secret
 from synfleet.render.templating import render
 
+#: The account Synapse's official image runs as.
+SYNAPSE_IMAGE_UID = SYNAPSE_IMAGE_GID = 991
+#: The one-shot service that prepares the volumes before anything else starts.
+INIT_SERVICE = "volumes-init"
+
 
 def render_compose(spec: FleetSpec, secrets: dict[str, str]) -> dict[str, str]:
     """``docker-compose.yml`` and the env files it references, by path relative to the deploy dir."""
@@ -29,7 +34,7 @@ def render_compose(spec: FleetSpec, secrets: dict[str, str]) -> dict[str, str]:
     services = []
     for process in processes:
         if process.role is Role.MAIN:
-            depends = [("sockets-init", "service_completed_successfully")]
+            depends = [(INIT_SERVICE, "service_completed_successfully")]
             depends += [(name, "service_healthy") for name, local in infrastructure if local]
         else:
             depends = [(MAIN_SERVICE, "service_healthy")]
@@ -53,6 +58,8 @@ def render_compose(spec: FleetSpec, secrets: dict[str, str]) -> dict[str, str]:
             spec=spec,
             layout=COMPOSE,
             main_service=MAIN_SERVICE,
+            init_service=INIT_SERVICE,
+            synapse_user=f"{SYNAPSE_IMAGE_UID}:{SYNAPSE_IMAGE_GID}",
             secrets_dir=f"../{SECRETS_DIR}",
             http_port=COMPOSE_HTTP_PORT,
             https_port=COMPOSE_HTTPS_PORT,

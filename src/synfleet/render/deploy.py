@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from synfleet.layout import (
@@ -13,13 +14,14 @@ from synfleet.layout import (
     COMPOSE_HTTPS_PORT,
     DEPLOY_NGINX_CONFIG,
     DEPLOY_NGINX_LOGS,
+    SECRETS_DIR,
     SYNAPSE_DIR,
     Layout,
 )
 from synfleet.model.file import FleetSpec
 from synfleet.nginx.command import http2_directive_supported, nginx_version
-from synfleet.render.compose import render_compose
-from synfleet.render.files import Rendered, write_tree
+from synfleet.render.compose import SYNAPSE_IMAGE_GID, SYNAPSE_IMAGE_UID, render_compose
+from synfleet.render.files import Rendered, chown_tree, write_tree
 from synfleet.render.nginx import NginxLayout, NginxTls, render_nginx
 from synfleet.render.secrets import ensure_secrets
 from synfleet.render.synapse import render_synapse
@@ -66,4 +68,7 @@ def render_deployment(spec: FleetSpec, directory: Path) -> Path:
     secrets = ensure_secrets(directory)
     target = directory / DEPLOY_DIR
     write_tree(target, render_compose_deployment(spec, secrets))
+    if os.geteuid() == 0:  # Synapse's containers read their config and the secrets as the image's account
+        for tree in (target / SYNAPSE_DIR, directory / SECRETS_DIR):
+            chown_tree(tree, SYNAPSE_IMAGE_UID, SYNAPSE_IMAGE_GID)
     return target

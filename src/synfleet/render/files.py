@@ -83,3 +83,10 @@ def update_tree(target: Path, rendered: Rendered) -> bool:
         write_file(path, text, rendered.mode(relative))
         changed = True
     return changed
+
+
+def chown_tree(top: Path, uid: int, gid: int) -> None:
+    """Give ``top`` and everything under it to ``uid``:``gid`` (symlinks themselves, not their targets)."""
+    for root, directories, files in os.walk(top):
+        for name in (root, *(os.path.join(root, entry) for entry in directories + files)):
+            os.chown(name, uid, gid, follow_symlinks=False)

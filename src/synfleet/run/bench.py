@@ -23,6 +23,7 @@ from synfleet.model.file import FleetSpec
 from synfleet.model.load import FLEET_FILE, load_spec
 from synfleet.render.files import write_file
 from synfleet.render.fleet_file import fleet_toml
+from synfleet.render.secrets import Secret
 from synfleet.run.fleet import down, up
 from synfleet.run.load import BenchUser, Load, percentile, populate
 from synfleet.run.measure import cache_counters, memory_kib, postgres_transactions, process_tree_cpu
@@ -74,6 +75,7 @@ def run_mode(
         pids = {name: info.pid for name, info in supervisor.info().items() if info.pid}
         metrics = {w.name: port for w in spec.fleet.workers if (port := spec.metrics_port(w)) is not None}
         db = spec.database
+        password = (paths.secrets / Secret.POSTGRES_PASSWORD).read_text().strip()
 
         marks: dict[str, dict[str, Any]] = {}
 
@@ -82,7 +84,7 @@ def run_mode(
             marks[mark] = {
                 "cpu": process_tree_cpu(pids),
                 "generator": usage.ru_utime + usage.ru_stime,
-                "xacts": postgres_transactions(str(paths.sockets), db.user, db.name),
+                "xacts": postgres_transactions(str(paths.sockets), db.user, password, db.name),
                 "caches": {process: cache_counters(port) for process, port in metrics.items()},
             }
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from synfleet.errors import SynfleetError, UsageError
 from synfleet.model.file import FleetSpec
-from synfleet.render.files import update_tree
+from synfleet.render.files import chown_tree, update_tree
 from synfleet.render.secrets import Secret, ensure_secrets
 from synfleet.run.accounts import Account, Accounts, as_root, ensure_accounts
 from synfleet.run.health import is_healthy
@@ -78,11 +78,8 @@ def _write_run_files(plan: Plan, secrets: dict[str, str], accounts: Accounts | N
 
 def _chown_tree(top: Path, account: Account, always: bool) -> None:
     """Give ``top`` and what it holds to ``account``: always, or when ``top`` is someone else's."""
-    if not top.exists() or (not always and top.stat().st_uid == account.uid):
-        return
-    for root, directories, files in os.walk(top):
-        for name in (root, *(os.path.join(root, entry) for entry in directories + files)):
-            os.chown(name, account.uid, account.gid, follow_symlinks=False)
+    if top.exists() and (always or top.stat().st_uid != account.uid):
+        chown_tree(top, account.uid, account.gid)
 
 
 def _hand_over(plan: Plan, accounts: Accounts) -> None:

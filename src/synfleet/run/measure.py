@@ -54,10 +54,10 @@ def memory_kib(pid: int, field: str = "VmRSS") -> int:
     return 0
 
 
-def postgres_transactions(socket_dir: str, user: str, database: str) -> int:
+def postgres_transactions(socket_dir: str, user: str, password: str, database: str) -> int:
     import psycopg2
 
-    connection = psycopg2.connect(host=socket_dir, dbname=database, user=user)
+    connection = psycopg2.connect(host=socket_dir, dbname=database, user=user, password=password)
     try:
         with connection.cursor() as cursor:
             cursor.execute("SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = %s", (database,))
