@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import os
 import stat
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import yaml
 
 from helpers import copy_fleet_case, fleet_case, synfleet
 from synfleet.layout import COMPOSE, native_layout, worker_of_server
+from synfleet.render.compose import SYNAPSE_IMAGE_GID, SYNAPSE_IMAGE_UID
 from synfleet.render.secrets import Secret
 
 
@@ -52,6 +54,13 @@ def test_render_check_and_rerender(tmp_path: Path, fleet: str) -> None:
     assert services["volumes-init"]["restart"] == "no"
     assert services["synapse"]["depends_on"]["volumes-init"]["condition"] == "service_completed_successfully"
     assert "--lc-collate=C" in (deploy / "env" / "postgres.env").read_text()
+    # Synapse never runs as root; it owns its data volume, and (rendered as root) what it reads.
+    image_user = f"{SYNAPSE_IMAGE_UID}:{SYNAPSE_IMAGE_GID}"
+    assert all(services[process]["user"] == image_user for process in ["synapse", *workers])
+    assert f"chown {image_user} /data" in " ".join(services["volumes-init"]["command"])
+    if os.geteuid() == 0:
+        readable = [deploy / "synapse" / "homeserver.yaml", tmp_path / "secrets" / "signing.key"]
+        assert all((p.stat().st_uid, p.stat().st_gid) == (SYNAPSE_IMAGE_UID, SYNAPSE_IMAGE_GID) for p in readable)
 
     secrets_before = rendered_files(tmp_path / "secrets")
     before = rendered_files(deploy)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import http.client
+
 import pytest
 
 from helpers import fleet_case, live_nginx
-from synfleet.nginx.harness import Probe, send_all
+from synfleet.nginx.harness import FORWARDED_HEADER, Probe, send_all
 from synfleet.routing.evaluate import evaluate
 
 ADMIN = "/_synapse/admin/v1/users/@alice:example.org"
@@ -55,3 +57,25 @@ def test_replication_and_metrics_are_never_proxied(url: str) -> None:
         answers = send_all(live.port, [Probe("GET", url), Probe("POST", url, (("X-Forwarded-For", "127.0.0.1"),))])
     assert answers == [(404, None), (404, None)]
     assert evaluate(live.plan, "GET", url).status == 404
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    ("case", "sent", "settled"),
+    [
+        ("untrusted_forwarded_for", "9.9.9.9", "127.0.0.1"),  # no trusted proxy: the peer, whatever it claims
+        ("behind_proxy", "203.0.113.7", "203.0.113.7"),  # the trusted proxy's word
+        ("behind_proxy", "9.9.9.9, 203.0.113.7", "203.0.113.7"),  # what the client wrote before the proxy: ignored
+    ],
+)
+def test_synapse_gets_the_address_nginx_settled_on_and_nothing_else(case: str, sent: str, settled: str) -> None:
+    with live_nginx(fleet_case(case)) as live:
+        connection = http.client.HTTPConnection("127.0.0.1", live.port, timeout=10)
+        connection.request("GET", "/_matrix/client/versions", headers={"X-Forwarded-For": sent})
+        response = connection.getresponse()
+        response.read()
+        connection.close()
+        live.nginx.stop()  # flushes the access log
+        logged = (live.directory / "logs" / "access.log").read_text().split()[0]
+    assert response.status == 200
+    assert response.getheader(FORWARDED_HEADER) == settled == logged

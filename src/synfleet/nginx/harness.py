@@ -1,7 +1,8 @@
 """Ask real nginx where it routes requests: stub upstreams on every socket, and requests sent to it.
 
 Each stub answers every request with ``200`` and its own worker name in a header and as the body,
-so a request's response says which worker nginx chose. Used by the differential tests and by
+so a request's response says which worker nginx chose; another header repeats the
+X-Forwarded-For nginx sent, the client address Synapse would record. Used by the differential tests and by
 ``synfleet audit``.
 """
 
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 WORKER_HEADER = "X-Synfleet-Worker"
+FORWARDED_HEADER = "X-Synfleet-Forwarded-For"
 
 
 class StubUpstreams:
@@ -35,15 +37,20 @@ class StubUpstreams:
                 head = await reader.readuntil(b"\r\n\r\n")
                 is_head = head.startswith(b"HEAD ")
                 length = 0
+                forwarded = b""
                 for line in head.split(b"\r\n")[1:]:
                     field, _, value = line.partition(b":")
                     if field.strip().lower() == b"content-length":
                         length = int(value.strip())
+                    if field.strip().lower() == b"x-forwarded-for":
+                        forwarded = value.strip()
                 if length:
                     await reader.readexactly(length)
                 writer.write(
                     b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
-                    + f"{WORKER_HEADER}: {name}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+                    + f"{WORKER_HEADER}: {name}\r\n{FORWARDED_HEADER}: ".encode()
+                    + forwarded
+                    + f"\r\nContent-Length: {len(body)}\r\n\r\n".encode()
                     + (b"" if is_head else body)
                 )
                 await writer.drain()
