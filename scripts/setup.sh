@@ -18,13 +18,15 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 # Run as root, synfleet runs Synapse as an unprivileged account, which must be able to run the
-# virtualenv's Python (a Python under /root cannot be): pick one that every user can run.
+# virtualenv's Python. So the Python it is made from must be one every user can run (one under
+# /root is not), and a clone that other users cannot reach gets its virtualenv in /var/lib/synfleet,
+# linked from .venv.
 runs_for_others() {
     [ "$(id -u)" -ne 0 ] || runuser -u nobody -- "$1" -c '' 2>/dev/null
 }
-if [ -x .venv/bin/python ] && ! runs_for_others .venv/bin/python; then
+if [ -e .venv ] && ! runs_for_others .venv/bin/python; then
     echo "setup: .venv's Python cannot be run by other users; making it again"
-    rm -rf .venv
+    rm -rf "$(readlink -f .venv)" .venv
 fi
 if [ ! -x .venv/bin/python ]; then
     python=${PYTHON:-$(command -v python3)}
@@ -36,10 +38,17 @@ if [ ! -x .venv/bin/python ]; then
             fi
         done
     fi
-    echo "setup: creating .venv with $python"
-    "$python" -m venv .venv
+    venv=.venv
+    if [ "$(id -u)" -eq 0 ] && ! runuser -u nobody -- test -r "$PWD/pyproject.toml" 2>/dev/null; then
+        venv=/var/lib/synfleet/venv-$(printf %s "$PWD" | sha256sum | cut -c1-12)
+        mkdir -p "$venv"
+        chmod 755 /var/lib/synfleet
+        ln -sfn "$venv" .venv
+    fi
+    echo "setup: creating $venv with $python"
+    "$python" -m venv "$venv"
     if ! runs_for_others .venv/bin/python; then
-        echo "setup: error: no Python here can be run by other users (is this directory under /root?)" >&2
+        echo "setup: error: no Python here can be run by other users; set PYTHON to one that can" >&2
         exit 1
     fi
 fi

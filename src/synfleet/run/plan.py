@@ -51,7 +51,7 @@ def plan_for(paths: RunPaths, spec: FleetSpec) -> Plan:
     if as_root():
         _check_reachable(paths.run)
         python = (Path(os.path.realpath(sys.executable)), Path(sysconfig.get_paths()["stdlib"]))
-        for path in (*python, Path(synapse.origin).parent, Path(__file__).parents[1]):
+        for path in (*python, Path(synapse.origin).parent):
             _check_python_reachable(path)
     return Plan(spec, paths, native_processes(spec, paths, binaries))
 
