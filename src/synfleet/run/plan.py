@@ -50,10 +50,16 @@ def plan_for(paths: RunPaths, spec: FleetSpec) -> Plan:
     binaries = {name: require_binary(name) for name in names}
     if as_root():
         _check_reachable(paths.run)
-        python = (Path(os.path.realpath(sys.executable)), Path(sysconfig.get_paths()["stdlib"]))
-        for path in (*python, Path(synapse.origin).parent):
-            _check_python_reachable(path)
+        python = Path(fleet_python())
+        for path in (python, python.resolve(), Path(sysconfig.get_paths()["stdlib"]), Path(synapse.origin).parent):
+            _check_python_reachable(Path(os.path.realpath(path.parent)) / path.name)
     return Plan(spec, paths, native_processes(spec, paths, binaries))
+
+
+def fleet_python() -> str:
+    """This Python, by a path without linked directories: a ``.venv`` link that leads out of a clone
+    other users cannot reach (see scripts/setup.sh) must not lead the fleet's account through it."""
+    return os.path.join(os.path.realpath(os.path.dirname(sys.executable)), os.path.basename(sys.executable))
 
 
 def _blocked_parent(path: Path) -> Path | None:
@@ -165,7 +171,7 @@ def native_processes(spec: FleetSpec, paths: RunPaths, binaries: dict[str, str])
             NativeProcess(
                 process.name,
                 Tier.MAIN if process.role is Role.MAIN else Tier.WORKERS,
-                [sys.executable, "-m", *process.arguments],
+                [fleet_python(), "-m", *process.arguments],
                 Health(HealthKind.HTTP, process.socket),
                 str(paths.log(process.name)),
                 process.socket,
