@@ -17,7 +17,6 @@ from helpers import CONFIGS, copy_fleet_case, synfleet
 from seed_config import extract_seed
 from synfleet.audit import audit
 from synfleet.audit.findings import AuditReport, Finding
-from synfleet.audit.lines import DirectiveFiles
 from synfleet.audit.trust import body_size, forwarded_for, nginx_size, request_uris
 from synfleet.model.file import read_fleet
 from synfleet.nginx.command import world_readable_tempdir
@@ -223,7 +222,7 @@ def test_input_that_is_no_nginx_config_is_one_error_line(tmp_path: Path, case: s
     assert reason in result.stderr and "synfleet-audit-" not in result.stderr, result.stderr
 
 
-def _config(tmp_path: Path, http: str = "", server: str = "", location: str = "") -> tuple[NginxModel, DirectiveFiles]:
+def _config(tmp_path: Path, http: str = "", server: str = "", location: str = "") -> NginxModel:
     """A one-location config proxying to Synapse, with extra directives at each level."""
     conf = tmp_path / "nginx.conf"
     conf.write_text(
@@ -234,7 +233,7 @@ def _config(tmp_path: Path, http: str = "", server: str = "", location: str = ""
         f"        location / {{\n            proxy_pass http://synapse_main;\n            {location}\n        }}\n"
         "    }\n}\n"
     )
-    return NginxModel.load(conf), DirectiveFiles(conf)
+    return NginxModel.load(conf)
 
 
 REMOTE = "proxy_set_header X-Forwarded-For $remote_addr;"
@@ -258,7 +257,7 @@ HOST = "proxy_set_header Host $host;"
 def test_forwarded_for_follows_nginx_inheritance(
     tmp_path: Path, http: str, location: str, severity: str | None
 ) -> None:
-    findings = forwarded_for(*_config(tmp_path, http=http, location=location))
+    findings = forwarded_for(_config(tmp_path, http=http, location=location))
     assert [f.severity for f in findings] == ([severity] if severity else []), findings
     if severity == "error":
         assert findings[0].where == ("nginx.conf:3" if "X-Forwarded" in http else "nginx.conf:9")
@@ -268,10 +267,10 @@ def test_forwarded_for_follows_nginx_inheritance(
 def test_findings_name_the_file_a_directive_is_in(tmp_path: Path) -> None:
     # crossplane names directives after an include in the same block after the included file.
     (tmp_path / "headers.conf").write_text("proxy_set_header Host $host;\n")
-    model, files = _config(
+    model = _config(
         tmp_path, location="include headers.conf; proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;"
     )
-    assert [f.where for f in forwarded_for(model, files)] == ["nginx.conf:9"]
+    assert [f.where for f in forwarded_for(model)] == ["nginx.conf:9"]
 
 
 @pytest.mark.parametrize(
@@ -302,7 +301,7 @@ URIS = request_uris(["/_matrix/client/v3/sync", "/_matrix/media/v3/upload?filena
 def test_body_size_follows_nginx_inheritance(
     tmp_path: Path, http: str, server: str, location: str, max_upload: int, flagged: bool
 ) -> None:
-    findings = body_size(*_config(tmp_path, http, server, location), URIS, max_upload)
+    findings = body_size(_config(tmp_path, http, server, location), URIS, max_upload)
     assert [f.kind for f in findings] == (["body_size"] if flagged else []), findings
 
 
@@ -316,7 +315,7 @@ def test_media_upload_locations_may_take_the_upload_size(tmp_path: Path) -> None
         "        location / { proxy_pass http://127.0.0.1:8008; }\n"
         "    }\n}\n"
     )
-    [finding] = body_size(NginxModel.load(conf), DirectiveFiles(conf), URIS, 50 << 20)
+    [finding] = body_size(NginxModel.load(conf), URIS, 50 << 20)
     assert finding.count == 1 and "location ^~ /_matrix/media/ " in finding.message, finding
 
 

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from synfleet.audit.findings import ERROR, WARNING, Finding
 from synfleet.audit.repair import TestedConfig, add_proxy_pass
 from synfleet.errors import BadRequest
-from synfleet.model.fleet import Fleet, Role, Stream
+from synfleet.model.fleet import WORKER_FORWARDED_STREAMS, Fleet, Role, Stream
 from synfleet.nginx.config import NginxModel, Outcome
 from synfleet.nginx.harness import Probe
 from synfleet.routing.corpus import legacy_room_id, syt_token, v12_room_id
@@ -33,6 +33,8 @@ def _acceptable(plan: RoutingPlan, rule: Rule) -> tuple[set[str], str] | None:
     """Workers that can serve a rule's requests and the severity of missing them; None: any worker."""
     target = rule.target
     fleet = plan.fleet
+    if target in WORKER_FORWARDED_STREAMS:
+        return None
     if isinstance(target, Stream):
         writers = {w.name for w in plan.serving(target)} or {fleet.main.name}
         return writers, ERROR if target in STRICT_STREAMS else WARNING
@@ -73,18 +75,34 @@ def _room_probes(rng: random.Random, rooms: int) -> list[tuple[str, Probe]]:
 
 
 class Auditor:
-    def __init__(self, model: NginxModel, fleet: Fleet) -> None:
+    """``fleet`` says which process may serve what; ``process_for`` names the process behind a server
+    of the config (default: the server's own label is the process's name)."""
+
+    def __init__(
+        self, model: NginxModel, fleet: Fleet, process_for: Callable[[str], str | None] = lambda label: label
+    ) -> None:
         self.model = model
         self.plan = RoutingPlan(fleet)
+        self.process_for = process_for
         self.findings: list[Finding] = []
         self.used_upstreams: set[str] = set()
+        self.unknown_servers: set[str] = set()  # servers no process of the fleet is known to be
         self.unproxied_seen = False  # some requests hit a location without proxy_pass
+
+    def _name(self, label: str) -> str:
+        name = self.process_for(label)
+        if name is None:
+            self.unknown_servers.add(label)
+        return name or label
 
     def outcome(self, probe: Probe, remote: str = "127.0.0.1", ignore_access: bool = True) -> Outcome:
         result = self.model.evaluate(probe.method, probe.url, dict(probe.headers), remote, ignore_access=ignore_access)
         if result.upstream:
             self.used_upstreams.add(result.upstream)
         self.unproxied_seen |= result.unproxied
+        if result.worker is not None:
+            result.worker = self._name(result.worker)
+        result.candidates = tuple(self._name(c) for c in result.candidates)
         return result
 
     def routing(self, probes: Iterable[Probe]) -> int:
@@ -115,12 +133,18 @@ class Auditor:
             probe, theirs, allowed = cases[0]
             rule = self.plan.rule(rule_name)
             target = rule.target.value
+            message = (
+                f"requests for endpoints synfleet knows no worker for reach {upstream or 'another process'}; "
+                f"Synapse serves them on {', '.join(sorted(allowed))}, and they may fail elsewhere"
+                if rule is DEFAULT_RULE
+                else f"{rule_name} requests reach a process that cannot serve them ({target} belongs on "
+                f"{', '.join(sorted(allowed))})"
+            )
             self.findings.append(
                 Finding(
                     "wrong_process",
                     severities[(rule_name, upstream)],
-                    f"{rule_name} requests reach a process that cannot serve them ({target} belongs on "
-                    f"{', '.join(sorted(allowed))})",
+                    message,
                     (
                         f"send requests no worker serves to {', '.join(sorted(allowed))}"
                         if rule is DEFAULT_RULE
@@ -251,13 +275,28 @@ class Auditor:
 
     def keepalive(self, probes: Iterable[Probe]) -> None:
         closing = None
+        direct: dict[str, Probe] = {}  # proxy_pass straight to an address: nginx keeps no connection to it
         for probe in probes:
             theirs = self.outcome(probe)
-            if theirs.upstream in self.model.upstreams and (
+            if theirs.status is None and theirs.upstream and theirs.upstream not in self.model.upstreams:
+                direct.setdefault(theirs.upstream, probe)
+            if closing is None and theirs.upstream in self.model.upstreams and (
                 theirs.connection_header not in ("", "keep-alive") or theirs.http_version != "1.1"
             ):
                 closing = (probe, theirs)
-                break
+        for address, probe in direct.items():
+            self.findings.append(
+                Finding(
+                    "keepalive_disabled",
+                    WARNING,
+                    f"requests go to {address} by proxy_pass without an upstream block: nginx reuses no "
+                    "connection to it, every request opens a new one",
+                    f"define `upstream` for {address} with `keepalive 32;`, and proxy_pass to it",
+                    probe.method,
+                    probe.url,
+                    address,
+                )
+            )
         if closing:
             probe, theirs = closing
             self.findings.append(

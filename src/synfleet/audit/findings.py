@@ -31,4 +31,6 @@ class AuditReport:
     findings: list[Finding] = field(default_factory=list)
     requests: int = 0
     confirmed: int | None = None  # requests real nginx answered as predicted, when it ran
+    not_asked: int | None = None  # requests real nginx could not be asked about (no stub for their target)
     nginx_passes: bool = False
+    assumptions: list[str] = field(default_factory=list)  # what the audit took as given

@@ -15,18 +15,19 @@ import tempfile
 from pathlib import Path
 
 from synfleet.audit.auditor import Auditor, missing_proxy_pass, nginx_findings
-from synfleet.audit.findings import ERROR, WARNING, AuditReport, Finding
-from synfleet.audit.lines import DirectiveFiles
-from synfleet.audit.live import confirm_with_nginx
+from synfleet.audit.findings import ERROR, WARNING, AuditReport
+from synfleet.audit.live import MODEL_MISMATCH, confirm_with_nginx
 from synfleet.audit.repair import TestedConfig, test_and_repair
 from synfleet.audit.roles import infer_fleet
 from synfleet.audit.sockets import reachable_sockets
 from synfleet.audit.source import ConfigSource
+from synfleet.audit.synapse_config import SynapseConfig
 from synfleet.audit.trust import body_size, forwarded_for, request_uris
 from synfleet.errors import UsageError
 from synfleet.model.file import Media
 from synfleet.model.fleet import Fleet
 from synfleet.nginx.config import NginxModel, parse_config
+from synfleet.nginx.harness import Probe
 from synfleet.routing.corpus import Corpus
 
 #: The media upload size of a fleet file that does not set one.
@@ -54,6 +55,18 @@ def load_model(source: ConfigSource, tested: TestedConfig) -> NginxModel:
         raise UsageError(f"{source.given}: not an nginx config synfleet can audit: {detail}") from None
 
 
+def _auditor(
+    model: NginxModel, fleet: Fleet | None, synapse: SynapseConfig | None, corpus: list[Probe], report: AuditReport
+) -> Auditor:
+    if synapse is not None:
+        known, report.assumptions = synapse.fleet()
+        return Auditor(model, known, synapse.process_for)
+    if fleet is not None:
+        return Auditor(model, fleet)
+    guessed, report.assumptions = infer_fleet(model, corpus)
+    return Auditor(model, guessed)
+
+
 def audit(
     source: Path,
     fleet: Fleet | None = None,
@@ -62,12 +75,15 @@ def audit(
     *,
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
     socket_dir: Path | None = None,
+    synapse: SynapseConfig | None = None,
 ) -> AuditReport:
     """Audit the nginx config at ``source`` (a directory with nginx.conf, or one file).
 
     ``max_upload_bytes`` is the fleet's media upload size; sockets in ``socket_dir`` (a deployment's
-    run/sockets) are checked along with those the config names. UsageError, naming ``source``, when
-    it is not an nginx config that can be read and parsed.
+    run/sockets) are checked along with those the config names. Which process may serve what comes
+    from ``synapse`` (the deployment's Synapse config), else ``fleet``, else the config's names, and
+    the report lists what was assumed. UsageError, naming ``source``, when it is not an nginx config
+    that can be read and parsed.
     """
     config = ConfigSource.check(source)
     report = AuditReport(str(source))
@@ -78,12 +94,11 @@ def audit(
         model = load_model(config, tested)
         report.findings += missing_proxy_pass(model, tested)
         report.findings += reachable_sockets(model, socket_dir)
-        auditor = Auditor(model, fleet or infer_fleet(model))
         corpus = list(Corpus(seed=11, size=corpus_size))
+        auditor = _auditor(model, fleet, synapse, corpus, report)
         report.requests = auditor.routing(corpus)
-        files = DirectiveFiles(tested.conf)
-        report.findings += forwarded_for(model, files)
-        report.findings += body_size(model, files, request_uris(p.url for p in corpus), max_upload_bytes)
+        report.findings += forwarded_for(model)
+        report.findings += body_size(model, request_uris(p.url for p in corpus), max_upload_bytes)
         rng = random.Random(5)
         auditor.rooms(rng)
         auditor.sync(rng)
@@ -91,19 +106,18 @@ def audit(
         auditor.keepalive(corpus[:50])
         auditor.unused()
         report.findings += auditor.findings
-        if confirm and tested.passes:
-            report.confirmed, mismatches = confirm_with_nginx(tested, corpus)
-            if mismatches:
-                report.findings.append(
-                    Finding(
-                        "model_mismatch",
-                        WARNING,
-                        f"real nginx answered {len(mismatches)} requests differently than synfleet's evaluation; "
-                        f"findings about them may be wrong (e.g. {mismatches[0]})",
-                        "report this config to synfleet",
-                        count=len(mismatches),
-                    )
-                )
+        if auditor.unknown_servers:
+            report.assumptions.append(
+                "no Synapse process listens on "
+                + ", ".join(sorted(auditor.unknown_servers))
+                + ": requests there are taken as reaching a process that serves none of the streams"
+            )
+        if confirm:
+            confirmation = confirm_with_nginx(tested, corpus)
+            if confirmation is not None:
+                report.confirmed, report.not_asked = confirmation.agreed, confirmation.not_asked
+                report.findings += confirmation.findings(report.requests)
     order = {ERROR: 0, WARNING: 1}
-    report.findings.sort(key=lambda f: (order[f.severity], f.kind))
+    # model_mismatch first, whatever else there is: it says how far the other findings hold.
+    report.findings.sort(key=lambda f: (f.kind != MODEL_MISMATCH, order[f.severity], f.kind))
     return report

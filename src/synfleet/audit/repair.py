@@ -18,9 +18,11 @@ from pathlib import Path
 from synfleet.audit.source import MAIN_FILE, ConfigSource
 from synfleet.errors import UsageError
 from synfleet.nginx.command import test_config, version_text
-from synfleet.nginx.config import Location
+from synfleet.nginx.config import Location, is_fragment, main_including
 
 REPAIR_FILE = "synfleet-repair.conf"
+#: The main file written around a fragment given alone.
+FRAGMENT_MAIN = "synfleet-main.conf"
 MAX_REPAIRS = 20
 _ERROR = re.compile(r"\[(?:emerg|alert|crit|error)\] (?P<message>.*?)(?: in (?P<file>/\S+?):(?P<line>\d+))?$")
 _LOG_PATH = re.compile(r"^(\s*(?:access_log|error_log)\s+)(/\S+?)(;|\s)")
@@ -72,6 +74,9 @@ def copy_config(source: ConfigSource, work: Path) -> Path:
             work.mkdir(parents=True, exist_ok=True)
             conf = work / source.main.name
             shutil.copy(source.main, conf)
+            if is_fragment(conf):  # server and upstream blocks meant for http {}: test them there
+                conf = work / FRAGMENT_MAIN
+                conf.write_text(main_including(source.main.name))
     except shutil.Error as error:  # a file that changed or vanished while being copied
         name, _, reason = error.args[0][0]
         raise UsageError(f"{name}: cannot be copied: {reason}") from None

@@ -15,10 +15,9 @@ from collections import defaultdict
 from collections.abc import Iterable
 
 from synfleet.audit.findings import ERROR, WARNING, Finding
-from synfleet.audit.lines import DirectiveFiles
 from synfleet.errors import BadRequest
 from synfleet.model.file import REQUEST_BODY_LIMIT
-from synfleet.nginx.config import Location, NginxModel
+from synfleet.nginx.config import Location, NginxModel, where
 from synfleet.nginx.uri import parse_request_target
 from synfleet.routing.table import MEDIA_UPLOAD_PREFIXES
 
@@ -64,7 +63,7 @@ def _example(locations: list[Location]) -> str:
     return f"{len(locations)} locations: {locations[0].label} and {len(locations) - 1} more"
 
 
-def forwarded_for(model: NginxModel, files: DirectiveFiles) -> list[Finding]:
+def forwarded_for(model: NginxModel) -> list[Finding]:
     """Locations that pass Synapse an X-Forwarded-For the client chose: one that adds to the client's
     header or copies it (error), or none at all, so that nginx passes the client's own (warning)."""
     copied: dict[str, list[Location]] = defaultdict(list)
@@ -78,20 +77,20 @@ def forwarded_for(model: NginxModel, files: DirectiveFiles) -> list[Finding]:
             unset.append(location)
         for header in headers:
             if len(header["args"]) > 1 and CLIENT_FORWARDED_FOR.search(header["args"][1]):
-                copied[files.where(header)].append(location)
-                values[files.where(header)] = header["args"][1]
+                copied[where(header)].append(location)
+                values[where(header)] = header["args"][1]
     findings = [
         Finding(
             "client_forwarded_for",
             ERROR,
-            f"X-Forwarded-For is set to {values[where]}, which keeps what the client sent: Synapse takes the "
+            f"X-Forwarded-For is set to {values[place]}, which keeps what the client sent: Synapse takes the "
             f"leftmost address as the client's, so any client chooses the address Synapse records and rate-limits "
             f"by ({_example(locations)})",
             FORWARDED_FOR_FIX,
             count=len(locations),
-            where=where,
+            where=place,
         )
-        for where, locations in copied.items()
+        for place, locations in copied.items()
     ]
     if unset:
         findings.append(
@@ -109,7 +108,7 @@ def forwarded_for(model: NginxModel, files: DirectiveFiles) -> list[Finding]:
     return findings
 
 
-def body_size(model: NginxModel, files: DirectiveFiles, uris: Iterable[str], max_upload_bytes: int) -> list[Finding]:
+def body_size(model: NginxModel, uris: Iterable[str], max_upload_bytes: int) -> list[Finding]:
     """Locations other than media uploads whose client_max_body_size lets in more than Synapse takes on
     any route: max(:data:`REQUEST_BODY_LIMIT`, the media upload size). A location serves media uploads
     only if of ``uris`` (and a few upload URIs) it is chosen for uploads and nothing else."""
@@ -129,7 +128,7 @@ def body_size(model: NginxModel, files: DirectiveFiles, uris: Iterable[str], max
         value = directives[-1]["args"][0]
         size = nginx_size(value)
         if size == 0 or (size is not None and size > limit):
-            too_large[(files.where(directives[-1]), value)].append(location)
+            too_large[(where(directives[-1]), value)].append(location)
     return [
         Finding(
             "body_size",
@@ -140,9 +139,9 @@ def body_size(model: NginxModel, files: DirectiveFiles, uris: Iterable[str], max
             f"client_max_body_size {size_text(REQUEST_BODY_LIMIT)}; (Synapse's limit outside media uploads), and "
             f"{size_text(max_upload_bytes)} only in locations for {', '.join(MEDIA_UPLOAD_PREFIXES)}",
             count=len(locations),
-            where=where,
+            where=place,
         )
-        for (where, value), locations in too_large.items()
+        for (place, value), locations in too_large.items()
     ]
 
 

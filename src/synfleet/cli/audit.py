@@ -13,6 +13,7 @@ from rich.table import Table
 
 from synfleet.audit import audit
 from synfleet.audit.findings import ERROR
+from synfleet.audit.synapse_config import read_synapse_config
 from synfleet.model.load import load_spec
 from synfleet.nginx.command import version_text
 from synfleet.run.paths import RunPaths
@@ -28,12 +29,23 @@ from synfleet.run.paths import RunPaths
     help="Deployment directory whose fleet.toml says which worker does what and the media upload size "
     "(default: roles guessed from names, the default upload size); its run/sockets are checked too.",
 )
+@click.option(
+    "--synapse-config",
+    "synapse_files",
+    multiple=True,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="The deployment's homeserver.yaml (worker files beside it or in workers/ are read too), or it and "
+    "each worker file: who writes which stream and which process listens where. Repeatable.",
+)
 @click.option("--no-confirm", is_flag=True, help="Do not run the config in a real nginx to confirm the analysis.")
-def audit_command(config: Path, as_json: bool, fleet_dir: Path | None, no_confirm: bool) -> None:
+def audit_command(
+    config: Path, as_json: bool, fleet_dir: Path | None, synapse_files: tuple[Path, ...], no_confirm: bool
+) -> None:
     """Audit CONFIG, a directory with nginx.conf (and its includes) or one file.
 
     Exits 0 without findings, 1 with findings, 2 when the config cannot be read.
     """
+    synapse = read_synapse_config(synapse_files) if synapse_files else None
     if fleet_dir:
         spec = load_spec(fleet_dir)
         report = audit(
@@ -42,9 +54,10 @@ def audit_command(config: Path, as_json: bool, fleet_dir: Path | None, no_confir
             confirm=not no_confirm,
             max_upload_bytes=spec.media.max_upload_bytes,
             socket_dir=RunPaths(fleet_dir).sockets,
+            synapse=synapse,
         )
     else:
-        report = audit(config, confirm=not no_confirm)
+        report = audit(config, confirm=not no_confirm, synapse=synapse)
     if as_json:
         click.echo(
             json.dumps(
@@ -52,12 +65,16 @@ def audit_command(config: Path, as_json: bool, fleet_dir: Path | None, no_confir
                     "findings": [f.as_json() for f in report.findings],
                     "requests": report.requests,
                     "confirmed_by_nginx": report.confirmed,
+                    "not_asked_by_nginx": report.not_asked,
+                    "assumptions": report.assumptions,
                 },
                 indent=2,
             )
         )
     else:
         console = Console(highlight=False)
+        for assumption in report.assumptions:
+            console.print(f"[dim]assumed: {escape(assumption)}[/dim]")
         if report.findings:
             table = Table(show_lines=True)
             for column in ("severity", "finding", "what", "fix"):
@@ -81,8 +98,9 @@ def audit_command(config: Path, as_json: bool, fleet_dir: Path | None, no_confir
             f"{len(report.findings)} findings ({errors} errors) in {config}; {report.requests} requests analysed"
         )
         if report.confirmed is not None:
+            not_asked = f"; {report.not_asked} not asked (no stub for their proxy target)" if report.not_asked else ""
             console.print(
                 f"confirmed with nginx {version_text()}: {report.confirmed} of {report.requests} requests answered "
-                "as analysed"
+                f"as analysed{not_asked}"
             )
     sys.exit(1 if report.findings else 0)

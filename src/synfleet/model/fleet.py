@@ -44,6 +44,12 @@ class Stream(StrEnum):
     QUARANTINED_MEDIA_CHANGES = "quarantined_media_changes"
 
 
+#: Streams whose HTTP endpoints every generic worker serves, passing writes to the stream's writer
+#: over replication: device lists (devices, delete_devices, keys/upload, signing keys), since
+#: Synapse 1.135, checked on 1.163. Routing them to the writer saves that hop.
+WORKER_FORWARDED_STREAMS = frozenset({Stream.DEVICE_LISTS})
+
+
 #: Streams that Synapse allows only one writer for.
 SINGLE_WRITER_STREAMS = frozenset(
     {Stream.TYPING, Stream.TO_DEVICE, Stream.ACCOUNT_DATA, Stream.PRESENCE, Stream.PUSH_RULES}

@@ -91,6 +91,7 @@ ROUTES: tuple[Rule, ...] = (
     _rule("main_refresh", f"{CLIENT}/refresh$", MAIN),
     _rule("main_rendezvous", "/_matrix/client/(?:unstable/org.matrix.msc4108|v1)/rendezvous", MAIN),
     _rule("main_sso", f"(?:{CLIENT}/login/(?:sso/redirect|cas/)|/_synapse/client/)", MAIN),
+    # A worker registers it but answers 500 (Synapse 1.163): only main can look up OpenID tokens.
     _rule("main_federation_openid", f"{FED}/openid/userinfo$", MAIN),
     # --- stream writers: before any room rule, their paths name rooms too
     _rule("stream_typing", f"{CLIENT}/rooms/{SEGMENT}/typing(?:/|$)", Stream.TYPING, Key.USER),
@@ -166,7 +167,7 @@ ROUTES: tuple[Rule, ...] = (
         "federation_reader",
         f"(?:{FED}/(?:version$|event/|state/|state_ids/|backfill/|get_missing_events/|publicRooms"
         "|query/|make_join/|make_leave/|make_knock/|send_knock/|event_auth/|timestamp_to_event/"
-        "|exchange_third_party_invite/|user/devices/|hierarchy/)"
+        "|exchange_third_party_invite/|user/devices/|user/keys/(?:query|claim)$|hierarchy/)"
         f"|{FED_V12}/(?:send_join|send_leave|invite)/|/_matrix/key/v2/(?:query|server))",
         FED_READER,
         Key.ORIGIN,
