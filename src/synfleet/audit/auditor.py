@@ -280,8 +280,10 @@ class Auditor:
             theirs = self.outcome(probe)
             if theirs.status is None and theirs.upstream and theirs.upstream not in self.model.upstreams:
                 direct.setdefault(theirs.upstream, probe)
-            if closing is None and theirs.upstream in self.model.upstreams and (
-                theirs.connection_header not in ("", "keep-alive") or theirs.http_version != "1.1"
+            if (
+                closing is None
+                and theirs.upstream in self.model.upstreams
+                and (theirs.connection_header not in ("", "keep-alive") or theirs.http_version != "1.1")
             ):
                 closing = (probe, theirs)
         for address, probe in direct.items():
