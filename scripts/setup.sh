@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what synfleet needs on a Debian or Ubuntu machine: nginx, PostgreSQL and Redis from the
-# distribution, and synfleet with Synapse in a virtualenv at .venv. Safe to run again.
+# distribution (and iproute2 and dnsmasq for the multi-host test lab), and synfleet with Synapse in a
+# virtualenv at .venv. Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -8,6 +9,8 @@ missing=()
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 command -v redis-server >/dev/null || missing+=(redis-server)
+command -v ip >/dev/null || [ -x /usr/sbin/ip ] || missing+=(iproute2)
+command -v dnsmasq >/dev/null || [ -x /usr/sbin/dnsmasq ] || missing+=(dnsmasq-base)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "setup: installing ${missing[*]}"
     sudo=""

@@ -18,7 +18,7 @@ from synfleet.model.fleet import Fleet
 from synfleet.model.profiles import profile_spec
 from synfleet.nginx.command import NginxProcess, world_readable_tempdir
 from synfleet.nginx.harness import StubUpstreams
-from synfleet.render.nginx import NginxLayout, render_nginx
+from synfleet.render.nginx import NginxLayout, Site, render_nginx
 from synfleet.routing.plan import RoutingPlan
 from synfleet.system import free_port
 
@@ -52,9 +52,9 @@ def copy_fleet_case(name: str, directory: Path) -> Path:
     return directory
 
 
-def profile_with(profile: str, **sections: dict[str, Any]) -> FleetSpec:
-    """The fleet of ``profile`` for server ``localhost``, with some keys of some sections changed."""
-    data = profile_spec("localhost", profile).model_dump(mode="json")
+def profile_with(profile: str, server_name: str = "localhost", **sections: dict[str, Any]) -> FleetSpec:
+    """The fleet of ``profile`` for ``server_name``, with some keys of some sections changed."""
+    data = profile_spec(server_name, profile).model_dump(mode="json")
     for section, values in sections.items():
         data[section].update(values)
     return FleetSpec.model_validate(data)
@@ -87,7 +87,7 @@ def live_nginx(fleet: Fleet) -> Iterator[LiveNginx]:
         for sub in ("logs", "tmp", "conf"):
             (directory / sub).mkdir()
         plan = RoutingPlan(fleet, socket_dir=str(directory / "sockets"))
-        for name, text in render_nginx(plan, layout, Media().max_upload_bytes).items():
+        for name, text in render_nginx(plan, layout, Site(Media().max_upload_bytes)).items():
             (directory / "conf" / name).write_text(text)
         sockets = {
             server.removeprefix("unix:"): worker

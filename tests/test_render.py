@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import stat
 from pathlib import Path
@@ -12,6 +13,7 @@ import yaml
 
 from helpers import copy_fleet_case, fleet_case, synfleet
 from synfleet.layout import COMPOSE, native_layout, worker_of_server
+from synfleet.nginx.config import NginxModel
 from synfleet.render.compose import SYNAPSE_IMAGE_GID, SYNAPSE_IMAGE_UID
 from synfleet.render.secrets import Secret
 
@@ -173,3 +175,19 @@ def test_socket_names_read_back_as_their_workers() -> None:
         servers = [f"unix:{layout.inbound_socket(w.name)}" for w in fleet.workers]
         assert [worker_of_server(s) for s in servers] == [w.name for w in fleet.workers]
     assert worker_of_server("10.0.0.5:8083") == "10.0.0.5:8083"
+
+
+def test_a_delegated_server_says_where_it_is(tmp_path: Path) -> None:
+    (tmp_path / "fleet.toml").write_text(
+        'server_name = "example.org"\npublic_baseurl = "https://matrix.example.org/"\n[listen]\nhttps_port = 443\n'
+    )
+    assert synfleet("render", "--dir", str(tmp_path)).returncode == 0
+    model = NginxModel.load(tmp_path / "deploy" / "nginx" / "config" / "nginx.conf")
+    server = model.evaluate("GET", "/.well-known/matrix/server", {}, "203.0.113.9")
+    client = model.evaluate("GET", "/.well-known/matrix/client", {}, "203.0.113.9")
+    assert server.status == 200 and json.loads(server.answer or "") == {"m.server": "matrix.example.org:443"}
+    assert json.loads(client.answer or "") == {"m.homeserver": {"base_url": "https://matrix.example.org"}}
+    # Not delegated (the server is its own host, on 8448): Synapse's defaults find it; nothing served.
+    (tmp_path / "fleet.toml").write_text('server_name = "example.org"\n')
+    assert synfleet("render", "--dir", str(tmp_path)).returncode == 0
+    assert "well-known" not in (tmp_path / "deploy" / "nginx" / "config" / "locations.conf").read_text()

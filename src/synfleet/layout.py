@@ -16,6 +16,9 @@ DEPLOY_NGINX_CONFIG = "nginx/config"
 DEPLOY_NGINX_LOGS = "nginx/logs"
 #: The configuration every Synapse process loads first, relative to the config directory.
 SHARED_CONFIG = "homeserver.yaml"
+#: The CA bundle Synapse trusts for outbound federation (fleet.toml federation.trusted_ca), relative
+#: to the config directory.
+FEDERATION_CA = "federation_ca.pem"
 #: Each worker's own configuration, relative to the config directory.
 WORKER_CONFIG_DIR = "workers"
 LOG_CONFIG_DIR = "log"

@@ -24,6 +24,7 @@ from synfleet.errors import UsageError
 from synfleet.layout import COMPOSE, DEPLOY_NGINX_CONFIG, SECRETS_DIR, SHARED_CONFIG, SYNAPSE_DIR, WORKER_CONFIG_DIR
 from synfleet.model.fleet import Role
 from synfleet.model.load import load_spec
+from synfleet.model.pem import check_tls, trusted_ca
 from synfleet.nginx.command import test_config, world_readable_tempdir
 from synfleet.nginx.config import parse_config, walk
 from synfleet.render.deploy import DEPLOY_DIR
@@ -195,6 +196,8 @@ def consistency(deploy: Path) -> Iterator[CheckResult]:
 def check_deployment(directory: Path) -> Iterator[CheckResult]:
     """Every check of ``directory/deploy``, as results (failures included, never raised)."""
     spec = load_spec(directory)
+    check_tls(spec)
+    trusted_ca(spec)
     deploy = directory / DEPLOY_DIR
     if not (deploy / DEPLOY_NGINX_CONFIG / "nginx.conf").exists():
         raise UsageError(f"{deploy}: nothing rendered; run `synfleet render --dir {directory}` first")

@@ -14,6 +14,7 @@ from dataclasses import replace
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -121,6 +122,28 @@ class Access(Section):
     trusted_proxies: list[str] = Field(default_factory=list)
 
     _check = field_validator("admin_allow", "trusted_proxies")(_networks)
+
+
+class Federation(Section):
+    """Talking to other homeservers. Each key is the Synapse setting named in its comment."""
+
+    # federation_custom_ca_list: a PEM bundle trusted for outbound federation (private federations).
+    trusted_ca: str = ""
+    # federation_domain_whitelist: federate only with these servers; absent: with every server.
+    domain_whitelist: list[str] | None = None
+    # ip_range_whitelist: private networks that outbound requests may reach despite Synapse's blocklist.
+    ip_range_whitelist: list[str] = Field(default_factory=list)
+    # trusted_key_servers: notaries asked for other servers' signing keys; [] asks each server itself.
+    trusted_key_servers: list[str] = Field(default_factory=lambda: ["matrix.org"])
+
+    _ranges = field_validator("ip_range_whitelist")(_networks)
+
+    @field_validator("domain_whitelist", "trusted_key_servers")
+    @classmethod
+    def _servers(cls, value: list[str] | None) -> list[str] | None:
+        for name in value or []:
+            check_server_name(name)
+        return value
 
 
 class Workers(Section):
@@ -261,6 +284,7 @@ class FleetSpec(Section):
     listen: Listen = Field(default_factory=Listen)
     tls: Tls = Field(default_factory=Tls)
     access: Access = Field(default_factory=Access)
+    federation: Federation = Field(default_factory=Federation)
     workers: Workers = Field(default_factory=Workers)
     stream_writers: dict[Annotated[Stream, Field(strict=False)], list[str]] = Field(default_factory=dict)
     routing: Routing = Field(default_factory=Routing)
@@ -327,6 +351,22 @@ class FleetSpec(Section):
     @property
     def baseurl(self) -> str:
         return self.public_baseurl or f"https://{self.server_name}/"
+
+    @property
+    def public_host(self) -> str:
+        """The host clients and other servers connect to (public_baseurl's, else server_name's)."""
+        return urlsplit(self.baseurl).hostname or self.server_name
+
+    @property
+    def federation_address(self) -> str:
+        """Where other servers reach this one: the public host on nginx's HTTPS port."""
+        return f"{self.public_host}:{self.listen.https_port}"
+
+    @property
+    def delegated(self) -> bool:
+        """Other servers cannot find this one from server_name alone (its host, port 8448): nginx
+        serves /.well-known/matrix/server to say where it is."""
+        return self.federation_address != (self.server_name if ":" in self.server_name else f"{self.server_name}:8448")
 
     @cached_property
     def fleet(self) -> Fleet:

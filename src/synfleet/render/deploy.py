@@ -19,10 +19,11 @@ from synfleet.layout import (
     Layout,
 )
 from synfleet.model.file import FleetSpec
+from synfleet.model.pem import check_tls
 from synfleet.nginx.command import http2_directive_supported, nginx_version
 from synfleet.render.compose import SYNAPSE_IMAGE_GID, SYNAPSE_IMAGE_UID, render_compose
 from synfleet.render.files import Rendered, chown_tree, write_tree
-from synfleet.render.nginx import NginxLayout, NginxTls, render_nginx
+from synfleet.render.nginx import NginxLayout, NginxTls, render_nginx, site_of
 from synfleet.render.secrets import ensure_secrets
 from synfleet.render.synapse import render_synapse
 from synfleet.routing.plan import RoutingPlan
@@ -30,16 +31,21 @@ from synfleet.routing.plan import RoutingPlan
 DEPLOY_DIR = "deploy"
 
 
+def nginx_tls(spec: FleetSpec, listen: str, certificate: str, key: str) -> NginxTls | None:
+    """nginx's HTTPS server on ``listen`` when the fleet has TLS, with the files at those paths."""
+    if not spec.tls.enabled:
+        return None
+    return NginxTls(
+        listen=(listen,),
+        certificate=certificate,
+        key=key,
+        public_port=spec.listen.https_port,
+        http2_on=http2_directive_supported(nginx_version()),
+    )
+
+
 def compose_nginx_layout(spec: FleetSpec) -> NginxLayout:
-    tls = None
-    if spec.tls.enabled:
-        tls = NginxTls(
-            listen=(str(COMPOSE_HTTPS_PORT),),
-            certificate=COMPOSE.tls_certificate,
-            key=COMPOSE.tls_key,
-            public_port=spec.listen.https_port,
-            http2_on=http2_directive_supported(nginx_version()),
-        )
+    tls = nginx_tls(spec, str(COMPOSE_HTTPS_PORT), COMPOSE.tls_certificate, COMPOSE.tls_key)
     return NginxLayout(log_dir=COMPOSE.nginx_log_dir, listen=(str(COMPOSE_HTTP_PORT),), tls=tls)
 
 
@@ -49,10 +55,7 @@ def render_files(
     """nginx (into ``nginx_dir``) and Synapse files for one layout, by path relative to the
     deployment's root."""
     plan = RoutingPlan(spec.fleet, socket_dir=layout.socket_dir)
-    files = {
-        f"{nginx_dir}/{name}": text
-        for name, text in render_nginx(plan, nginx_layout, spec.media.max_upload_bytes).items()
-    }
+    files = {f"{nginx_dir}/{name}": text for name, text in render_nginx(plan, nginx_layout, site_of(spec)).items()}
     files.update({f"{SYNAPSE_DIR}/{name}": text for name, text in render_synapse(spec, layout, secrets).items()})
     return files
 
@@ -65,6 +68,7 @@ def render_compose_deployment(spec: FleetSpec, secrets: dict[str, str]) -> Rende
 
 def render_deployment(spec: FleetSpec, directory: Path) -> Path:
     """Render ``directory/deploy`` for docker compose; secrets are created once and kept."""
+    check_tls(spec)
     secrets = ensure_secrets(directory)
     target = directory / DEPLOY_DIR
     write_tree(target, render_compose_deployment(spec, secrets))

@@ -42,7 +42,8 @@ def fleet_toml(spec: FleetSpec) -> str:
     lines = [f"{key} = {toml_value(value)}" for key, value in data.items() if not isinstance(value, dict)]
 
     def table(prefix: str, values: dict[str, object]) -> None:
-        scalars = {k: v for k, v in values.items() if not isinstance(v, dict)}
+        # A key left out (TOML has no null) is one whose default is "not set".
+        scalars = {k: v for k, v in values.items() if not isinstance(v, dict) and v is not None}
         if scalars or not values:
             lines.append(f"\n[{prefix}]")
             lines.extend(f"{key} = {toml_value(value)}" for key, value in scalars.items())

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
 
-from synfleet.model.file import REQUEST_BODY_LIMIT
+from synfleet.model.file import REQUEST_BODY_LIMIT, FleetSpec
 from synfleet.render.templating import render
 from synfleet.routing.plan import RoutingPlan
 from synfleet.routing.table import MEDIA_UPLOAD_PREFIXES, ZONES
@@ -41,12 +42,33 @@ class NginxLayout:
     tls: NginxTls | None = None
 
 
-def render_nginx(plan: RoutingPlan, layout: NginxLayout, max_upload: int, keepalive: int = 32) -> dict[str, str]:
+@dataclass(frozen=True)
+class Site:
+    """What nginx says and allows by itself, from the fleet file: the largest media upload, and the
+    ``/.well-known/matrix/`` documents (JSON text by name, ``server`` and ``client``) when the server
+    is delegated to another host or port."""
+
+    max_upload: int
+    well_known: dict[str, str] = field(default_factory=dict)
+
+
+def site_of(spec: FleetSpec) -> Site:
+    well_known = {}
+    if spec.delegated:
+        well_known = {
+            "server": json.dumps({"m.server": spec.federation_address}),
+            "client": json.dumps({"m.homeserver": {"base_url": spec.baseurl.rstrip("/")}}),
+        }
+    return Site(spec.media.max_upload_bytes, well_known)
+
+
+def render_nginx(plan: RoutingPlan, layout: NginxLayout, site: Site, keepalive: int = 32) -> dict[str, str]:
     """The contents of every nginx file, by file name. Request bodies are limited to what Synapse
-    takes: ``max_upload`` bytes for media uploads, REQUEST_BODY_LIMIT for every other request."""
+    takes: the site's upload size for media uploads, REQUEST_BODY_LIMIT for every other request."""
     context = {
         "body_limit": REQUEST_BODY_LIMIT,
-        "max_upload": max_upload,
+        "max_upload": site.max_upload,
+        "well_known": site.well_known,
         "upload_prefixes": MEDIA_UPLOAD_PREFIXES,
         "layout": layout,
         "maps": plan.maps,

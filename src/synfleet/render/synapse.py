@@ -6,9 +6,10 @@ from typing import Any
 
 import yaml
 
-from synfleet.layout import SHARED_CONFIG, Layout, log_config_file, worker_config_file
+from synfleet.layout import FEDERATION_CA, SHARED_CONFIG, Layout, log_config_file, worker_config_file
 from synfleet.model.file import FleetSpec
 from synfleet.model.fleet import Role, Stream, Worker
+from synfleet.model.pem import trusted_ca
 from synfleet.render.processes import WORKER_MODULE
 from synfleet.render.secrets import Secret
 
@@ -113,9 +114,16 @@ def homeserver_config(spec: FleetSpec, layout: Layout, secrets: dict[str, str]) 
         "stream_writers": {stream.value: _names(fleet.writers(stream)) for stream in Stream if fleet.writers(stream)},
         "enable_media_repo": not media,
         "enable_registration": False,
-        "trusted_key_servers": [{"server_name": "matrix.org"}],
+        "trusted_key_servers": [{"server_name": name} for name in spec.federation.trusted_key_servers],
         "suppress_key_server_warning": True,
     }
+    federation = spec.federation
+    if federation.trusted_ca:
+        config["federation_custom_ca_list"] = [f"{layout.config_dir}/{FEDERATION_CA}"]
+    if federation.domain_whitelist is not None:
+        config["federation_domain_whitelist"] = list(federation.domain_whitelist)
+    if federation.ip_range_whitelist:
+        config["ip_range_whitelist"] = list(federation.ip_range_whitelist)
     if media:
         config["media_instance_running_background_jobs"] = media[0].name
     if senders := fleet.with_role(Role.SENDER):
@@ -202,6 +210,8 @@ def render_synapse(spec: FleetSpec, layout: Layout, secrets: dict[str, str]) -> 
     """Every Synapse file by path relative to the config directory."""
     fleet = spec.fleet
     files = {SHARED_CONFIG: dump(homeserver_config(spec, layout, secrets))}
+    if (bundle := trusted_ca(spec)) is not None:
+        files[FEDERATION_CA] = bundle
     for worker in fleet.workers:
         if worker.role is not Role.MAIN:
             files[worker_config_file(worker.name)] = dump(worker_config(worker, layout, spec.metrics_port(worker)))

@@ -29,16 +29,17 @@ from synfleet.system import require_binary
 Report = Callable[[str], None]
 
 
-def _port_free(host: str, port: int) -> None:
+def _port_free(host: str, port: int, key: str) -> None:
+    """Binding as nginx will (SO_REUSEADDR: connections left in TIME_WAIT do not count)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
                 raise UsageError(
-                    f"port {port} on {host} is in use by another program: stop it, or set listen.http_port "
-                    "in fleet.toml"
+                    f"port {port} on {host} is in use by another program: stop it, or set {key} in fleet.toml"
                 ) from None
             raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
 
@@ -132,7 +133,10 @@ def up(paths: RunPaths, spec: FleetSpec, report: Report) -> float:
     supervisor = Supervisor(paths)
     already = supervisor.running()
     if not already:
-        _port_free(plan.spec.listen.bind, plan.spec.listen.http_port)
+        listen = plan.spec.listen
+        _port_free(listen.bind, listen.http_port, "listen.http_port")
+        if plan.spec.tls.enabled:
+            _port_free(listen.bind, listen.https_port, "listen.https_port")
         _clear_stale_sockets(paths)
     secrets = ensure_secrets(paths.directory)
     accounts = ensure_accounts(report) if as_root() else None

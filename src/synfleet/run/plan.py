@@ -16,8 +16,9 @@ from synfleet.errors import SynfleetError, UsageError
 from synfleet.layout import SECRETS_DIR
 from synfleet.model.file import FleetSpec
 from synfleet.model.fleet import Role, Service
+from synfleet.model.pem import check_tls
 from synfleet.nginx.command import command_line
-from synfleet.render.deploy import render_files
+from synfleet.render.deploy import nginx_tls, render_files
 from synfleet.render.files import Rendered
 from synfleet.render.nginx import NginxLayout
 from synfleet.render.processes import synapse_processes
@@ -48,6 +49,7 @@ def plan_for(paths: RunPaths, spec: FleetSpec) -> Plan:
     if spec.redis.local:
         names.append("redis-server")
     binaries = {name: require_binary(name) for name in names}
+    check_tls(spec)
     if as_root():
         _check_reachable(paths.run)
         python = Path(fleet_python())
@@ -94,9 +96,11 @@ def _check_python_reachable(path: Path) -> None:
 
 
 def native_nginx_layout(spec: FleetSpec, paths: RunPaths) -> NginxLayout:
+    host = _host(spec.listen.bind)
     return NginxLayout(
         log_dir=str(paths.logs),
-        listen=(f"{_host(spec.listen.bind)}:{spec.listen.http_port}",),
+        listen=(f"{host}:{spec.listen.http_port}",),
+        tls=nginx_tls(spec, f"{host}:{spec.listen.https_port}", spec.tls.certificate, spec.tls.key),
         user=NGINX_ACCOUNT if as_root() else None,
         pid_file=str(paths.nginx_dir / "nginx.pid"),
         temp_dir=str(paths.nginx_dir / "tmp"),
