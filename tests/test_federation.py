@@ -12,92 +12,28 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
 import secrets
 import signal
-import ssl
-import sys
-import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from nio import AsyncClient, RoomMessagesResponse, SyncResponse
 from synapse.config._base import ShardedWorkerHandlingConfig
 
-import helpers
-from synfleet.lab import CertificateAuthority, Host, Lab, unavailable_reason
+from synfleet.lab import Lab, unavailable_reason
+from synfleet.lab.federation import Server, federated_pair, in_host
 from synfleet.layout import worker_of_server
 from synfleet.model.load import load_spec
 from synfleet.nginx.command import world_readable_tempdir
-from synfleet.render.fleet_file import fleet_toml
 from synfleet.routing.evaluate import evaluate
 from synfleet.run.paths import RunPaths, deployed_plan
-from synfleet.run.supervisor import Supervisor
 
 pytestmark = [pytest.mark.integration, pytest.mark.skipif(bool(unavailable_reason()), reason=str(unavailable_reason()))]
 
 PASSWORD = "federation is the point"
-HTTPS_PORT = 8448
-LOG_LINE = re.compile(r'"(?P<method>[A-Z]+) (?P<url>\S+) HTTP/[0-9.]+" (?P<status>\d+) .* addr="(?P<addr>[^"]*)"')
-T = TypeVar("T")
-
-
-@dataclass
-class Server:
-    host: Host
-    directory: Path
-    context: ssl.SSLContext
-
-    @property
-    def name(self) -> str:
-        return self.host.fqdn
-
-    def synfleet(self, *args: str) -> str:
-        done = self.host.run(
-            [sys.executable, "-m", "synfleet", *args, "--dir", str(self.directory)],
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        assert done.returncode == 0, f"synfleet {' '.join(args)} on {self.name}: {done.stdout}{done.stderr}"
-        return str(done.stdout)
-
-    def client(self, user: str) -> AsyncClient:
-        # The test's threads reach the lab by address; the certificate is checked against the lab's CA.
-        return AsyncClient(f"https://{self.host.address}:{HTTPS_PORT}", f"@{user}:{self.name}", ssl=self.context)  # type: ignore[arg-type]
-
-    def access_log(self) -> list[dict[str, str]]:
-        text = (self.directory / "run" / "logs" / "access.log").read_text()
-        return [m.groupdict() for m in map(LOG_LINE.search, text.splitlines()) if m]
-
-    def pid(self, process: str) -> int | None:
-        """The running process's pid, from its supervisor; None while it is not running."""
-        info = Supervisor(RunPaths(self.directory)).info()[process]
-        return info.pid if info.state == "RUNNING" else None
-
-
-def in_host(host: Host, work: Callable[[], Awaitable[T]]) -> T:
-    """Run ``work`` in a thread that is inside ``host``'s network: the only way to its addresses."""
-    result: list[T] = []
-    failure: list[BaseException] = []
-
-    def target() -> None:
-        with host.entered():
-            try:
-                result.append(asyncio.run(work()))  # type: ignore[arg-type]
-            except BaseException as exc:  # re-raised in the test's thread
-                failure.append(exc)
-
-    thread = threading.Thread(target=target)
-    thread.start()
-    thread.join()
-    if failure:
-        raise failure[0]
-    return result[0]
 
 
 @dataclass
@@ -105,49 +41,18 @@ class Federation:
     lab: Lab
     a: Server
     b: Server
-    rooms: dict[str, str]
 
 
 @pytest.fixture(scope="module")
 def federation() -> Iterator[Federation]:
-    with Lab(["a", "b"], domain="fed.test") as lab, world_readable_tempdir("synfleet-fed-") as root:
-        ca = CertificateAuthority.create(root / "ca")
-        context = ssl.create_default_context(cafile=str(ca.certificate_path))
-        context.check_hostname = False  # clients connect by address; the chain is still verified
-        servers = []
-        for host, workers in ((lab["a"], {"federation_reader": 2, "senders": 2}), (lab["b"], {"federation_reader": 1})):
-            certificate, key = ca.issue([host.fqdn], root / f"tls-{host.name}")
-            spec = helpers.profile_with(
-                "small",
-                server_name=host.fqdn,
-                listen={"bind": host.address, "http_port": 8008, "https_port": HTTPS_PORT},
-                tls={"enabled": True, "certificate": str(certificate), "key": str(key)},
-                federation={
-                    "trusted_ca": str(ca.certificate_path),
-                    "ip_range_whitelist": [str(lab.subnet)],
-                    "trusted_key_servers": [],
-                },
-                workers=workers,
-                synapse={"relaxed_rate_limits": True},
-            )
-            directory = root / host.name
-            directory.mkdir()
-            (directory / "fleet.toml").write_text(fleet_toml(spec))
-            servers.append(Server(host, directory, context))
-        a, b = servers
-        try:
-            for server in servers:
-                server.synfleet("up")
-            a.synfleet("user", "add", "alice", "--password", PASSWORD)
-            b.synfleet("user", "add", "bob", "--password", PASSWORD)
-            yield Federation(lab, a, b, {})
-        finally:
-            for server in servers:
-                server.host.run([sys.executable, "-m", "synfleet", "down", "--dir", str(server.directory)], timeout=300)
+    with world_readable_tempdir("synfleet-fed-") as root, federated_pair(root) as (lab, a, b):
+        a.synfleet("user", "add", "alice", "--password", PASSWORD)
+        b.synfleet("user", "add", "bob", "--password", PASSWORD)
+        yield Federation(lab, a, b)
 
 
 async def login(server: Server, user: str) -> AsyncClient:
-    client = server.client(user)
+    client = AsyncClient(server.url, f"@{user}:{server.name}", ssl=server.context)  # type: ignore[arg-type]
     response = await client.login(PASSWORD, device_name=f"{user}-federation")
     assert client.access_token, response
     return client
@@ -236,7 +141,6 @@ def test_two_fleets_talk(federation: Federation) -> None:
             assert hasattr(created, "room_id"), created
             room = created.room_id
             assert ":" not in room, room
-            federation.rooms["a"] = room
             await sync_until(bob, lambda r: room in r.rooms.invite)
             joined = await bob.join(room)
             assert getattr(joined, "room_id", None) == room, joined
@@ -299,7 +203,6 @@ def test_two_fleets_talk(federation: Federation) -> None:
             made = await bob.room_create(name="b's room", invite=[alice_id])
             assert hasattr(made, "room_id"), made
             room_b = made.room_id
-            federation.rooms["b"] = room_b
             for i in range(30):
                 await bob.room_send(room_b, "m.room.message", {"msgtype": "m.text", "body": f"history {i}"})
             await sync_until(alice, lambda r: room_b in r.rooms.invite)

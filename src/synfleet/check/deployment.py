@@ -24,7 +24,7 @@ from synfleet.errors import UsageError
 from synfleet.layout import COMPOSE, DEPLOY_NGINX_CONFIG, SECRETS_DIR, SHARED_CONFIG, SYNAPSE_DIR, WORKER_CONFIG_DIR
 from synfleet.model.fleet import Role
 from synfleet.model.load import load_spec
-from synfleet.model.pem import check_tls, trusted_ca
+from synfleet.model.pem import check_files
 from synfleet.nginx.command import test_config, world_readable_tempdir
 from synfleet.nginx.config import parse_config, walk
 from synfleet.render.deploy import DEPLOY_DIR
@@ -76,10 +76,13 @@ def nginx_test(conf_dir: Path, mapping: Mapping[str, str], scratch: Path) -> Che
 def synapse_load(config_dir: Path, mapping: Mapping[str, str], scratch: Path) -> Iterator[CheckResult]:
     """Load main's and each worker's config with Synapse, from a remapped copy."""
     copy = scratch / SYNAPSE_DIR
-    for path in sorted(config_dir.rglob("*.yaml")):
+    for path in sorted(p for p in config_dir.rglob("*") if p.is_file()):
         target = copy / path.relative_to(config_dir)
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(yaml.safe_dump(remap_value(yaml.safe_load(path.read_text()), mapping), sort_keys=False))
+        if path.suffix == ".yaml":
+            target.write_text(yaml.safe_dump(remap_value(yaml.safe_load(path.read_text()), mapping), sort_keys=False))
+        else:  # files the yaml names (the federation CA bundle)
+            target.write_bytes(path.read_bytes())
     workers = sorted(str(p) for p in (copy / WORKER_CONFIG_DIR).glob("*.yaml"))
     result = subprocess.run(
         [sys.executable, "-m", "synfleet.check.synapse_loader", str(copy / SHARED_CONFIG), *workers],
@@ -196,8 +199,7 @@ def consistency(deploy: Path) -> Iterator[CheckResult]:
 def check_deployment(directory: Path) -> Iterator[CheckResult]:
     """Every check of ``directory/deploy``, as results (failures included, never raised)."""
     spec = load_spec(directory)
-    check_tls(spec)
-    trusted_ca(spec)
+    check_files(spec)
     deploy = directory / DEPLOY_DIR
     if not (deploy / DEPLOY_NGINX_CONFIG / "nginx.conf").exists():
         raise UsageError(f"{deploy}: nothing rendered; run `synfleet render --dir {directory}` first")

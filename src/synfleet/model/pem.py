@@ -49,6 +49,12 @@ def _covers(pattern: str, host: str) -> bool:
     return pattern == host
 
 
+def check_files(spec: FleetSpec) -> None:
+    """Every PEM file the fleet file names can serve: before render, check and up do anything."""
+    check_tls(spec)
+    trusted_ca(spec)
+
+
 def check_tls(spec: FleetSpec) -> None:
     """With TLS on: the certificate is PEM, is for the public host, and the key is its key."""
     tls = spec.tls

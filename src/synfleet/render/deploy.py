@@ -19,7 +19,7 @@ from synfleet.layout import (
     Layout,
 )
 from synfleet.model.file import FleetSpec
-from synfleet.model.pem import check_tls
+from synfleet.model.pem import check_files
 from synfleet.nginx.command import http2_directive_supported, nginx_version
 from synfleet.render.compose import SYNAPSE_IMAGE_GID, SYNAPSE_IMAGE_UID, render_compose
 from synfleet.render.files import Rendered, chown_tree, write_tree
@@ -68,7 +68,7 @@ def render_compose_deployment(spec: FleetSpec, secrets: dict[str, str]) -> Rende
 
 def render_deployment(spec: FleetSpec, directory: Path) -> Path:
     """Render ``directory/deploy`` for docker compose; secrets are created once and kept."""
-    check_tls(spec)
+    check_files(spec)
     secrets = ensure_secrets(directory)
     target = directory / DEPLOY_DIR
     write_tree(target, render_compose_deployment(spec, secrets))
