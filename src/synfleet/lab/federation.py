@@ -118,7 +118,8 @@ def federated_pair(root: Path) -> Iterator[tuple[Lab, Server, Server]]:
             yield lab, servers[0], servers[1]
         finally:
             for server in servers:
-                server.host.run([sys.executable, "-m", "synfleet", "down", "--dir", str(server.directory)], timeout=300)
+                down = [sys.executable, "-m", "synfleet", "down", "--dir", str(server.directory)]
+                server.host.run(down, capture_output=True, timeout=300)
 
 
 def in_host(host: Host, work: Callable[[], Awaitable[T]]) -> T:
