@@ -8,7 +8,6 @@ predicts. Then a room worker is killed mid-stream, and the fleet is stopped and 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import re
 import secrets
@@ -29,6 +28,7 @@ from nio import AsyncClient, ToDeviceMessage
 from nio.responses import RoomMessagesResponse, SyncResponse
 
 import helpers
+from helpers import call
 from synfleet.model.load import load_spec
 from synfleet.nginx.command import world_readable_tempdir
 from synfleet.render.fleet_file import fleet_toml
@@ -102,15 +102,6 @@ async def login(fleet: Fleet, name: str) -> AsyncClient:
     response = await client.login(PASSWORD, device_name=f"{name}-e2e")
     assert client.access_token, response
     return client
-
-
-async def call(client: AsyncClient, method: str, path: str, body: Any = None) -> Any:
-    """A request nio has no method for, with the client's token."""
-    headers = {"Authorization": f"Bearer {client.access_token}", "Content-Type": "application/json"}
-    response = await client.send(method, path, json.dumps(body) if body is not None else None, headers=headers)
-    text = await response.text()
-    assert response.status == 200, (method, path, response.status, text)
-    return json.loads(text)
 
 
 async def sync_until(client: AsyncClient, predicate: Any, timeout: float = 30.0) -> SyncResponse:

@@ -23,6 +23,7 @@ import pytest
 from nio import AsyncClient, RoomMessagesResponse, SyncResponse
 from synapse.config._base import ShardedWorkerHandlingConfig
 
+from helpers import call
 from synfleet.lab import Lab, unavailable_reason
 from synfleet.lab.federation import Server, federated_pair, in_host
 from synfleet.layout import worker_of_server
@@ -56,14 +57,6 @@ async def login(server: Server, user: str) -> AsyncClient:
     response = await client.login(PASSWORD, device_name=f"{user}-federation")
     assert client.access_token, response
     return client
-
-
-async def call(client: AsyncClient, method: str, path: str, body: Any = None) -> Any:
-    headers = {"Authorization": f"Bearer {client.access_token}", "Content-Type": "application/json"}
-    response = await client.send(method, path, json.dumps(body) if body is not None else None, headers=headers)
-    text = await response.text()
-    assert response.status == 200, (method, path, response.status, text)
-    return json.loads(text)
 
 
 async def sync_until(client: AsyncClient, predicate: Callable[[SyncResponse], bool], timeout: float = 60) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
 import json
 import os
 import stat
@@ -12,6 +11,7 @@ import pytest
 import yaml
 
 from helpers import copy_fleet_case, fleet_case, synfleet
+from synfleet.lab import CertificateAuthority
 from synfleet.layout import COMPOSE, native_layout, worker_of_server
 from synfleet.nginx.config import NginxModel
 from synfleet.render.compose import SYNAPSE_IMAGE_GID, SYNAPSE_IMAGE_UID
@@ -126,36 +126,9 @@ def test_worker_configs_follow_facts(tmp_path: Path) -> None:
     assert "server unix:/sockets/synapse_inbound_typing1.sock" in upstreams
 
 
-def self_signed(directory: Path) -> tuple[Path, Path]:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "example.org")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now)
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = directory / "fullchain.pem", directory / "privkey.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    return cert_path, key_path
-
-
 @pytest.mark.integration
 def test_tls_variant_passes_nginx_t(tmp_path: Path) -> None:
-    cert, key = self_signed(tmp_path)
+    cert, key = CertificateAuthority.create(tmp_path / "ca").issue(["example.org"], tmp_path)
     (tmp_path / "fleet.toml").write_text(
         f'server_name = "example.org"\n[tls]\nenabled = true\ncertificate = "{cert}"\nkey = "{key}"\n'
     )

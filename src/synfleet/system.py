@@ -26,6 +26,8 @@ PACKAGES = {
     "postgres": "postgresql",
     "initdb": "postgresql",
     "pg_ctl": "postgresql",
+    "ip": "iproute2",
+    "dnsmasq": "dnsmasq-base",
 }
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from synfleet.lab import netns, processes
 from synfleet.lab.errors import LabError
+from synfleet.system import require_binary
 
 #: The unprivileged account dnsmasq runs as once its port-53 socket is bound.
 RESOLVER_USER = "nobody"
@@ -81,7 +82,7 @@ class Resolver:
         return once it has bound its socket (it writes its PID file after that)."""
         pid_file = state_dir / "dnsmasq.pid"
         log_path = state_dir / "dnsmasq.log"
-        command = dnsmasq_command(netns.tool("dnsmasq"), address, records, pid_file)
+        command = dnsmasq_command(require_binary("dnsmasq"), address, records, pid_file)
         with log_path.open("wb") as log:
             process = subprocess.Popen(
                 [*netns.exec_prefix(namespace), *command],

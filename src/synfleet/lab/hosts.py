@@ -34,6 +34,7 @@ from typing import Any
 from synfleet.lab import netns, processes
 from synfleet.lab.dns import Resolver, hosts_file, resolv_conf
 from synfleet.lab.errors import LabError
+from synfleet.system import require_binary
 
 #: What every lab's namespaces are called: ``<prefix>-<id>`` (the switch) and ``<prefix>-<id>-<host>``.
 PREFIX = "sf"
@@ -138,7 +139,7 @@ class Lab:
         """Build the lab; if any step fails (or is interrupted), undo the steps done and raise."""
         if self._cleanup is not None:
             raise LabError(f"lab {self.id} is already started")
-        netns.tool("dnsmasq")  # fail before creating anything if the resolver cannot run
+        require_binary("dnsmasq")  # fail before creating anything if the resolver cannot run
         self._cleanup = ExitStack()
         try:
             self._build(self._cleanup)

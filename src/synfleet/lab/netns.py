@@ -15,29 +15,15 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from synfleet.lab.errors import LabError
-from synfleet.system import find_binary
+from synfleet.system import find_binary, require_binary
 
 #: Where ``ip netns exec NS`` looks for files to bind-mount over ``/etc/<file>`` in the program it starts.
 NETNS_ETC = Path("/etc/netns")
 
-#: The Debian package of each tool the lab runs.
-PACKAGES = {"ip": "iproute2", "dnsmasq": "dnsmasq-base"}
-
-
-def tool(name: str) -> str:
-    """The path of the tool ``name``; a missing one is an error that says which package has it."""
-    found = find_binary(name)
-    if found is None:
-        package = PACKAGES.get(name, name)
-        raise LabError(
-            f"{name} is not installed: install it with `apt-get install {package}` (or run scripts/setup.sh)"
-        )
-    return found
-
 
 def ip(*args: str) -> str:
     """Run ``ip ARGS``; its stdout, or an error that shows the command and what ip said."""
-    command = [tool("ip"), *args]
+    command = [require_binary("ip"), *args]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise LabError(f"`{' '.join(command)}` failed: {done.stderr.strip() or f'exit status {done.returncode}'}")
@@ -46,7 +32,7 @@ def ip(*args: str) -> str:
 
 def exec_prefix(namespace: str) -> list[str]:
     """The command prefix that runs a program inside ``namespace`` with its ``/etc`` files in place."""
-    return [tool("ip"), "netns", "exec", namespace]
+    return [require_binary("ip"), "netns", "exec", namespace]
 
 
 def exists(namespace: str) -> bool:
