@@ -8,13 +8,14 @@ from pathlib import Path
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from synfleet.cli.options import DIR_OPTION, make_directory
 from synfleet.errors import UsageError
 from synfleet.model.load import load_spec
 from synfleet.run.bench import bench, plot
-from synfleet.run.fleet import down, status, up
+from synfleet.run.fleet import ORPHANED, down, status, up
 from synfleet.run.logs import follow, log_files, tail
 from synfleet.run.paths import RunPaths
 from synfleet.run.register import register_user
@@ -63,6 +64,14 @@ def status_command(directory: Path) -> None:
     if not rows:
         console.print("the fleet is not running (start it with: synfleet up)")
         sys.exit(3)
+    if all(row.state == ORPHANED for row in rows):
+        for row in rows:
+            console.print(f"  {row.pid:>7}  {escape(row.name)}  {row.rss_kib / 1024:.0f} MiB")
+        console.print(
+            f"[red]{len(rows)} processes of the fleet run without their supervisor[/red] (it died): "
+            f"`synfleet up --dir {directory}` brings the fleet back under supervision, `synfleet down` stops them"
+        )
+        sys.exit(1)
     table = Table()
     for column in ("process", "state", "pid", "health", "uptime", "RSS", "socket"):
         table.add_column(column, justify="right" if column in ("pid", "RSS", "uptime") else "left")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 import socket
 import time
 from collections.abc import Callable
@@ -19,8 +20,9 @@ from synfleet.run.accounts import Account, Accounts, as_root, ensure_accounts
 from synfleet.run.health import is_healthy
 from synfleet.run.logs import failure_logs
 from synfleet.run.measure import memory_kib
+from synfleet.run.ownership import stop
 from synfleet.run.paths import RunPaths
-from synfleet.run.plan import Plan, plan_for, run_files
+from synfleet.run.plan import Plan, plan_for, run_files, running_processes
 from synfleet.run.postgres import ensure_database, init_cluster
 from synfleet.run.process import NativeProcess, Tier
 from synfleet.run.supervisor import Supervisor
@@ -110,11 +112,12 @@ def _wait_healthy(
     def wait(process: NativeProcess) -> NativeProcess | None:
         started = time.monotonic()
         while time.monotonic() - started < timeout:
-            state = supervisor.info()[process.name].state
+            info = supervisor.info()[process.name]
+            state = info.state
             if state in ("FATAL", "EXITED", "STOPPED"):
                 report(f"[red]failed[/red]   {process.name} ({state.lower()})")
                 return process
-            if state in ("RUNNING", "STARTING") and is_healthy(process.health):
+            if state in ("RUNNING", "STARTING") and is_healthy(process.health, info.pid):
                 report(f"[green]healthy[/green]  {process.name} ({time.monotonic() - started:.1f}s)")
                 return None
             time.sleep(0.25)
@@ -133,6 +136,8 @@ def up(paths: RunPaths, spec: FleetSpec, report: Report) -> float:
     supervisor = Supervisor(paths)
     already = supervisor.running()
     if not already:
+        if stopped := stop_orphans(paths):
+            report(f"stopped {stopped} processes of the fleet that ran without their supervisor; starting again")
         listen = plan.spec.listen
         _port_free(listen.bind, listen.http_port, "listen.http_port")
         if plan.spec.tls.enabled:
@@ -185,9 +190,25 @@ def up(paths: RunPaths, spec: FleetSpec, report: Report) -> float:
     return time.monotonic() - began
 
 
+#: How each program's left over processes are asked to stop, and how long they get.
+_ORPHAN_STOP = {"postgres": (signal.SIGINT, 60.0)}  # PostgreSQL's fast shutdown; the others SIGTERM, 20 s
+
+
+def stop_orphans(paths: RunPaths) -> int:
+    """Stop the fleet's processes that run without their supervisor (it died), front to back, each
+    gracefully, then forcibly; how many there were."""
+    left = running_processes(paths)
+    for program in dict.fromkeys(Path(p.executable).name for p in left):
+        group = [p for p in left if Path(p.executable).name == program]
+        sig, grace = next((v for k, v in _ORPHAN_STOP.items() if program.startswith(k)), (signal.SIGTERM, 20.0))
+        stop(group, sig, grace)
+    return len(left)
+
+
 def down(paths: RunPaths, report: Report) -> bool:
-    """Stop everything `up` started (gracefully, then forcibly), remove sockets, keep data.
-    False if nothing was running."""
+    """Stop everything `up` started (gracefully, then forcibly), remove sockets, keep data; also
+    processes of the fleet that outlived their supervisor or their parent. False if nothing was
+    running."""
     supervisor = Supervisor(paths)
     was_running = supervisor.pid() is not None
     if supervisor.running():
@@ -195,12 +216,19 @@ def down(paths: RunPaths, report: Report) -> bool:
         supervisor.stop_all()
     if was_running:
         supervisor.shutdown()
+    if stopped := stop_orphans(paths):
+        report(f"stopped {stopped} processes of the fleet that ran without their supervisor")
+        was_running = True
     if paths.sockets.exists():
         for path in paths.sockets.iterdir():
             if path.is_socket() or path.name.endswith(".lock"):
                 path.unlink(missing_ok=True)
     paths.supervisor_socket.unlink(missing_ok=True)
     return was_running
+
+
+#: The state of a fleet process that runs without its supervisor.
+ORPHANED = "ORPHANED"
 
 
 @dataclass(frozen=True)
@@ -215,11 +243,15 @@ class ProcessStatus:
 
 
 def status(paths: RunPaths, spec: FleetSpec) -> list[ProcessStatus]:
-    """Every process of the native run of ``spec``; empty when the fleet is not running."""
+    """Every process of the native run of ``spec``; empty when the fleet is not running. Without
+    a supervisor, the processes that still run (orphans), in state ORPHANED."""
     plan = plan_for(paths, spec)
     supervisor = Supervisor(plan.paths)
     if not supervisor.running():
-        return []
+        return [
+            ProcessStatus(p.command[:100], ORPHANED, p.pid, 0.0, memory_kib(p.pid), False, "")
+            for p in running_processes(paths)
+        ]
     info = supervisor.info()
     now = time.time()
     result = []
@@ -235,7 +267,7 @@ def status(paths: RunPaths, spec: FleetSpec) -> list[ProcessStatus]:
                 entry.pid,
                 now - entry.started if running else 0.0,
                 memory_kib(entry.pid) if running else 0,
-                running and is_healthy(process.health),
+                running and is_healthy(process.health, entry.pid),
                 os.path.relpath(process.socket, plan.paths.run) if process.socket.startswith("/") else process.socket,
             )
         )

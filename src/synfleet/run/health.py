@@ -6,6 +6,7 @@ import socket
 
 import httpx
 
+from synfleet.run.ownership import holds_listener
 from synfleet.run.process import Health, HealthKind
 
 
@@ -28,7 +29,8 @@ def _unix_exchange(path: str, payload: bytes, timeout: float) -> bytes:
         return b""
 
 
-def is_healthy(health: Health, timeout: float = 2.0) -> bool:
+def is_healthy(health: Health, pid: int, timeout: float = 2.0) -> bool:
+    """``health`` answers, and for a listener the answering socket is process ``pid``'s."""
     try:
         match health.kind:
             case HealthKind.HTTP:
@@ -37,9 +39,9 @@ def is_healthy(health: Health, timeout: float = 2.0) -> bool:
                 return _unix_exchange(health.target, b"PING\r\n", timeout).startswith(b"+PONG")
             case HealthKind.POSTGRES:
                 return postgres_ready(health.target, health.user)
-            case HealthKind.TCP:
+            case HealthKind.LISTENER:
                 with socket.create_connection((health.target, health.port), timeout=timeout):
-                    return True
+                    return holds_listener(pid, health.port)
     except OSError:
         return False
 

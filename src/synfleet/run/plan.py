@@ -23,10 +23,11 @@ from synfleet.render.files import Rendered
 from synfleet.render.nginx import NginxLayout
 from synfleet.render.processes import synapse_processes
 from synfleet.run.accounts import FLEET_ACCOUNT, NGINX_ACCOUNT, as_root
+from synfleet.run.ownership import Running, fleet_processes
 from synfleet.run.paths import NGINX_DIR, RunPaths
 from synfleet.run.process import Health, HealthKind, NativeProcess, Tier
 from synfleet.run.supervisor import supervisor_config
-from synfleet.system import require_binary
+from synfleet.system import find_binary, require_binary
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,25 @@ def _host(address: str) -> str:
     return f"[{address}]" if ":" in address else address
 
 
+def launched(paths: RunPaths, account: str | None, *command: str) -> list[str]:
+    """``command`` started by :mod:`synfleet.run.launch`, which first stops what an earlier run of the
+    same program left behind (nginx workers, PostgreSQL backends), then becomes it, as ``account``."""
+    user = ["--user", account] if account else []
+    return [fleet_python(), "-m", "synfleet.run.launch", "--run", str(paths.run), *user, "--", *command]
+
+
+#: The fleet's programs, in the order their processes stop: front first, PostgreSQL last.
+PROGRAMS = ("nginx", "python", "redis-server", "postgres")
+
+
+def running_processes(paths: RunPaths) -> list[Running]:
+    """The fleet's processes that are running, whoever started them, front to back."""
+    programs = {name: find_binary(name) if name != "python" else fleet_python() for name in PROGRAMS}
+    paths_of = {os.path.realpath(path): rank for rank, path in enumerate(programs.values()) if path}
+    found = fleet_processes(paths.run, paths_of, interpreter=fleet_python())
+    return sorted(found, key=lambda p: (paths_of[p.executable], p.pid))
+
+
 def native_processes(spec: FleetSpec, paths: RunPaths, binaries: dict[str, str]) -> list[NativeProcess]:
     """Every process `synfleet up` supervises, in start order. Run as root, all but nginx run as
     the fleet's account."""
@@ -123,7 +143,9 @@ def native_processes(spec: FleetSpec, paths: RunPaths, binaries: dict[str, str])
             NativeProcess(
                 Service.POSTGRES.value,
                 Tier.INFRASTRUCTURE,
-                [
+                launched(
+                    paths,
+                    account,
                     binaries["postgres"],
                     "-D",
                     str(paths.postgres_data),
@@ -135,11 +157,10 @@ def native_processes(spec: FleetSpec, paths: RunPaths, binaries: dict[str, str])
                     "unix_socket_permissions=0700",
                     "-c",
                     "max_connections=500",
-                ],
+                ),
                 Health(HealthKind.POSTGRES, str(paths.sockets), user=spec.database.user),
                 str(paths.log(Service.POSTGRES)),
                 f"{paths.sockets}/.s.PGSQL.5432",
-                user=account,
                 stop_signal="INT",  # fast shutdown
                 stop_wait=60,
             )
@@ -187,10 +208,14 @@ def native_processes(spec: FleetSpec, paths: RunPaths, binaries: dict[str, str])
         NativeProcess(
             Service.NGINX.value,
             Tier.FRONT,
-            command_line(
-                paths.nginx_dir, paths.nginx_dir / "nginx.conf", paths.nginx_error_log, binary=binaries["nginx"]
+            launched(
+                paths,
+                None,
+                *command_line(
+                    paths.nginx_dir, paths.nginx_dir / "nginx.conf", paths.nginx_error_log, binary=binaries["nginx"]
+                ),
             ),
-            Health(HealthKind.TCP, spec.listen.bind, spec.listen.http_port),
+            Health(HealthKind.LISTENER, spec.listen.bind, spec.listen.http_port),
             str(paths.nginx_error_log),
             f"{spec.listen.bind}:{spec.listen.http_port}",
             stop_signal="QUIT",

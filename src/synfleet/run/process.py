@@ -26,7 +26,7 @@ class HealthKind(StrEnum):
     HTTP = "http"  # GET /health on a UNIX socket answers 200
     POSTGRES = "postgres"  # PostgreSQL accepts a connection on its socket directory
     REDIS = "redis"  # PING on a UNIX socket answers PONG
-    TCP = "tcp"  # a listening port
+    LISTENER = "listener"  # the supervised process itself holds the listening port (not a left-over)
 
 
 @dataclass(frozen=True)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-import os
+import signal
 import subprocess
 import time
 import xmlrpc.client
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, cast
 
 from supervisor.xmlrpc import SupervisorTransport
@@ -15,6 +16,7 @@ from supervisor.xmlrpc import SupervisorTransport
 from synfleet.errors import SynfleetError
 from synfleet.render.templating import render
 from synfleet.run.accounts import as_root
+from synfleet.run.ownership import identify, stop
 from synfleet.run.paths import RunPaths
 from synfleet.run.process import NativeProcess
 from synfleet.system import find_binary
@@ -35,16 +37,6 @@ def supervisor_config(paths: RunPaths, processes: list[NativeProcess]) -> str:
     return render("supervisord.conf.j2", paths=paths, processes=processes, as_root=as_root())
 
 
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class Supervisor:
     """The supervisord of one run directory."""
 
@@ -56,11 +48,15 @@ class Supervisor:
         return xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport).supervisor
 
     def pid(self) -> int | None:
+        """supervisord's pid, if its pid file names a live supervisord of this run directory (never
+        a recycled pid: the process's command line must name this run's supervisord.conf)."""
         try:
             pid = int(self.paths.supervisor_pid.read_text().strip())
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except (OSError, ValueError):
             return None
-        return pid if pid_alive(pid) else None
+        ours = str(self.paths.supervisor_conf).encode() in command and any(b"supervisord" in c for c in command)
+        return pid if ours else None
 
     def running(self) -> bool:
         if self.pid() is None:
@@ -122,10 +118,8 @@ class Supervisor:
 
     def shutdown(self, timeout: float = 60.0) -> None:
         pid = self.pid()
+        daemon = identify(pid) if pid is not None else None
         with contextlib.suppress(OSError, xmlrpc.client.Error):
             self._proxy().shutdown()
-        deadline = time.monotonic() + timeout
-        while pid is not None and pid_alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if pid is not None and pid_alive(pid):
-            os.kill(pid, 9)
+        if daemon is not None:
+            stop([daemon], signal.SIGTERM, timeout)

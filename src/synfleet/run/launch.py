@@ -1,0 +1,54 @@
+"""How supervisord starts a program whose children can outlive it (nginx, PostgreSQL):
+
+    python -m synfleet.run.launch --run D/run [--user ACCOUNT] -- PROGRAM ARGS...
+
+When nginx's master or PostgreSQL's postmaster is killed, its workers or backends stay: nginx's
+keep the port and serve the old configuration, PostgreSQL's keep the shared memory, and the
+restarted program cannot start. So first the fleet's processes of the same program that are still
+running are stopped (see :mod:`synfleet.run.ownership`), then this process becomes the program, as
+``ACCOUNT`` when given: supervisord keeps the same pid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pwd
+import signal
+import sys
+from pathlib import Path
+
+from synfleet.run.ownership import fleet_processes, stop
+
+#: Seconds left behind processes get to exit on SIGTERM before they are killed.
+GRACE = 5.0
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="synfleet.run.launch")
+    parser.add_argument("--run", type=Path, required=True)
+    parser.add_argument("--user")
+    parser.add_argument("command", nargs=argparse.REMAINDER)
+    options = parser.parse_args(argv)
+    command = options.command[1:] if options.command[:1] == ["--"] else options.command
+    if not command:
+        parser.error("no program to start")
+    left = fleet_processes(options.run, [command[0]])
+    if left:
+        killed = stop(left, signal.SIGTERM, GRACE)
+        print(
+            f"synfleet: stopped {len(left)} {Path(command[0]).name} process(es) left from an earlier start "
+            f"({', '.join(str(p.pid) for p in left)}; killed: {len(killed)})",
+            file=sys.stderr,
+            flush=True,
+        )
+    if options.user:
+        entry = pwd.getpwnam(options.user)
+        os.setgroups([])
+        os.setgid(entry.pw_gid)
+        os.setuid(entry.pw_uid)
+    os.execv(command[0], command)
+
+
+if __name__ == "__main__":
+    main()
