@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -225,3 +226,43 @@ def test_health_is_the_supervised_process_not_whoever_holds_the_port() -> None:
         finally:
             bystander.kill()
             bystander.wait()
+
+
+def test_in_the_foreground_a_dead_supervisor_ends_up_for_the_service_manager(fleet: Fleet) -> None:
+    assert fleet.synfleet("down").returncode == 0
+    command = [sys.executable, "-m", "synfleet", "up", "--foreground", "--dir", str(fleet.directory)]
+    running = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert _wait(lambda: fleet.synfleet("status").returncode == 0, 120), "the fleet never became healthy"
+        assert running.poll() is None  # still supervising
+        os.kill(fleet.pid("supervisord.pid"), signal.SIGKILL)
+        assert running.wait(timeout=30) != 0  # systemd's Restart= starts it again
+    finally:
+        if running.poll() is None:
+            running.kill()
+    fleet.up()  # what the restarted unit does: the orphans are stopped, the fleet started again
+    assert fleet.synfleet("status").returncode == 0
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd-analyze (package systemd)")
+def test_the_service_unit_passes_systemd_analyze(tmp_path: Path) -> None:
+    printed = helpers.synfleet("service", "install", "--print", "--dir", str(tmp_path))
+    assert printed.returncode == 0, printed.stderr
+    first, _, unit = printed.stdout.partition("\n")
+    name = Path(first.removeprefix("# ")).name
+    assert name.startswith("synfleet-") and name.endswith(".service")
+    assert f"--dir {tmp_path}" in unit and "Restart=always" in unit and "synfleet down" in unit
+    (tmp_path / name).write_text(unit)
+    verified = subprocess.run(["systemd-analyze", "verify", str(tmp_path / name)], capture_output=True, text=True)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+@pytest.mark.skipif(Path("/run/systemd/system").is_dir(), reason="systemd runs here: install would install")
+def test_service_install_without_systemd_says_so_and_writes_nothing(tmp_path: Path) -> None:
+    before = sorted(Path("/etc/systemd/system").glob("synfleet-*")) if Path("/etc/systemd/system").is_dir() else []
+    result = helpers.synfleet("service", "install", "--dir", str(tmp_path))
+    assert result.returncode == 2
+    assert result.stderr.startswith("synfleet: error: systemd is not running on this machine")
+    assert result.stderr.count("\n") == 1
+    after = sorted(Path("/etc/systemd/system").glob("synfleet-*")) if Path("/etc/systemd/system").is_dir() else []
+    assert after == before

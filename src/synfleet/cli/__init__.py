@@ -11,7 +11,15 @@ from synfleet import __version__
 from synfleet.cli.audit import audit_command
 from synfleet.cli.deploy import check_command, init_command, render_command
 from synfleet.cli.route import ring_command, route_command
-from synfleet.cli.run import bench_command, down_command, logs_command, status_command, up_command, user_group
+from synfleet.cli.run import (
+    bench_command,
+    down_command,
+    logs_command,
+    service_group,
+    status_command,
+    up_command,
+    user_group,
+)
 from synfleet.errors import SynfleetError
 
 
@@ -30,6 +38,7 @@ for command in (
     status_command,
     logs_command,
     user_group,
+    service_group,
     route_command,
     ring_command,
     audit_command,

@@ -14,21 +14,32 @@ from rich.table import Table
 from synfleet.cli.options import DIR_OPTION, make_directory
 from synfleet.errors import UsageError
 from synfleet.model.load import load_spec
+from synfleet.run import service
 from synfleet.run.bench import bench, plot
 from synfleet.run.fleet import ORPHANED, down, status, up
 from synfleet.run.logs import follow, log_files, tail
 from synfleet.run.paths import RunPaths
 from synfleet.run.register import register_user
+from synfleet.run.supervisor import Supervisor
 
 
 @click.command("up")
 @DIR_OPTION
-def up_command(directory: Path) -> None:
+@click.option(
+    "--foreground",
+    is_flag=True,
+    help="Keep running with the supervisor as a child until it exits (for systemd; see `synfleet service`).",
+)
+def up_command(directory: Path, foreground: bool) -> None:
     """Start PostgreSQL, Redis, Synapse main and workers, and nginx here; return when all are healthy."""
     console = Console(highlight=False)
     make_directory(directory)  # a new deployment directory runs the default fleet
     spec = load_spec(directory)
-    seconds = up(RunPaths(directory), spec, lambda line: console.print("  " + line))
+    supervisor = Supervisor(RunPaths(directory)) if foreground else None
+    seconds = up(RunPaths(directory), spec, lambda line: console.print("  " + line), supervisor)
+    if supervisor is not None and supervisor.process is not None:
+        console.print(f"fleet up in {seconds:.1f}s; supervising in the foreground (pid {supervisor.process.pid})")
+        sys.exit(supervisor.process.wait() or 0)
     console.print(
         f"fleet up in {seconds:.1f}s: http://{spec.listen.bind}:{spec.listen.http_port}/ "
         f"(server name {spec.server_name})"
@@ -184,3 +195,28 @@ def bench_command(
     if png:
         plot(results, png)
         console.print(f"wrote {png}")
+
+
+@click.group("service")
+def service_group() -> None:
+    """Run the fleet as a systemd service: started at boot, its supervisor restarted when it dies."""
+
+
+@service_group.command("install")
+@DIR_OPTION
+@click.option("--print", "print_only", is_flag=True, help="Print the unit instead (for managing units yourself).")
+def service_install_command(directory: Path, print_only: bool) -> None:
+    """Write, enable and start a systemd unit for the fleet in DIR."""
+    paths = RunPaths(directory)
+    if print_only:
+        click.echo(f"# {service.UNIT_DIR / service.unit_name(paths)}")
+        click.echo(service.unit_text(paths), nl=False)
+        return
+    click.echo(f"installed and started {service.install(paths)}")
+
+
+@service_group.command("remove")
+@DIR_OPTION
+def service_remove_command(directory: Path) -> None:
+    """Stop, disable and remove the fleet's systemd unit."""
+    click.echo(f"removed {service.remove(RunPaths(directory))}")

@@ -129,12 +129,20 @@ def _wait_healthy(
     return failures[0] if failures else None
 
 
-def up(paths: RunPaths, spec: FleetSpec, report: Report) -> float:
-    """Bring the fleet of ``spec`` up in ``paths``; returns seconds until everything was healthy."""
+def up(paths: RunPaths, spec: FleetSpec, report: Report, supervisor: Supervisor | None = None) -> float:
+    """Bring the fleet of ``spec`` up in ``paths``; returns seconds until everything was healthy.
+    With a ``supervisor`` given, it is started in the foreground (its process stays this one's
+    child, in ``supervisor.process``), and the fleet must not be running yet."""
     began = time.monotonic()
     plan = plan_for(paths, spec)
-    supervisor = Supervisor(paths)
+    foreground = supervisor is not None
+    supervisor = supervisor or Supervisor(paths)
     already = supervisor.running()
+    if already and foreground:
+        raise UsageError(
+            f"the fleet in {paths.directory} already runs under a supervisor that `synfleet up` started: "
+            "stop it with `synfleet down` first"
+        )
     if not already:
         if stopped := stop_orphans(paths):
             report(f"stopped {stopped} processes of the fleet that ran without their supervisor; starting again")
@@ -163,7 +171,7 @@ def up(paths: RunPaths, spec: FleetSpec, report: Report) -> float:
             paths.log("initdb"),
         ):
             report("created the PostgreSQL cluster")
-        supervisor.start_daemon()
+        supervisor.start_daemon(foreground=foreground)
     try:
         for tier in Tier:
             members = [p for p in plan.processes if p.tier is tier]

@@ -42,6 +42,7 @@ class Supervisor:
 
     def __init__(self, paths: RunPaths) -> None:
         self.paths = paths
+        self.process: subprocess.Popen[bytes] | None = None  # supervisord, when started in the foreground
 
     def _proxy(self) -> Any:
         transport = SupervisorTransport(None, None, f"unix://{self.paths.supervisor_socket}")
@@ -66,16 +67,20 @@ class Supervisor:
         except (OSError, xmlrpc.client.Error):
             return False
 
-    def start_daemon(self, timeout: float = 30.0) -> None:
+    def start_daemon(self, timeout: float = 30.0, foreground: bool = False) -> None:
+        """Start supervisord: as a daemon, or (``foreground``) as this process's child, in
+        :attr:`process`, for a service manager to watch."""
         binary = find_binary("supervisord")
         if binary is None:
             raise SynfleetError("supervisord is not installed: pip install supervisor (or run scripts/setup.sh)")
         self.paths.supervisor_socket.unlink(missing_ok=True)
-        result = subprocess.run(
-            [binary, "-c", str(self.paths.supervisor_conf)], capture_output=True, text=True, check=False
-        )
-        if result.returncode != 0:
-            raise SynfleetError(f"supervisord failed to start: {(result.stderr or result.stdout).strip()}")
+        command = [binary, "-c", str(self.paths.supervisor_conf)]
+        if foreground:
+            self.process = subprocess.Popen([*command, "--nodaemon"], stdout=subprocess.DEVNULL)
+        else:
+            result = subprocess.run(command, capture_output=True, text=True, check=False)
+            if result.returncode != 0:
+                raise SynfleetError(f"supervisord failed to start: {(result.stderr or result.stdout).strip()}")
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.running():
