@@ -24,6 +24,7 @@ from synfleet.nginx.command import world_readable_tempdir
 from synfleet.render.fleet_file import fleet_toml
 from synfleet.run.health import is_healthy
 from synfleet.run.ownership import holds_listener
+from synfleet.run.paths import RELOCATED_RUNS, RunPaths, place_run_directory
 from synfleet.run.process import Health, HealthKind
 from synfleet.system import free_port
 
@@ -266,3 +267,21 @@ def test_service_install_without_systemd_says_so_and_writes_nothing(tmp_path: Pa
     assert result.stderr.count("\n") == 1
     after = sorted(Path("/etc/systemd/system").glob("synfleet-*")) if Path("/etc/systemd/system").is_dir() else []
     assert after == before
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: the fleet's accounts exist only then")
+def test_a_deployment_out_of_reach_runs_from_var_lib(tmp_path: Path) -> None:
+    hidden = tmp_path / "hidden"
+    hidden.mkdir(mode=0o700)
+    directory = hidden / "fleet"
+    directory.mkdir()
+    moved = place_run_directory(directory)
+    try:
+        assert moved is not None and moved.parent == RELOCATED_RUNS
+        assert (directory / "run").resolve() == moved and RunPaths(directory).run == moved
+        assert place_run_directory(directory) is None  # placed once
+        with world_readable_tempdir("synfleet-open-") as reachable:
+            assert place_run_directory(reachable) is None  # a reachable directory keeps its own run/
+    finally:
+        if moved is not None:
+            shutil.rmtree(moved)

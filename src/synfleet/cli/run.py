@@ -18,7 +18,7 @@ from synfleet.run import service
 from synfleet.run.bench import bench, plot
 from synfleet.run.fleet import ORPHANED, down, status, up
 from synfleet.run.logs import follow, log_files, tail
-from synfleet.run.paths import RunPaths
+from synfleet.run.paths import RunPaths, place_run_directory
 from synfleet.run.register import register_user
 from synfleet.run.supervisor import Supervisor
 
@@ -35,6 +35,8 @@ def up_command(directory: Path, foreground: bool) -> None:
     console = Console(highlight=False)
     make_directory(directory)  # a new deployment directory runs the default fleet
     spec = load_spec(directory)
+    if moved := place_run_directory(directory):
+        console.print(f"  {directory} is out of the fleet's accounts' reach: its run directory is {moved}")
     supervisor = Supervisor(RunPaths(directory)) if foreground else None
     seconds = up(RunPaths(directory), spec, lambda line: console.print("  " + line), supervisor)
     if supervisor is not None and supervisor.process is not None:

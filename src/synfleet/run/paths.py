@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
+import stat
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -24,7 +27,8 @@ class RunPaths:
 
     @cached_property
     def run(self) -> Path:
-        return self.directory.resolve() / RUN_DIR
+        """``D/run``, or where it links to (see :func:`place_run_directory`)."""
+        return (self.directory.resolve() / RUN_DIR).resolve()
 
     @cached_property
     def layout(self) -> Layout:
@@ -86,6 +90,33 @@ class RunPaths:
     @property
     def access_log(self) -> Path:
         return self.logs / "access.log"
+
+
+#: Where run directories go when their deployment directory is out of other accounts' reach.
+RELOCATED_RUNS = Path("/var/lib/synfleet/runs")
+
+
+def blocked_parent(path: Path) -> Path | None:
+    """The first directory above ``path`` that other users cannot pass through."""
+    for parent in reversed(path.parents):
+        if parent.exists() and not parent.stat().st_mode & stat.S_IXOTH:
+            return parent
+    return None
+
+
+def place_run_directory(directory: Path) -> Path | None:
+    """Run as root, the fleet's accounts must reach ``D/run``. When ``D`` is out of their reach
+    (a clone under /root, say), the run directory goes to /var/lib/synfleet/runs and ``D/run``
+    links there; everything else stays in ``D``. The new place, when it moves now."""
+    link = directory.resolve() / RUN_DIR
+    if os.geteuid() != 0 or link.exists() or link.is_symlink() or blocked_parent(link) is None:
+        return None
+    target = RELOCATED_RUNS / f"{directory.resolve().name}-{hashlib.sha256(str(link).encode()).hexdigest()[:8]}"
+    target.mkdir(parents=True, exist_ok=True)
+    for level in (RELOCATED_RUNS.parent, RELOCATED_RUNS, target):
+        level.chmod(0o755)
+    link.symlink_to(target)
+    return target
 
 
 def deployed_plan(paths: RunPaths, fleet: Fleet) -> RoutingPlan:

@@ -24,7 +24,7 @@ from synfleet.render.nginx import NginxLayout
 from synfleet.render.processes import synapse_processes
 from synfleet.run.accounts import FLEET_ACCOUNT, NGINX_ACCOUNT, as_root
 from synfleet.run.ownership import Running, fleet_processes
-from synfleet.run.paths import NGINX_DIR, RunPaths
+from synfleet.run.paths import NGINX_DIR, RunPaths, blocked_parent
 from synfleet.run.process import Health, HealthKind, NativeProcess, Tier
 from synfleet.run.supervisor import supervisor_config
 from synfleet.system import find_binary, require_binary
@@ -65,17 +65,9 @@ def fleet_python() -> str:
     return os.path.join(os.path.realpath(os.path.dirname(sys.executable)), os.path.basename(sys.executable))
 
 
-def _blocked_parent(path: Path) -> Path | None:
-    """The first directory above ``path`` that other users cannot pass through."""
-    for parent in reversed(path.parents):
-        if parent.exists() and not parent.stat().st_mode & stat.S_IXOTH:
-            return parent
-    return None
-
-
 def _check_reachable(run: Path) -> None:
     """Run as root, every process but nginx's master drops root; they must reach the run directory."""
-    if parent := _blocked_parent(run):
+    if parent := blocked_parent(run):
         raise UsageError(
             f"{parent} is not reachable by other users (mode {stat.S_IMODE(parent.stat().st_mode):o}); the "
             f"fleet's accounts ({FLEET_ACCOUNT}, {NGINX_ACCOUNT}) need it: use a directory elsewhere (e.g. "
@@ -85,7 +77,7 @@ def _check_reachable(run: Path) -> None:
 
 def _check_python_reachable(path: Path) -> None:
     """Run as root, Synapse runs as the fleet's account, from this Python and these packages."""
-    parent = _blocked_parent(path)
+    parent = blocked_parent(path)
     if parent is None and path.stat().st_mode & stat.S_IROTH:
         return
     blocked = parent or path
