@@ -4,7 +4,6 @@ routing config with stub workers on its sockets."""
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import subprocess
 import sys
@@ -21,12 +20,11 @@ from synfleet.model.fleet import Fleet
 from synfleet.model.profiles import profile_spec
 from synfleet.nginx.command import NginxProcess, world_readable_tempdir
 from synfleet.nginx.harness import StubUpstreams
-from synfleet.render.nginx import NginxLayout, Site, render_nginx
+from synfleet.render.nginx import NginxLayout, Site, access_lines, render_nginx
 from synfleet.routing.plan import RoutingPlan
 from synfleet.system import free_port
 
 CONFIGS = Path(__file__).parent / "configs"
-LOG_LINE = re.compile(r'"(?P<request>[^"]*)" (?P<status>\d+) \d+ route=(?P<route>\S+) upstream=(?P<upstream>\S+)')
 
 
 def synfleet(
@@ -72,8 +70,7 @@ class LiveNginx:
 
     def access_log(self) -> list[dict[str, str]]:
         """Parsed access log lines (stop nginx first so the buffer is flushed)."""
-        text = (self.directory / "logs" / "access.log").read_text()
-        return [m.groupdict() for m in map(LOG_LINE.search, text.splitlines()) if m]
+        return access_lines(self.directory / "logs" / "access.log")
 
 
 @contextmanager

@@ -32,6 +32,7 @@ from helpers import call
 from synfleet.model.load import load_spec
 from synfleet.nginx.command import world_readable_tempdir
 from synfleet.render.fleet_file import fleet_toml
+from synfleet.render.nginx import access_lines
 from synfleet.routing.evaluate import evaluate
 from synfleet.routing.plan import RoutingPlan
 from synfleet.routing.table import Key
@@ -40,7 +41,6 @@ from synfleet.system import free_port
 
 pytestmark = pytest.mark.integration
 
-LOG_LINE = re.compile(r'"(?P<method>[A-Z]+) (?P<url>\S+) HTTP/[0-9.]+" (?P<status>\d+) .* addr="(?P<addr>[^"]*)"')
 PASSWORD = "correct horse battery"
 
 
@@ -68,8 +68,7 @@ class Fleet:
         return plan
 
     def access_log(self) -> list[dict[str, str]]:
-        text = (self.directory / "run" / "logs" / "access.log").read_text()
-        return [m.groupdict() for m in map(LOG_LINE.search, text.splitlines()) if m]
+        return access_lines(RunPaths(self.directory).access_log)
 
     def status(self) -> str:
         return synfleet(self.directory, "status").stdout

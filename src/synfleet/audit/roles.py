@@ -100,13 +100,14 @@ def infer_fleet(model: NginxModel, probes: Iterable[Probe], server_name: str = "
         )
     # A stream no name speaks for: its writer is where the config sends most of its requests, if
     # that is not main. Only requests sent elsewhere than that can then be called wrong.
+    by_routing: set[Stream] = set()
     for stream in [s for s in Stream if s not in named_by and routed[s]]:
         writer, sent = routed[stream].most_common(1)[0]
         if roles.get(writer) is Role.MAIN:
             continue
         roles.setdefault(writer, Role.STREAM_WRITER)
         streams[writer].add(stream)
-        named_by[stream] = set()
+        by_routing.add(stream)
         assumptions.append(
             f"{stream.value} is written by {writer}: the config sends {sent} of {routed[stream].total()} of its "
             "requests there (Synapse's default writer is main; give --synapse-config to check stream_writers)"
@@ -117,13 +118,13 @@ def infer_fleet(model: NginxModel, probes: Iterable[Probe], server_name: str = "
         "roles from names: "
         + "; ".join(f"{role.value}: {', '.join(n for n in names if roles[n] is role)}" for role in _present(roles)),
     )
-    for stream in sorted(s for s in named_by if named_by[s]):
+    for stream in sorted(named_by):
         writers = sorted(w for w in names if stream in streams[w])
         assumptions.append(
             f"{stream.value} is written by {', '.join(writers)}: the upstream "
             f"{', '.join(sorted(named_by[stream]))} is named after it"
         )
-    if unnamed := sorted(s.value for s in Stream if s not in named_by):
+    if unnamed := sorted(s.value for s in Stream if s not in named_by and s not in by_routing):
         assumptions.append(
             f"{', '.join(unnamed)}: written by main (Synapse's default), nothing in the config says otherwise"
         )

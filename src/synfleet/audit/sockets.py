@@ -8,16 +8,13 @@ on this machine (the config is for another one) are left alone.
 
 from __future__ import annotations
 
-import re
 import stat
 from collections.abc import Iterator
 from pathlib import Path
 
 from synfleet.audit.findings import ERROR, Finding
-from synfleet.nginx.config import NginxModel
+from synfleet.nginx.config import NginxModel, proxy_target
 
-#: ``proxy_pass http://unix:/path:/uri`` names a socket without an upstream block.
-_PROXY_PASS_SOCKET = re.compile(r"^https?://unix:([^:]+)")
 SHOWN = 3
 
 
@@ -48,8 +45,10 @@ def configured_sockets(model: NginxModel) -> Iterator[tuple[Path, str]]:
                 yield Path(server.removeprefix("unix:")), f"upstream {upstream.name} ({upstream.line})"
     for location in model.locations:
         for directive in location.block:
-            if directive["directive"] == "proxy_pass" and (found := _PROXY_PASS_SOCKET.match(directive["args"][0])):
-                yield Path(found[1]), location.label
+            if directive["directive"] == "proxy_pass":
+                address, _ = proxy_target(directive["args"][0])
+                if address.startswith("unix:"):
+                    yield Path(address.removeprefix("unix:")), location.label
 
 
 def reachable_sockets(model: NginxModel, socket_dir: Path | None = None) -> list[Finding]:

@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import re
 import ssl
 import statistics
 import sys
-import tempfile
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +28,9 @@ from synfleet.lab.ca import CertificateAuthority
 from synfleet.lab.hosts import Host, Lab
 from synfleet.model.file import FleetSpec
 from synfleet.model.profiles import profile_spec
+from synfleet.nginx.command import world_readable_tempdir
 from synfleet.render.fleet_file import fleet_toml
+from synfleet.render.nginx import access_lines
 from synfleet.run.paths import RunPaths
 from synfleet.run.register import register_user
 from synfleet.run.supervisor import Supervisor
@@ -38,7 +38,6 @@ from synfleet.run.supervisor import Supervisor
 HTTPS_PORT = 8448
 #: Worker counts of each server, over the small profile.
 SHAPES: dict[str, dict[str, int]] = {"a": {"federation_reader": 2, "senders": 2}, "b": {"federation_reader": 1}}
-ACCESS_LINE = re.compile(r'"(?P<method>[A-Z]+) (?P<url>\S+) HTTP/[0-9.]+" (?P<status>\d+) .* addr="(?P<addr>[^"]*)"')
 T = TypeVar("T")
 
 
@@ -75,8 +74,7 @@ class Server:
         return register_user(RunPaths(self.directory), user, password, admin=False)["access_token"]
 
     def access_log(self) -> list[dict[str, str]]:
-        text = (self.directory / "run" / "logs" / "access.log").read_text()
-        return [m.groupdict() for m in map(ACCESS_LINE.search, text.splitlines()) if m]
+        return access_lines(RunPaths(self.directory).access_log)
 
     def pid(self, process: str) -> int | None:
         """A process's pid, from its supervisor; None while it is not running."""
@@ -122,7 +120,7 @@ def federated_pair(root: Path) -> Iterator[tuple[Lab, Server, Server]]:
                 server.host.run(down, capture_output=True, timeout=300)
 
 
-def in_host(host: Host, work: Callable[[], Awaitable[T]]) -> T:
+def in_host(host: Host, work: Callable[[], Coroutine[Any, Any, T]]) -> T:
     """Run ``work`` on an event loop in a thread inside ``host``'s network: the only way this process
     reaches the lab's addresses."""
     result: list[T] = []
@@ -131,7 +129,7 @@ def in_host(host: Host, work: Callable[[], Awaitable[T]]) -> T:
     def target() -> None:
         with host.entered():
             try:
-                result.append(asyncio.run(_awaited(work)))
+                result.append(asyncio.run(work()))
             except BaseException as exc:  # handed to the caller's thread
                 failure.append(exc)
 
@@ -141,10 +139,6 @@ def in_host(host: Host, work: Callable[[], Awaitable[T]]) -> T:
     if failure:
         raise failure[0]
     return result[0]
-
-
-async def _awaited(work: Callable[[], Awaitable[T]]) -> T:
-    return await work()
 
 
 class Client:
@@ -253,11 +247,8 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=200, help="messages from a to b to time (default 200)")
     parser.add_argument("--chatters", type=int, default=0, help="users per side talking meanwhile (default 0)")
     options = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="synfleet-federation-") as temp:
-        root = Path(temp)
-        root.chmod(0o755)
-        with federated_pair(root) as (_, a, b):
-            latencies = in_host(a.host, lambda: measure(a, b, options.messages, options.chatters))
+    with world_readable_tempdir("synfleet-federation-") as root, federated_pair(root) as (_, a, b):
+        latencies = in_host(a.host, lambda: measure(a, b, options.messages, options.chatters))
     ms = [1000 * s for s in latencies]
     print(
         f"federation delivery a -> b over {len(ms)} messages, {options.chatters} chatters per side: "

@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -261,7 +261,6 @@ class NginxModel:
     http: list[Directive]
     server: list[Directive]
     locations: list[Location]
-    map_lines: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def load(cls, conf: Path) -> NginxModel:
@@ -270,7 +269,6 @@ class NginxModel:
         if http is None:
             raise UsageError(f"{conf}: no http block")
         maps = []
-        lines = {}
         for directive in _find(http, "map"):
             source, variable = directive["args"][:2]
             entries = []
@@ -285,7 +283,6 @@ class NginxModel:
                 else:
                     entries.append(MapEntry(("~" + python_regex(key[1:])) if key.startswith("~") else key, value))
             maps.append(Map(source, variable, tuple(entries), default))
-            lines[variable] = where(directive)
         upstreams = {u.name: u for u in map(_upstream, _find(http, "upstream"))}
         servers = _find(http, "server")
         if not servers:
@@ -304,7 +301,7 @@ class NginxModel:
             )
             for d in _find(server, "location")
         ]
-        return cls(maps, upstreams, http, server, locations, lines)
+        return cls(maps, upstreams, http, server, locations)
 
     def select_location(self, uri: str) -> tuple[Location | None, dict[str, str]]:
         """nginx's order: exact, longest prefix (stop at ^~), regexes in order, the longest prefix."""

@@ -3,12 +3,27 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from synfleet.model.file import REQUEST_BODY_LIMIT, FleetSpec
 from synfleet.render.templating import render
 from synfleet.routing.plan import RoutingPlan
 from synfleet.routing.table import MEDIA_UPLOAD_PREFIXES, ZONES
+
+#: A line of the access log in nginx.conf's ``synfleet`` format: the request, its status, the route
+#: and upstream nginx chose, and the address(es) it tried.
+ACCESS_LINE = re.compile(
+    r'"(?P<method>\S+) (?P<url>\S+) HTTP/[0-9.]+" (?P<status>\d+) \d+ '
+    r'route=(?P<route>\S+) upstream=(?P<upstream>\S+) addr="(?P<addr>[^"]*)"'
+)
+
+
+def access_lines(log: Path) -> list[dict[str, str]]:
+    """The fields of every line of an access log written in the ``synfleet`` format."""
+    return [m.groupdict() for m in map(ACCESS_LINE.search, log.read_text().splitlines()) if m]
+
 
 NGINX_FILES = ("nginx.conf", "maps.conf", "upstreams.conf", "locations.conf", "proxy.conf", "private.conf")
 

@@ -49,7 +49,8 @@ class Accounts:
 HOMELESS = ("--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin")
 
 
-def _lookup(name: str) -> Account | None:
+def lookup(name: str) -> Account | None:
+    """The account ``name``, if it exists."""
     try:
         entry = pwd.getpwnam(name)
     except KeyError:
@@ -65,7 +66,7 @@ def _create(name: str) -> Account:
         text=True,
         check=False,
     )
-    account = _lookup(name)
+    account = lookup(name)
     if account is None:
         raise SynfleetError(f"cannot create the system account {name!r}: {result.stderr.strip() or result.returncode}")
     return account
@@ -75,7 +76,7 @@ def ensure_accounts(report: Callable[[str], None]) -> Accounts:
     """The two accounts, created if missing (root only)."""
     found = {}
     for name in (FLEET_ACCOUNT, NGINX_ACCOUNT):
-        account = _lookup(name)
+        account = lookup(name)
         if account is None:
             account = _create(name)
             report(f"created the system account {name} (uid {account.uid})")

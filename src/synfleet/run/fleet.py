@@ -14,6 +14,7 @@ from pathlib import Path
 
 from synfleet.errors import SynfleetError, UsageError
 from synfleet.model.file import FleetSpec
+from synfleet.model.pem import check_files
 from synfleet.render.files import chown_tree, update_tree
 from synfleet.render.secrets import Secret, ensure_secrets
 from synfleet.run.accounts import Account, Accounts, as_root, ensure_accounts
@@ -134,6 +135,7 @@ def up(paths: RunPaths, spec: FleetSpec, report: Report, supervisor: Supervisor 
     With a ``supervisor`` given, it is started in the foreground (its process stays this one's
     child, in ``supervisor.process``), and the fleet must not be running yet."""
     began = time.monotonic()
+    check_files(spec)
     plan = plan_for(paths, spec)
     foreground = supervisor is not None
     supervisor = supervisor or Supervisor(paths)
@@ -208,7 +210,7 @@ def stop_orphans(paths: RunPaths) -> int:
     left = running_processes(paths)
     for program in dict.fromkeys(Path(p.executable).name for p in left):
         group = [p for p in left if Path(p.executable).name == program]
-        sig, grace = next((v for k, v in _ORPHAN_STOP.items() if program.startswith(k)), (signal.SIGTERM, 20.0))
+        sig, grace = _ORPHAN_STOP.get(program, (signal.SIGTERM, 20.0))
         stop(group, sig, grace)
     return len(left)
 

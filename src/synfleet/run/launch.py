@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import pwd
 import signal
 import sys
 from pathlib import Path
 
+from synfleet.run.accounts import lookup
 from synfleet.run.ownership import fleet_processes, stop
 
 #: Seconds left behind processes get to exit on SIGTERM before they are killed.
@@ -43,10 +43,10 @@ def main(argv: list[str] | None = None) -> None:
             flush=True,
         )
     if options.user:
-        entry = pwd.getpwnam(options.user)
-        os.setgroups([])
-        os.setgid(entry.pw_gid)
-        os.setuid(entry.pw_uid)
+        account = lookup(options.user)
+        if account is None:
+            parser.error(f"no account {options.user!r}")
+        account.switch()
     os.execv(command[0], command)
 
 

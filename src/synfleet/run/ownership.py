@@ -25,19 +25,17 @@ PROC = Path("/proc")
 @dataclass(frozen=True)
 class Running:
     pid: int
-    ppid: int
     executable: str  # the real path of the program
     command: str
     started: int  # clock ticks after boot: with pid, one process and no other
 
 
-def _stat(pid: int) -> tuple[int, int] | None:
-    """(parent pid, start time) of ``pid``, or None if it is gone."""
+def _started(pid: int) -> int | None:
+    """When ``pid`` started (clock ticks after boot), or None if it is gone."""
     try:
-        fields = (PROC / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
+        return int((PROC / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[19])
     except (OSError, IndexError):
         return None
-    return int(fields[1]), int(fields[19])
 
 
 def _names(pid: int, run: str, command_only: bool) -> bool:
@@ -91,21 +89,20 @@ def fleet_processes(run: Path, executables: Iterable[str], interpreter: str = ""
 
 def identify(pid: int) -> Running | None:
     """Process ``pid`` as it is now (to signal it later without fear of a recycled pid)."""
-    stat = _stat(pid)
-    if stat is None:
+    started = _started(pid)
+    if started is None:
         return None
     try:
         executable = os.path.realpath(os.readlink(PROC / str(pid) / "exe"))
         command = (PROC / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
     except OSError:
         return None
-    return Running(pid, stat[0], executable, command, stat[1])
+    return Running(pid, executable, command, started)
 
 
 def alive(process: Running) -> bool:
     """``process`` itself is still running (not a later process with its pid)."""
-    stat = _stat(process.pid)
-    return stat is not None and stat[1] == process.started
+    return _started(process.pid) == process.started
 
 
 def stop(processes: Iterable[Running], sig: int, grace: float) -> list[Running]:

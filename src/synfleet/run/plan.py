@@ -16,7 +16,6 @@ from synfleet.errors import SynfleetError, UsageError
 from synfleet.layout import SECRETS_DIR
 from synfleet.model.file import FleetSpec
 from synfleet.model.fleet import Role, Service
-from synfleet.model.pem import check_files
 from synfleet.nginx.command import command_line
 from synfleet.render.deploy import nginx_tls, render_files
 from synfleet.render.files import Rendered
@@ -50,7 +49,6 @@ def plan_for(paths: RunPaths, spec: FleetSpec) -> Plan:
     if spec.redis.local:
         names.append("redis-server")
     binaries = {name: require_binary(name) for name in names}
-    check_files(spec)
     if as_root():
         _check_reachable(paths.run)
         python = Path(fleet_python())

@@ -8,7 +8,6 @@ import subprocess
 import time
 import xmlrpc.client
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, cast
 
 from supervisor.xmlrpc import SupervisorTransport
@@ -16,7 +15,7 @@ from supervisor.xmlrpc import SupervisorTransport
 from synfleet.errors import SynfleetError
 from synfleet.render.templating import render
 from synfleet.run.accounts import as_root
-from synfleet.run.ownership import identify, stop
+from synfleet.run.ownership import Running, identify, stop
 from synfleet.run.paths import RunPaths
 from synfleet.run.process import NativeProcess
 from synfleet.system import find_binary
@@ -48,16 +47,20 @@ class Supervisor:
         transport = SupervisorTransport(None, None, f"unix://{self.paths.supervisor_socket}")
         return xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport).supervisor
 
-    def pid(self) -> int | None:
-        """supervisord's pid, if its pid file names a live supervisord of this run directory (never
-        a recycled pid: the process's command line must name this run's supervisord.conf)."""
+    def daemon(self) -> Running | None:
+        """supervisord, if its pid file names a live supervisord of this run directory (never a
+        recycled pid: the process's command line must name this run's supervisord.conf)."""
         try:
-            pid = int(self.paths.supervisor_pid.read_text().strip())
-            command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            process = identify(int(self.paths.supervisor_pid.read_text().strip()))
         except (OSError, ValueError):
             return None
-        ours = str(self.paths.supervisor_conf).encode() in command and any(b"supervisord" in c for c in command)
-        return pid if ours else None
+        if process is None or "supervisord" not in process.command:
+            return None
+        return process if str(self.paths.supervisor_conf) in process.command else None
+
+    def pid(self) -> int | None:
+        daemon = self.daemon()
+        return daemon.pid if daemon else None
 
     def running(self) -> bool:
         if self.pid() is None:
@@ -122,8 +125,7 @@ class Supervisor:
         self._proxy().stopAllProcesses(True)
 
     def shutdown(self, timeout: float = 60.0) -> None:
-        pid = self.pid()
-        daemon = identify(pid) if pid is not None else None
+        daemon = self.daemon()
         with contextlib.suppress(OSError, xmlrpc.client.Error):
             self._proxy().shutdown()
         if daemon is not None:
