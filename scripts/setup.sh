@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what synfleet needs on a Debian or Ubuntu machine: nginx, PostgreSQL and Redis from the
-# distribution (and iproute2 and dnsmasq for the multi-host test lab), and synfleet with Synapse in a
-# virtualenv at .venv. Safe to run again.
+# distribution (and for the tests iproute2 and dnsmasq for the multi-host lab, podman, runc and
+# debootstrap for the compose run), and synfleet with Synapse in a virtualenv at .venv. Safe to run
+# again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,6 +13,10 @@ command -v redis-server >/dev/null || missing+=(redis-server)
 command -v ip >/dev/null || [ -x /usr/sbin/ip ] || missing+=(iproute2)
 command -v dnsmasq >/dev/null || [ -x /usr/sbin/dnsmasq ] || missing+=(dnsmasq-base)
 command -v systemd-analyze >/dev/null || missing+=(systemd)  # checks `synfleet service` units
+# The compose test: podman with runc, and debootstrap for its locally built images.
+command -v podman >/dev/null || missing+=(podman)
+command -v runc >/dev/null || [ -x /usr/sbin/runc ] || missing+=(runc)
+command -v debootstrap >/dev/null || [ -x /usr/sbin/debootstrap ] || missing+=(debootstrap)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "setup: installing ${missing[*]}"
     sudo=""

@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers import copy_fleet_case, fleet_case, synfleet
+from helpers import copy_fleet_case, fleet_case, profile_with, synfleet
 from synfleet.lab import CertificateAuthority
 from synfleet.layout import COMPOSE, native_layout, worker_of_server
 from synfleet.nginx.config import NginxModel
-from synfleet.render.compose import SYNAPSE_IMAGE_GID, SYNAPSE_IMAGE_UID
+from synfleet.render.compose import SYNAPSE_IMAGE_GID, SYNAPSE_IMAGE_UID, render_compose
+from synfleet.render.processes import MAIN_SERVICE
 from synfleet.render.secrets import Secret
 
 
@@ -53,13 +54,15 @@ def test_render_check_and_rerender(tmp_path: Path, fleet: str) -> None:
         assert "/health" in " ".join(services[process]["healthcheck"]["test"])
     for worker in workers:
         assert services[worker]["depends_on"]["synapse"]["condition"] == "service_healthy"
-    assert services["volumes-init"]["restart"] == "no"
-    assert services["synapse"]["depends_on"]["volumes-init"]["condition"] == "service_completed_successfully"
+    assert services["synapse"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+    # No one-shot service: podman would restart nothing that depends on one after it exited.
+    assert not [name for name, service in services.items() if service.get("restart") == "no"]
     assert "--lc-collate=C" in (deploy / "env" / "postgres.env").read_text()
     # Synapse never runs as root; it owns its data volume, and (rendered as root) what it reads.
     image_user = f"{SYNAPSE_IMAGE_UID}:{SYNAPSE_IMAGE_GID}"
-    assert all(services[process]["user"] == image_user for process in ["synapse", *workers])
-    assert f"chown {image_user} /data" in " ".join(services["volumes-init"]["command"])
+    assert all(services[process]["user"] == image_user for process in workers)
+    entrypoint = " ".join(services["synapse"]["entrypoint"])
+    assert f"chown {image_user} /data" in entrypoint and f"exec gosu {image_user} python -m" in entrypoint
     if os.geteuid() == 0:
         readable = [deploy / "synapse" / "homeserver.yaml", tmp_path / "secrets" / "signing.key"]
         assert all((p.stat().st_uid, p.stat().st_gid) == (SYNAPSE_IMAGE_UID, SYNAPSE_IMAGE_GID) for p in readable)
@@ -139,7 +142,7 @@ def test_tls_variant_passes_nginx_t(tmp_path: Path) -> None:
     check = synfleet("check", "--dir", str(tmp_path))
     assert check.returncode == 0, check.stdout
     compose = yaml.safe_load((tmp_path / "deploy" / "docker-compose.yml").read_text())
-    assert "8448:8448" in compose["services"]["nginx"]["ports"]
+    assert "127.0.0.1:8448:8448" in compose["services"]["nginx"]["ports"]
 
 
 def test_socket_names_read_back_as_their_workers() -> None:
@@ -164,3 +167,40 @@ def test_a_delegated_server_says_where_it_is(tmp_path: Path) -> None:
     (tmp_path / "fleet.toml").write_text('server_name = "example.org"\n')
     assert synfleet("render", "--dir", str(tmp_path)).returncode == 0
     assert "well-known" not in (tmp_path / "deploy" / "nginx" / "config" / "locations.conf").read_text()
+
+
+def test_compose_images_publishing_and_entrypoints(tmp_path: Path) -> None:
+    """Images come from [images] (Synapse's from its version by default), nginx's port is published
+    on listen.bind only, and each Synapse container clears what a crash left of its own sockets."""
+
+    def services(**sections: dict[str, object]) -> dict[str, dict[str, object]]:
+        spec = profile_with("small", "example.org", **sections)
+        secrets = {name: "x" for name in Secret}
+        compose: dict[str, dict[str, dict[str, object]]] = yaml.safe_load(
+            render_compose(spec, secrets)["docker-compose.yml"]
+        )
+        return compose["services"]
+
+    default = services()
+    assert default[MAIN_SERVICE]["image"] == "matrixdotorg/synapse:v1.163.2"
+    assert services(synapse={"version": "1.160.0"})["rooms1"]["image"] == "matrixdotorg/synapse:v1.160.0"
+    assert (default["postgres"]["image"], default["redis"]["image"]) == ("postgres:15-alpine", "redis:7-alpine")
+    mirrored = services(images={"synapse": "mirror.example.org:5000/synapse:v1.163.2", "nginx": "mirror/nginx:1"})
+    assert mirrored["tasks1"]["image"] == "mirror.example.org:5000/synapse:v1.163.2"
+    assert mirrored["nginx"]["image"] == "mirror/nginx:1"
+
+    assert default["nginx"]["ports"] == ["127.0.0.1:8008:8008"]
+    everywhere = services(listen={"bind": "::", "http_port": 80})
+    assert everywhere["nginx"]["ports"] == ["[::]:80:8008"]
+
+    rooms = default["rooms1"]["entrypoint"]
+    assert rooms == [
+        "sh",
+        "-c",
+        'rm -f /sockets/synapse_inbound_rooms1.sock /sockets/synapse_inbound_rooms1.sock.lock && exec python -m "$$@"',
+        "rooms1",
+    ]
+    main = default[MAIN_SERVICE]
+    assert main["user"] == "0:0" and "/sockets/synapse_replication_main.sock.lock" in str(main["entrypoint"])
+    # Nothing depends on a one-shot service (podman would not restart its dependents).
+    assert all(service.get("restart") == "unless-stopped" for service in default.values())

@@ -121,6 +121,8 @@ COMPOSE_HTTP_PORT = 8008
 COMPOSE_HTTPS_PORT = 8448
 #: Where the nginx container reads its configuration.
 COMPOSE_NGINX_CONFIG_DIR = "/etc/nginx"
+#: Where nginx keeps request and response bodies that do not fit in memory: a tmpfs of its container.
+COMPOSE_NGINX_TEMP_DIR = "/var/cache/nginx"
 
 
 def native_layout(run_dir: str) -> Layout:

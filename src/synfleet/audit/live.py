@@ -88,7 +88,8 @@ def runnable_copy(tested: TestedConfig, directory: Path, port: int) -> RunnableC
         {"directive": f"{kind}_temp_path", "args": [str(directory / kind)]}
         for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
     ]
-    http["block"] = [*temp, *[d for d in http["block"] if d["directive"] != "server"], routing]
+    kept = [d for d in http["block"] if d["directive"] != "server" and not d["directive"].endswith("_temp_path")]
+    http["block"] = [*temp, *kept, routing]
     top.append({"directive": "error_log", "args": [str(directory / "error.log")]})
     if not any(d["directive"] == "events" for d in top):  # nginx will not start without one
         top.insert(0, {"directive": "events", "args": [], "block": []})

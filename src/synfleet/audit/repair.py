@@ -26,6 +26,8 @@ FRAGMENT_MAIN = "synfleet-main.conf"
 MAX_REPAIRS = 20
 _ERROR = re.compile(r"\[(?:emerg|alert|crit|error)\] (?P<message>.*?)(?: in (?P<file>/\S+?):(?P<line>\d+))?$")
 _LOG_PATH = re.compile(r"^(\s*(?:access_log|error_log)\s+)(/\S+?)(;|\s)")
+#: Directories nginx makes for bodies that do not fit in memory: the config's machine's, not this one's.
+_TEMP_PATH = re.compile(r"^(\s*(?:client_body|proxy|fastcgi|uwsgi|scgi)_temp_path\s+)(/\S+?)(;|\s)")
 
 
 @dataclass(frozen=True)
@@ -83,7 +85,7 @@ def copy_config(source: ConfigSource, work: Path) -> Path:
     except OSError as error:
         raise UsageError(f"{error.filename or source.given}: cannot be copied: {error.strerror}") from None
     logs = work / "_logs"
-    logs.mkdir(exist_ok=True)
+    (logs / "temp").mkdir(parents=True, exist_ok=True)
     for path in work.rglob("*"):
         if path.is_file() and path.parent != logs:
             try:
@@ -91,7 +93,11 @@ def copy_config(source: ConfigSource, work: Path) -> Path:
             except (UnicodeDecodeError, OSError):
                 continue
             lines = [
-                _LOG_PATH.sub(lambda m: f"{m[1]}{logs / Path(m[2]).name}{m[3]}", line) for line in text.split("\n")
+                _TEMP_PATH.sub(
+                    lambda m: f"{m[1]}{logs / 'temp' / Path(m[2]).name}{m[3]}",
+                    _LOG_PATH.sub(lambda m: f"{m[1]}{logs / Path(m[2]).name}{m[3]}", line),
+                )
+                for line in text.split("\n")
             ]
             # `pid` comes from the command line; comment it out in place (line numbers stay).
             lines = [re.sub(r"^(\s*)pid\s", r"\1#pid ", line) for line in lines]

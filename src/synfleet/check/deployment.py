@@ -21,7 +21,15 @@ from typing import Any
 import yaml
 
 from synfleet.errors import UsageError
-from synfleet.layout import COMPOSE, DEPLOY_NGINX_CONFIG, SECRETS_DIR, SHARED_CONFIG, SYNAPSE_DIR, WORKER_CONFIG_DIR
+from synfleet.layout import (
+    COMPOSE,
+    COMPOSE_NGINX_TEMP_DIR,
+    DEPLOY_NGINX_CONFIG,
+    SECRETS_DIR,
+    SHARED_CONFIG,
+    SYNAPSE_DIR,
+    WORKER_CONFIG_DIR,
+)
 from synfleet.model.fleet import Role
 from synfleet.model.load import load_spec
 from synfleet.model.pem import check_files
@@ -210,6 +218,7 @@ def check_deployment(directory: Path) -> Iterator[CheckResult]:
             COMPOSE.config_dir: str(scratch / SYNAPSE_DIR),
             COMPOSE.secrets_dir: str((directory / SECRETS_DIR).resolve()),
             COMPOSE.nginx_log_dir: str(scratch / "nginx-logs"),
+            COMPOSE_NGINX_TEMP_DIR: str(scratch / "nginx-temp"),
         }
         if spec.tls.enabled:
             mapping[COMPOSE.tls_certificate] = spec.tls.certificate

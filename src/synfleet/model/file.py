@@ -270,6 +270,41 @@ class Synapse(Section):
         return value
 
 
+#: A container image reference: [registry[:port]/]path[:tag][@digest], as docker and podman take it.
+IMAGE_PATTERN = re.compile(
+    r"(?:[a-zA-Z0-9.-]+(?::[0-9]+)?/)?[a-z0-9]+(?:[._-]+[a-z0-9]+)*(?:/[a-z0-9]+(?:[._-]+[a-z0-9]+)*)*"
+    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[0-9a-f]{64})?"
+)
+
+
+def check_image(value: str) -> str:
+    if value and not IMAGE_PATTERN.fullmatch(value):
+        raise ValueError(f"must be an image reference such as registry.example.org/synapse:v1.163.2, got {value!r}")
+    return value
+
+
+OFFICIAL_SYNAPSE_IMAGE = "matrixdotorg/synapse"
+
+
+class Images(Section):
+    """The images docker compose runs; a private registry or mirror goes here. An empty ``synapse``
+    means the official image of ``synapse.version``."""
+
+    synapse: str = ""
+    nginx: str = "nginx:mainline-alpine-slim"
+    postgres: str = "postgres:15-alpine"
+    redis: str = "redis:7-alpine"
+
+    _image = field_validator("synapse", "nginx", "postgres", "redis")(check_image)
+
+    @field_validator("nginx", "postgres", "redis")
+    @classmethod
+    def _named(cls, value: str) -> str:
+        if not value:
+            raise ValueError("must name an image")
+        return value
+
+
 #: Groups that take docker compose limits: every process's group (see :meth:`Fleet.group`), and a
 #: default. Those that are not worker roles come first.
 FIXED_GROUPS = ("default", Role.MAIN.value, *(s.value for s in Service))
@@ -293,6 +328,7 @@ class FleetSpec(Section):
     database: Database = Field(default_factory=Database)
     redis: Redis = Field(default_factory=Redis)
     synapse: Synapse = Field(default_factory=Synapse)
+    images: Images = Field(default_factory=Images)
     resources: dict[str, Resources] = Field(default_factory=dict)
 
     _server_name = field_validator("server_name")(check_server_name)
@@ -367,6 +403,10 @@ class FleetSpec(Section):
         """Other servers cannot find this one from server_name alone (its host, port 8448): nginx
         serves /.well-known/matrix/server to say where it is."""
         return self.federation_address != (self.server_name if ":" in self.server_name else f"{self.server_name}:8448")
+
+    @property
+    def synapse_image(self) -> str:
+        return self.images.synapse or f"{OFFICIAL_SYNAPSE_IMAGE}:v{self.synapse.version}"
 
     @cached_property
     def fleet(self) -> Fleet:

@@ -89,6 +89,11 @@ class Worker:
     pusher: bool = False
 
     @property
+    def in_instance_map(self) -> bool:
+        """Stream writers (and main) need a replication listener that the other processes reach."""
+        return self.role is Role.MAIN or bool(self.streams)
+
+    @property
     def serves_http(self) -> bool:
         return self.role in HTTP_ROLES
 

@@ -9,6 +9,7 @@ from synfleet.layout import (
     COMPOSE_HTTP_PORT,
     COMPOSE_HTTPS_PORT,
     COMPOSE_NGINX_CONFIG_DIR,
+    COMPOSE_NGINX_TEMP_DIR,
     DEPLOY_NGINX_CONFIG,
     DEPLOY_NGINX_LOGS,
     SECRETS_DIR,
@@ -16,14 +17,45 @@ from synfleet.layout import (
 )
 from synfleet.model.file import FleetSpec
 from synfleet.model.fleet import Role, Service
-from synfleet.render.processes import MAIN_SERVICE, synapse_processes
+from synfleet.render.processes import MAIN_SERVICE, SynapseProcess, synapse_processes
 from synfleet.render.secrets import Secret
 from synfleet.render.templating import render
 
 #: The account Synapse's official image runs as.
 SYNAPSE_IMAGE_UID = SYNAPSE_IMAGE_GID = 991
-#: The one-shot service that prepares the volumes before anything else starts.
-INIT_SERVICE = "volumes-init"
+
+
+def synapse_entrypoint(process: SynapseProcess) -> list[str]:
+    """A Synapse container's entrypoint: ``python -m <command>`` after removing its sockets and
+    their lock files. Twisted keeps a lock beside each socket naming the listener's pid; a
+    container restarted after a crash runs Synapse with the same pid, finds the lock "held" and
+    cannot listen. Only this service makes these sockets, so what is left of them is stale.
+
+    main starts as root, to give Synapse's data volume to the image's account first, and becomes
+    that account with the image's gosu (as the image's own entrypoint does). That is not a one-shot
+    service before main: podman-compose makes a dependency of every ``depends_on``, and podman
+    restarts no container whose dependency has exited."""
+    steps = [f"rm -f {' '.join(f'{path} {path}.lock' for path in process.sockets)}"]
+    run = 'exec python -m "$$@"'  # $$ is compose's escape for a literal $
+    if process.role is Role.MAIN:
+        user = f"{SYNAPSE_IMAGE_UID}:{SYNAPSE_IMAGE_GID}"
+        steps.insert(0, f"chown {user} {COMPOSE.data_dir}")
+        run = f'exec gosu {user} python -m "$$@"'
+    return ["sh", "-c", " && ".join([*steps, run]), process.service]
+
+
+def publish_address(bind: str) -> str:
+    """listen.bind as a compose port mapping takes it (IPv6 in brackets)."""
+    return f"[{bind}]" if ":" in bind else bind
+
+
+def nginx_healthcheck(spec: FleetSpec) -> list[str]:
+    """A request for /health through nginx, with the image's busybox wget (the slim nginx image has
+    no curl); on HTTPS when plain HTTP only redirects."""
+    if spec.tls.enabled:
+        url = f"https://127.0.0.1:{COMPOSE_HTTPS_PORT}/health"
+        return ["CMD", "wget", "-q", "-O", "/dev/null", "--no-check-certificate", url]
+    return ["CMD", "wget", "-q", "-O", "/dev/null", f"http://127.0.0.1:{COMPOSE_HTTP_PORT}/health"]
 
 
 def render_compose(spec: FleetSpec, secrets: dict[str, str]) -> dict[str, str]:
@@ -34,8 +66,7 @@ def render_compose(spec: FleetSpec, secrets: dict[str, str]) -> dict[str, str]:
     services = []
     for process in processes:
         if process.role is Role.MAIN:
-            depends = [(INIT_SERVICE, "service_completed_successfully")]
-            depends += [(name, "service_healthy") for name, local in infrastructure if local]
+            depends = [(name, "service_healthy") for name, local in infrastructure if local]
         else:
             depends = [(MAIN_SERVICE, "service_healthy")]
         services.append(
@@ -44,6 +75,7 @@ def render_compose(spec: FleetSpec, secrets: dict[str, str]) -> dict[str, str]:
                 "group": spec.fleet.group(process.name),
                 "command": process.arguments,
                 "socket": process.socket,
+                "entrypoint": synapse_entrypoint(process),
                 "depends_on": depends,
             }
         )
@@ -58,7 +90,6 @@ def render_compose(spec: FleetSpec, secrets: dict[str, str]) -> dict[str, str]:
             spec=spec,
             layout=COMPOSE,
             main_service=MAIN_SERVICE,
-            init_service=INIT_SERVICE,
             synapse_user=f"{SYNAPSE_IMAGE_UID}:{SYNAPSE_IMAGE_GID}",
             secrets_dir=f"../{SECRETS_DIR}",
             http_port=COMPOSE_HTTP_PORT,
@@ -71,6 +102,9 @@ def render_compose(spec: FleetSpec, secrets: dict[str, str]) -> dict[str, str]:
             local_postgres=local_postgres,
             local_redis=local_redis,
             resources=resources,
+            publish=publish_address(spec.listen.bind),
+            nginx_temp_dir=COMPOSE_NGINX_TEMP_DIR,
+            nginx_health=nginx_healthcheck(spec),
         )
     }
     if local_postgres:

@@ -12,6 +12,7 @@ from synfleet.layout import (
     COMPOSE,
     COMPOSE_HTTP_PORT,
     COMPOSE_HTTPS_PORT,
+    COMPOSE_NGINX_TEMP_DIR,
     DEPLOY_NGINX_CONFIG,
     DEPLOY_NGINX_LOGS,
     SECRETS_DIR,
@@ -20,7 +21,6 @@ from synfleet.layout import (
 )
 from synfleet.model.file import FleetSpec
 from synfleet.model.pem import check_files
-from synfleet.nginx.command import http2_directive_supported, nginx_version
 from synfleet.render.compose import SYNAPSE_IMAGE_GID, SYNAPSE_IMAGE_UID, render_compose
 from synfleet.render.files import Rendered, chown_tree, write_tree
 from synfleet.render.nginx import NginxLayout, NginxTls, render_nginx, site_of
@@ -31,8 +31,9 @@ from synfleet.routing.plan import RoutingPlan
 DEPLOY_DIR = "deploy"
 
 
-def nginx_tls(spec: FleetSpec, listen: str, certificate: str, key: str) -> NginxTls | None:
-    """nginx's HTTPS server on ``listen`` when the fleet has TLS, with the files at those paths."""
+def nginx_tls(spec: FleetSpec, listen: str, certificate: str, key: str, http2_on: bool) -> NginxTls | None:
+    """nginx's HTTPS server on ``listen`` when the fleet has TLS, with the files at those paths;
+    HTTP/2 by the ``http2`` directive (nginx 1.25.1 and later) or by the older ``listen`` flag."""
     if not spec.tls.enabled:
         return None
     return NginxTls(
@@ -40,13 +41,16 @@ def nginx_tls(spec: FleetSpec, listen: str, certificate: str, key: str) -> Nginx
         certificate=certificate,
         key=key,
         public_port=spec.listen.https_port,
-        http2_on=http2_directive_supported(nginx_version()),
+        http2_on=http2_on,
     )
 
 
 def compose_nginx_layout(spec: FleetSpec) -> NginxLayout:
-    tls = nginx_tls(spec, str(COMPOSE_HTTPS_PORT), COMPOSE.tls_certificate, COMPOSE.tls_key)
-    return NginxLayout(log_dir=COMPOSE.nginx_log_dir, listen=(str(COMPOSE_HTTP_PORT),), tls=tls)
+    # The image's nginx version is not known here: the listen flag works in every version.
+    tls = nginx_tls(spec, str(COMPOSE_HTTPS_PORT), COMPOSE.tls_certificate, COMPOSE.tls_key, http2_on=False)
+    return NginxLayout(
+        log_dir=COMPOSE.nginx_log_dir, listen=(str(COMPOSE_HTTP_PORT),), temp_dir=COMPOSE_NGINX_TEMP_DIR, tls=tls
+    )
 
 
 def render_files(

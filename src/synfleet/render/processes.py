@@ -23,7 +23,12 @@ class SynapseProcess:
     role: Role
     module: str
     config_paths: tuple[str, ...]
-    socket: str  # the inbound socket: /health answers here
+    sockets: tuple[str, ...]  # every socket it listens on, the inbound one first
+
+    @property
+    def socket(self) -> str:
+        """The inbound socket: /health answers here."""
+        return self.sockets[0]
 
     @property
     def service(self) -> str:
@@ -48,5 +53,8 @@ def synapse_processes(fleet: Fleet, layout: Layout) -> list[SynapseProcess]:
             module, paths = MAIN_MODULE, (layout.shared_config,)
         else:
             module, paths = WORKER_MODULE, (layout.shared_config, layout.worker_config(worker.name))
-        processes.append(SynapseProcess(worker.name, worker.role, module, paths, layout.inbound_socket(worker.name)))
+        sockets: tuple[str, ...] = (layout.inbound_socket(worker.name),)
+        if worker.in_instance_map:
+            sockets += (layout.replication_socket(worker.name),)
+        processes.append(SynapseProcess(worker.name, worker.role, module, paths, sockets))
     return processes

@@ -45,11 +45,6 @@ def dump(data: dict[str, Any]) -> str:
     return "# Rendered by synfleet from fleet.toml; edit that file and re-render.\n" + text
 
 
-def in_instance_map(worker: Worker) -> bool:
-    """Stream writers need a replication listener that the other processes can reach."""
-    return worker.role is Role.MAIN or bool(worker.streams)
-
-
 def inbound_resources(worker: Worker) -> list[str]:
     """Media workers serve the media resource too (with its admin API)."""
     if worker.role is Role.MEDIA:
@@ -69,7 +64,7 @@ def listeners(worker: Worker, layout: Layout, metrics: int | None = None) -> lis
             "resources": [{"names": inbound_resources(worker), "compress": False}],
         }
     ]
-    if in_instance_map(worker):
+    if worker.in_instance_map:
         result.append(
             {
                 "path": layout.replication_socket(worker.name),
@@ -109,7 +104,7 @@ def homeserver_config(spec: FleetSpec, layout: Layout, secrets: dict[str, str]) 
         "database": database_config(spec, layout, secrets),
         "redis": redis_config(spec, layout),
         "instance_map": {
-            w.name: {"path": layout.replication_socket(w.name)} for w in fleet.workers if in_instance_map(w)
+            w.name: {"path": layout.replication_socket(w.name)} for w in fleet.workers if w.in_instance_map
         },
         "stream_writers": {stream.value: _names(fleet.writers(stream)) for stream in Stream if fleet.writers(stream)},
         "enable_media_repo": not media,

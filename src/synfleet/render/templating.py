@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from functools import cache
 
 import jinja2
@@ -20,6 +21,8 @@ def environment() -> jinja2.Environment:
         autoescape=False,
     )
     env.filters["nginx_quote"] = quote
+    # JSON is YAML too: lists and strings for the compose file, without HTML escapes.
+    env.filters["json"] = json.dumps
     return env
 
 

@@ -16,7 +16,7 @@ from synfleet.errors import SynfleetError, UsageError
 from synfleet.layout import SECRETS_DIR
 from synfleet.model.file import FleetSpec
 from synfleet.model.fleet import Role, Service
-from synfleet.nginx.command import command_line
+from synfleet.nginx.command import command_line, http2_directive_supported, nginx_version
 from synfleet.render.deploy import nginx_tls, render_files
 from synfleet.render.files import Rendered
 from synfleet.render.nginx import NginxLayout
@@ -91,7 +91,13 @@ def native_nginx_layout(spec: FleetSpec, paths: RunPaths) -> NginxLayout:
     return NginxLayout(
         log_dir=str(paths.logs),
         listen=(f"{host}:{spec.listen.http_port}",),
-        tls=nginx_tls(spec, f"{host}:{spec.listen.https_port}", spec.tls.certificate, spec.tls.key),
+        tls=nginx_tls(
+            spec,
+            f"{host}:{spec.listen.https_port}",
+            spec.tls.certificate,
+            spec.tls.key,
+            http2_on=http2_directive_supported(nginx_version()),
+        ),
         user=NGINX_ACCOUNT if as_root() else None,
         pid_file=str(paths.nginx_dir / "nginx.pid"),
         temp_dir=str(paths.nginx_dir / "tmp"),

@@ -22,14 +22,18 @@ def registration_mac(secret: str, nonce: str, user: str, password: str, admin: b
 
 
 def register_user(paths: RunPaths, localpart: str, password: str, admin: bool) -> dict[str, str]:
-    """Create a user; returns Synapse's answer (``user_id``, ``access_token``, ...). Errors name the
-    reason (e.g. the user exists)."""
+    """Create a user in the native run; returns Synapse's answer (``user_id``, ``access_token``,
+    ...). Errors name the reason (e.g. the user exists)."""
     secret_file = paths.directory / SECRETS_DIR / Secret.REGISTRATION_SHARED_SECRET
     try:
         secret = secret_file.read_text().strip()
     except OSError:
         raise UsageError(f"{secret_file}: missing; run `synfleet up --dir {paths.directory}` first") from None
-    socket_path = paths.layout.inbound_socket("main")
+    return register_on_socket(paths.layout.inbound_socket("main"), secret, localpart, password, admin)
+
+
+def register_on_socket(socket_path: str, secret: str, localpart: str, password: str, admin: bool) -> dict[str, str]:
+    """Create a user through main's inbound socket at ``socket_path`` with the shared secret."""
     transport = httpx.HTTPTransport(uds=socket_path)
     try:
         with httpx.Client(transport=transport, base_url="http://localhost", timeout=30) as client:

@@ -1,0 +1,197 @@
+"""The compose deployment, run for real: `synfleet render` output started with podman and
+podman-compose, from locally built stand-ins of the official images (synfleet.lab.images).
+
+The same client flows as the native end-to-end test through the published port, every request on
+the worker `synfleet route` predicts (with the compose socket paths), a room worker's container
+killed mid-stream and restarted by its restart policy, and the project stopped and started again
+with its volumes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+import helpers
+from flows import PASSWORD, check_routing, conversation, login, new_room, send_stream, socket_healthy, worker_of
+from synfleet.lab.compose import ComposeProject
+from synfleet.lab.images import ensure_images
+from synfleet.lab.podman import Podman
+from synfleet.layout import COMPOSE, inbound_socket
+from synfleet.model.fleet import Role
+from synfleet.model.load import load_spec
+from synfleet.render.fleet_file import fleet_toml
+from synfleet.render.nginx import access_lines
+from synfleet.render.processes import MAIN_SERVICE
+from synfleet.render.secrets import Secret
+from synfleet.routing.plan import RoutingPlan
+from synfleet.run.register import register_on_socket
+from synfleet.system import free_port
+
+pytestmark = pytest.mark.integration
+
+#: The account Synapse runs as in its containers (the official image's).
+SYNAPSE_UID = 991
+
+
+@dataclass
+class ComposeFleet:
+    directory: Path
+    project: ComposeProject
+    port: int
+    profile: str
+    up_seconds: float
+    rooms: list[str] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def plan(self) -> RoutingPlan:
+        """What `synfleet route` predicts for the compose deployment: its socket paths."""
+        return RoutingPlan(load_spec(self.directory).fleet, socket_dir=COMPOSE.socket_dir)
+
+    def access_log(self) -> list[dict[str, str]]:
+        time.sleep(1.5)  # nginx writes its buffered access log every second
+        return access_lines(self.directory / "deploy" / "nginx" / "logs" / "access.log")
+
+    def socket(self, worker: str) -> Path:
+        """A worker's inbound socket, seen from this machine in the sockets volume."""
+        return Path(inbound_socket(str(self.project.volume_path("sockets")), worker))
+
+
+@pytest.fixture(scope="module")
+def podman() -> Podman:
+    if shutil.which("podman") is None:
+        pytest.skip("podman is not installed (scripts/setup.sh installs it)")
+    if os.geteuid() != 0:
+        pytest.skip("the compose test runs rootful podman: run it as root")
+    return Podman.for_this_machine()
+
+
+@pytest.fixture(scope="module")
+def fleet(podman: Podman, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ComposeFleet]:
+    images = ensure_images(podman)
+    if reason := podman.can_start_containers(images.synapse):
+        pytest.skip(f"podman cannot start a container here: {reason}")
+    directory = tmp_path_factory.mktemp("compose")
+    port = free_port()
+    spec = helpers.profile_with(
+        "small", listen={"http_port": port}, synapse={"relaxed_rate_limits": True}, images=images.model_dump()
+    )
+    (directory / "fleet.toml").write_text(fleet_toml(spec))
+    rendered = helpers.synfleet("render", "--dir", str(directory))
+    assert rendered.returncode == 0, rendered.stderr
+    project = ComposeProject(directory / "deploy", f"synfleet-test-{uuid.uuid4().hex[:8]}", podman)
+    try:
+        started = time.monotonic()
+        project.up()
+        seconds = project.wait_healthy()
+        print(f"\n[compose small] up -d to every healthcheck passing: {time.monotonic() - started:.1f}s")
+        fleet = ComposeFleet(directory, project, port, "small", seconds)
+        secret = (directory / "secrets" / Secret.REGISTRATION_SHARED_SECRET).read_text().strip()
+        for user in ("alice", "bob"):
+            register_on_socket(str(fleet.socket("main")), secret, user, PASSWORD, admin=False)
+        yield fleet
+    finally:
+        try:
+            project.down(volumes=True)
+        finally:
+            left = podman.check("ps", "-a", "-q", "--filter", f"label=io.podman.compose.project={project.name}")
+            assert not left.split(), f"containers left behind: {left}"
+
+
+def test_conversation_and_routing(fleet: ComposeFleet) -> None:
+    asyncio.run(conversation(fleet))
+    check_routing(fleet)
+    # Synapse never runs as root, main included (it starts as root only to own its volume).
+    synapse_services = {MAIN_SERVICE} | {w.name for w in fleet.plan.fleet.workers if w.role is not Role.MAIN}
+    for name, container in fleet.project.containers().items():
+        if name in synapse_services:
+            uids = Path(f"/proc/{container.pid}/status").read_text().split("Uid:")[1].split()[:4]
+            assert set(map(int, uids)) == {SYNAPSE_UID}, f"{name} runs as {uids}"
+
+
+def test_killed_room_worker_container_is_restarted_and_nothing_acknowledged_is_lost(fleet: ComposeFleet) -> None:
+    room = asyncio.run(new_room(fleet, "kill -9"))
+    victim = fleet.plan.upstreams["synapse_inbound_room_workers"].worker_for(room[1:])
+    assert victim is not None
+    before = fleet.project.containers()[victim]
+    killed_at: list[float] = []
+
+    def kill() -> None:
+        os.kill(before.pid, signal.SIGKILL)
+        killed_at.append(time.monotonic())
+
+    acknowledged, failures = asyncio.run(send_stream(fleet, room, kill))
+    socket_path = fleet.socket(victim)
+    while time.monotonic() - killed_at[0] < 180:
+        after = fleet.project.containers()[victim]
+        if after.pid not in (0, before.pid) and socket_healthy(socket_path):
+            break
+        time.sleep(0.5)
+    recovery = time.monotonic() - killed_at[0]
+    after = fleet.project.containers()[victim]
+    assert after.restarts > before.restarts and after.pid != before.pid, (before, after)
+    assert socket_healthy(socket_path), f"{victim} did not come back"
+    print(
+        f"\n[compose] kill -9 {victim}: {len(acknowledged)} sends acknowledged, {failures} failed, "
+        f"restarted and healthy after {recovery:.1f}s"
+    )
+    assert failures == 0 and len(acknowledged) == 120
+
+    async def send_once() -> None:
+        alice = await login(fleet, "alice")
+        try:
+            response = await alice.room_send(room, "m.room.message", {"msgtype": "m.text", "body": "after"})
+            assert hasattr(response, "event_id"), response
+        finally:
+            await alice.close()
+
+    asyncio.run(send_once())
+    sends = [line for line in fleet.access_log() if room[1:] in line["url"] and "/send/" in line["url"]]
+    assert worker_of(sends[-1]["addr"]) == victim
+
+
+def test_down_then_up_keeps_users_and_rooms(fleet: ComposeFleet) -> None:
+    fleet.project.down()
+    assert not fleet.project.containers()
+    fleet.project.up()
+    seconds = fleet.project.wait_healthy()
+    print(f"\n[compose] up again, every healthcheck passing after {seconds:.1f}s")
+
+    async def rooms_still_there() -> None:
+        alice = await login(fleet, "alice")
+        try:
+            joined = await alice.joined_rooms()
+            assert set(fleet.rooms) <= set(joined.rooms)
+            page = await alice.room_messages(fleet.rooms[0], limit=300)
+            assert any(getattr(e, "body", "").endswith("message 19") for e in page.chunk)
+        finally:
+            await alice.close()
+
+    asyncio.run(rooms_still_there())
+
+
+def test_images_are_built_once(podman: Podman) -> None:
+    """A second call finds every image current and builds nothing: the tests' cache."""
+    images = ensure_images(podman).model_dump()
+
+    def ids() -> dict[str, str]:
+        return {
+            name: podman.check("image", "inspect", "--format", "{{.Id}}", tag).strip() for name, tag in images.items()
+        }
+
+    before = ids()
+    assert ensure_images(podman).model_dump() == images
+    assert ids() == before
