@@ -1,7 +1,8 @@
 """The compose deployment, run for real: `synfleet render` output started with podman and
 podman-compose, from locally built stand-ins of the official images (synfleet.lab.images).
 
-The same client flows as the native end-to-end test through the published port, every request on
+For the `small` and the `seed` profile, the same client flows as the native end-to-end test
+through the published port, every request on
 the worker `synfleet route` predicts (with the compose socket paths), a room worker's container
 killed mid-stream and restarted by its restart policy, and the project stopped and started again
 with its volumes.
@@ -32,9 +33,7 @@ from synfleet.model.load import load_spec
 from synfleet.render.fleet_file import fleet_toml
 from synfleet.render.nginx import access_lines
 from synfleet.render.processes import MAIN_SERVICE
-from synfleet.render.secrets import Secret
 from synfleet.routing.plan import RoutingPlan
-from synfleet.run.register import register_on_socket
 from synfleet.system import free_port
 
 pytestmark = pytest.mark.integration
@@ -79,15 +78,18 @@ def podman() -> Podman:
     return Podman.for_this_machine()
 
 
-@pytest.fixture(scope="module")
-def fleet(podman: Podman, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ComposeFleet]:
+@pytest.fixture(scope="module", params=["small", "seed"])
+def fleet(
+    request: pytest.FixtureRequest, podman: Podman, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ComposeFleet]:
+    profile = request.param
     images = ensure_images(podman)
     if reason := podman.can_start_containers(images.synapse):
         pytest.skip(f"podman cannot start a container here: {reason}")
-    directory = tmp_path_factory.mktemp("compose")
+    directory = tmp_path_factory.mktemp(f"compose-{profile}")
     port = free_port()
     spec = helpers.profile_with(
-        "small", listen={"http_port": port}, synapse={"relaxed_rate_limits": True}, images=images.model_dump()
+        profile, listen={"http_port": port}, synapse={"relaxed_rate_limits": True}, images=images.model_dump()
     )
     (directory / "fleet.toml").write_text(fleet_toml(spec))
     rendered = helpers.synfleet("render", "--dir", str(directory))
@@ -97,11 +99,14 @@ def fleet(podman: Podman, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         started = time.monotonic()
         project.up()
         seconds = project.wait_healthy()
-        print(f"\n[compose small] up -d to every healthcheck passing: {time.monotonic() - started:.1f}s")
-        fleet = ComposeFleet(directory, project, port, "small", seconds)
-        secret = (directory / "secrets" / Secret.REGISTRATION_SHARED_SECRET).read_text().strip()
+        print(f"\n[compose {profile}] up -d to every healthcheck passing: {time.monotonic() - started:.1f}s")
+        fleet = ComposeFleet(directory, project, port, profile, seconds)
         for user in ("alice", "bob"):
-            register_on_socket(str(fleet.socket("main")), secret, user, PASSWORD, admin=False)
+            main_socket = str(fleet.socket("main"))
+            added = helpers.synfleet(
+                "user", "add", user, "--password", PASSWORD, "--socket", main_socket, "--dir", str(directory)
+            )
+            assert added.returncode == 0, added.stderr
         yield fleet
     finally:
         try:
@@ -145,7 +150,7 @@ def test_killed_room_worker_container_is_restarted_and_nothing_acknowledged_is_l
     assert after.restarts > before.restarts and after.pid != before.pid, (before, after)
     assert socket_healthy(socket_path), f"{victim} did not come back"
     print(
-        f"\n[compose] kill -9 {victim}: {len(acknowledged)} sends acknowledged, {failures} failed, "
+        f"\n[compose {fleet.profile}] kill -9 {victim}: {len(acknowledged)} sends acknowledged, {failures} failed, "
         f"restarted and healthy after {recovery:.1f}s"
     )
     assert failures == 0 and len(acknowledged) == 120
@@ -168,7 +173,7 @@ def test_down_then_up_keeps_users_and_rooms(fleet: ComposeFleet) -> None:
     assert not fleet.project.containers()
     fleet.project.up()
     seconds = fleet.project.wait_healthy()
-    print(f"\n[compose] up again, every healthcheck passing after {seconds:.1f}s")
+    print(f"\n[compose {fleet.profile}] up again, every healthcheck passing after {seconds:.1f}s")
 
     async def rooms_still_there() -> None:
         alice = await login(fleet, "alice")

@@ -175,13 +175,15 @@ def test_compose_images_publishing_and_entrypoints(tmp_path: Path) -> None:
 
     def services(**sections: dict[str, object]) -> dict[str, dict[str, object]]:
         spec = profile_with("small", "example.org", **sections)
-        secrets = {name: "x" for name in Secret}
         compose: dict[str, dict[str, dict[str, object]]] = yaml.safe_load(
-            render_compose(spec, secrets)["docker-compose.yml"]
+            render_compose(spec, dict.fromkeys(Secret, "x"))["docker-compose.yml"]
         )
         return compose["services"]
 
     default = services()
+    spec = profile_with("small", "Matrix.Example.org")
+    compose = yaml.safe_load(render_compose(spec, dict.fromkeys(Secret, "x"))["docker-compose.yml"])
+    assert compose["name"] == "synfleet-matrix-example-org"  # one project (and volumes) per fleet
     assert default[MAIN_SERVICE]["image"] == "matrixdotorg/synapse:v1.163.2"
     assert services(synapse={"version": "1.160.0"})["rooms1"]["image"] == "matrixdotorg/synapse:v1.160.0"
     assert (default["postgres"]["image"], default["redis"]["image"]) == ("postgres:15-alpine", "redis:7-alpine")

@@ -142,13 +142,22 @@ def user_group() -> None:
 @click.argument("name")
 @click.option("--password", required=True, help="The new user's password ('-' reads it from stdin).")
 @click.option("--admin", is_flag=True, help="Make the user a server admin.")
-def user_add_command(directory: Path, name: str, password: str, admin: bool) -> None:
+@click.option(
+    "--socket",
+    "socket_path",
+    type=click.Path(path_type=Path),
+    help="main's inbound socket, for a fleet `up` did not start: under docker compose, "
+    "synapse_inbound_main.sock in the sockets volume (`docker volume inspect synfleet-<server name>_sockets`).",
+)
+def user_add_command(directory: Path, name: str, password: str, admin: bool, socket_path: Path | None) -> None:
     """Register user NAME through Synapse's shared-secret admin API."""
     if password == "-":
         password = sys.stdin.readline().rstrip("\n")
     if not password:
         raise UsageError("--password: must not be empty")
-    user_id = register_user(RunPaths(directory), name, password, admin)["user_id"]
+    if socket_path is not None and not socket_path.is_socket():
+        raise UsageError(f"--socket: {socket_path} is not a socket")
+    user_id = register_user(RunPaths(directory), name, password, admin, socket_path)["user_id"]
     click.echo(f"created {user_id}" + (" (admin)" if admin else ""))
 
 

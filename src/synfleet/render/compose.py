@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 from synfleet.layout import (
     COMPOSE,
@@ -42,6 +43,12 @@ def synapse_entrypoint(process: SynapseProcess) -> list[str]:
         steps.insert(0, f"chown {user} {COMPOSE.data_dir}")
         run = f'exec gosu {user} python -m "$$@"'
     return ["sh", "-c", " && ".join([*steps, run]), process.service]
+
+
+def project_name(server_name: str) -> str:
+    """The compose project's name (the prefix of its containers, volumes and network): one per
+    server name, so that two fleets on one machine do not share volumes."""
+    return "synfleet-" + re.sub(r"[^a-z0-9_-]+", "-", server_name.lower()).strip("-")
 
 
 def publish_address(bind: str) -> str:
@@ -103,6 +110,7 @@ def render_compose(spec: FleetSpec, secrets: dict[str, str]) -> dict[str, str]:
             local_redis=local_redis,
             resources=resources,
             publish=publish_address(spec.listen.bind),
+            project=project_name(spec.server_name),
             nginx_temp_dir=COMPOSE_NGINX_TEMP_DIR,
             nginx_health=nginx_healthcheck(spec),
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from pathlib import Path
 
 import httpx
 
@@ -21,20 +22,19 @@ def registration_mac(secret: str, nonce: str, user: str, password: str, admin: b
     return hmac.new(secret.encode(), message, hashlib.sha1).hexdigest()
 
 
-def register_user(paths: RunPaths, localpart: str, password: str, admin: bool) -> dict[str, str]:
-    """Create a user in the native run; returns Synapse's answer (``user_id``, ``access_token``,
-    ...). Errors name the reason (e.g. the user exists)."""
+def register_user(
+    paths: RunPaths, localpart: str, password: str, admin: bool, socket_path: Path | None = None
+) -> dict[str, str]:
+    """Create a user with the fleet's shared secret, through main's socket (the native run's, or
+    ``socket_path``); returns Synapse's answer (``user_id``, ``access_token``, ...). Errors name the
+    reason (e.g. the user exists)."""
     secret_file = paths.directory / SECRETS_DIR / Secret.REGISTRATION_SHARED_SECRET
     try:
         secret = secret_file.read_text().strip()
     except OSError:
         raise UsageError(f"{secret_file}: missing; run `synfleet up --dir {paths.directory}` first") from None
-    return register_on_socket(paths.layout.inbound_socket("main"), secret, localpart, password, admin)
-
-
-def register_on_socket(socket_path: str, secret: str, localpart: str, password: str, admin: bool) -> dict[str, str]:
-    """Create a user through main's inbound socket at ``socket_path`` with the shared secret."""
-    transport = httpx.HTTPTransport(uds=socket_path)
+    socket = str(socket_path) if socket_path else paths.layout.inbound_socket("main")
+    transport = httpx.HTTPTransport(uds=socket)
     try:
         with httpx.Client(transport=transport, base_url="http://localhost", timeout=30) as client:
             nonce = client.get(REGISTER_PATH).json()["nonce"]
@@ -47,7 +47,7 @@ def register_on_socket(socket_path: str, secret: str, localpart: str, password: 
             }
             response = client.post(REGISTER_PATH, json=body)
     except httpx.TransportError:
-        raise SynfleetError(f"main is not answering on {socket_path}: is the fleet up (`synfleet status`)?") from None
+        raise SynfleetError(f"main is not answering on {socket}: is the fleet up?") from None
     data = response.json()
     if response.status_code == 200:
         return {key: str(value) for key, value in data.items()}
