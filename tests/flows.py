@@ -267,3 +267,35 @@ async def send_stream(fleet: Deployment, room: str, kill: Any, count: int = 120)
     finally:
         await alice.close()
     return acknowledged, failures
+
+
+def check_serves_again(fleet: Deployment, room: str, victim: str) -> None:
+    """The restarted worker serves its rooms again: nginx goes back to it for the next send."""
+
+    async def send_once() -> None:
+        alice = await login(fleet, "alice")
+        try:
+            response = await alice.room_send(room, "m.room.message", {"msgtype": "m.text", "body": "after"})
+            assert hasattr(response, "event_id"), response
+        finally:
+            await alice.close()
+
+    asyncio.run(send_once())
+    sends = [line for line in fleet.access_log() if room[1:] in line["url"] and "/send/" in line["url"]]
+    assert worker_of(sends[-1]["addr"]) == victim
+
+
+def check_rooms_still_there(fleet: Deployment) -> None:
+    """After a restart of the whole fleet: alice is in every room made so far, with its messages."""
+
+    async def rooms_still_there() -> None:
+        alice = await login(fleet, "alice")
+        try:
+            joined = await alice.joined_rooms()
+            assert set(fleet.rooms) <= set(joined.rooms)
+            page = await alice.room_messages(fleet.rooms[0], limit=300)
+            assert any(getattr(e, "body", "").endswith("message 19") for e in page.chunk)
+        finally:
+            await alice.close()
+
+    asyncio.run(rooms_still_there())

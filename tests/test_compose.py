@@ -23,7 +23,16 @@ from pathlib import Path
 import pytest
 
 import helpers
-from flows import PASSWORD, check_routing, conversation, login, new_room, send_stream, socket_healthy, worker_of
+from flows import (
+    PASSWORD,
+    check_rooms_still_there,
+    check_routing,
+    check_serves_again,
+    conversation,
+    new_room,
+    send_stream,
+    socket_healthy,
+)
 from synfleet.lab.compose import ComposeProject
 from synfleet.lab.images import ensure_images
 from synfleet.lab.podman import Podman
@@ -154,18 +163,7 @@ def test_killed_room_worker_container_is_restarted_and_nothing_acknowledged_is_l
         f"restarted and healthy after {recovery:.1f}s"
     )
     assert failures == 0 and len(acknowledged) == 120
-
-    async def send_once() -> None:
-        alice = await login(fleet, "alice")
-        try:
-            response = await alice.room_send(room, "m.room.message", {"msgtype": "m.text", "body": "after"})
-            assert hasattr(response, "event_id"), response
-        finally:
-            await alice.close()
-
-    asyncio.run(send_once())
-    sends = [line for line in fleet.access_log() if room[1:] in line["url"] and "/send/" in line["url"]]
-    assert worker_of(sends[-1]["addr"]) == victim
+    check_serves_again(fleet, room, victim)
 
 
 def test_down_then_up_keeps_users_and_rooms(fleet: ComposeFleet) -> None:
@@ -174,18 +172,7 @@ def test_down_then_up_keeps_users_and_rooms(fleet: ComposeFleet) -> None:
     fleet.project.up()
     seconds = fleet.project.wait_healthy()
     print(f"\n[compose {fleet.profile}] up again, every healthcheck passing after {seconds:.1f}s")
-
-    async def rooms_still_there() -> None:
-        alice = await login(fleet, "alice")
-        try:
-            joined = await alice.joined_rooms()
-            assert set(fleet.rooms) <= set(joined.rooms)
-            page = await alice.room_messages(fleet.rooms[0], limit=300)
-            assert any(getattr(e, "body", "").endswith("message 19") for e in page.chunk)
-        finally:
-            await alice.close()
-
-    asyncio.run(rooms_still_there())
+    check_rooms_still_there(fleet)
 
 
 def test_images_are_built_once(podman: Podman) -> None:

@@ -8,6 +8,7 @@ predicts. Then a room worker is killed mid-stream, and the fleet is stopped and 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
@@ -20,7 +21,16 @@ from pathlib import Path
 import pytest
 
 import helpers
-from flows import PASSWORD, check_routing, conversation, login, new_room, send_stream, socket_healthy, worker_of
+from flows import (
+    PASSWORD,
+    check_rooms_still_there,
+    check_routing,
+    check_serves_again,
+    conversation,
+    new_room,
+    send_stream,
+    socket_healthy,
+)
 from synfleet.model.load import load_spec
 from synfleet.nginx.command import world_readable_tempdir
 from synfleet.render.fleet_file import fleet_toml
@@ -122,19 +132,20 @@ def test_killed_room_worker_is_restarted_and_nothing_acknowledged_is_lost(fleet:
     # Sends are PUTs with a transaction ID: nginx retries them on another room worker while the
     # victim is down, so none may fail.
     assert failures == 0 and len(acknowledged) == 120
+    check_serves_again(fleet, room, victim)
 
-    # The restarted worker serves its rooms again: nginx goes back to it for the next send.
-    async def send_once() -> None:
-        alice = await login(fleet, "alice")
-        try:
-            response = await alice.room_send(room, "m.room.message", {"msgtype": "m.text", "body": "after"})
-            assert hasattr(response, "event_id"), response
-        finally:
-            await alice.close()
 
-    asyncio.run(send_once())
-    sends = [line for line in fleet.access_log() if room[1:] in line["url"] and "/send/" in line["url"]]
-    assert worker_of(sends[-1]["addr"]) == victim
+def test_status_json_has_the_tables_figures(fleet: Fleet) -> None:
+    result = synfleet(fleet.directory, "status", "--json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["running"] is True and data["server_name"] == "localhost" and data["unhealthy"] == []
+    processes = {p["name"]: p for p in data["processes"]}
+    assert {w.name for w in fleet.plan.fleet.workers} <= set(processes)
+    assert {"nginx", "postgres", "redis"} <= set(processes)
+    assert processes["main"]["pid"] == worker_pid(fleet, "main")
+    assert all(p["healthy"] and p["state"] == "running" and p["rss_bytes"] > 0 for p in processes.values())
+    assert data["total_rss_bytes"] == sum(p["rss_bytes"] for p in processes.values())
 
 
 def test_down_then_up_keeps_users_and_rooms(fleet: Fleet) -> None:
@@ -150,15 +161,4 @@ def test_down_then_up_keeps_users_and_rooms(fleet: Fleet) -> None:
 
     up = synfleet(fleet.directory, "up")
     assert up.returncode == 0, up.stdout + up.stderr
-
-    async def rooms_still_there() -> None:
-        alice = await login(fleet, "alice")
-        try:
-            joined = await alice.joined_rooms()
-            assert set(fleet.rooms) <= set(joined.rooms)
-            page = await alice.room_messages(fleet.rooms[0], limit=300)
-            assert any(getattr(e, "body", "").endswith("message 19") for e in page.chunk)
-        finally:
-            await alice.close()
-
-    asyncio.run(rooms_still_there())
+    check_rooms_still_there(fleet)

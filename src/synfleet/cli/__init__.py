@@ -12,9 +12,11 @@ from synfleet.cli.audit import audit_command
 from synfleet.cli.deploy import check_command, init_command, render_command
 from synfleet.cli.route import ring_command, route_command
 from synfleet.cli.run import (
+    backup_command,
     bench_command,
     down_command,
     logs_command,
+    restore_command,
     service_group,
     status_command,
     up_command,
@@ -38,6 +40,8 @@ for command in (
     status_command,
     logs_command,
     user_group,
+    backup_command,
+    restore_command,
     service_group,
     route_command,
     ring_command,

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
+from typing import NoReturn
 
 import click
 from rich.console import Console
@@ -15,8 +17,9 @@ from synfleet.cli.options import DIR_OPTION, make_directory
 from synfleet.errors import UsageError
 from synfleet.model.load import load_spec
 from synfleet.run import service
+from synfleet.run.backup import backup, restore
 from synfleet.run.bench import bench, plot
-from synfleet.run.fleet import ORPHANED, down, status, up
+from synfleet.run.fleet import ORPHANED, ProcessStatus, down, status, up
 from synfleet.run.logs import follow, log_files, tail
 from synfleet.run.paths import RunPaths, place_run_directory
 from synfleet.run.register import register_user
@@ -70,9 +73,13 @@ def _duration(seconds: float) -> str:
 
 @click.command("status")
 @DIR_OPTION
-def status_command(directory: Path) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print the same figures as JSON, for scripts and monitoring.")
+def status_command(directory: Path, as_json: bool) -> None:
     """Show every process: state, pid, health, uptime, memory, socket."""
-    rows = status(RunPaths(directory), load_spec(directory))
+    spec = load_spec(directory)
+    rows = status(RunPaths(directory), spec)
+    if as_json:
+        _print_status_json(directory, spec.server_name, rows)
     console = Console(highlight=False)
     if not rows:
         console.print("the fleet is not running (start it with: synfleet up)")
@@ -107,6 +114,37 @@ def status_command(directory: Path) -> None:
     )
     if unhealthy:
         sys.exit(1)
+
+
+def _exit_status(rows: list[ProcessStatus]) -> int:
+    """3: not running; 1: processes without their supervisor, or unhealthy; 0: all healthy."""
+    if not rows:
+        return 3
+    return 0 if all(row.healthy for row in rows) and not any(row.state == ORPHANED for row in rows) else 1
+
+
+def _print_status_json(directory: Path, server_name: str, rows: list[ProcessStatus]) -> NoReturn:
+    document = {
+        "directory": str(directory.resolve()),
+        "server_name": server_name,
+        "running": bool(rows) and not all(row.state == ORPHANED for row in rows),
+        "processes": [
+            {
+                "name": row.name,
+                "state": row.state.lower(),
+                "pid": row.pid or None,
+                "healthy": row.healthy,
+                "uptime_seconds": round(row.uptime, 1),
+                "rss_bytes": row.rss_kib * 1024,
+                "socket": row.socket or None,
+            }
+            for row in rows
+        ],
+        "total_rss_bytes": sum(row.rss_kib for row in rows) * 1024,
+        "unhealthy": [row.name for row in rows if not row.healthy],
+    }
+    click.echo(json.dumps(document, indent=2))
+    sys.exit(_exit_status(rows))
 
 
 @click.command("logs")
@@ -159,6 +197,35 @@ def user_add_command(directory: Path, name: str, password: str, admin: bool, soc
         raise UsageError(f"--socket: {socket_path} is not a socket")
     user_id = register_user(RunPaths(directory), name, password, admin, socket_path)["user_id"]
     click.echo(f"created {user_id}" + (" (admin)" if admin else ""))
+
+
+@click.command("backup")
+@DIR_OPTION
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    help="The archive to write (default: D/backups/<server name>-<UTC time>.backup).",
+)
+def backup_command(directory: Path, out: Path | None) -> None:
+    """Write the running fleet (database, media, signing key, secrets, fleet.toml) to one archive."""
+    console = Console(highlight=False)
+    if out is None:
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        out = directory / "backups" / f"{load_spec(directory).server_name}-{stamp}.backup"
+        out.parent.mkdir(mode=0o700, exist_ok=True)
+    elif not out.parent.is_dir():
+        raise UsageError(f"--out: {out.parent} is not a directory")
+    backup(directory, out, lambda line: console.print("  " + escape(line)))
+
+
+@click.command("restore")
+@click.argument("archive", type=click.Path(path_type=Path))
+@DIR_OPTION
+@click.option("--force", is_flag=True, help="Replace the stopped fleet (its database and media) in D.")
+def restore_command(archive: Path, directory: Path, force: bool) -> None:
+    """Rebuild a fleet in D from a `synfleet backup` archive, checked whole before anything is written."""
+    console = Console(highlight=False)
+    restore(archive, directory, force, lambda line: console.print("  " + escape(line)))
 
 
 @click.command("bench")

@@ -18,6 +18,7 @@ from synfleet.model.pem import check_files
 from synfleet.render.files import chown_tree, update_tree
 from synfleet.render.secrets import Secret, ensure_secrets
 from synfleet.run.accounts import Account, Accounts, as_root, ensure_accounts
+from synfleet.run.backup import load_pending_dump
 from synfleet.run.health import is_healthy
 from synfleet.run.logs import failure_logs
 from synfleet.run.measure import memory_kib
@@ -192,6 +193,7 @@ def up(paths: RunPaths, spec: FleetSpec, report: Report, supervisor: Supervisor 
                 ensure_database(
                     str(paths.sockets), paths.postgres_data, plan.spec.database, secrets[Secret.POSTGRES_PASSWORD]
                 )
+                load_pending_dump(paths, plan.spec, secrets[Secret.POSTGRES_PASSWORD], report)
     except BaseException:
         if not already:
             report("stopping what was started")
