@@ -12,6 +12,7 @@ from synfleet.cli.audit import audit_command
 from synfleet.cli.deploy import check_command, init_command, render_command
 from synfleet.cli.route import ring_command, route_command
 from synfleet.cli.run import (
+    apply_command,
     backup_command,
     bench_command,
     down_command,
@@ -36,6 +37,7 @@ for command in (
     render_command,
     check_command,
     up_command,
+    apply_command,
     down_command,
     status_command,
     logs_command,

@@ -17,6 +17,7 @@ from synfleet.cli.options import DIR_OPTION, make_directory
 from synfleet.errors import UsageError
 from synfleet.model.load import load_spec
 from synfleet.run import service
+from synfleet.run.apply import apply, plan_change
 from synfleet.run.backup import backup, restore
 from synfleet.run.bench import bench, plot
 from synfleet.run.fleet import ORPHANED, ProcessStatus, down, status, up
@@ -197,6 +198,23 @@ def user_add_command(directory: Path, name: str, password: str, admin: bool, soc
         raise UsageError(f"--socket: {socket_path} is not a socket")
     user_id = register_user(RunPaths(directory), name, password, admin, socket_path)["user_id"]
     click.echo(f"created {user_id}" + (" (admin)" if admin else ""))
+
+
+@click.command("apply")
+@DIR_OPTION
+@click.option("--dry-run", is_flag=True, help="Print the plan (and the rooms that move) and change nothing.")
+def apply_command(directory: Path, dry_run: bool) -> None:
+    """Bring the running fleet to what fleet.toml says, restarting only what must restart."""
+    console = Console(highlight=False)
+    paths = RunPaths(directory)
+    change = plan_change(paths, load_spec(directory))
+    for line in change.lines():
+        console.print(escape(line))
+    if dry_run or change.empty:
+        return
+    began = time.monotonic()
+    apply(paths, change, lambda line: console.print("  " + line))
+    console.print(f"applied in {time.monotonic() - began:.1f}s")
 
 
 @click.command("backup")

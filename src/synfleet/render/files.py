@@ -72,6 +72,15 @@ def write_tree(target: Path, rendered: Rendered) -> None:
             shutil.rmtree(old, ignore_errors=True)
 
 
+def tree_differs(target: Path, rendered: Rendered) -> bool:
+    """Whether writing ``rendered`` under ``target`` would change a file."""
+    for relative, text in rendered.files.items():
+        path = target / relative
+        if not path.exists() or path.read_text() != text:
+            return True
+    return False
+
+
 def update_tree(target: Path, rendered: Rendered) -> bool:
     """Write the files of ``rendered`` under ``target`` that differ, each atomically; True if any did."""
     changed = False

@@ -15,7 +15,7 @@ from pathlib import Path
 from synfleet.errors import SynfleetError, UsageError
 from synfleet.model.file import FleetSpec
 from synfleet.model.pem import check_files
-from synfleet.render.files import chown_tree, update_tree
+from synfleet.render.files import chown_tree, tree_differs, update_tree
 from synfleet.render.secrets import Secret, ensure_secrets
 from synfleet.run.accounts import Account, Accounts, as_root, ensure_accounts
 from synfleet.run.backup import load_pending_dump
@@ -24,7 +24,7 @@ from synfleet.run.logs import failure_logs
 from synfleet.run.measure import memory_kib
 from synfleet.run.ownership import stop
 from synfleet.run.paths import RunPaths
-from synfleet.run.plan import Plan, plan_for, run_files, running_processes
+from synfleet.run.plan import Plan, plan_for, run_files, running_processes, running_spec
 from synfleet.run.postgres import ensure_database, init_cluster
 from synfleet.run.process import NativeProcess, Tier
 from synfleet.run.supervisor import Supervisor
@@ -64,7 +64,7 @@ def _clear_stale_sockets(paths: RunPaths) -> None:
         raise UsageError(f"socket {path} is in use by a process synfleet did not start: stop it first")
 
 
-def _write_run_files(plan: Plan, secrets: dict[str, str], accounts: Accounts | None) -> bool:
+def write_run_files(plan: Plan, secrets: dict[str, str], accounts: Accounts | None) -> bool:
     """Write the run directory's config files and give each part to whoever needs it; True if any
     file changed."""
     paths = plan.paths
@@ -106,7 +106,7 @@ def _hand_over(plan: Plan, accounts: Accounts) -> None:
             os.chown(log, fleet.uid, fleet.gid)
 
 
-def _wait_healthy(
+def wait_healthy(
     supervisor: Supervisor, processes: list[NativeProcess], timeout: float, report: Report
 ) -> NativeProcess | None:
     """Wait until every process answers its health check; the first one that fails, else None."""
@@ -155,16 +155,17 @@ def up(paths: RunPaths, spec: FleetSpec, report: Report, supervisor: Supervisor 
             _port_free(listen.bind, listen.https_port, "listen.https_port")
         _clear_stale_sockets(paths)
     secrets = ensure_secrets(paths.directory)
-    accounts = ensure_accounts(report) if as_root() else None
-    changed = _write_run_files(plan, secrets, accounts)
     if already:
         report("the fleet is already running; checking every process")
-        if changed:
-            supervisor.reread()
+        if tree_differs(paths.run, run_files(plan, secrets)):
+            plan = plan_for(paths, running_spec(paths))  # check what runs
             report(
-                "[yellow]configuration changed[/yellow]: run `synfleet down` and `synfleet up` to apply it everywhere"
+                "[yellow]fleet.toml differs from the running fleet[/yellow]: `synfleet apply --dry-run` shows "
+                "what would change, `synfleet apply` changes it"
             )
     else:
+        accounts = ensure_accounts(report) if as_root() else None
+        write_run_files(plan, secrets, accounts)
         if plan.spec.database.local and init_cluster(
             require_binary("initdb"),
             paths.postgres_data,
@@ -185,7 +186,7 @@ def up(paths: RunPaths, spec: FleetSpec, report: Report, supervisor: Supervisor 
                 if info[process.name].state not in ("RUNNING", "STARTING"):
                     report(f"starting {process.name}")
                     supervisor.start(process.name)
-            failed = _wait_healthy(supervisor, members, tier.timeout, report)
+            failed = wait_healthy(supervisor, members, tier.timeout, report)
             if failed:
                 logs = failure_logs(failed.name, Path(failed.log), paths)
                 raise SynfleetError(f"{failed.name} did not become healthy\n{logs}")

@@ -14,11 +14,12 @@ from pathlib import Path
 
 from synfleet.errors import SynfleetError, UsageError
 from synfleet.layout import SECRETS_DIR
-from synfleet.model.file import FleetSpec
+from synfleet.model.file import FleetSpec, parse_fleet
 from synfleet.model.fleet import Role, Service
 from synfleet.nginx.command import command_line, http2_directive_supported, nginx_version
 from synfleet.render.deploy import nginx_tls, render_files
 from synfleet.render.files import Rendered
+from synfleet.render.fleet_file import fleet_toml
 from synfleet.render.nginx import NginxLayout
 from synfleet.render.processes import synapse_processes
 from synfleet.run.accounts import FLEET_ACCOUNT, NGINX_ACCOUNT, as_root
@@ -27,6 +28,9 @@ from synfleet.run.paths import NGINX_DIR, RunPaths, blocked_parent
 from synfleet.run.process import Health, HealthKind, NativeProcess, Tier
 from synfleet.run.supervisor import supervisor_config
 from synfleet.system import find_binary, require_binary
+
+#: The fleet file the run directory was last rendered from (by `up` or `apply`).
+APPLIED_FLEET_FILE = "fleet.toml"
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,17 @@ def plan_for(paths: RunPaths, spec: FleetSpec) -> Plan:
         for path in (python, python.resolve(), Path(sysconfig.get_paths()["stdlib"]), Path(synapse.origin).parent):
             _check_python_reachable(Path(os.path.realpath(path.parent)) / path.name)
     return Plan(spec, paths, native_processes(spec, paths, binaries))
+
+
+def running_spec(paths: RunPaths) -> FleetSpec:
+    """The fleet file the running fleet was rendered from."""
+    path = paths.run / APPLIED_FLEET_FILE
+    try:
+        return parse_fleet(path.read_text(), str(path))
+    except OSError:
+        raise UsageError(
+            f"{path} is missing: this fleet was started by an older synfleet; `synfleet down` and `up` once"
+        ) from None
 
 
 def fleet_python() -> str:
@@ -226,5 +241,6 @@ def run_files(plan: Plan, secrets: dict[str, str]) -> Rendered:
     paths = plan.paths
     files = render_files(plan.spec, paths.layout, native_nginx_layout(plan.spec, paths), secrets, NGINX_DIR)
     files["supervisord.conf"] = supervisor_config(paths, plan.processes)
+    files[APPLIED_FLEET_FILE] = fleet_toml(plan.spec)
     files.update({f"{SECRETS_DIR}/{name}": f"{value}\n" for name, value in secrets.items()})
     return Rendered(files)

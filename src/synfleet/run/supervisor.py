@@ -108,17 +108,36 @@ class Supervisor:
 
     def reread(self) -> None:
         """Load a changed supervisord.conf: add new programs, drop removed ones."""
-        proxy = self._proxy()
-        [[added, changed, removed]] = proxy.reloadConfig()
+        added, changed, removed = self.reload_config()
         for name in removed:
-            proxy.stopProcessGroup(name)
-            proxy.removeProcessGroup(name)
+            self.remove(name)
         for name in changed:
-            proxy.stopProcessGroup(name)
-            proxy.removeProcessGroup(name)
-            proxy.addProcessGroup(name)
+            self.remove(name)
+            self.add(name)
         for name in added:
-            proxy.addProcessGroup(name)
+            self.add(name)
+
+    def reload_config(self) -> tuple[list[str], list[str], list[str]]:
+        """Read supervisord.conf again: the programs (added, changed, removed), none applied yet."""
+        [[added, changed, removed]] = self._proxy().reloadConfig()
+        return added, changed, removed
+
+    def add(self, name: str) -> None:
+        """Take a program of the config read by :meth:`reload_config` (not started: no autostart)."""
+        self._proxy().addProcessGroup(name)
+
+    def remove(self, name: str) -> None:
+        """Stop a program (gracefully, then forcibly) and forget it."""
+        proxy = self._proxy()
+        proxy.stopProcessGroup(name)
+        proxy.removeProcessGroup(name)
+
+    def stop(self, name: str) -> None:
+        with contextlib.suppress(xmlrpc.client.Fault):  # not running
+            self._proxy().stopProcess(name, True)
+
+    def signal(self, name: str, signal_name: str) -> None:
+        self._proxy().signalProcess(name, signal_name)
 
     def stop_all(self) -> None:
         """Stop every program, highest priority number first, each gracefully then forcibly."""
