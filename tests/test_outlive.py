@@ -120,10 +120,12 @@ def _alive(pid: int) -> bool:
 
 def test_a_killed_nginx_master_is_replaced_and_serves_the_current_configuration(fleet: Fleet) -> None:
     fleet.up()
-    # A setting only nginx enforces: uploads above 1M are refused. Written now, read at nginx's start.
-    text = (fleet.directory / "fleet.toml").read_text().replace('max_upload_size = "50M"', 'max_upload_size = "1M"')
-    (fleet.directory / "fleet.toml").write_text(text)
-    fleet.up()  # rewrites nginx's files; the running master keeps its configuration
+    # nginx's configuration on disk changes (uploads above 1M refused); the running master keeps
+    # the configuration it read at its start.
+    locations = fleet.directory / "run" / "nginx" / "locations.conf"
+    text = locations.read_text()
+    assert f"client_max_body_size {50 << 20};" in text
+    locations.write_text(text.replace(f"client_max_body_size {50 << 20};", f"client_max_body_size {1 << 20};"))
     upload = f"http://127.0.0.1:{fleet.port}/_matrix/media/v3/upload"
     assert httpx.post(upload, content=b"x" * (2 << 20), timeout=30).status_code == 401  # Synapse: no token
     master = fleet.pid("nginx/nginx.pid")
