@@ -21,6 +21,7 @@ from synfleet.cli.run import (
     service_group,
     status_command,
     up_command,
+    upgrade_command,
     user_group,
 )
 from synfleet.errors import SynfleetError
@@ -38,6 +39,7 @@ for command in (
     check_command,
     up_command,
     apply_command,
+    upgrade_command,
     down_command,
     status_command,
     logs_command,

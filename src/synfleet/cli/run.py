@@ -25,6 +25,7 @@ from synfleet.run.logs import follow, log_files, tail
 from synfleet.run.paths import RunPaths, place_run_directory
 from synfleet.run.register import register_user
 from synfleet.run.supervisor import Supervisor
+from synfleet.run.upgrade import upgrade_compose, upgrade_native
 
 
 @click.command("up")
@@ -215,6 +216,28 @@ def apply_command(directory: Path, dry_run: bool) -> None:
     began = time.monotonic()
     apply(paths, change, lambda line: console.print("  " + line))
     console.print(f"applied in {time.monotonic() - began:.1f}s")
+
+
+@click.command("upgrade")
+@DIR_OPTION
+@click.option(
+    "--synapse",
+    "version",
+    help="docker compose: the Synapse release to move to (sets synapse.version, renders, prints the commands).",
+)
+@click.option("--force", is_flag=True, help="Restart on the same release, or (compose) allow an older one.")
+def upgrade_command(directory: Path, version: str | None, force: bool) -> None:
+    """Move the fleet to another Synapse release: main migrates alone, then the workers start."""
+    console = Console(highlight=False)
+
+    def report(line: str) -> None:
+        console.print("  " + line)
+
+    if version is None:
+        upgrade_native(RunPaths(directory), force, report)
+        return
+    for command in upgrade_compose(directory, version, force, report):
+        click.echo(command)
 
 
 @click.command("backup")

@@ -199,10 +199,10 @@ def apply(paths: RunPaths, change: Change, report: Report) -> None:
             supervisor.remove(name)
             supervisor.add(name)
     if change.restart_all:  # the schema stands: main and the workers start together
-        _restart(supervisor, [p for p in plan.processes if _is_synapse(p)], report)
+        restart(supervisor, [p for p in plan.processes if _is_synapse(p)], report)
     else:
-        _restart(supervisor, [new_processes[name] for name in change.restart if name not in changed], report)
-        _restart(supervisor, [new_processes[name] for name in change.start], report)
+        restart(supervisor, [new_processes[name] for name in change.restart if name not in changed], report)
+        restart(supervisor, [new_processes[name] for name in change.start], report)
     if change.reload_nginx:
         report("reloading nginx")
         supervisor.signal(NGINX, "HUP")
@@ -214,7 +214,7 @@ def apply(paths: RunPaths, change: Change, report: Report) -> None:
             (paths.run / stale).unlink(missing_ok=True)
 
 
-def _restart(supervisor: Supervisor, processes: list[NativeProcess], report: Report) -> None:
+def restart(supervisor: Supervisor, processes: list[NativeProcess], report: Report) -> None:
     """(Re)start ``processes`` and wait until every one is healthy."""
     if not processes:
         return

@@ -1,13 +1,16 @@
-"""`synfleet apply` on a running fleet under traffic: room workers grow 2 -> 3 and shrink back with
+"""Day two on a running fleet. `synfleet apply` under traffic: room workers grow 2 -> 3 and shrink back with
 no failed send, no lost message and no other process restarted; the rooms that move are those the
 dry run names, and the new worker serves them. A change Synapse needs every process restarted for
-(a second event persister) loses no acknowledged message either."""
+(a second event persister) loses no acknowledged message either. `synfleet upgrade` refuses a
+database too new for the installed Synapse and restarts main alone before the workers; for compose
+it renders the new image tag and prints the order."""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
 import json
+import os
 import re
 import subprocess
 import threading
@@ -22,9 +25,11 @@ from typing import Any
 import pytest
 from nio import AsyncClient
 from nio.responses import SyncResponse
+from synapse.storage.schema import SCHEMA_VERSION
 
 import helpers
 from flows import PASSWORD, worker_of
+from synfleet.model.load import load_spec
 from synfleet.nginx.command import world_readable_tempdir
 from synfleet.render.fleet_file import fleet_toml
 from synfleet.render.nginx import access_lines
@@ -256,3 +261,78 @@ def test_apply_refuses_a_rename_and_a_stopped_fleet(fleet: Fleet, tmp_path: Path
     stopped = synfleet(tmp_path, "apply")
     assert stopped.returncode == 2 and "not running" in stopped.stderr, stopped.stderr
     assert not (tmp_path / "run").exists()
+
+
+def psql(fleet: Fleet, query: str) -> str:
+    spec = load_spec(fleet.directory)
+    password = (fleet.directory / "secrets" / "postgres_password").read_text().strip()
+    command = [
+        "psql",
+        "-X",
+        "-A",
+        "-t",
+        f"--host={RunPaths(fleet.directory).sockets}",
+        f"--username={spec.database.user}",
+    ]
+    done = subprocess.run(
+        [*command, f"--dbname={spec.database.name}", "-c", query],
+        env={**os.environ, "PGPASSWORD": password},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return done.stdout.strip()
+
+
+def test_upgrade_refuses_a_database_too_new_and_restarts_main_first(fleet: Fleet) -> None:
+    pids = fleet.pids()
+    same = synfleet(fleet.directory, "upgrade")
+    assert same.returncode == 0 and "already runs Synapse" in same.stdout, same.stdout + same.stderr
+    assert fleet.pids() == pids
+
+    # A database a newer Synapse migrated: the installed one cannot run it.
+    compat = psql(fleet, "SELECT compat_version FROM schema_compat_version")
+    psql(fleet, f"UPDATE schema_compat_version SET compat_version = {SCHEMA_VERSION + 1}")
+    try:
+        refused = synfleet(fleet.directory, "upgrade", "--force")
+    finally:
+        psql(fleet, f"UPDATE schema_compat_version SET compat_version = {compat}")
+    assert refused.returncode == 2 and "downgrade across a schema change" in refused.stderr, refused.stderr
+    assert refused.stderr.count("\n") == 1
+    assert fleet.pids() == pids
+
+    forced = synfleet(fleet.directory, "upgrade", "--force")
+    assert forced.returncode == 0, forced.stdout + forced.stderr
+    lines = forced.stdout.splitlines()
+    first_worker_start = min(i for i, line in enumerate(lines) if re.search(r"starting (?!main)\w+", line))
+    main_healthy = next(i for i, line in enumerate(lines) if re.search(r"healthy\s+main", line))
+    assert main_healthy < first_worker_start, forced.stdout
+    after = fleet.pids()
+    assert after["nginx"] == pids["nginx"] and after["postgres"] == pids["postgres"]
+    synapse = {w.name for w in load_spec(fleet.directory).fleet.workers}
+    assert all(after[name] != pids[name] for name in synapse), "every Synapse process restarts"
+
+
+def test_upgrade_of_a_compose_deployment_renders_the_tag_and_prints_the_order(tmp_path: Path) -> None:
+    assert (
+        helpers.synfleet(
+            "init", "--dir", str(tmp_path), "--server-name", "example.org", "--profile", "small"
+        ).returncode
+        == 0
+    )
+    assert helpers.synfleet("render", "--dir", str(tmp_path)).returncode == 0
+    moved = helpers.synfleet("upgrade", "--synapse", "1.170.0", "--dir", str(tmp_path))
+    assert moved.returncode == 0, moved.stderr
+    text = (tmp_path / "fleet.toml").read_text()
+    assert 'version = "1.170.0"' in text and "# Synapse release for docker compose images" in text
+    compose = (tmp_path / "deploy" / "docker-compose.yml").read_text()
+    assert "matrixdotorg/synapse:v1.170.0" in compose and "v1.163.2" not in compose
+    commands = [line for line in moved.stdout.splitlines() if line.startswith("docker compose")]
+    assert commands[1].startswith("docker compose stop ") and "rooms1" in commands[1].split()
+    assert "--no-deps synapse" in commands[2] and commands[-1].startswith("docker compose up -d ")
+
+    older = helpers.synfleet("upgrade", "--synapse", "1.160.0", "--dir", str(tmp_path))
+    assert older.returncode == 2 and "older than the fleet's 1.170.0" in older.stderr, older.stderr
+    assert 'version = "1.170.0"' in (tmp_path / "fleet.toml").read_text()
+    bad = helpers.synfleet("upgrade", "--synapse", "latest", "--dir", str(tmp_path))
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1
