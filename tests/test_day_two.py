@@ -247,6 +247,25 @@ def test_a_change_that_restarts_everything_loses_nothing(fleet: Fleet) -> None:
     assert status.returncode == 0 and "tasks2" in {p["name"] for p in json.loads(status.stdout)["processes"]}
 
 
+def test_a_change_of_each_process_own_files_restarts_them_one_by_one(fleet: Fleet) -> None:
+    pids = fleet.pids()
+    text = (fleet.directory / "fleet.toml").read_text()
+    assert 'log_level = "WARNING"' in text
+    (fleet.directory / "fleet.toml").write_text(text.replace('log_level = "WARNING"', 'log_level = "INFO"'))
+    try:
+        dry, _ = apply(fleet)
+    finally:
+        (fleet.directory / "fleet.toml").write_text(text)
+    assert "every process restarted" not in dry and "restart: main" in dry, dry
+    after = fleet.pids()
+    synapse = {w.name for w in load_spec(fleet.directory).fleet.workers}
+    assert all(after[name] != pids[name] for name in synapse)
+    assert all(after[name] == pids[name] for name in pids if name not in synapse), "only Synapse restarts"
+    assert synfleet(fleet.directory, "status").returncode == 0
+    back = synfleet(fleet.directory, "apply")
+    assert back.returncode == 0, back.stderr
+
+
 def test_apply_refuses_a_rename_and_a_stopped_fleet(fleet: Fleet, tmp_path: Path) -> None:
     current = (fleet.directory / "fleet.toml").read_text()
     renamed = current.replace('server_name = "localhost"', 'server_name = "other.example"')

@@ -7,7 +7,7 @@ are rendered, and what differs decides the plan:
   for room workers, client readers and media workers: start the new worker and wait until it is
   healthy, reload nginx gracefully, then stop the removed worker (nginx has stopped sending to it).
   No other process restarts.
-- a worker whose own files changed: restart it alone.
+- a process whose own files changed (its worker or log config): restart it alone, one at a time.
 - a changed ``homeserver.yaml`` (``instance_map``, stream writers, event persisters, federation
   senders...): Synapse wants every process restarted, and no process may run the old config while
   another runs the new one (two event persisters could write one room). Workers stop, then main;
@@ -87,7 +87,7 @@ class Change:
             result.append("reload nginx gracefully (its master keeps running)")
         if not self.restart_all:
             untouched = [p.name for p in self.old.processes if p.name not in {*self.stop, *self.restart, NGINX}]
-            result.append(f"untouched: {', '.join(untouched)}")
+            result.append(f"untouched: {', '.join(untouched) or 'nothing'}")
         for move in self.moves:
             total = sum(move.shares.values())
             result.append(
@@ -194,16 +194,19 @@ def apply(paths: RunPaths, change: Change, report: Report) -> None:
     added, changed, removed = supervisor.reload_config()
     for name in added:
         supervisor.add(name)
-    for name in changed:
-        if name not in change.stop:
-            supervisor.remove(name)
-            supervisor.add(name)
+    for name in changed:  # a program whose command changed: supervisord takes it anew, stopped
+        supervisor.remove(name)
+        supervisor.add(name)
     if change.restart_all:  # the schema stands: main and the workers start together
         restart(supervisor, [p for p in plan.processes if _is_synapse(p)], report)
     else:
-        restart(supervisor, [new_processes[name] for name in change.restart if name not in changed], report)
+        for name in change.restart:  # one at a time: the others keep serving
+            restart(supervisor, [new_processes[name]], report)
         restart(supervisor, [new_processes[name] for name in change.start], report)
-    if change.reload_nginx:
+    # Anything else supervisord had to take anew (nginx, PostgreSQL, Redis) starts again.
+    others = [new_processes[name] for name in changed if not _is_synapse(new_processes[name])]
+    restart(supervisor, sorted(others, key=lambda p: p.tier), report)
+    if change.reload_nginx and NGINX not in changed:
         report("reloading nginx")
         supervisor.signal(NGINX, "HUP")
     for name in removed:
