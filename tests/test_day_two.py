@@ -12,6 +12,7 @@ import itertools
 import json
 import os
 import re
+import socket
 import subprocess
 import threading
 import time
@@ -355,3 +356,23 @@ def test_upgrade_of_a_compose_deployment_renders_the_tag_and_prints_the_order(tm
     assert 'version = "1.170.0"' in (tmp_path / "fleet.toml").read_text()
     bad = helpers.synfleet("upgrade", "--synapse", "latest", "--dir", str(tmp_path))
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1
+
+
+def test_up_right_after_down_and_a_port_another_program_holds(fleet: Fleet, tmp_path: Path) -> None:
+    """Connections left in TIME_WAIT by the traffic above do not block a restart script; a port
+    that another program listens on still does, with one clear message and nothing started."""
+    assert synfleet(fleet.directory, "down").returncode == 0
+    up = synfleet(fleet.directory, "up")
+    assert up.returncode == 0, up.stdout + up.stderr
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        spec = helpers.profile_with("small", listen={"http_port": port})
+        (tmp_path / "fleet.toml").write_text(fleet_toml(spec))
+        refused = synfleet(tmp_path, "up")
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert f"port {port} on 127.0.0.1 is in use by another program" in refused.stderr
+    assert refused.stderr.count("\n") == 1
+    assert not (tmp_path / "run" / "supervisord.conf").exists()
