@@ -19,25 +19,23 @@ and to which worker.
 
 from __future__ import annotations
 
-import os
-import subprocess
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from synfleet.errors import SynfleetError, UsageError
-from synfleet.layout import SECRETS_DIR, SHARED_CONFIG, log_config_file, worker_config_file
+from synfleet.layout import SHARED_CONFIG, log_config_file, worker_config_file
 from synfleet.model.file import FleetSpec
-from synfleet.render.secrets import Secret, ensure_secrets
+from synfleet.render.secrets import ensure_secrets
 from synfleet.routing.corpus import room_keys
 from synfleet.routing.plan import RoutingPlan
 from synfleet.run.accounts import as_root, ensure_accounts
 from synfleet.run.fleet import wait_healthy, write_run_files
 from synfleet.run.paths import NGINX_DIR, RunPaths
 from synfleet.run.plan import Plan, plan_for, run_files, running_spec
+from synfleet.run.postgres import query
 from synfleet.run.process import NativeProcess, Tier
 from synfleet.run.supervisor import Supervisor
-from synfleet.system import require_binary
 
 Report = Callable[[str], None]
 NGINX = "nginx"
@@ -101,29 +99,23 @@ class Change:
         return result
 
 
-def _rooms(paths: RunPaths, spec: FleetSpec) -> list[str]:
-    """Every room the fleet's database knows."""
-    db = spec.database
-    password = (paths.directory / SECRETS_DIR / Secret.POSTGRES_PASSWORD).read_text().strip()
-    command = [require_binary("psql"), "-X", "-A", "-t", f"--host={db.host or paths.sockets}", f"--port={db.port}"]
-    command += [f"--username={db.user}", f"--dbname={db.name}", "-c", "SELECT room_id FROM rooms"]
-    done = subprocess.run(command, env={**os.environ, "PGPASSWORD": password}, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise UsageError(f"cannot list the fleet's rooms: {done.stderr.strip().splitlines()[-1:]}")
-    return done.stdout.split()
-
-
-def _moves(old: RoutingPlan, new: RoutingPlan, rooms: list[str]) -> list[Move]:
+def _moves(old: RoutingPlan, new: RoutingPlan, rooms: Callable[[], list[str]]) -> list[Move]:
+    """Each hashed group whose workers change; ``rooms`` (the fleet's, read only then) says which move."""
+    changed = [
+        (name, before, new.upstreams[name])
+        for name, before in old.upstreams.items()
+        if name in new.upstreams
+        and before.workers != new.upstreams[name].workers
+        and (before.hashed or new.upstreams[name].hashed)
+    ]
+    known = rooms() if changed else []
+    keys = room_keys(20_000, seed=1)
     moves = []
-    for name, before in old.upstreams.items():
-        after = new.upstreams.get(name)
-        if after is None or before.workers == after.workers or not (before.hashed or after.hashed):
-            continue
-        keys = room_keys(20_000, seed=1)
+    for name, before, after in changed:
         pairs = Counter((before.workers[before.ring.pick(k)], after.workers[after.ring.pick(k)]) for k in keys)
         shares = {pair: n / len(keys) for pair, n in pairs.items() if pair[0] != pair[1]}
         move = Move(name.removeprefix("synapse_inbound_"), before.workers, after.workers, shares)
-        for room in rooms:
+        for room in known:
             source, target = before.worker_for(room[1:]), after.worker_for(room[1:])
             if source != target and source is not None and target is not None:
                 move.rooms[room] = (source, target)
@@ -166,9 +158,11 @@ def plan_change(paths: RunPaths, spec: FleetSpec) -> Change:
         restart = [p.name for p in new.processes if p.name in old_processes and _is_synapse(p)]
     old_routing = RoutingPlan(old_spec.fleet, socket_dir=str(paths.sockets))
     new_routing = RoutingPlan(spec.fleet, socket_dir=str(paths.sockets))
-    moves = _moves(old_routing, new_routing, [])
-    if moves:
-        moves = _moves(old_routing, new_routing, _rooms(paths, old_spec))
+    moves = _moves(
+        old_routing,
+        new_routing,
+        lambda: query(paths, old_spec.database, "SELECT room_id FROM rooms", "cannot list the fleet's rooms"),
+    )
     return Change(old, new, start, stop, restart, restart_all, reload_nginx, moves)
 
 

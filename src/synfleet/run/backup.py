@@ -20,7 +20,6 @@ import io
 import json
 import os
 import shutil
-import subprocess
 import tarfile
 import tempfile
 import time
@@ -30,14 +29,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO
 
-from synfleet.errors import SynfleetError, UsageError
+from synfleet.errors import UsageError
 from synfleet.layout import SECRETS_DIR
 from synfleet.model.file import FleetSpec, parse_fleet
 from synfleet.model.load import FLEET_FILE, load_spec
-from synfleet.render.secrets import Secret
 from synfleet.run.paths import RunPaths, place_run_directory
+from synfleet.run.postgres import client
 from synfleet.run.supervisor import Supervisor
-from synfleet.system import require_binary
 
 Report = Callable[[str], None]
 
@@ -84,17 +82,6 @@ class _HashingWriter(io.RawIOBase):
         return self.stream.write(data)
 
 
-def _dump_database(spec: FleetSpec, paths: RunPaths, into: Path) -> None:
-    db = spec.database
-    password = (paths.directory / SECRETS_DIR / Secret.POSTGRES_PASSWORD).read_text().strip()
-    host = db.host or str(paths.sockets)
-    command = [require_binary("pg_dump"), "--format=custom", f"--host={host}", f"--port={db.port}"]
-    command += [f"--username={db.user}", f"--dbname={db.name}", f"--file={into}"]
-    done = subprocess.run(command, env={**os.environ, "PGPASSWORD": password}, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise SynfleetError(f"pg_dump failed: {done.stderr.strip().splitlines()[-1:]}")
-
-
 def _media_files(paths: RunPaths) -> Iterator[tuple[Path, str]]:
     store = paths.data / MEDIA_STORE
     if store.is_dir():
@@ -118,7 +105,7 @@ def backup(directory: Path, out: Path, report: Report) -> dict[str, object]:
     with tempfile.TemporaryDirectory(prefix=".synfleet-backup-", dir=out.parent) as scratch:
         dump = Path(scratch) / DATABASE_DUMP
         report("database: pg_dump")
-        _dump_database(spec, paths, dump)
+        client("pg_dump", paths, spec.database, "--format=custom", f"--file={dump}", failure="pg_dump failed")
         report(f"database: {_size(dump.stat().st_size)} in {time.monotonic() - began:.1f}s")
         members.append((dump, DATABASE_DUMP))
         media = list(_media_files(paths))
@@ -315,17 +302,13 @@ def restore(archive_path: Path, directory: Path, force: bool, report: Report) ->
     return archive
 
 
-def load_pending_dump(paths: RunPaths, spec: FleetSpec, password: str, report: Report) -> None:
+def load_pending_dump(paths: RunPaths, spec: FleetSpec, report: Report) -> None:
     """After ``restore``: load its dump into the fleet's new, empty database (``up`` calls this
     before Synapse starts), then remove it."""
     dump = pending_dump(paths)
     if not dump.exists():
         return
-    db = spec.database
     report(f"loading the restored database ({_size(dump.stat().st_size)})")
-    command = [require_binary("pg_restore"), "--no-owner", "--no-privileges", "--exit-on-error"]
-    command += [f"--host={paths.sockets}", f"--username={db.user}", f"--dbname={db.name}", str(dump)]
-    done = subprocess.run(command, env={**os.environ, "PGPASSWORD": password}, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise SynfleetError(f"pg_restore of {dump} failed: {done.stderr.strip().splitlines()[-1:]}")
+    flags = ("--no-owner", "--no-privileges", "--exit-on-error", str(dump))
+    client("pg_restore", paths, spec.database, *flags, failure=f"pg_restore of {dump} failed")
     shutil.rmtree(dump.parent)

@@ -194,7 +194,7 @@ def up(paths: RunPaths, spec: FleetSpec, report: Report, supervisor: Supervisor 
                 ensure_database(
                     str(paths.sockets), paths.postgres_data, plan.spec.database, secrets[Secret.POSTGRES_PASSWORD]
                 )
-                load_pending_dump(paths, plan.spec, secrets[Secret.POSTGRES_PASSWORD], report)
+                load_pending_dump(paths, plan.spec, report)
     except BaseException:
         if not already:
             report("stopping what was started")

@@ -12,8 +12,12 @@ import tempfile
 from pathlib import Path
 
 from synfleet.errors import SynfleetError
+from synfleet.layout import SECRETS_DIR
 from synfleet.model.file import Database
+from synfleet.render.secrets import Secret
 from synfleet.run.accounts import Account
+from synfleet.run.paths import RunPaths
+from synfleet.system import require_binary
 
 AUTH_METHOD = "scram-sha-256"
 #: Who may connect: local sockets only (the server listens on no TCP address), with a password.
@@ -81,3 +85,21 @@ def ensure_database(socket_dir: str, data: Path, database: Database, password: s
                 )
     finally:
         connection.close()
+
+
+def client(program: str, paths: RunPaths, database: Database, *args: str, failure: str) -> str:
+    """Run a PostgreSQL client (psql, pg_dump, pg_restore) against the fleet's database with the
+    generated password; its output, or a SynfleetError "``failure``: <its last line>"."""
+    password = (paths.directory / SECRETS_DIR / Secret.POSTGRES_PASSWORD).read_text().strip()
+    command = [require_binary(program), f"--host={database.host or paths.sockets}", f"--port={database.port}"]
+    command += [f"--username={database.user}", f"--dbname={database.name}", *args]
+    done = subprocess.run(command, env={**os.environ, "PGPASSWORD": password}, capture_output=True, text=True)
+    if done.returncode != 0:
+        lines = done.stderr.strip().splitlines() or [f"{program} exited with {done.returncode}"]
+        raise SynfleetError(f"{failure}: {lines[-1]}")
+    return done.stdout
+
+
+def query(paths: RunPaths, database: Database, sql: str, failure: str) -> list[str]:
+    """The rows of ``sql`` on the fleet's database, each as psql prints it unaligned (``a|b``)."""
+    return client("psql", paths, database, "-X", "-A", "-t", "-c", sql, failure=failure).split()

@@ -15,25 +15,22 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import re
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 
 from synfleet.errors import SynfleetError, UsageError
-from synfleet.layout import SECRETS_DIR
 from synfleet.model.file import VERSION_PATTERN, FleetSpec, parse_fleet
 from synfleet.model.load import FLEET_FILE, load_spec
 from synfleet.render.deploy import render_deployment
 from synfleet.render.processes import MAIN_SERVICE
-from synfleet.render.secrets import Secret
 from synfleet.run.apply import restart
 from synfleet.run.paths import RunPaths
 from synfleet.run.plan import plan_for, running_spec
+from synfleet.run.postgres import query
 from synfleet.run.process import Tier
 from synfleet.run.supervisor import Supervisor
-from synfleet.system import require_binary
 
 Report = Callable[[str], None]
 
@@ -54,15 +51,9 @@ def running_version(paths: RunPaths) -> str:
 
 def _schema(paths: RunPaths, spec: FleetSpec) -> tuple[int, int]:
     """The database's (schema version, schema compat version)."""
-    db = spec.database
-    password = (paths.directory / SECRETS_DIR / Secret.POSTGRES_PASSWORD).read_text().strip()
-    command = [require_binary("psql"), "-X", "-A", "-t", f"--host={db.host or paths.sockets}", f"--port={db.port}"]
-    command += [f"--username={db.user}", f"--dbname={db.name}", "-c"]
-    query = "SELECT (SELECT version FROM schema_version), (SELECT compat_version FROM schema_compat_version)"
-    done = subprocess.run([*command, query], env={**os.environ, "PGPASSWORD": password}, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise SynfleetError(f"cannot read the database's schema version: {done.stderr.strip().splitlines()[-1:]}")
-    version, _, compat = done.stdout.strip().partition("|")
+    sql = "SELECT (SELECT version FROM schema_version), (SELECT compat_version FROM schema_compat_version)"
+    [row] = query(paths, spec.database, sql, "cannot read the database's schema version")
+    version, _, compat = row.partition("|")
     return int(version), int(compat or version)
 
 
