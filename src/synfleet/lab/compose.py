@@ -135,13 +135,6 @@ class ComposeProject:
                 raise LabError(f"not healthy after {timeout:.0f}s: {', '.join(sorted(pending))}")
             time.sleep(interval)
 
-    def logs(self, service: str) -> str:
-        container = self.containers().get(service)
-        if container is None:
-            return ""
-        done = self.podman.run("logs", "--tail", "50", container.id)
-        return done.stdout + done.stderr
-
     def volume_path(self, volume: str) -> Path:
         """Where a named volume of the project lies on this machine (rootful podman)."""
         return Path(

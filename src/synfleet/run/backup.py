@@ -24,7 +24,6 @@ import tarfile
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO
@@ -148,13 +147,7 @@ def backup(directory: Path, out: Path, report: Report) -> dict[str, object]:
     return manifest
 
 
-@dataclass(frozen=True)
-class Archive:
-    path: Path
-    manifest: dict[str, object]
-
-
-def verify(path: Path, report: Report) -> Archive:
+def verify(path: Path, report: Report) -> dict[str, object]:
     """The archive's manifest, once the trailer's digest and every member's size and SHA-256 match;
     a UsageError naming the first thing wrong otherwise."""
     try:
@@ -200,7 +193,7 @@ def verify(path: Path, report: Report) -> Archive:
             seen.add(member.name)
     if missing := sorted(set(files) - seen):
         raise UsageError(f"{path}: damaged: {missing[0]} is missing ({len(missing)} files in all)")
-    return Archive(path, manifest)
+    return manifest
 
 
 def _safe_name(name: str) -> bool:
@@ -253,9 +246,9 @@ def _holds_fleet(directory: Path, paths: RunPaths) -> list[str]:
     return found
 
 
-def restore(archive_path: Path, directory: Path, force: bool, report: Report) -> Archive:
+def restore(archive_path: Path, directory: Path, force: bool, report: Report) -> dict[str, object]:
     """Rebuild a stopped fleet in ``directory`` from an archive, verified first."""
-    archive = verify(archive_path, report)
+    manifest = verify(archive_path, report)
     if directory.exists() and not directory.is_dir():
         raise UsageError(f"--dir: {directory} is not a directory")
     paths = RunPaths(directory)
@@ -278,7 +271,7 @@ def restore(archive_path: Path, directory: Path, force: bool, report: Report) ->
                 f"database.host is {spec.database.host!r}: restore loads the database into the fleet's own "
                 f"PostgreSQL; load {DATABASE_DUMP} from the archive into yours with pg_restore"
             )
-        report(f"restoring {spec.server_name} (backup of {archive.manifest['created']})")
+        report(f"restoring {spec.server_name} (backup of {manifest['created']})")
         # Replace what was there (with --force) only now that everything is staged.
         for old in (directory / FLEET_FILE, directory / SECRETS_DIR):
             if old.is_dir():
@@ -299,7 +292,7 @@ def restore(archive_path: Path, directory: Path, force: bool, report: Report) ->
         pending_dump(paths).parent.mkdir(mode=0o700)
         (staged / DATABASE_DUMP).rename(pending_dump(paths))
     report(f"restored into {directory}; `synfleet up --dir {directory}` loads the database and starts the fleet")
-    return archive
+    return manifest
 
 
 def load_pending_dump(paths: RunPaths, spec: FleetSpec, report: Report) -> None:
