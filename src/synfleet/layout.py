@@ -24,6 +24,8 @@ WORKER_CONFIG_DIR = "workers"
 LOG_CONFIG_DIR = "log"
 #: The generated secrets: ``D/secrets``, and the native run's copy ``D/run/secrets``.
 SECRETS_DIR = "secrets"
+#: The Prometheus scrape config and Grafana dashboard (``D/deploy/metrics``, ``D/run/metrics``).
+METRICS_DIR = "metrics"
 _INBOUND_PREFIX = "synapse_inbound_"
 
 
@@ -71,6 +73,7 @@ class Layout:
     tls_certificate: str = ""
     tls_key: str = ""
     inbound_socket_mode: int = 0o660
+    metrics_bind: str = "127.0.0.1"  # where Synapse's metrics listeners bind (fleet.toml [metrics])
 
     def inbound_socket(self, worker: str) -> str:
         return inbound_socket(self.socket_dir, worker)
@@ -114,6 +117,8 @@ COMPOSE = Layout(
     # nginx's workers run as another user than Synapse; the sockets volume is mounted by the fleet's
     # containers only.
     inbound_socket_mode=0o666,
+    # Prometheus scrapes each container over the compose network; nothing publishes these ports.
+    metrics_bind="0.0.0.0",
 )
 #: The ports nginx listens on inside its container; compose publishes listen.http_port and
 #: listen.https_port on them.

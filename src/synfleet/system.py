@@ -7,6 +7,7 @@ import os
 import shutil
 import socket
 import sys
+from pathlib import Path
 
 from synfleet.errors import SynfleetError, UsageError
 
@@ -74,3 +75,14 @@ def free_ports(count: int, start: int = 19300) -> int:
         except OSError:
             base = port + 1
     raise UsageError(f"no {count} consecutive free loopback ports at or above {start}")
+
+
+def memory_kib(pid: int, field: str = "VmRSS") -> int:
+    """A memory figure of ``/proc/<pid>/status`` (VmRSS now, VmHWM the peak), 0 if gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0

@@ -9,12 +9,13 @@ import click
 
 from synfleet import __version__
 from synfleet.cli.audit import audit_command
+from synfleet.cli.bench import bench_command
 from synfleet.cli.deploy import check_command, init_command, render_command
+from synfleet.cli.metrics import top_command
 from synfleet.cli.route import ring_command, route_command
 from synfleet.cli.run import (
     apply_command,
     backup_command,
-    bench_command,
     down_command,
     logs_command,
     restore_command,
@@ -42,6 +43,7 @@ for command in (
     upgrade_command,
     down_command,
     status_command,
+    top_command,
     logs_command,
     user_group,
     backup_command,

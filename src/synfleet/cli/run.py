@@ -19,7 +19,6 @@ from synfleet.model.load import load_spec
 from synfleet.run import service
 from synfleet.run.apply import apply, plan_change
 from synfleet.run.backup import backup, restore
-from synfleet.run.bench import bench, plot
 from synfleet.run.fleet import ORPHANED, ProcessStatus, down, status, up
 from synfleet.run.logs import follow, log_files, tail
 from synfleet.run.paths import RunPaths, place_run_directory
@@ -267,53 +266,6 @@ def restore_command(archive: Path, directory: Path, force: bool) -> None:
     """Rebuild a fleet in D from a `synfleet backup` archive, checked whole before anything is written."""
     console = Console(highlight=False)
     restore(archive, directory, force, lambda line: console.print("  " + escape(line)))
-
-
-@click.command("bench")
-@DIR_OPTION
-@click.option(
-    "--compare",
-    default="monolith,fleet,fleet-roundrobin",
-    show_default=True,
-    help="Modes to run, comma-separated: monolith, fleet, fleet-roundrobin.",
-)
-@click.option("--users", default=20, show_default=True, type=click.IntRange(2, 1000))
-@click.option("--rooms", default=20, show_default=True, type=click.IntRange(1, 1000))
-@click.option("--duration", default=60.0, show_default=True, type=click.FloatRange(1, 3600), help="Seconds of load.")
-@click.option("--warmup", default=10.0, show_default=True, type=click.FloatRange(0, 600))
-@click.option("--repeat", default=3, show_default=True, type=click.IntRange(1, 20), help="Alternating repetitions.")
-@click.option("--out", type=click.Path(path_type=Path, dir_okay=False), help="Write the results as JSON.")
-@click.option("--png", type=click.Path(path_type=Path, dir_okay=False), help="Draw the results as a PNG.")
-def bench_command(
-    directory: Path,
-    compare: str,
-    users: int,
-    rooms: int,
-    duration: float,
-    warmup: float,
-    repeat: int,
-    out: Path | None,
-    png: Path | None,
-) -> None:
-    """Measure the fleet against a monolith and against room-blind balancing, on this machine."""
-    console = Console(highlight=False)
-    modes = [m.strip() for m in compare.split(",") if m.strip()]
-    results = bench(directory, modes, users, rooms, duration, warmup, repeat, console.print)
-    table = Table(title=f"{users} users, {rooms} rooms, {duration:.0f}s x {repeat} (median, min-max)")
-    for column in ("mode", "msgs/s", "send p50 ms", "send p99 ms", "delivery p50 ms", "CPU s"):
-        table.add_column(column, justify="left" if column == "mode" else "right")
-    for mode, figures in results["summary"]["modes"].items():
-        cells = [f"{v['median']} ({v['min']}-{v['max']})" if v else "-" for v in figures.values()]
-        table.add_row(mode, *cells)
-    console.print(table)
-    for name, spread in results["summary"]["ratios"].items():
-        console.print(f"{name}: median {spread['median']} (min {spread['min']}, max {spread['max']})")
-    if out:
-        out.write_text(json.dumps(results, indent=2) + "\n")
-        console.print(f"wrote {out}")
-    if png:
-        plot(results, png)
-        console.print(f"wrote {png}")
 
 
 @click.group("service")

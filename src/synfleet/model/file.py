@@ -170,10 +170,14 @@ class Workers(Section):
 
 
 class Metrics(Section):
-    """Prometheus metrics: each Synapse process listens on 127.0.0.1:<base_port + its index>."""
+    """Prometheus metrics: each Synapse process listens on <base_port + its index> (127.0.0.1 in the
+    native run, the service network in compose) and nginx reports its status on ``nginx_status_port``;
+    compose's ``metrics`` profile adds Prometheus and Grafana, Grafana published on ``grafana_port``."""
 
     enabled: bool = False
     base_port: Port = 19100
+    nginx_status_port: Port = 19099
+    grafana_port: Port = 3000
 
 
 class Media(Section):
@@ -294,10 +298,12 @@ class Images(Section):
     nginx: str = "nginx:mainline-alpine-slim"
     postgres: str = "postgres:15-alpine"
     redis: str = "redis:7-alpine"
+    prometheus: str = "prom/prometheus:v3.5.0"
+    grafana: str = "grafana/grafana:12.2.0"
 
-    _image = field_validator("synapse", "nginx", "postgres", "redis")(check_image)
+    _image = field_validator("synapse", "nginx", "postgres", "redis", "prometheus", "grafana")(check_image)
 
-    @field_validator("nginx", "postgres", "redis")
+    @field_validator("nginx", "postgres", "redis", "prometheus", "grafana")
     @classmethod
     def _named(cls, value: str) -> str:
         if not value:
@@ -382,6 +388,19 @@ class FleetSpec(Section):
                         "HTTP requests; use a new name for a dedicated writer, or a worker of role "
                         + ", ".join(sorted(r.value for r in HTTP_ROLES))
                     )
+        return self
+
+    @model_validator(mode="after")
+    def _metrics_ports(self) -> Self:
+        """The Synapse processes' metrics ports fit below 65536 and do not take nginx's status port."""
+        last = self.metrics.base_port + len(self.fleet.workers) - 1
+        if last > 65535:
+            raise ValueError(f"metrics: base_port {self.metrics.base_port} leaves no port for every process")
+        if self.metrics.base_port <= self.metrics.nginx_status_port <= last:
+            raise ValueError(
+                f"metrics: nginx_status_port {self.metrics.nginx_status_port} is one of the Synapse processes' "
+                f"ports ({self.metrics.base_port}-{last}); pick one outside that range"
+            )
         return self
 
     @property

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import PurePosixPath
 
 from synfleet.layout import (
     COMPOSE,
@@ -18,6 +19,14 @@ from synfleet.layout import (
 )
 from synfleet.model.file import FleetSpec
 from synfleet.model.fleet import Role, Service
+from synfleet.render.metrics import (
+    DASHBOARD_FILE,
+    GRAFANA_DASHBOARDS_DIR,
+    GRAFANA_PROVISIONING,
+    GRAFANA_PROVISIONING_DIR,
+    PROMETHEUS_CONFIG,
+    PROMETHEUS_PORT,
+)
 from synfleet.render.processes import MAIN_SERVICE, SynapseProcess, synapse_processes
 from synfleet.render.secrets import Secret
 from synfleet.render.templating import render
@@ -113,8 +122,21 @@ def render_compose(spec: FleetSpec, secrets: dict[str, str]) -> dict[str, str]:
             project=project_name(spec.server_name),
             nginx_temp_dir=COMPOSE_NGINX_TEMP_DIR,
             nginx_health=nginx_healthcheck(spec),
+            prometheus_config=PROMETHEUS_CONFIG,
+            prometheus_port=PROMETHEUS_PORT,
+            grafana_provisioning=GRAFANA_PROVISIONING,
+            grafana_provisioning_dir=GRAFANA_PROVISIONING_DIR,
+            grafana_dashboards=str(PurePosixPath(DASHBOARD_FILE).parent),
+            grafana_dashboards_dir=GRAFANA_DASHBOARDS_DIR,
         )
     }
+    if spec.metrics.enabled:
+        files["env/grafana.env"] = (
+            f"GF_SECURITY_ADMIN_PASSWORD={secrets[Secret.GRAFANA_ADMIN_PASSWORD]}\n"
+            "GF_USERS_ALLOW_SIGN_UP=false\n"
+            "GF_ANALYTICS_REPORTING_ENABLED=false\n"
+            "GF_ANALYTICS_CHECK_FOR_UPDATES=false\n"
+        )
     if local_postgres:
         files["env/postgres.env"] = (
             f"POSTGRES_USER={spec.database.user}\n"

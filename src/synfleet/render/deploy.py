@@ -23,7 +23,9 @@ from synfleet.model.file import FleetSpec
 from synfleet.model.pem import check_files
 from synfleet.render.compose import SYNAPSE_IMAGE_GID, SYNAPSE_IMAGE_UID, render_compose
 from synfleet.render.files import Rendered, chown_tree, write_tree
+from synfleet.render.metrics import metrics_files
 from synfleet.render.nginx import NginxLayout, NginxTls, render_nginx, site_of
+from synfleet.render.processes import synapse_processes
 from synfleet.render.secrets import ensure_secrets
 from synfleet.render.synapse import render_synapse
 from synfleet.routing.plan import RoutingPlan
@@ -49,7 +51,11 @@ def compose_nginx_layout(spec: FleetSpec) -> NginxLayout:
     # The image's nginx version is not known here: the listen flag works in every version.
     tls = nginx_tls(spec, str(COMPOSE_HTTPS_PORT), COMPOSE.tls_certificate, COMPOSE.tls_key, http2_on=False)
     return NginxLayout(
-        log_dir=COMPOSE.nginx_log_dir, listen=(str(COMPOSE_HTTP_PORT),), temp_dir=COMPOSE_NGINX_TEMP_DIR, tls=tls
+        log_dir=COMPOSE.nginx_log_dir,
+        listen=(str(COMPOSE_HTTP_PORT),),
+        temp_dir=COMPOSE_NGINX_TEMP_DIR,
+        tls=tls,
+        status_listen=str(spec.metrics.nginx_status_port) if spec.metrics.enabled else None,
     )
 
 
@@ -67,6 +73,8 @@ def render_files(
 def render_compose_deployment(spec: FleetSpec, secrets: dict[str, str]) -> Rendered:
     files = render_files(spec, COMPOSE, compose_nginx_layout(spec), secrets, DEPLOY_NGINX_CONFIG)
     files.update(render_compose(spec, secrets))
+    services = {process.name: process.service for process in synapse_processes(spec.fleet, COMPOSE)}
+    files.update(metrics_files(spec, lambda target: services[target.process], grafana=True))
     return Rendered(files, directories=(DEPLOY_NGINX_LOGS,))
 
 

@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from synfleet.metrics.targets import NGINX_STATUS_PATH
 from synfleet.model.file import REQUEST_BODY_LIMIT, FleetSpec
 from synfleet.render.templating import render
 from synfleet.routing.plan import RoutingPlan
@@ -55,6 +56,7 @@ class NginxLayout:
     temp_dir: str | None = None
     access_log_buffer: str = " buffer=64k flush=1s"
     tls: NginxTls | None = None
+    status_listen: str | None = None  # nginx's own status (stub_status), when metrics are on
 
 
 @dataclass(frozen=True)
@@ -92,5 +94,6 @@ def render_nginx(plan: RoutingPlan, layout: NginxLayout, site: Site, keepalive: 
         "zones": ZONES,
         "admin_allow": plan.fleet.admin_allow,
         "trusted_proxies": plan.fleet.trusted_proxies,
+        "status_path": NGINX_STATUS_PATH,
     }
     return {name: render(f"nginx/{name}.j2", **context) for name in NGINX_FILES}

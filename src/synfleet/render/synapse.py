@@ -74,7 +74,7 @@ def listeners(worker: Worker, layout: Layout, metrics: int | None = None) -> lis
             }
         )
     if metrics is not None:
-        result.append({"type": "metrics", "port": metrics, "bind_addresses": ["127.0.0.1"]})
+        result.append({"type": "metrics", "port": metrics, "bind_addresses": [layout.metrics_bind]})
     return result
 
 

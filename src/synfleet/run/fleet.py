@@ -21,14 +21,13 @@ from synfleet.run.accounts import Account, Accounts, as_root, ensure_accounts
 from synfleet.run.backup import load_pending_dump
 from synfleet.run.health import is_healthy
 from synfleet.run.logs import failure_logs
-from synfleet.run.measure import memory_kib
 from synfleet.run.ownership import stop
 from synfleet.run.paths import RunPaths
 from synfleet.run.plan import Plan, plan_for, run_files, running_processes, running_spec
 from synfleet.run.postgres import ensure_database, init_cluster
 from synfleet.run.process import NativeProcess, Tier
 from synfleet.run.supervisor import Supervisor
-from synfleet.system import require_binary
+from synfleet.system import memory_kib, require_binary
 
 Report = Callable[[str], None]
 

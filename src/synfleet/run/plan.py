@@ -20,6 +20,7 @@ from synfleet.nginx.command import command_line, http2_directive_supported, ngin
 from synfleet.render.deploy import nginx_tls, render_files
 from synfleet.render.files import Rendered
 from synfleet.render.fleet_file import fleet_toml
+from synfleet.render.metrics import metrics_files
 from synfleet.render.nginx import NginxLayout
 from synfleet.render.processes import synapse_processes
 from synfleet.run.accounts import FLEET_ACCOUNT, NGINX_ACCOUNT, as_root
@@ -117,6 +118,7 @@ def native_nginx_layout(spec: FleetSpec, paths: RunPaths) -> NginxLayout:
         pid_file=str(paths.nginx_dir / "nginx.pid"),
         temp_dir=str(paths.nginx_dir / "tmp"),
         access_log_buffer="",
+        status_listen=f"127.0.0.1:{spec.metrics.nginx_status_port}" if spec.metrics.enabled else None,
     )
 
 
@@ -241,6 +243,7 @@ def run_files(plan: Plan, secrets: dict[str, str]) -> Rendered:
     paths = plan.paths
     files = render_files(plan.spec, paths.layout, native_nginx_layout(plan.spec, paths), secrets, NGINX_DIR)
     files["supervisord.conf"] = supervisor_config(paths, plan.processes)
+    files.update(metrics_files(plan.spec, lambda _: "127.0.0.1", grafana=False))
     files[APPLIED_FLEET_FILE] = fleet_toml(plan.spec)
     files.update({f"{SECRETS_DIR}/{name}": f"{value}\n" for name, value in secrets.items()})
     return Rendered(files)

@@ -18,6 +18,8 @@ from typing import Any
 
 import httpx
 
+from synfleet.bench.load import BenchUser, Load, percentile, populate
+from synfleet.bench.measure import cache_counters, postgres_transactions, process_tree_cpu
 from synfleet.errors import SynfleetError, UsageError
 from synfleet.model.file import FleetSpec
 from synfleet.model.load import FLEET_FILE, load_spec
@@ -25,12 +27,10 @@ from synfleet.render.files import write_file
 from synfleet.render.fleet_file import fleet_toml
 from synfleet.render.secrets import Secret
 from synfleet.run.fleet import down, up
-from synfleet.run.load import BenchUser, Load, percentile, populate
-from synfleet.run.measure import cache_counters, memory_kib, postgres_transactions, process_tree_cpu
 from synfleet.run.paths import RunPaths
 from synfleet.run.register import register_user
 from synfleet.run.supervisor import Supervisor
-from synfleet.system import free_port, free_ports
+from synfleet.system import free_port, free_ports, memory_kib
 
 MODES = ("monolith", "fleet", "fleet-roundrobin")
 Report = Callable[[str], None]
@@ -40,7 +40,8 @@ def mode_spec(spec: FleetSpec, mode: str, port: int, metrics_port: int) -> Fleet
     data = spec.model_dump(mode="json")
     data["listen"]["http_port"] = port
     data["synapse"]["relaxed_rate_limits"] = True
-    data["metrics"] = {"enabled": True, "base_port": metrics_port}
+    count = len(spec.fleet.workers)
+    data["metrics"] = {"enabled": True, "base_port": metrics_port, "nginx_status_port": metrics_port + count}
     if mode == "monolith":
         data["workers"] = {key: 0 for key in data["workers"]}
         data["stream_writers"] = {}
@@ -156,7 +157,7 @@ def bench(
         for mode in order:
             report(f"repetition {repetition + 1}/{repeat}: {mode}")
             started = time.monotonic()
-            metrics_base = free_ports(len(spec.fleet.workers))
+            metrics_base = free_ports(len(spec.fleet.workers) + 1)
             figures = run_mode(
                 directory / "bench" / mode,
                 mode_spec(spec, mode, free_port(), metrics_base),
@@ -189,11 +190,11 @@ def summarise(runs: list[dict[str, Any]], modes: list[str], repeat: int) -> dict
     for mode in modes:
         mine = [r for r in runs if r["mode"] == mode]
         summary["modes"][mode] = {
-            "acknowledged_msgs_per_s": _spread([r["acknowledged_msgs_per_s"] for r in mine]),
-            "send_p50_ms": _spread([r["send_latency_ms"]["p50"] for r in mine]),
-            "send_p99_ms": _spread([r["send_latency_ms"]["p99"] for r in mine]),
-            "delivery_p50_ms": _spread([r["delivery_latency_ms"]["p50"] for r in mine]),
-            "cpu_seconds_total": _spread(
+            "acknowledged_msgs_per_s": spread([r["acknowledged_msgs_per_s"] for r in mine]),
+            "send_p50_ms": spread([r["send_latency_ms"]["p50"] for r in mine]),
+            "send_p99_ms": spread([r["send_latency_ms"]["p99"] for r in mine]),
+            "delivery_p50_ms": spread([r["delivery_latency_ms"]["p50"] for r in mine]),
+            "cpu_seconds_total": spread(
                 [sum(v for k, v in r["cpu_seconds"].items() if k != "generator") for r in mine]
             ),
         }
@@ -205,57 +206,11 @@ def summarise(runs: list[dict[str, Any]], modes: list[str], repeat: int) -> dict
                 b = next(r for r in runs if r["mode"] == denominator and r["repetition"] == repetition)
                 if b["acknowledged_msgs_per_s"]:
                     ratios.append(a["acknowledged_msgs_per_s"] / b["acknowledged_msgs_per_s"])
-            summary["ratios"][f"{numerator}/{denominator} msgs/s"] = _spread(ratios)
+            summary["ratios"][f"{numerator}/{denominator} msgs/s"] = spread(ratios)
     return summary
 
 
-def _spread(values: list[float]) -> dict[str, float]:
+def spread(values: list[float]) -> dict[str, float]:
     if not values:
         return {}
     return {"min": round(min(values), 3), "median": round(statistics.median(values), 3), "max": round(max(values), 3)}
-
-
-def plot(results: dict[str, Any], path: Path) -> None:
-    """Throughput, latency and CPU per mode, as one PNG."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise UsageError("drawing the PNG needs matplotlib: pip install 'synfleet[bench]'") from None
-    modes = results["settings"]["modes"]
-    summary = results["summary"]["modes"]
-    figure, axes = plt.subplots(1, 3, figsize=(15, 4.5))
-    medians = [summary[m]["acknowledged_msgs_per_s"].get("median", 0) for m in modes]
-    errors = [
-        [medians[i] - summary[m]["acknowledged_msgs_per_s"].get("min", 0) for i, m in enumerate(modes)],
-        [summary[m]["acknowledged_msgs_per_s"].get("max", 0) - medians[i] for i, m in enumerate(modes)],
-    ]
-    axes[0].bar(modes, medians, yerr=errors, capsize=6, color="#4c72b0")
-    axes[0].set_title("acknowledged messages/s (median, min-max)")
-    width = 0.35
-    for offset, key, label in ((-width / 2, "send_p50_ms", "send p50"), (width / 2, "send_p99_ms", "send p99")):
-        axes[1].bar(
-            [i + offset for i in range(len(modes))],
-            [summary[m][key].get("median", 0) for m in modes],
-            width,
-            label=label,
-        )
-    axes[1].set_xticks(range(len(modes)), modes)
-    axes[1].set_title("send latency, ms (median of runs)")
-    axes[1].legend()
-    groups = sorted({g for r in results["runs"] for g in r["cpu_seconds"]})
-    bottom = [0.0] * len(modes)
-    for group in groups:
-        values = [
-            statistics.median([r["cpu_seconds"].get(group, 0.0) for r in results["runs"] if r["mode"] == m])
-            for m in modes
-        ]
-        axes[2].bar(modes, values, bottom=bottom, label=group)
-        bottom = [b + v for b, v in zip(bottom, values, strict=True)]
-    axes[2].set_title("CPU seconds per process group")
-    axes[2].legend(fontsize=7)
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)

@@ -43,17 +43,6 @@ def process_tree_cpu(roots: dict[str, int]) -> dict[str, float]:
     return dict(totals)
 
 
-def memory_kib(pid: int, field: str = "VmRSS") -> int:
-    """A memory figure of ``/proc/<pid>/status`` (VmRSS now, VmHWM the peak), 0 if gone."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(f"{field}:"):
-                return int(line.split()[1])
-    except (OSError, ValueError):
-        pass
-    return 0
-
-
 def postgres_transactions(socket_dir: str, user: str, password: str, database: str) -> int:
     import psycopg2
 

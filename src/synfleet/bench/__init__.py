@@ -1,0 +1,1 @@
+"""`synfleet bench`: load a fleet, measure it, and model how it grows."""

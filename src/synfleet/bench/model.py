@@ -1,0 +1,167 @@
+"""How a fleet grows: a cost model fitted to the capacity bench's steps.
+
+For each process group (main, each worker role, PostgreSQL, Redis, nginx, and the load generator),
+the CPU it used in a step is fitted as ``idle + per_message * rate`` over the steps that kept the
+service level (rate: messages delivered to every member per second). A fleet on ``cores`` then
+carries at most
+
+- what the machine can give: ``(cores - sum of idle) / sum of per_message``, and
+- what each single-threaded group can give: a Synapse process (or Redis) uses one core at most, so
+  a group of ``n`` processes carries ``(n - idle) / per_message``, if its load divides evenly;
+
+the smallest of these is the prediction, and its name is the first thing to saturate. On this
+machine the generator shares the cores and is counted; on bigger ones it is assumed elsewhere.
+Queueing makes the service level break before 100% busy: the ratio measured/predicted on the
+machine that ran the bench is printed, and applied to the other predictions as "calibrated".
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from synfleet.model.fleet import Fleet, Role, Service
+
+GENERATOR = "generator"
+#: Groups whose processes cannot use more than one core each, besides Synapse's.
+SINGLE_THREADED_SERVICES = (Service.REDIS.value,)
+#: Worker roles whose count `init --cores` may size.
+SIZED_ROLES = (Role.ROOMS, Role.CLIENT_SYNC, Role.TASKS)
+#: A process kept below this share of its core keeps its latency (for sizing).
+BUSY_LIMIT = 0.7
+CORES = (2, 4, 8, 16, 32)
+
+
+@dataclass(frozen=True)
+class Costs:
+    """CPU-seconds per delivered message and idle cores, by process group."""
+
+    per_message: dict[str, float]
+    idle: dict[str, float]
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "per_message_cpu_ms": {k: round(v * 1000, 3) for k, v in sorted(self.per_message.items())},
+            "idle_cores": {k: round(v, 4) for k, v in sorted(self.idle.items())},
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Costs:
+        return cls(
+            {k: v / 1000 for k, v in data["per_message_cpu_ms"].items()},
+            dict(data["idle_cores"]),
+        )
+
+    @classmethod
+    def median(cls, runs: list[Costs]) -> Costs:
+        groups = sorted({g for c in runs for g in c.per_message})
+        return cls(
+            {g: statistics.median(c.per_message.get(g, 0.0) for c in runs) for g in groups},
+            {g: statistics.median(c.idle.get(g, 0.0) for c in runs) for g in groups},
+        )
+
+
+def _fit(points: list[tuple[float, float]]) -> tuple[float, float]:
+    """(idle, slope) of a least-squares line through (rate, cores), both kept non-negative."""
+    xs = [x for x, _ in points]
+    if len(set(xs)) < 2:
+        total_x = sum(xs)
+        return 0.0, (sum(y for _, y in points) / total_x if total_x else 0.0)
+    mean_x, mean_y = statistics.fmean(xs), statistics.fmean(y for _, y in points)
+    slope = sum((x - mean_x) * (y - mean_y) for x, y in points) / sum((x - mean_x) ** 2 for x in xs)
+    idle = mean_y - slope * mean_x
+    if idle < 0 or slope < 0:
+        return 0.0, sum(y for _, y in points) / sum(xs)
+    return idle, slope
+
+
+def fit_costs(steps: list[dict[str, Any]]) -> Costs:
+    """Costs from the steps that kept the service level (all steps if none did)."""
+    usable = [s for s in steps if s["passed"] and s["delivered"]] or [s for s in steps if s["delivered"]]
+    groups = sorted({g for s in usable for g in s["cpu_seconds"]})
+    per_message, idle = {}, {}
+    for group in groups:
+        points = [
+            (s["delivered"] / s["duration_s"], s["cpu_seconds"].get(group, 0.0) / s["duration_s"]) for s in usable
+        ]
+        idle[group], per_message[group] = _fit(points)
+    return Costs(per_message, idle)
+
+
+def process_counts(fleet: Fleet) -> dict[str, int]:
+    """Processes per group, for the groups that are limited to a core each."""
+    counts = Counter(fleet.group(w.name) for w in fleet.workers)
+    counts.update({service: 1 for service in SINGLE_THREADED_SERVICES})
+    return dict(counts)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    capacity: float  # delivered messages/s
+    limit: str  # "machine", or the group that saturates first
+
+    def as_json(self) -> dict[str, Any]:
+        return {"capacity_per_s": round(self.capacity, 1), "first_saturated": self.limit}
+
+
+def predict(costs: Costs, counts: dict[str, int], cores: float, with_generator: bool) -> Prediction:
+    groups = [g for g in costs.per_message if with_generator or g != GENERATOR]
+    total = sum(costs.per_message[g] for g in groups)
+    idle = sum(costs.idle[g] for g in groups)
+    bounds = {"machine": (cores - idle) / total if total else math.inf}
+    for group, count in counts.items():
+        cost = costs.per_message.get(group, 0.0)
+        if cost > 0:
+            bounds[group] = (min(count, cores) - costs.idle.get(group, 0.0)) / cost
+    limit = min(bounds, key=lambda k: bounds[k])
+    return Prediction(max(0.0, bounds[limit]), limit)
+
+
+def sized_counts(costs: Costs, counts: dict[str, int], cores: float) -> dict[str, int]:
+    """The fleet's counts with each sized role grown (or shrunk, to at least one) until none of
+    its processes is busier than BUSY_LIMIT at the machine's own limit."""
+    machine = predict(costs, {}, cores, with_generator=False).capacity
+    sized = dict(counts)
+    for role in SIZED_ROLES:
+        group = role.value
+        if group in sized and group in costs.per_message:
+            need = costs.idle.get(group, 0.0) + costs.per_message[group] * machine
+            sized[group] = max(1, math.ceil(need / BUSY_LIMIT))
+    return sized
+
+
+def predict_for(costs: Costs, counts: dict[str, int], measured: list[float], cores_here: float) -> dict[str, Any]:
+    """The model's view of one mode: this machine (with the generator) against what was measured,
+    then 2-32 cores for the measured shape and for a shape sized to each."""
+    here = predict(costs, counts, cores_here, with_generator=True)
+    median = statistics.median(measured) if measured else 0.0
+    efficiency = median / here.capacity if here.capacity else 0.0
+    table = []
+    for cores in CORES:
+        same = predict(costs, counts, cores, with_generator=False)
+        shape = sized_counts(costs, counts, cores)
+        sized = predict(costs, shape, cores, with_generator=False)
+        table.append(
+            {
+                "cores": cores,
+                "this_shape": {**same.as_json(), "calibrated_per_s": round(same.capacity * efficiency, 1)},
+                "sized_shape": {
+                    **sized.as_json(),
+                    "calibrated_per_s": round(sized.capacity * efficiency, 1),
+                    "processes": {r.value: shape[r.value] for r in SIZED_ROLES if r.value in shape},
+                },
+            }
+        )
+    return {
+        "costs": costs.as_json(),
+        "here": {
+            "cores": cores_here,
+            "predicted": here.as_json(),
+            "measured_median_per_s": median,
+            "measured/predicted": round(efficiency, 3),
+        },
+        "cores": table,
+    }

@@ -1,0 +1,159 @@
+"""``synfleet bench``: the fleet against a monolith, at one load or at its capacity."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from synfleet.bench.capacity import Settings, capacity
+from synfleet.bench.compare import bench
+from synfleet.bench.plots import plot, plot_capacity
+from synfleet.cli.options import DIR_OPTION
+
+
+def _spread(values: dict[str, float]) -> str:
+    return f"{values['median']} ({values['min']}-{values['max']})" if values else "-"
+
+
+def _print_capacity(console: Console, results: dict[str, Any]) -> None:
+    table = Table(title="capacity at the service level, msgs/s (median, min-max)")
+    for column in ("mode", "capacity", "delivery p99 at capacity, ms", "first failure (last run)"):
+        table.add_column(column)
+    for mode, values in results["summary"]["capacity_per_s"].items():
+        mine = [r for r in results["runs"] if r["mode"] == mode]
+        p99 = [r["delivery_p99_ms_at_capacity"] for r in mine if r["delivery_p99_ms_at_capacity"] is not None]
+        table.add_row(mode, _spread(values), ", ".join(f"{v:.0f}" for v in p99) or "-", str(mine[-1]["first_failure"]))
+    console.print(table)
+    if ratio := results["summary"]["fleet/monolith"]:
+        console.print(f"fleet/monolith capacity: {_spread(ratio)}")
+    for mode, model in results["model"].items():
+        here = model["here"]
+        console.print(
+            f"model, {mode}: {here['cores']:.0f} cores here predict {here['predicted']['capacity_per_s']} msgs/s "
+            f"({here['predicted']['first_saturated']} saturates first); measured {here['measured_median_per_s']} "
+            f"(x{here['measured/predicted']})"
+        )
+        grid = Table(title=f"model, {mode}: by cores (load generator elsewhere)")
+        for column in ("cores", "this shape", "first saturated", "calibrated", "sized shape", "sized first saturated"):
+            grid.add_column(column)
+        for row in model["cores"]:
+            sized = row["sized_shape"]
+            shape = " ".join(f"{k}={v}" for k, v in sized["processes"].items())
+            grid.add_row(
+                str(row["cores"]),
+                str(row["this_shape"]["capacity_per_s"]),
+                row["this_shape"]["first_saturated"],
+                str(row["this_shape"]["calibrated_per_s"]),
+                f"{sized['calibrated_per_s']} ({shape})",
+                sized["first_saturated"],
+            )
+        console.print(grid)
+
+
+def _print_comparison(console: Console, results: dict[str, Any]) -> None:
+    settings = results["settings"]
+    table = Table(
+        title=f"{settings['users']} users, {settings['rooms']} rooms, {settings['duration_s']:.0f}s x "
+        f"{settings['repeat']} (median, min-max)"
+    )
+    for column in ("mode", "msgs/s", "send p50 ms", "send p99 ms", "delivery p50 ms", "CPU s"):
+        table.add_column(column, justify="left" if column == "mode" else "right")
+    for mode, figures in results["summary"]["modes"].items():
+        table.add_row(mode, *(_spread(v) for v in figures.values()))
+    console.print(table)
+    for name, values in results["summary"]["ratios"].items():
+        console.print(f"{name}: median {values['median']} (min {values['min']}, max {values['max']})")
+
+
+@click.command("bench")
+@DIR_OPTION
+@click.option(
+    "--compare",
+    default=None,
+    help="Modes to run, comma-separated: monolith, fleet, fleet-roundrobin "
+    "[default: all three; monolith,fleet with --capacity].",
+)
+@click.option(
+    "--capacity",
+    "find_capacity",
+    is_flag=True,
+    help="Step an open-loop message rate up until the service level breaks, and fit the cost model.",
+)
+@click.option("--users", default=None, type=click.IntRange(2, 1000), help="[default: 20; 40 with --capacity]")
+@click.option("--rooms", default=None, type=click.IntRange(1, 1000), help="[default: 20; 40 with --capacity]")
+@click.option("--duration", default=60.0, show_default=True, type=click.FloatRange(1, 3600), help="Seconds of load.")
+@click.option("--warmup", default=10.0, show_default=True, type=click.FloatRange(0, 600))
+@click.option(
+    "--start-rate",
+    default=10.0,
+    show_default=True,
+    type=click.FloatRange(0.1, 100000),
+    help="--capacity: first offered msgs/s.",
+)
+@click.option(
+    "--factor",
+    default=1.5,
+    show_default=True,
+    type=click.FloatRange(1.05, 10),
+    help="--capacity: rate growth per step.",
+)
+@click.option(
+    "--step-seconds",
+    default=20.0,
+    show_default=True,
+    type=click.FloatRange(1, 3600),
+    help="--capacity: seconds per step.",
+)
+@click.option(
+    "--max-steps", default=12, show_default=True, type=click.IntRange(1, 100), help="--capacity: steps at most."
+)
+@click.option("--repeat", default=3, show_default=True, type=click.IntRange(1, 20), help="Alternating repetitions.")
+@click.option("--out", type=click.Path(path_type=Path, dir_okay=False), help="Write the results as JSON.")
+@click.option("--png", type=click.Path(path_type=Path, dir_okay=False), help="Draw the results as a PNG.")
+def bench_command(
+    directory: Path,
+    compare: str | None,
+    find_capacity: bool,
+    users: int | None,
+    rooms: int | None,
+    duration: float,
+    warmup: float,
+    start_rate: float,
+    factor: float,
+    step_seconds: float,
+    max_steps: int,
+    repeat: int,
+    out: Path | None,
+    png: Path | None,
+) -> None:
+    """Measure the fleet against a monolith (and room-blind balancing) on this machine: at one
+    closed-loop load, or with --capacity the highest rate each sustains."""
+    console = Console(highlight=False)
+    default_modes = "monolith,fleet" if find_capacity else "monolith,fleet,fleet-roundrobin"
+    modes = [m.strip() for m in (compare or default_modes).split(",") if m.strip()]
+    if find_capacity:
+        settings = Settings(
+            users=users or 40,
+            rooms=rooms or 40,
+            start_rate=start_rate,
+            factor=factor,
+            max_steps=max_steps,
+            step_seconds=step_seconds,
+            warmup_seconds=min(warmup, step_seconds),
+        )
+        results = capacity(directory, modes, settings, repeat, console.print)
+        _print_capacity(console, results)
+    else:
+        results = bench(directory, modes, users or 20, rooms or 20, duration, warmup, repeat, console.print)
+        _print_comparison(console, results)
+    if out:
+        out.write_text(json.dumps(results, indent=2) + "\n")
+        console.print(f"wrote {out}")
+    if png:
+        (plot_capacity if find_capacity else plot)(results, png)
+        console.print(f"wrote {png}")

@@ -1,0 +1,66 @@
+"""What Prometheus scrapes: every Synapse process's metrics listener, with the labels Synapse's
+dashboards and alerts expect, and the scrape config that names them.
+
+The labels are decided here once: ``job`` is the process's group (``main``, a worker role such as
+``rooms``, or a dedicated writer's role), ``index`` its 1-based place in that group, ``instance``
+the process's name, and ``server`` the homeserver's name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from synfleet.model.file import FleetSpec
+
+#: Where Synapse serves its metrics.
+METRICS_PATH = "/_synapse/metrics"
+#: Where nginx serves its own status (stub_status) on the status port.
+NGINX_STATUS_PATH = "/nginx_status"
+#: The scrape interval; Grafana's ``$__rate_interval`` takes four of these.
+SCRAPE_INTERVAL = "15s"
+
+
+@dataclass(frozen=True)
+class Target:
+    """One Synapse process as Prometheus sees it."""
+
+    process: str
+    job: str
+    index: int
+    port: int
+
+    def labels(self, server_name: str) -> dict[str, str]:
+        return {"job": self.job, "index": str(self.index), "instance": self.process, "server": server_name}
+
+
+def targets(spec: FleetSpec) -> list[Target]:
+    """Every Synapse process's metrics target, main first; empty when metrics are off."""
+    result: list[Target] = []
+    seen: dict[str, int] = {}
+    for worker in spec.fleet.workers:
+        port = spec.metrics_port(worker)
+        if port is None:
+            continue
+        job = spec.fleet.group(worker.name)
+        seen[job] = seen.get(job, 0) + 1
+        result.append(Target(worker.name, job, seen[job], port))
+    return result
+
+
+def scrape_config(spec: FleetSpec, host: Callable[[Target], str]) -> dict[str, Any]:
+    """A Prometheus configuration scraping every process, each at ``host(target):port`` (127.0.0.1
+    natively, the compose service's name in containers)."""
+    return {
+        "global": {"scrape_interval": SCRAPE_INTERVAL, "evaluation_interval": SCRAPE_INTERVAL},
+        "scrape_configs": [
+            {
+                "job_name": "synapse",
+                "metrics_path": METRICS_PATH,
+                "static_configs": [
+                    {"targets": [f"{host(t)}:{t.port}"], "labels": t.labels(spec.server_name)} for t in targets(spec)
+                ],
+            }
+        ],
+    }
