@@ -71,3 +71,54 @@ def test_bench_smoke_reports_every_figure() -> None:
         assert header[:8] == b"\x89PNG\r\n\x1a\n" and struct.unpack(">II", header[16:24])[0] > 500
         # Nothing is left running.
         assert "not running" in synfleet("status", "--dir", str(directory / "bench" / "fleet")).stdout
+
+
+def test_capacity_smoke_reports_every_figure() -> None:
+    with world_readable_tempdir("synfleet-capacity-") as directory:
+        init = synfleet("init", "--dir", str(directory), "--server-name", "localhost", "--profile", "small")
+        assert init.returncode == 0
+        out, png = directory / "capacity.json", directory / "capacity.png"
+        command = ["bench", "--capacity", "--dir", str(directory), "--compare", "monolith,fleet"]
+        command += ["--users", "6", "--rooms", "6", "--start-rate", "4", "--factor", "2", "--max-steps", "2"]
+        command += ["--step-seconds", "4", "--warmup", "2", "--repeat", "1", "--out", str(out), "--png", str(png)]
+        try:
+            result = subprocess.run(
+                [sys.executable, "-m", "synfleet", *command],
+                capture_output=True,
+                text=True,
+                timeout=900,
+                stdin=subprocess.DEVNULL,
+            )
+        finally:
+            for mode in ("monolith", "fleet"):
+                if (directory / "bench" / mode).exists():
+                    synfleet("down", "--dir", str(directory / "bench" / mode))
+        print(result.stdout)
+        assert result.returncode == 0, result.stdout + result.stderr
+        data = json.loads(out.read_text())
+        assert [r["mode"] for r in data["runs"]] == ["monolith", "fleet"]
+        for run in data["runs"]:
+            assert run["steps"], run
+            for step in run["steps"]:
+                assert step["offered"] > 0 and step["acknowledged"] > 0 and step["delivered"] > 0
+                assert step["deliveries"] <= step["deliveries_expected"]
+                assert step["send_ms"]["p50"] > 0 and step["delivery_ms"]["p99"] >= step["delivery_ms"]["p50"] > 0
+                assert {"main", "postgres", "nginx", "redis", "generator"} <= set(step["cpu_seconds"])
+                assert step["passed"] == (step["failed_because"] is None)
+            assert run["capacity_per_s"] > 0, run["steps"]
+            # The rooms' members are spread evenly: the same share per room worker in every run.
+            assert sum(run["room_members_per_worker"].values()) > 0
+            costs = run["costs"]["per_message_cpu_ms"]
+            assert costs["main"] > 0 and costs["postgres"] > 0
+        fleet_run = data["runs"][1]
+        assert set(fleet_run["room_members_per_worker"]) == {"rooms1", "rooms2"}
+        assert {"rooms", "client_sync", "tasks"} <= set(fleet_run["steps"][0]["cpu_seconds"])
+        assert data["summary"]["fleet/monolith"]["median"] > 0
+        for mode in ("monolith", "fleet"):
+            model = data["model"][mode]
+            assert model["here"]["predicted"]["capacity_per_s"] > 0
+            assert [row["cores"] for row in model["cores"]] == [2, 4, 8, 16, 32]
+            assert all(row["this_shape"]["capacity_per_s"] > 0 for row in model["cores"])
+        assert "fleet/monolith capacity" in result.stdout
+        header = png.read_bytes()[:24]
+        assert header[:8] == b"\x89PNG\r\n\x1a\n" and struct.unpack(">II", header[16:24])[0] > 500

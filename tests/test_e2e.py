@@ -11,14 +11,20 @@ import asyncio
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
+import yaml
 
 import helpers
 from flows import (
@@ -31,13 +37,15 @@ from flows import (
     send_stream,
     socket_healthy,
 )
+from synfleet.metrics.dashboard import panel_queries, query_metric_names, validate
+from synfleet.metrics.scrape import scrape
 from synfleet.model.load import load_spec
 from synfleet.nginx.command import world_readable_tempdir
 from synfleet.render.fleet_file import fleet_toml
 from synfleet.render.nginx import access_lines
 from synfleet.routing.plan import RoutingPlan
 from synfleet.run.paths import RunPaths, deployed_plan
-from synfleet.system import free_port
+from synfleet.system import free_port, free_ports
 
 pytestmark = pytest.mark.integration
 
@@ -77,7 +85,13 @@ def fleet(request: pytest.FixtureRequest) -> Iterator[Fleet]:
     profile = request.param
     with world_readable_tempdir(f"synfleet-e2e-{profile}-") as directory:
         port = free_port()
-        spec = helpers.profile_with(profile, listen={"http_port": port}, synapse={"relaxed_rate_limits": True})
+        metrics = free_ports(len(helpers.profile_with(profile).fleet.workers) + 1)
+        spec = helpers.profile_with(
+            profile,
+            listen={"http_port": port},
+            synapse={"relaxed_rate_limits": True},
+            metrics={"enabled": True, "base_port": metrics + 1, "nginx_status_port": metrics},
+        )
         (directory / "fleet.toml").write_text(fleet_toml(spec))
         started = time.monotonic()
         up = synfleet(directory, "up")
@@ -97,6 +111,87 @@ def fleet(request: pytest.FixtureRequest) -> Iterator[Fleet]:
 def test_conversation_and_routing(fleet: Fleet) -> None:
     asyncio.run(conversation(fleet))
     check_routing(fleet)
+
+
+def prometheus_binary() -> str:
+    """Prometheus from the virtualenv (scripts/setup.sh puts it there) or the PATH."""
+    beside = Path(sys.executable).parent / "prometheus"
+    found = str(beside) if beside.exists() else shutil.which("prometheus")
+    assert found, "prometheus is missing: run scripts/setup.sh"
+    return found
+
+
+def scraped_metric_names(fleet: Fleet) -> tuple[dict[str, Any], set[str]]:
+    """The rendered scrape config, and the names of every sample one scrape of each target gave."""
+    config = yaml.safe_load((fleet.directory / "run" / "metrics" / "prometheus.yml").read_text())
+    names: set[str] = set()
+    for entry in config["scrape_configs"][0]["static_configs"]:
+        host, port = entry["targets"][0].rsplit(":", 1)
+        scraped = scrape(host, int(port))
+        assert scraped is not None, f"{entry['labels']['instance']} does not answer on {host}:{port}"
+        assert scraped.total("synapse_build_info") == 1, entry
+        assert scraped.total("process_resident_memory_bytes") > 0, entry
+        names |= scraped.names
+    return config, names
+
+
+def test_every_process_is_scraped_with_the_dashboards_labels(fleet: Fleet) -> None:
+    fleet_model = fleet.plan.fleet
+    config, names = scraped_metric_names(fleet)
+    labels = {e["labels"]["instance"]: e["labels"] for e in config["scrape_configs"][0]["static_configs"]}
+    assert set(labels) == {w.name for w in fleet_model.workers}
+    for worker in fleet_model.workers:
+        assert labels[worker.name]["job"] == fleet_model.group(worker.name)
+        assert labels[worker.name]["server"] == "localhost"
+    for job in {label["job"] for label in labels.values()}:
+        indexes = sorted(int(label["index"]) for label in labels.values() if label["job"] == job)
+        assert indexes == list(range(1, len(indexes) + 1)), job
+    # Every query of the generated dashboard names metrics the processes really export.
+    board = json.loads((fleet.directory / "run" / "metrics" / "grafana" / "dashboards" / "synfleet.json").read_text())
+    validate(board)
+    for expr in panel_queries(board):
+        assert query_metric_names(expr) <= names, (expr, query_metric_names(expr) - names)
+
+    # A real Prometheus with this config (scraping every second) sees every process up, labelled.
+    config["global"]["scrape_interval"] = "1s"
+    with tempfile.TemporaryDirectory() as scratch:
+        (Path(scratch) / "prometheus.yml").write_text(yaml.safe_dump(config))
+        port = free_port()
+        server = subprocess.Popen(
+            [
+                prometheus_binary(),
+                f"--config.file={scratch}/prometheus.yml",
+                f"--storage.tsdb.path={scratch}/data",
+                f"--web.listen-address=127.0.0.1:{port}",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            deadline, seen = time.monotonic() + 60, {}
+            while time.monotonic() < deadline and len(seen) < len(labels):
+                time.sleep(1)
+                try:
+                    answer = httpx.get(f"http://127.0.0.1:{port}/api/v1/query", params={"query": "up == 1"}).json()
+                except httpx.HTTPError:
+                    continue
+                seen = {r["metric"]["instance"]: r["metric"] for r in answer.get("data", {}).get("result", [])}
+        finally:
+            server.terminate()
+            server.wait(30)
+    assert set(seen) == set(labels)
+    for instance, metric in seen.items():
+        assert {k: metric[k] for k in ("job", "index", "instance", "server")} == labels[instance]
+
+
+def test_top_shows_every_process_from_its_metrics(fleet: Fleet) -> None:
+    result = synfleet(fleet.directory, "top", "--count", "1", "--interval", "1")
+    assert result.returncode == 0, result.stdout + result.stderr
+    for worker in fleet.plan.fleet.workers:
+        row = rf"│ {worker.name}\s+│ {fleet.plan.fleet.group(worker.name)}\s+│\s+\d+%"
+        assert re.search(row, result.stdout), (worker.name, result.stdout)
+    assert "no answer" not in result.stdout
+    assert re.search(r"nginx: \d+ connections, [0-9.]+ requests/s", result.stdout), result.stdout
 
 
 def worker_pid(fleet: Fleet, worker: str) -> int:

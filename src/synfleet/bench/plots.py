@@ -6,6 +6,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from synfleet.bench.model import CORES
 from synfleet.errors import UsageError
 
 
@@ -77,7 +78,7 @@ def plot_capacity(results: dict[str, Any], path: Path) -> None:
     axes[0].plot([0, top], [0, top], ":", color="grey", label="offered")
     axes[0].set(title="delivered messages/s per step", xlabel="offered messages/s")
     axes[1].axhline(2000, linestyle=":", color="grey", label="service level")
-    axes[1].set(title="delivery p99 (ms) per step", xlabel="offered messages/s", yscale="log")
+    axes[1].set(title="delivery p99 (ms) per step", xlabel="offered messages/s")
     for mode, model in results["model"].items():
         cores = [row["cores"] for row in model["cores"]]
         axes[2].plot(
@@ -95,7 +96,9 @@ def plot_capacity(results: dict[str, Any], path: Path) -> None:
             label=f"{mode} (sized)",
         )
         axes[2].plot([model["here"]["cores"]], [model["here"]["measured_median_per_s"]], "k*", markersize=12)
-    axes[2].set(title="model: capacity by cores (calibrated; * measured)", xlabel="cores", xscale="log", yscale="log")
+    axes[2].set_xscale("log", base=2)
+    axes[2].set_xticks(CORES, [str(c) for c in CORES])
+    axes[2].set(title="model: capacity by cores (calibrated; * measured)", xlabel="cores", ylabel="messages/s")
     for axis in axes:
         axis.legend(fontsize=7)
     figure.tight_layout()

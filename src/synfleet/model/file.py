@@ -395,7 +395,10 @@ class FleetSpec(Section):
         """The Synapse processes' metrics ports fit below 65536 and do not take nginx's status port."""
         last = self.metrics.base_port + len(self.fleet.workers) - 1
         if last > 65535:
-            raise ValueError(f"metrics: base_port {self.metrics.base_port} leaves no port for every process")
+            raise ValueError(
+                f"metrics: base_port {self.metrics.base_port} leaves no room for {len(self.fleet.workers)} "
+                f"processes' ports (the last would be {last}; ports end at 65535)"
+            )
         if self.metrics.base_port <= self.metrics.nginx_status_port <= last:
             raise ValueError(
                 f"metrics: nginx_status_port {self.metrics.nginx_status_port} is one of the Synapse processes' "
