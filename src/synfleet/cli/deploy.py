@@ -6,9 +6,11 @@ import sys
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 from rich.console import Console
 from rich.markup import escape
 
+from synfleet.bench.sizing import size_fleet
 from synfleet.check.deployment import check_deployment
 from synfleet.cli.options import DIR_OPTION, make_directory
 from synfleet.errors import FleetError, UsageError
@@ -31,23 +33,45 @@ from synfleet.render.fleet_file import fleet_file_text
     show_default=True,
     help="seed: the seed's topology; small: fits a 2-core machine; monolith: main only.",
 )
+@click.option(
+    "--cores",
+    type=click.IntRange(1, 1024),
+    help="Size the workers for a machine of this many cores, from the capacity bench's measurements "
+    "(other settings as the small profile); the reasons are written into the file.",
+)
 @click.option("--force", is_flag=True, help="Replace an existing fleet.toml.")
-def init_command(directory: Path, server_name: str, profile: str, force: bool) -> None:
-    """Write a commented fleet.toml for a profile."""
+@click.pass_context
+def init_command(
+    context: click.Context, directory: Path, server_name: str, profile: str, cores: int | None, force: bool
+) -> None:
+    """Write a commented fleet.toml for a profile, or sized for a number of cores."""
     try:
         check_server_name(server_name)
     except ValueError as exc:
         raise FleetError(f"--server-name: {exc}") from None
+    if cores is not None and context.get_parameter_source("profile") is not ParameterSource.DEFAULT:
+        raise UsageError("--cores sizes the workers itself: give --cores or --profile, not both")
     path = directory / FLEET_FILE
     if path.exists() and not force:
         raise UsageError(f"{path} exists; edit it, or pass --force to replace it")
-    text = fleet_file_text(server_name, profile)
+    sizing = size_fleet(cores) if cores is not None else None
+    if sizing is not None:
+        profile = "small"
+    sized = (sizing.cores, sizing.workers, sizing.reasons) if sizing else None
+    text = fleet_file_text(server_name, profile, sized)
     make_directory(directory)
     try:
         write_file(path, text)
     except OSError as exc:
         raise UsageError(f"{directory}: cannot write {FLEET_FILE} there: {exc.strerror}") from None
-    click.echo(f"wrote {path} ({profile} profile); next: synfleet render --dir {directory}")
+    if sizing is not None:
+        click.echo(f"sized for {cores} cores:")
+        for reason in sizing.reasons:
+            click.echo(f"  - {reason}")
+        shape = ", ".join(f"{role} = {count}" for role, count in sizing.workers.items() if count)
+        click.echo(f"wrote {path} (workers: {shape or 'main only'}); next: synfleet render --dir {directory}")
+    else:
+        click.echo(f"wrote {path} ({profile} profile); next: synfleet render --dir {directory}")
 
 
 @click.command("render")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from synfleet.model.file import FIXED_GROUPS, FleetSpec, parse_fleet
 from synfleet.model.fleet import SYNC_WRITER_STREAMS, Stream
 from synfleet.model.profiles import profile_spec
@@ -19,14 +21,25 @@ def toml_value(value: object) -> str:
     return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def fleet_file_text(server_name: str, profile: str) -> str:
-    """A commented fleet file for ``profile``, its values taken from the model; validated before it
-    is returned."""
+def fleet_file_text(
+    server_name: str, profile: str, sized: tuple[int, dict[str, int], Sequence[str]] | None = None
+) -> str:
+    """A commented fleet file for ``profile``, its values taken from the model; with ``sized``
+    (cores, [workers], reasons) its workers are those, with the reasons as comments. Validated
+    before it is returned."""
     spec = profile_spec(server_name, profile)
+    sizing = None
+    if sized is not None:
+        cores, workers, reasons = sized
+        data = spec.model_dump(mode="json")
+        data["workers"] = {key: workers.get(key, 0) for key in data["workers"]}
+        spec = FleetSpec.model_validate(data)
+        sizing = {"cores": cores, "reasons": list(reasons)}
     text = render(
         "fleet.toml.j2",
         spec=spec,
         profile=profile,
+        sizing=sizing,
         toml=toml_value,
         resources=spec.resources_for("default"),
         resource_groups=", ".join(toml_value(g) for g in FIXED_GROUPS),

@@ -1,0 +1,145 @@
+"""`synfleet init --cores N`: a fleet sized for a machine, from what the capacity bench measured.
+
+``costs.json`` beside this file holds the measurements it rests on: each role's CPU per delivered
+message and idle CPU in the small fleet, and the capacity of several shapes on 2 cores. On 2 cores
+or fewer the machine saturates before any one process does, and every process adds replication
+work for each event, so the shape that measured best there is taken. With more cores the cost
+model sizes the roles that carry the messages: each gets enough processes that none is busier than
+the model's limit when the whole machine is.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from synfleet.bench.compare import spread
+from synfleet.bench.model import BUSY_LIMIT, Costs, predict, process_counts
+from synfleet.errors import UsageError
+from synfleet.model.file import Workers
+from synfleet.model.fleet import Role, build_fleet
+
+COSTS_FILE = Path(__file__).with_name("costs.json")
+#: Roles the bench's load exercises, sized by the model; the others get fixed counts.
+MODELLED_ROLES = (Role.CLIENT_SYNC, Role.ROOMS, Role.TASKS, Role.SENDER)
+SMALL_MACHINE_CORES = 2
+
+
+@dataclass(frozen=True)
+class Sizing:
+    cores: int
+    workers: dict[str, int]  # the fleet file's [workers]
+    reasons: list[str]
+    predicted_per_s: float | None
+
+
+def load_costs(path: Path = COSTS_FILE) -> dict[str, Any]:
+    try:
+        data: dict[str, Any] = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"{path}: cannot read the measured costs: {exc}") from None
+    return data
+
+
+#: The fleet file's [workers] key of each worker role.
+WORKERS_KEY = dict(zip(Workers().counts(), Workers.model_fields, strict=True))
+
+
+def _counts_key(role: Role) -> str:
+    return WORKERS_KEY[role]
+
+
+def _small_machine(cores: int, data: dict[str, Any]) -> Sizing:
+    measured = data["capacity_on_2_cores"]
+    best = max(data["shapes"], key=lambda name: measured[name]["median"])
+    figures = ", ".join(f"{name} {measured[name]['median']:.0f}" for name in sorted(measured))
+    reasons = [
+        f"measured on {SMALL_MACHINE_CORES} cores (messages/s at the service level, median): {figures}",
+        f"on {cores} {'core' if cores == 1 else 'cores'} the machine saturates before any single process, "
+        "and every process adds replication work for each event: the best measured shape is taken",
+    ]
+    return Sizing(cores, dict(data["shapes"][best]["workers"]), reasons, measured[best]["median"])
+
+
+def size_fleet(cores: int, data: dict[str, Any] | None = None) -> Sizing:
+    """The [workers] of a fleet for ``cores``, with the reasons for each count."""
+    if cores < 1:
+        raise UsageError(f"--cores must be at least 1, got {cores}")
+    data = data or load_costs()
+    if cores <= SMALL_MACHINE_CORES:
+        return _small_machine(cores, data)
+    costs = Costs.from_json(data["costs"])
+    machine = predict(costs, {}, cores, with_generator=False).capacity
+    workers = {Role.MEDIA.value: 1}
+    reasons = [
+        f"the cost model puts this machine's capacity at {machine:.0f} messages/s ({cores} cores)",
+        "media = 1: uploads and downloads are not in the bench's load",
+    ]
+    for role in MODELLED_ROLES:
+        cost = costs.per_message.get(role.value, 0.0)
+        busy = costs.idle.get(role.value, 0.0) + cost * machine
+        count = max(1, math.ceil(busy / BUSY_LIMIT))
+        workers[_counts_key(role)] = count
+        reasons.append(
+            f"{_counts_key(role)} = {count}: {cost * 1000:.1f} ms CPU per message at {machine:.0f} msgs/s is "
+            f"{busy:.2f} cores, at most {BUSY_LIMIT:.0%} of a core per process"
+        )
+    for role in (Role.CLIENT_READER, Role.FEDERATION_READER):
+        workers[role.value] = 1 if cores >= 8 else 0
+    reasons.append(
+        "client_reader and federation_reader: not loaded by the bench; one each from 8 cores, "
+        "for the requests the model does not see"
+    )
+    main = costs.per_message.get(Role.MAIN.value, 0.0)
+    fleet = build_fleet("sized.invalid", {role: workers.get(key, 0) for role, key in WORKERS_KEY.items()})
+    predicted = predict(costs, process_counts(fleet), cores, with_generator=False)
+    if main and predicted.limit == Role.MAIN.value:
+        reasons.append(f"main saturates first, at {predicted.capacity:.0f} msgs/s: more cores do not help this load")
+    return Sizing(cores, workers, reasons, predicted.capacity)
+
+
+def _workers_of(processes: dict[str, int]) -> dict[str, int]:
+    """A run's process counts as the fleet file's [workers]."""
+    return {key: processes.get(role.value, 0) for role, key in WORKERS_KEY.items()}
+
+
+def costs_from_results(shapes: dict[str, list[dict[str, Any]]], costs_shape: str) -> dict[str, Any]:
+    """costs.json from capacity results on 2 cores: each shape's capacity (a monolith run is the
+    shape "monolith"), and the per-role costs of ``costs_shape``'s runs."""
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for name, results in shapes.items():
+        for result in results:
+            for run in result["runs"]:
+                runs.setdefault("monolith" if run["mode"] == "monolith" else name, []).append(run)
+    if costs_shape not in runs:
+        raise UsageError(f"no runs of {costs_shape!r} among {', '.join(sorted(runs))}")
+    return {
+        "about": "measured by `synfleet bench --capacity` on 2 cores; see the README's bench section",
+        "capacity_on_2_cores": {name: spread([r["capacity_per_s"] for r in mine]) for name, mine in runs.items()},
+        "shapes": {name: {"workers": _workers_of(mine[0]["processes"])} for name, mine in runs.items()},
+        "costs": Costs.median([Costs.from_json(r["costs"]) for r in runs[costs_shape]]).as_json(),
+    }
+
+
+def main() -> None:
+    """python -m synfleet.bench.sizing NAME=RESULTS.json... [--costs-from NAME]: writes costs.json."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("results", nargs="+", help="NAME=FILE: capacity results of the fleet shape NAME")
+    parser.add_argument("--costs-from", default="small", help="the shape whose per-role costs size fleets")
+    parser.add_argument("--out", type=Path, default=COSTS_FILE)
+    args = parser.parse_args()
+    shapes: dict[str, list[dict[str, Any]]] = {}
+    for item in args.results:
+        name, _, file = item.partition("=")
+        shapes.setdefault(name, []).append(json.loads(Path(file).read_text()))
+    args.out.write_text(json.dumps(costs_from_results(shapes, args.costs_from), indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
