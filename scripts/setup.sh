@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs what synfleet needs on a Debian or Ubuntu machine: nginx, PostgreSQL and Redis from the
 # distribution (and for the tests iproute2 and dnsmasq for the multi-host lab, podman, runc and
-# debootstrap for the compose run), and synfleet with Synapse in a virtualenv at .venv. Safe to run
-# again.
+# debootstrap for the compose run, Prometheus's binaries for the metrics test), and synfleet with
+# Synapse in a virtualenv at .venv. Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -64,4 +64,20 @@ fi
 echo "setup: installing synfleet, Synapse and test tools into .venv"
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e '.[synapse,test,dev,bench]'
+# Prometheus, for the metrics test: the binaries of Debian's package unpacked into the virtualenv.
+# Installing the package would start a system-wide Prometheus on port 9090.
+if [ ! -x .venv/bin/prometheus ]; then
+    echo "setup: unpacking Debian's prometheus into .venv/bin"
+    scratch=$(mktemp -d)
+    chmod 755 "$scratch"  # apt's download sandbox writes here
+    if ! (cd "$scratch" && apt-get download -q prometheus >/dev/null 2>&1); then
+        sudo=""
+        [ "$(id -u)" -eq 0 ] || sudo="sudo"
+        $sudo apt-get update -q
+        (cd "$scratch" && apt-get download -q prometheus >/dev/null)
+    fi
+    dpkg-deb -x "$scratch"/prometheus_*.deb "$scratch/root"
+    cp "$scratch/root/usr/bin/prometheus" "$scratch/root/usr/bin/promtool" .venv/bin/
+    rm -rf "$scratch"
+fi
 echo "setup: done (.venv/bin/synfleet)"

@@ -6,6 +6,7 @@ import json
 import struct
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -15,15 +16,33 @@ from synfleet.nginx.command import world_readable_tempdir
 pytestmark = pytest.mark.integration
 
 
+def run_bench(directory: Path, *arguments: str) -> subprocess.CompletedProcess[str]:
+    """`synfleet bench` on the small profile in ``directory``; whatever happens, nothing it started
+    keeps running."""
+    init = synfleet("init", "--dir", str(directory), "--server-name", "localhost", "--profile", "small")
+    assert init.returncode == 0
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "synfleet", "bench", "--dir", str(directory), *arguments],
+            capture_output=True,
+            text=True,
+            timeout=900,
+            stdin=subprocess.DEVNULL,
+        )
+    finally:
+        for mode in ("monolith", "fleet", "fleet-roundrobin"):
+            if (directory / "bench" / mode).exists():
+                synfleet("down", "--dir", str(directory / "bench" / mode))
+    print(result.stdout)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
 def test_bench_smoke_reports_every_figure() -> None:
     with world_readable_tempdir("synfleet-bench-") as directory:
-        init = synfleet("init", "--dir", str(directory), "--server-name", "localhost", "--profile", "small")
-        assert init.returncode == 0
         out, png = directory / "results.json", directory / "results.png"
-        command = [
-            "bench",
-            "--dir",
-            str(directory),
+        run_bench(
+            directory,
             "--users",
             "4",
             "--rooms",
@@ -38,21 +57,7 @@ def test_bench_smoke_reports_every_figure() -> None:
             str(out),
             "--png",
             str(png),
-        ]
-        try:
-            result = subprocess.run(
-                [sys.executable, "-m", "synfleet", *command],
-                capture_output=True,
-                text=True,
-                timeout=900,
-                stdin=subprocess.DEVNULL,
-            )
-        finally:  # whatever happened, nothing the bench started keeps running
-            for mode in ("monolith", "fleet", "fleet-roundrobin"):
-                if (directory / "bench" / mode).exists():
-                    synfleet("down", "--dir", str(directory / "bench" / mode))
-        print(result.stdout)
-        assert result.returncode == 0, result.stdout + result.stderr
+        )
         data = json.loads(out.read_text())
         assert [r["mode"] for r in data["runs"]] == ["monolith", "fleet", "fleet-roundrobin"]
         for run in data["runs"]:
@@ -75,26 +80,33 @@ def test_bench_smoke_reports_every_figure() -> None:
 
 def test_capacity_smoke_reports_every_figure() -> None:
     with world_readable_tempdir("synfleet-capacity-") as directory:
-        init = synfleet("init", "--dir", str(directory), "--server-name", "localhost", "--profile", "small")
-        assert init.returncode == 0
         out, png = directory / "capacity.json", directory / "capacity.png"
-        command = ["bench", "--capacity", "--dir", str(directory), "--compare", "monolith,fleet"]
-        command += ["--users", "6", "--rooms", "6", "--start-rate", "4", "--factor", "2", "--max-steps", "2"]
-        command += ["--step-seconds", "4", "--warmup", "2", "--repeat", "1", "--out", str(out), "--png", str(png)]
-        try:
-            result = subprocess.run(
-                [sys.executable, "-m", "synfleet", *command],
-                capture_output=True,
-                text=True,
-                timeout=900,
-                stdin=subprocess.DEVNULL,
-            )
-        finally:
-            for mode in ("monolith", "fleet"):
-                if (directory / "bench" / mode).exists():
-                    synfleet("down", "--dir", str(directory / "bench" / mode))
-        print(result.stdout)
-        assert result.returncode == 0, result.stdout + result.stderr
+        result = run_bench(
+            directory,
+            "--capacity",
+            "--compare",
+            "monolith,fleet",
+            "--users",
+            "6",
+            "--rooms",
+            "6",
+            "--start-rate",
+            "4",
+            "--factor",
+            "2",
+            "--max-steps",
+            "2",
+            "--step-seconds",
+            "4",
+            "--warmup",
+            "2",
+            "--repeat",
+            "1",
+            "--out",
+            str(out),
+            "--png",
+            str(png),
+        )
         data = json.loads(out.read_text())
         assert [r["mode"] for r in data["runs"]] == ["monolith", "fleet"]
         for run in data["runs"]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 from pathlib import Path
 
@@ -206,3 +207,49 @@ def test_compose_images_publishing_and_entrypoints(tmp_path: Path) -> None:
     assert main["user"] == "0:0" and "/sockets/synapse_replication_main.sock.lock" in str(main["entrypoint"])
     # Nothing depends on a one-shot service (podman would not restart its dependents).
     assert all(service.get("restart") == "unless-stopped" for service in default.values())
+
+
+@pytest.mark.integration
+def test_metrics_render_a_scrape_config_a_dashboard_and_compose_profile(tmp_path: Path) -> None:
+    """With [metrics] on: every Synapse process listens for Prometheus (on the compose network in
+    containers), nginx has a status server, the scrape config targets each service, and the
+    metrics profile's Prometheus and Grafana are provisioned with that config and the dashboard;
+    `synfleet check` (nginx -t, Synapse's loader) passes. Without it, none of that is rendered."""
+    make_fleet(tmp_path, "small")
+    text = (tmp_path / "fleet.toml").read_text()
+    (tmp_path / "fleet.toml").write_text(re.sub(r"(\[metrics\][^\[]*?)enabled = false", r"\1enabled = true", text))
+    assert synfleet("render", "--dir", str(tmp_path)).returncode == 0
+    check = synfleet("check", "--dir", str(tmp_path))
+    assert check.returncode == 0, check.stdout + check.stderr
+    deploy = tmp_path / "deploy"
+    services = yaml.safe_load((deploy / "docker-compose.yml").read_text())["services"]
+    assert services["prometheus"]["profiles"] == ["metrics"] and services["grafana"]["profiles"] == ["metrics"]
+    assert services["grafana"]["ports"] == ["127.0.0.1:3000:3000"]
+    assert not [
+        name for name, s in services.items() if "prometheus" in str(s.get("depends_on", "")) and name != "grafana"
+    ]
+    mounts = " ".join(services["prometheus"]["volumes"] + services["grafana"]["volumes"])
+    for path in ("metrics/prometheus.yml", "metrics/grafana/provisioning", "metrics/grafana/dashboards"):
+        assert f"./{path}:" in mounts and (deploy / path).exists(), path
+    password = (tmp_path / "secrets" / "grafana_admin_password").read_text().strip()
+    assert f"GF_SECURITY_ADMIN_PASSWORD={password}\n" in (deploy / "env" / "grafana.env").read_text()
+    datasource = yaml.safe_load((deploy / "metrics/grafana/provisioning/datasources/prometheus.yml").read_text())
+    board = json.loads((deploy / "metrics/grafana/dashboards/synfleet.json").read_text())
+    targets = [t["datasource"]["uid"] for p in board["panels"] for t in p.get("targets", [])]
+    assert targets and set(targets) == {datasource["datasources"][0]["uid"]}
+
+    scrape = yaml.safe_load((deploy / "metrics" / "prometheus.yml").read_text())["scrape_configs"][0]
+    by_instance = {e["labels"]["instance"]: e["targets"] for e in scrape["static_configs"]}
+    assert by_instance["main"] == ["synapse:19100"] and by_instance["rooms2"] == ["rooms2:19103"]
+    listeners = yaml.safe_load((deploy / "synapse" / "workers" / "rooms2.yaml").read_text())["worker_listeners"]
+    assert {"type": "metrics", "port": 19103, "bind_addresses": ["0.0.0.0"]} in listeners
+    nginx = (deploy / "nginx" / "config" / "nginx.conf").read_text()
+    assert "listen 19099;" in nginx and "stub_status;" in nginx
+
+    # Off: no metrics listener, no status server, no monitoring services or files.
+    off = tmp_path / "off"
+    make_fleet(off, "small")
+    assert synfleet("render", "--dir", str(off)).returncode == 0
+    assert "prometheus" not in (off / "deploy" / "docker-compose.yml").read_text()
+    assert "stub_status" not in (off / "deploy" / "nginx" / "config" / "nginx.conf").read_text()
+    assert not (off / "deploy" / "metrics").exists()

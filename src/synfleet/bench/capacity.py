@@ -3,9 +3,10 @@ level, found by stepping up an open-loop offered rate.
 
 A step passes when at least 99% of the offered messages are acknowledged, every acknowledged message
 reaches every member of its room, the delivery p99 is at most 2 s and nothing failed. The rate grows
-by ``factor`` per step until a step fails; one more step halfway (geometrically) between the last
-pass and the failure narrows the answer. Rooms get the same share per room worker in every run (the
-largest room on the first worker, the next on the second, ...), so runs compare.
+by ``factor`` per step until a step fails; then ``refine`` steps, each halfway (geometrically)
+between the highest pass and the lowest failure so far, narrow the answer. Rooms get the same
+share per room worker in every run (the largest room on the first worker, the next on the second,
+...), so runs compare.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ class Settings:
     step_seconds: float = 15.0
     drain_seconds: float = 10.0
     warmup_seconds: float = 5.0
+    refine: int = 2  # steps between the last pass and the first failure, each halving the gap
 
 
 def room_sizes(users: int, rooms: int) -> list[int]:
@@ -225,7 +227,7 @@ async def _steps(
     results: list[dict[str, Any]] = []
     async with OpenLoad(base_url, users, rooms, seed) as load:
         await load.step(settings.start_rate, settings.warmup_seconds, settings.drain_seconds)
-        rate, last_pass, first_fail = settings.start_rate, 0.0, 0.0
+        rate, last_pass, first_fail, refined = settings.start_rate, 0.0, 0.0, 0
         for _ in range(settings.max_steps):
             marks.clear()
             step = await load.step(rate, settings.step_seconds, settings.drain_seconds, mark)
@@ -243,17 +245,16 @@ async def _steps(
             results.append(entry)
             report(_line(entry))
             if reasons:
-                if first_fail:
-                    break
-                first_fail = rate
-                if not last_pass:
-                    break
-                rate = math.sqrt(last_pass * first_fail)
+                first_fail = min(first_fail, rate) if first_fail else rate
+            else:
+                last_pass = max(last_pass, rate)
+            if not first_fail:
+                rate *= settings.factor
                 continue
-            last_pass = rate
-            if first_fail:
+            if not last_pass or refined >= settings.refine:
                 break
-            rate *= settings.factor
+            refined += 1
+            rate = math.sqrt(last_pass * first_fail)
     return results
 
 

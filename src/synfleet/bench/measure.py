@@ -15,18 +15,19 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def _stat(pid: int) -> tuple[int, float] | None:
-    """(parent pid, CPU seconds) of a process."""
+    """(parent pid, CPU seconds) of a process: its own, and that of its children that exited and
+    were waited for (PostgreSQL's backends and autovacuum workers that came and went)."""
     try:
         text = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
     fields = text[text.rindex(")") + 2 :].split()
-    return int(fields[1]), (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return int(fields[1]), sum(int(f) for f in fields[11:15]) / CLOCK_TICKS
 
 
 def process_tree_cpu(roots: dict[str, int]) -> dict[str, float]:
-    """CPU seconds of each named process and all its live descendants (PostgreSQL backends,
-    nginx workers)."""
+    """CPU seconds of each named process and all its descendants (PostgreSQL backends, nginx
+    workers), those that exited included."""
     parents: dict[int, int] = {}
     cpu: dict[int, float] = {}
     for entry in os.listdir("/proc"):

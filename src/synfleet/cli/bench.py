@@ -110,6 +110,13 @@ def _print_comparison(console: Console, results: dict[str, Any]) -> None:
     help="--capacity: seconds per step.",
 )
 @click.option(
+    "--refine",
+    default=2,
+    show_default=True,
+    type=click.IntRange(0, 6),
+    help="--capacity: steps after the first failure, each halving the gap to the last pass.",
+)
+@click.option(
     "--max-steps", default=12, show_default=True, type=click.IntRange(1, 100), help="--capacity: steps at most."
 )
 @click.option("--repeat", default=3, show_default=True, type=click.IntRange(1, 20), help="Alternating repetitions.")
@@ -127,6 +134,7 @@ def bench_command(
     factor: float,
     step_seconds: float,
     max_steps: int,
+    refine: int,
     repeat: int,
     out: Path | None,
     png: Path | None,
@@ -145,6 +153,7 @@ def bench_command(
             max_steps=max_steps,
             step_seconds=step_seconds,
             warmup_seconds=min(warmup, step_seconds),
+            refine=refine,
         )
         results = capacity(directory, modes, settings, repeat, console.print)
         _print_capacity(console, results)
