@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from helpers import CONFIGS, synfleet
+from synfleet.bench.sizing import load_costs, size_fleet
 from synfleet.model.file import parse_fleet
 from synfleet.model.fleet import Role, Stream
 from synfleet.model.profiles import PROFILES, profile_spec
@@ -88,3 +89,28 @@ def test_init_file_shows_the_models_values(profile: str) -> None:
     expected = profile_spec("example.org", profile)
     assert written.model_dump(exclude={"resources"}) == expected.model_dump(exclude={"resources"})
     assert written.resources_for("default") == expected.resources_for("default")
+
+
+def test_init_cores_sizes_the_fleet_from_the_measurements(tmp_path: Path) -> None:
+    """--cores takes the best shape measured on 2 cores for small machines, grows the modelled
+    roles with the cores, writes its reasons into the file, and refuses --profile with it."""
+    data = load_costs()
+    best = max(data["shapes"], key=lambda name: data["capacity_on_2_cores"][name]["median"])
+    counts = {}
+    for cores in (1, 2, 4, 16):
+        directory = tmp_path / str(cores)
+        result = synfleet("init", "--dir", str(directory), "--server-name", "example.org", "--cores", str(cores))
+        assert result.returncode == 0, result.stderr
+        text = (directory / "fleet.toml").read_text()
+        spec = parse_fleet(text)
+        sizing = size_fleet(cores)
+        assert spec.workers.model_dump() == {key: sizing.workers.get(key, 0) for key in spec.workers.model_dump()}
+        assert f"sized for {cores} cores" in text and all(f"#   - {reason}" in text for reason in sizing.reasons)
+        counts[cores] = spec.workers.model_dump()
+    assert {k: v for k, v in counts[2].items() if v} == {k: v for k, v in data["shapes"][best]["workers"].items() if v}
+    assert counts[1] == counts[2]
+    for role in ("client_sync", "rooms", "tasks"):
+        assert 1 <= counts[4][role] <= counts[16][role]
+    assert sum(counts[16].values()) > sum(counts[4].values())
+    both = synfleet("init", "--dir", str(tmp_path / "x"), "--server-name", "a.org", "--cores", "4", "--profile", "seed")
+    assert both.returncode == 2 and "--cores or --profile" in both.stderr and not (tmp_path / "x").exists()

@@ -6,6 +6,8 @@ import json
 import os
 import re
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -238,6 +240,13 @@ def test_metrics_render_a_scrape_config_a_dashboard_and_compose_profile(tmp_path
     targets = [t["datasource"]["uid"] for p in board["panels"] for t in p.get("targets", [])]
     assert targets and set(targets) == {datasource["datasources"][0]["uid"]}
 
+    promtool = Path(sys.executable).parent / "promtool"
+    checked = subprocess.run(
+        [str(promtool) if promtool.exists() else "promtool", "check", "config", str(deploy / "metrics/prometheus.yml")],
+        capture_output=True,
+        text=True,
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
     scrape = yaml.safe_load((deploy / "metrics" / "prometheus.yml").read_text())["scrape_configs"][0]
     by_instance = {e["labels"]["instance"]: e["targets"] for e in scrape["static_configs"]}
     assert by_instance["main"] == ["synapse:19100"] and by_instance["rooms2"] == ["rooms2:19103"]

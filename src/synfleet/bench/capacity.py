@@ -55,9 +55,9 @@ class Settings:
     users: int = 40
     rooms: int = 40
     start_rate: float = 10.0
-    factor: float = 1.35
+    factor: float = 1.5
     max_steps: int = 12
-    step_seconds: float = 15.0
+    step_seconds: float = 20.0
     drain_seconds: float = 10.0
     warmup_seconds: float = 5.0
     refine: int = 2  # steps between the last pass and the first failure, each halving the gap

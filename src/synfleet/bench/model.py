@@ -28,8 +28,8 @@ from synfleet.model.fleet import Fleet, Role, Service
 GENERATOR = "generator"
 #: Groups whose processes cannot use more than one core each, besides Synapse's.
 SINGLE_THREADED_SERVICES = (Service.REDIS.value,)
-#: Worker roles whose count `init --cores` may size.
-SIZED_ROLES = (Role.ROOMS, Role.CLIENT_SYNC, Role.TASKS)
+#: Worker roles the bench's load exercises, whose counts are sized (here and by `init --cores`).
+SIZED_ROLES = (Role.CLIENT_SYNC, Role.ROOMS, Role.TASKS, Role.SENDER)
 #: A process kept below this share of its core keeps its latency (for sizing).
 BUSY_LIMIT = 0.7
 CORES = (2, 4, 8, 16, 32)
@@ -120,16 +120,21 @@ def predict(costs: Costs, counts: dict[str, int], cores: float, with_generator: 
     return Prediction(max(0.0, bounds[limit]), limit)
 
 
+def role_need(costs: Costs, role: Role, rate: float) -> tuple[float, int]:
+    """The cores a role uses at ``rate`` messages/s, and the processes that keeps each below
+    BUSY_LIMIT of its core (at least one)."""
+    busy = costs.idle.get(role.value, 0.0) + costs.per_message.get(role.value, 0.0) * rate
+    return busy, max(1, math.ceil(busy / BUSY_LIMIT))
+
+
 def sized_counts(costs: Costs, counts: dict[str, int], cores: float) -> dict[str, int]:
-    """The fleet's counts with each sized role grown (or shrunk, to at least one) until none of
-    its processes is busier than BUSY_LIMIT at the machine's own limit."""
+    """The fleet's counts with each sized role it has grown (or shrunk, to at least one) until
+    none of its processes is busier than BUSY_LIMIT at the machine's own limit."""
     machine = predict(costs, {}, cores, with_generator=False).capacity
     sized = dict(counts)
     for role in SIZED_ROLES:
-        group = role.value
-        if group in sized and group in costs.per_message:
-            need = costs.idle.get(group, 0.0) + costs.per_message[group] * machine
-            sized[group] = max(1, math.ceil(need / BUSY_LIMIT))
+        if role.value in sized and role.value in costs.per_message:
+            sized[role.value] = role_need(costs, role, machine)[1]
     return sized
 
 

@@ -11,20 +11,17 @@ the model's limit when the whole machine is.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from synfleet.bench.compare import spread
-from synfleet.bench.model import BUSY_LIMIT, Costs, predict, process_counts
+from synfleet.bench.model import BUSY_LIMIT, SIZED_ROLES, Costs, predict, process_counts, role_need
 from synfleet.errors import UsageError
 from synfleet.model.file import Workers
 from synfleet.model.fleet import Role, build_fleet
 
 COSTS_FILE = Path(__file__).with_name("costs.json")
-#: Roles the bench's load exercises, sized by the model; the others get fixed counts.
-MODELLED_ROLES = (Role.CLIENT_SYNC, Role.ROOMS, Role.TASKS, Role.SENDER)
 SMALL_MACHINE_CORES = 2
 
 
@@ -78,14 +75,12 @@ def size_fleet(cores: int, data: dict[str, Any] | None = None) -> Sizing:
         f"the cost model puts this machine's capacity at {machine:.0f} messages/s ({cores} cores)",
         "media = 1: uploads and downloads are not in the bench's load",
     ]
-    for role in MODELLED_ROLES:
-        cost = costs.per_message.get(role.value, 0.0)
-        busy = costs.idle.get(role.value, 0.0) + cost * machine
-        count = max(1, math.ceil(busy / BUSY_LIMIT))
+    for role in SIZED_ROLES:
+        busy, count = role_need(costs, role, machine)
         workers[_counts_key(role)] = count
         reasons.append(
-            f"{_counts_key(role)} = {count}: {cost * 1000:.1f} ms CPU per message at {machine:.0f} msgs/s is "
-            f"{busy:.2f} cores, at most {BUSY_LIMIT:.0%} of a core per process"
+            f"{_counts_key(role)} = {count}: {costs.per_message.get(role.value, 0.0) * 1000:.1f} ms CPU per "
+            f"message at {machine:.0f} msgs/s is {busy:.2f} cores, at most {BUSY_LIMIT:.0%} of a core per process"
         )
     for role in (Role.CLIENT_READER, Role.FEDERATION_READER):
         workers[role.value] = 1 if cores >= 8 else 0
@@ -118,6 +113,8 @@ def costs_from_results(shapes: dict[str, list[dict[str, Any]]], costs_shape: str
         raise UsageError(f"no runs of {costs_shape!r} among {', '.join(sorted(runs))}")
     return {
         "about": "measured by `synfleet bench --capacity` on 2 cores; see the README's bench section",
+        "settings": next(iter(shapes.values()))[0]["settings"],
+        "repetitions": {name: len(mine) for name, mine in runs.items()},
         "capacity_on_2_cores": {name: spread([r["capacity_per_s"] for r in mine]) for name, mine in runs.items()},
         "shapes": {name: {"workers": _workers_of(mine[0]["processes"])} for name, mine in runs.items()},
         "costs": Costs.median([Costs.from_json(r["costs"]) for r in runs[costs_shape]]).as_json(),

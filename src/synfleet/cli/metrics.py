@@ -69,6 +69,8 @@ def top_command(directory: Path, interval: float, count: int | None) -> None:
             f"{directory}/fleet.toml and run `synfleet apply --dir {directory}`"
         )
     console = Console(highlight=False)
+    if not console.is_terminal:  # a pipe or a file: room for the longest process and job names
+        console = Console(highlight=False, width=120)
     before = sample(spec)
     if not any(before.processes.values()):
         raise UsageError(
