@@ -16,6 +16,7 @@ import yaml
 from helpers import copy_fleet_case, fleet_case, profile_with, synfleet
 from synfleet.lab import CertificateAuthority
 from synfleet.layout import COMPOSE, native_layout, worker_of_server
+from synfleet.model.load import load_spec
 from synfleet.nginx.config import NginxModel
 from synfleet.render.compose import SYNAPSE_IMAGE_GID, SYNAPSE_IMAGE_UID, render_compose
 from synfleet.render.processes import MAIN_SERVICE
@@ -249,9 +250,13 @@ def test_metrics_render_a_scrape_config_a_dashboard_and_compose_profile(tmp_path
     assert checked.returncode == 0, checked.stdout + checked.stderr
     scrape = yaml.safe_load((deploy / "metrics" / "prometheus.yml").read_text())["scrape_configs"][0]
     by_instance = {e["labels"]["instance"]: e["targets"] for e in scrape["static_configs"]}
-    assert by_instance["main"] == ["synapse:19100"] and by_instance["rooms2"] == ["rooms2:19103"]
+    workers = [w.name for w in load_spec(tmp_path).fleet.workers]
+    assert by_instance == {
+        name: [f"{'synapse' if name == 'main' else name}:{19100 + index}"] for index, name in enumerate(workers)
+    }
     listeners = yaml.safe_load((deploy / "synapse" / "workers" / "rooms2.yaml").read_text())["worker_listeners"]
-    assert {"type": "metrics", "port": 19103, "bind_addresses": ["0.0.0.0"]} in listeners
+    rooms2 = 19100 + workers.index("rooms2")
+    assert {"type": "metrics", "port": rooms2, "bind_addresses": ["0.0.0.0"]} in listeners
     nginx = (deploy / "nginx" / "config" / "nginx.conf").read_text()
     assert "listen 19099;" in nginx and "stub_status;" in nginx
 

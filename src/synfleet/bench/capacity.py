@@ -17,6 +17,7 @@ import os
 import random
 import shutil
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,14 +108,14 @@ def _send_path(room_id: str) -> str:
 
 
 async def _populate(
-    base_url: str, host: Member, users: list[Member], sizes: list[int], placement: Any, seed: int
+    base_url: str, host: Member, users: list[Member], sizes: list[int], placement: Placement, seed: int
 ) -> list[Room]:
     """Create the rooms so that each room worker gets the same share: slot k (k-th largest) goes to
     room worker k mod K. ``host`` creates rooms until each slot has one nginx sends to its worker,
     the members join, and ``host`` leaves."""
     rng = random.Random(seed)
     members = [rng.sample(range(len(users)), size) for size in sizes]
-    workers: list[str | None] = placement["workers"] or [None]
+    workers: list[str | None] = [*placement.workers] or [None]
     wanted = {w: [k for k in range(len(sizes)) if workers[k % len(workers)] == w] for w in workers}
     rooms: list[Room | None] = [None] * len(sizes)
     async with aiohttp.ClientSession(base_url, timeout=aiohttp.ClientTimeout(total=60)) as session:
@@ -133,7 +134,7 @@ async def _populate(
             if attempts > 20 * len(sizes):
                 raise SynfleetError("could not place the bench's rooms evenly over the room workers")
             room_id = (await call(host, "/_matrix/client/v3/createRoom", {"preset": "public_chat"}))["room_id"]
-            worker = placement["worker_of"](room_id)
+            worker = placement.worker_of(room_id)
             if not wanted.get(worker):
                 await call(host, f"/_matrix/client/v3/rooms/{quote(room_id, safe='')}/leave", {})
                 continue
@@ -146,9 +147,16 @@ async def _populate(
     return [room for room in rooms if room is not None]
 
 
-def _placement(paths: RunPaths, spec: FleetSpec) -> dict[str, Any]:
-    """The room workers rooms are hashed to (none in a monolith or with room-blind balancing) and
+@dataclass(frozen=True)
+class Placement:
+    """The room workers rooms are hashed to (none in a monolith or with room-blind balancing), and
     the worker ``synfleet route`` says a room's messages go to."""
+
+    workers: list[str]
+    worker_of: Callable[[str], str | None]
+
+
+def _placement(paths: RunPaths, spec: FleetSpec) -> Placement:
     plan = deployed_plan(paths, spec.fleet)
 
     def worker_of(room_id: str) -> str | None:
@@ -156,8 +164,7 @@ def _placement(paths: RunPaths, spec: FleetSpec) -> dict[str, Any]:
 
     upstream = evaluate(plan, "PUT", _send_path("!probe:x")).upstream
     keyed = upstream is not None and worker_of("!probe:x") is not None
-    workers = list(plan.upstreams[upstream].workers) if keyed and upstream else []
-    return {"workers": workers, "worker_of": worker_of}
+    return Placement(list(plan.upstreams[upstream].workers) if keyed and upstream else [], worker_of)
 
 
 def _cpu_by_group(spec: FleetSpec, cpu: dict[str, float]) -> dict[str, float]:

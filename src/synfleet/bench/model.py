@@ -7,7 +7,8 @@ carries at most
 
 - what the machine can give: ``(cores - sum of idle) / sum of per_message``, and
 - what each single-threaded group can give: a Synapse process (or Redis) uses one core at most, so
-  a group of ``n`` processes carries ``(n - idle) / per_message``, if its load divides evenly;
+  a group of ``n`` processes carries ``(n - idle) / per_message``, if its load divides evenly; a
+  federation sender reads every event whatever the count, so senders carry ``1 / (per_message / n)``;
 
 the smallest of these is the prediction, and its name is the first thing to saturate. On this
 machine the generator shares the cores and is counted; on bigger ones it is assumed elsewhere.
@@ -29,7 +30,10 @@ GENERATOR = "generator"
 #: Groups whose processes cannot use more than one core each, besides Synapse's.
 SINGLE_THREADED_SERVICES = (Service.REDIS.value,)
 #: Worker roles the bench's load exercises, whose counts are sized (here and by `init --cores`).
-SIZED_ROLES = (Role.CLIENT_SYNC, Role.ROOMS, Role.TASKS, Role.SENDER)
+SIZED_ROLES = (Role.CLIENT_SYNC, Role.ROOMS, Role.TASKS)
+#: Roles each of whose processes handles every event (a federation sender reads the whole events
+#: stream to find its destinations): more of them divide nothing the bench measures.
+EVERY_EVENT_ROLES = (Role.SENDER.value,)
 #: A process kept below this share of its core keeps its latency (for sizing).
 BUSY_LIMIT = 0.7
 CORES = (2, 4, 8, 16, 32)
@@ -115,7 +119,11 @@ def predict(costs: Costs, counts: dict[str, int], cores: float, with_generator: 
     for group, count in counts.items():
         cost = costs.per_message.get(group, 0.0)
         if cost > 0:
-            bounds[group] = (min(count, cores) - costs.idle.get(group, 0.0)) / cost
+            processes = min(count, cores)
+            if group in EVERY_EVENT_ROLES:  # each process does the group's work once per its share
+                bounds[group] = (1 - costs.idle.get(group, 0.0) / count) / (cost / count)
+            else:
+                bounds[group] = (processes - costs.idle.get(group, 0.0)) / cost
     limit = min(bounds, key=lambda k: bounds[k])
     return Prediction(max(0.0, bounds[limit]), limit)
 

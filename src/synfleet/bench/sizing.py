@@ -82,6 +82,11 @@ def size_fleet(cores: int, data: dict[str, Any] | None = None) -> Sizing:
             f"{_counts_key(role)} = {count}: {costs.per_message.get(role.value, 0.0) * 1000:.1f} ms CPU per "
             f"message at {machine:.0f} msgs/s is {busy:.2f} cores, at most {BUSY_LIMIT:.0%} of a core per process"
         )
+    workers[_counts_key(Role.SENDER)] = 1
+    reasons.append(
+        "senders = 1: the bench has no other server; each sender reads every event, so more senders only add "
+        "work until federation traffic needs them"
+    )
     for role in (Role.CLIENT_READER, Role.FEDERATION_READER):
         workers[role.value] = 1 if cores >= 8 else 0
     reasons.append(
