@@ -110,3 +110,12 @@ async def call(client: AsyncClient, method: str, path: str, body: Any = None) ->
     text = await response.text()
     assert response.status == 200, (method, path, response.status, text)
     return json.loads(text)
+
+
+def prometheus_tool(name: str) -> str:
+    """``prometheus`` or ``promtool``: from the virtualenv (scripts/setup.sh unpacks them there) or
+    the PATH."""
+    beside = Path(sys.executable).parent / name
+    found = str(beside) if beside.exists() else shutil.which(name)
+    assert found, f"{name} is missing: run scripts/setup.sh"
+    return found

@@ -11,10 +11,8 @@ import asyncio
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -113,14 +111,6 @@ def test_conversation_and_routing(fleet: Fleet) -> None:
     check_routing(fleet)
 
 
-def prometheus_binary() -> str:
-    """Prometheus from the virtualenv (scripts/setup.sh puts it there) or the PATH."""
-    beside = Path(sys.executable).parent / "prometheus"
-    found = str(beside) if beside.exists() else shutil.which("prometheus")
-    assert found, "prometheus is missing: run scripts/setup.sh"
-    return found
-
-
 def scraped_metric_names(fleet: Fleet) -> tuple[dict[str, Any], set[str]]:
     """The rendered scrape config, and the names of every sample one scrape of each target gave."""
     config = yaml.safe_load((fleet.directory / "run" / "metrics" / "prometheus.yml").read_text())
@@ -136,6 +126,7 @@ def scraped_metric_names(fleet: Fleet) -> tuple[dict[str, Any], set[str]]:
 
 
 def test_every_process_is_scraped_with_the_dashboards_labels(fleet: Fleet) -> None:
+    asyncio.run(new_room(fleet, "metrics"))  # events persisted, so their counters exist
     fleet_model = fleet.plan.fleet
     config, names = scraped_metric_names(fleet)
     labels = {e["labels"]["instance"]: e["labels"] for e in config["scrape_configs"][0]["static_configs"]}
@@ -159,7 +150,7 @@ def test_every_process_is_scraped_with_the_dashboards_labels(fleet: Fleet) -> No
         port = free_port()
         server = subprocess.Popen(
             [
-                prometheus_binary(),
+                helpers.prometheus_tool("prometheus"),
                 f"--config.file={scratch}/prometheus.yml",
                 f"--storage.tsdb.path={scratch}/data",
                 f"--web.listen-address=127.0.0.1:{port}",

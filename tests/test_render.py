@@ -7,13 +7,12 @@ import os
 import re
 import stat
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from helpers import copy_fleet_case, fleet_case, profile_with, synfleet
+from helpers import copy_fleet_case, fleet_case, profile_with, prometheus_tool, synfleet
 from synfleet.lab import CertificateAuthority
 from synfleet.layout import COMPOSE, native_layout, worker_of_server
 from synfleet.model.load import load_spec
@@ -241,9 +240,8 @@ def test_metrics_render_a_scrape_config_a_dashboard_and_compose_profile(tmp_path
     targets = [t["datasource"]["uid"] for p in board["panels"] for t in p.get("targets", [])]
     assert targets and set(targets) == {datasource["datasources"][0]["uid"]}
 
-    promtool = Path(sys.executable).parent / "promtool"
     checked = subprocess.run(
-        [str(promtool) if promtool.exists() else "promtool", "check", "config", str(deploy / "metrics/prometheus.yml")],
+        [prometheus_tool("promtool"), "check", "config", str(deploy / "metrics/prometheus.yml")],
         capture_output=True,
         text=True,
     )

@@ -8,6 +8,7 @@ Grafana's file provisioning reads, and :func:`validate` loads that JSON back thr
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import re
@@ -36,8 +37,13 @@ from grafana_foundation_sdk.models.dashboard import (
 #: The Prometheus data source's UID; Grafana's provisioning gives the data source this UID.
 DATASOURCE_UID = "synfleet-prometheus"
 DATASOURCE_TYPE = "prometheus"
-#: The dashboard's UID: stable, so provisioning replaces the dashboard instead of adding another.
-DASHBOARD_UID = "synfleet"
+
+
+def dashboard_uid(server_name: str) -> str:
+    """The dashboard's UID: the same on every render, so provisioning replaces the dashboard instead
+    of adding another, and different per homeserver, so two fleets can share one Grafana."""
+    return "synfleet-" + hashlib.sha256(server_name.lower().encode()).hexdigest()[:12]
+
 
 #: In :data:`ROWS`' expressions, replaced by the matchers for the processes the dashboard's variables select.
 SELECTED = "<SELECTED>"
@@ -365,7 +371,7 @@ def _build(server_name: str) -> Dashboard:
     server = _server_matcher(server_name)
     builder = (
         dashboard_builders.Dashboard(f"synfleet: {server_name}")
-        .uid(DASHBOARD_UID)
+        .uid(dashboard_uid(server_name))
         .tags(["synfleet", "synapse"])
         .timezone("browser")
         .time("now-1h", "now")
