@@ -120,8 +120,10 @@ def test_capacity_smoke_reports_every_figure() -> None:
             assert run["capacity_per_s"] > 0, run["steps"]
             # The rooms' members are spread evenly: the same share per room worker in every run.
             assert sum(run["room_members_per_worker"].values()) > 0
+            # Short steps cannot resolve small costs (a fleet's main does little per message), but
+            # PostgreSQL's, and the monolith's main, are well above the clock's resolution.
             costs = run["costs"]["per_message_cpu_ms"]
-            assert costs["main"] > 0 and costs["postgres"] > 0
+            assert costs["postgres"] > 0 and (run["mode"] != "monolith" or costs["main"] > 0), costs
         fleet_run = data["runs"][1]
         assert set(fleet_run["room_members_per_worker"]) == {"rooms1", "rooms2"}
         assert {"rooms", "client_sync", "tasks"} <= set(fleet_run["steps"][0]["cpu_seconds"])
