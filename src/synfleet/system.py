@@ -7,6 +7,7 @@ import os
 import shutil
 import socket
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from synfleet.errors import SynfleetError, UsageError
@@ -77,6 +78,34 @@ def free_ports(count: int, start: int = 19300) -> int:
     raise UsageError(f"no {count} consecutive free loopback ports at or above {start}")
 
 
+@dataclass(frozen=True)
+class Memory:
+    """A process's memory, KiB: resident (RSS: shared pages counted in full), proportional (PSS:
+    each shared page divided among the processes sharing it, so PSS adds up across processes) and
+    unique (USS: pages no other process has)."""
+
+    rss: int = 0
+    pss: int = 0
+    uss: int = 0
+
+    def __add__(self, other: Memory) -> Memory:
+        return Memory(self.rss + other.rss, self.pss + other.pss, self.uss + other.uss)
+
+
+def memory(pid: int) -> Memory:
+    """``pid``'s memory from ``/proc/<pid>/smaps_rollup``; zeros if it is gone or not readable."""
+    fields: dict[str, int] = {}
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
+            key, _, value = line.partition(":")
+            fields[key] = int(value.split()[0])
+    except (OSError, ValueError, IndexError):
+        return Memory()
+    return Memory(
+        fields.get("Rss", 0), fields.get("Pss", 0), fields.get("Private_Clean", 0) + fields.get("Private_Dirty", 0)
+    )
+
+
 def memory_kib(pid: int, field: str = "VmRSS") -> int:
     """A memory figure of ``/proc/<pid>/status`` (VmRSS now, VmHWM the peak), 0 if gone."""
     try:
@@ -86,3 +115,9 @@ def memory_kib(pid: int, field: str = "VmRSS") -> int:
     except (OSError, ValueError):
         pass
     return 0
+
+
+def fleet_python() -> str:
+    """This Python, by a path without linked directories: a ``.venv`` link that leads out of a clone
+    other users cannot reach (see scripts/setup.sh) must not lead the fleet's account through it."""
+    return os.path.join(os.path.realpath(os.path.dirname(sys.executable)), os.path.basename(sys.executable))

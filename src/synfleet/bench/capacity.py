@@ -167,7 +167,24 @@ def _placement(paths: RunPaths, spec: FleetSpec) -> Placement:
     return Placement(list(plan.upstreams[upstream].workers) if keyed and upstream else [], worker_of)
 
 
-def _cpu_by_group(spec: FleetSpec, cpu: dict[str, float]) -> dict[str, float]:
+def users_and_rooms(
+    paths: RunPaths, spec: FleetSpec, user_count: int, room_count: int, seed: int
+) -> tuple[str, list[Member], list[Room]]:
+    """The running fleet's base URL, and the bench's users in its rooms, the same share per room
+    worker (see :func:`_populate`)."""
+    base_url = f"http://{spec.listen.bind}:{spec.listen.http_port}"
+    users = _register(paths, user_count + 1, f"cap{seed}u")
+    host, users = users[-1], users[:-1]
+    try:
+        rooms = asyncio.run(
+            _populate(base_url, host, users, room_sizes(user_count, room_count), _placement(paths, spec), seed)
+        )
+    except aiohttp.ClientError as exc:
+        raise SynfleetError(f"setting up {user_count} users and {room_count} rooms failed: {exc}") from None
+    return base_url, users, rooms
+
+
+def cpu_by_group(spec: FleetSpec, cpu: dict[str, float]) -> dict[str, float]:
     groups: dict[str, float] = {}
     for name, seconds in cpu.items():
         group = spec.fleet.group(name)
@@ -186,15 +203,7 @@ def run_capacity_mode(
     write_file(directory / FLEET_FILE, fleet_toml(spec))
     up_seconds = up(paths, spec, lambda _: None)
     try:
-        base_url = f"http://{spec.listen.bind}:{spec.listen.http_port}"
-        users = _register(paths, settings.users + 1, f"cap{seed}u")
-        host, users = users[-1], users[:-1]
-        sizes = room_sizes(settings.users, settings.rooms)
-        placement = _placement(paths, spec)
-        try:
-            rooms = asyncio.run(_populate(base_url, host, users, sizes, placement, seed))
-        except aiohttp.ClientError as exc:
-            raise SynfleetError(f"setting up {settings.users} users and {settings.rooms} rooms failed: {exc}") from None
+        base_url, users, rooms = users_and_rooms(paths, spec, settings.users, settings.rooms, seed)
         pids = {name: info.pid for name, info in Supervisor(paths).info().items() if info.pid}
         steps = asyncio.run(_steps(base_url, users, rooms, spec, pids, settings, seed, report))
     finally:
@@ -239,7 +248,7 @@ async def _steps(
             marks.clear()
             step = await load.step(rate, settings.step_seconds, settings.drain_seconds, mark)
             before, after = marks
-            cpu = _cpu_by_group(spec, {k: v - before.get(k, 0.0) for k, v in after.items()})
+            cpu = cpu_by_group(spec, {k: v - before.get(k, 0.0) for k, v in after.items()})
             cpu["generator"] = step.generator_cpu_s
             reasons = verdict(step)
             entry = {

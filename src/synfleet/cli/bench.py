@@ -13,6 +13,7 @@ from rich.table import Table
 from synfleet.bench.capacity import Settings, capacity
 from synfleet.bench.compare import bench
 from synfleet.bench.plots import plot, plot_capacity
+from synfleet.bench.startup import StartupSettings, startup_bench
 from synfleet.cli.options import DIR_OPTION
 
 
@@ -55,6 +56,23 @@ def _print_capacity(console: Console, results: dict[str, Any]) -> None:
         console.print(grid)
 
 
+def _print_startup(console: Console, results: dict[str, Any]) -> None:
+    settings = results["settings"]
+    table = Table(title=f"synapse.start, {settings['runs']} starts each (median, min-max)")
+    for column in ("profile/start", "healthy s", "fleet PSS MiB", "Synapse PSS MiB", "PSS after load", "CPU ms/msg"):
+        table.add_column(column, justify="left" if column == "profile/start" else "right")
+    for name, figures in results["summary"].items():
+        table.add_row(
+            name,
+            _spread(figures["healthy_seconds"]),
+            _spread(figures["total_pss_mib"]),
+            _spread(figures["synapse_pss_mib"]),
+            str(figures["total_pss_mib_after_load"] or "-"),
+            str(figures["cpu_ms_per_message"] or "-"),
+        )
+    console.print(table)
+
+
 def _print_comparison(console: Console, results: dict[str, Any]) -> None:
     settings = results["settings"]
     table = Table(
@@ -83,6 +101,33 @@ def _print_comparison(console: Console, results: dict[str, Any]) -> None:
     "find_capacity",
     is_flag=True,
     help="Step an open-loop message rate up until the service level breaks, and fit the cost model.",
+)
+@click.option(
+    "--start-up",
+    "start_up",
+    is_flag=True,
+    help="Compare synapse.start = fork and exec: time to healthy and memory (PSS) of each profile, "
+    "--repeat starts each, then CPU per message and memory after --load-minutes of load.",
+)
+@click.option(
+    "--profiles",
+    default="small,seed",
+    show_default=True,
+    help="--start-up: the profiles to start, comma-separated.",
+)
+@click.option(
+    "--load-minutes",
+    default=10.0,
+    show_default=True,
+    type=click.FloatRange(0, 600),
+    help="--start-up: minutes of load per profile and start (0: none).",
+)
+@click.option(
+    "--rate",
+    default=8.0,
+    show_default=True,
+    type=click.FloatRange(0.1, 100000),
+    help="--start-up: offered msgs/s during the load.",
 )
 @click.option("--users", default=None, type=click.IntRange(2, 1000), help="[default: 20; 40 with --capacity]")
 @click.option("--rooms", default=None, type=click.IntRange(1, 1000), help="[default: 20; 40 with --capacity]")
@@ -126,6 +171,10 @@ def bench_command(
     directory: Path,
     compare: str | None,
     find_capacity: bool,
+    start_up: bool,
+    profiles: str,
+    load_minutes: float,
+    rate: float,
     users: int | None,
     rooms: int | None,
     duration: float,
@@ -140,11 +189,27 @@ def bench_command(
     png: Path | None,
 ) -> None:
     """Measure the fleet against a monolith (and room-blind balancing) on this machine: at one
-    closed-loop load, or with --capacity the highest rate each sustains."""
+    closed-loop load, or with --capacity the highest rate each sustains; or with --start-up how
+    each way of starting Synapse does."""
     console = Console(highlight=False)
+    if start_up and find_capacity:
+        raise click.UsageError("--start-up and --capacity are separate benches: choose one")
+    if start_up and png:
+        raise click.UsageError("--png draws the comparison and --capacity, not --start-up")
     default_modes = "monolith,fleet" if find_capacity else "monolith,fleet,fleet-roundrobin"
     modes = [m.strip() for m in (compare or default_modes).split(",") if m.strip()]
-    if find_capacity:
+    if start_up:
+        startup = StartupSettings(
+            profiles=tuple(p.strip() for p in profiles.split(",") if p.strip()),
+            runs=repeat,
+            load_seconds=load_minutes * 60,
+            rate=rate,
+            users=users or 40,
+            rooms=rooms or 40,
+        )
+        results = startup_bench(directory, startup, console.print)
+        _print_startup(console, results)
+    elif find_capacity:
         settings = Settings(
             users=users or 40,
             rooms=rooms or 40,

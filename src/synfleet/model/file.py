@@ -258,6 +258,10 @@ class Synapse(Section):
     relaxed_rate_limits: bool = False
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     gc_thresholds: list[Annotated[int, Field(ge=1)]] = Field(default_factory=list)
+    #: How the native run starts Synapse's processes: "fork" imports Synapse once, in the
+    #: supervisor, and forks each process from it (shared memory, faster start); "exec" starts a
+    #: new Python for each. Containers always start their one process the exec way.
+    start: Literal["fork", "exec"] = "fork"
 
     @field_validator("gc_thresholds")
     @classmethod

@@ -174,7 +174,7 @@ def up(paths: RunPaths, spec: FleetSpec, report: Report, supervisor: Supervisor 
             paths.log("initdb"),
         ):
             report("created the PostgreSQL cluster")
-        supervisor.start_daemon(foreground=foreground)
+        supervisor.start_daemon(foreground=foreground, preload=plan.spec.synapse.start == "fork")
     try:
         for tier in Tier:
             members = [p for p in plan.processes if p.tier is tier]

@@ -7,7 +7,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import stat
-import sys
 import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +27,7 @@ from synfleet.run.ownership import Running, fleet_processes
 from synfleet.run.paths import NGINX_DIR, RunPaths, blocked_parent
 from synfleet.run.process import Health, HealthKind, NativeProcess, Tier
 from synfleet.run.supervisor import supervisor_config
-from synfleet.system import find_binary, require_binary
+from synfleet.system import find_binary, fleet_python, require_binary
 
 #: The fleet file the run directory was last rendered from (by `up` or `apply`).
 APPLIED_FLEET_FILE = "fleet.toml"
@@ -71,12 +70,6 @@ def running_spec(paths: RunPaths) -> FleetSpec:
         raise UsageError(
             f"{path} is missing: this fleet was started by an older synfleet; `synfleet down` and `up` once"
         ) from None
-
-
-def fleet_python() -> str:
-    """This Python, by a path without linked directories: a ``.venv`` link that leads out of a clone
-    other users cannot reach (see scripts/setup.sh) must not lead the fleet's account through it."""
-    return os.path.join(os.path.realpath(os.path.dirname(sys.executable)), os.path.basename(sys.executable))
 
 
 def _check_reachable(run: Path) -> None:

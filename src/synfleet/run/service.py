@@ -13,8 +13,7 @@ from synfleet.render.files import write_file
 from synfleet.render.templating import render
 from synfleet.run.accounts import as_root
 from synfleet.run.paths import RunPaths
-from synfleet.run.plan import fleet_python
-from synfleet.system import require_binary
+from synfleet.system import fleet_python, require_binary
 
 UNIT_DIR = Path("/etc/systemd/system")
 #: Present when systemd manages this machine (what sd_booted(3) checks).

@@ -17,8 +17,9 @@ from synfleet.render.templating import render
 from synfleet.run.accounts import as_root
 from synfleet.run.ownership import Running, identify, stop
 from synfleet.run.paths import RunPaths
+from synfleet.run.preload import MODULE as PRELOAD_MODULE
 from synfleet.run.process import NativeProcess
-from synfleet.system import find_binary
+from synfleet.system import find_binary, fleet_python
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,7 @@ class Supervisor:
             process = identify(int(self.paths.supervisor_pid.read_text().strip()))
         except (OSError, ValueError):
             return None
-        if process is None or "supervisord" not in process.command:
+        if process is None or not ("supervisord" in process.command or PRELOAD_MODULE in process.command):
             return None
         return process if str(self.paths.supervisor_conf) in process.command else None
 
@@ -70,14 +71,16 @@ class Supervisor:
         except (OSError, xmlrpc.client.Error):
             return False
 
-    def start_daemon(self, timeout: float = 30.0, foreground: bool = False) -> None:
+    def start_daemon(self, timeout: float = 30.0, foreground: bool = False, preload: bool = False) -> None:
         """Start supervisord: as a daemon, or (``foreground``) as this process's child, in
-        :attr:`process`, for a service manager to watch."""
+        :attr:`process`, for a service manager to watch. With ``preload``, in a Python that has
+        imported Synapse, to fork its processes (see :mod:`synfleet.run.preload`)."""
         binary = find_binary("supervisord")
         if binary is None:
             raise SynfleetError("supervisord is not installed: pip install supervisor (or run scripts/setup.sh)")
         self.paths.supervisor_socket.unlink(missing_ok=True)
-        command = [binary, "-c", str(self.paths.supervisor_conf)]
+        program = [fleet_python(), "-m", PRELOAD_MODULE] if preload else [binary]
+        command = [*program, "-c", str(self.paths.supervisor_conf)]
         if foreground:
             self.process = subprocess.Popen([*command, "--nodaemon"], stdout=subprocess.DEVNULL)
         else:

@@ -1,0 +1,163 @@
+"""The fork start (synapse.start = "fork"): what a forked Synapse process must not share with its
+parent or its siblings, checked in real forks of a Python that imported Synapse."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from synfleet.run.preload import Preloaded, installed_version
+
+pytest.importorskip("synapse", reason="Synapse is not installed (pip install 'synfleet[synapse]')")
+
+#: Runs in its own Python: preloads, forks three children that each become "a process", and
+#: reports what each holds. kcmp(2) tells whether two descriptors are one open file description.
+FORKS = textwrap.dedent(
+    """
+    import ctypes, gc, json, os, platform, random, sys, threading
+    from synfleet.run import preload
+
+    KCMP = {"x86_64": 312, "aarch64": 272}[platform.machine()]
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def same(pid1, fd1, pid2, fd2):
+        answer = libc.syscall(KCMP, pid1, pid2, 0, fd1, fd2)  # KCMP_FILE
+        if answer < 0:
+            raise OSError(ctypes.get_errno(), "kcmp")
+        return answer == 0
+
+    preloaded = preload.preload()
+    shared_read, shared_write = os.pipe()  # inherited by every child: kcmp must call it shared
+    report_read, report_write = os.pipe()
+    go_read, go_write = os.pipe()
+    children = []
+    for n in range(3):
+        pid = os.fork()
+        if pid == 0:
+            argv = [sys.executable, "-m", "synapse.app.generic_worker", f"--child={n}"]
+            preload.prepare_child(argv, {"PYTHONUNBUFFERED": "1", "CHILD": str(n)})
+            from twisted.internet import reactor
+            from synapse.util.stringutils import random_string
+            threads_before = threading.active_count()
+            # the reactor runs on the new poller; a pool thread wakes it through the new waker
+            reactor.callWhenRunning(reactor.callInThread, reactor.callFromThread, reactor.stop)
+            reactor.run(installSignalHandlers=False)
+            answer = {
+                "pid": os.getpid(),
+                "epoll": preload._epoll(reactor).fileno(),
+                "waker": [reactor.waker.i, reactor.waker.o],
+                "random": random.random(),
+                "random_string": random_string(24),
+                "threads_before_run": threads_before,
+                "frozen": gc.get_freeze_count(),
+                "environ": os.environ.get("CHILD"),
+                "cmdline": open("/proc/self/cmdline", "rb").read().replace(b"\\0", b" ").decode().strip(),
+            }
+            os.write(report_write, (json.dumps(answer) + "\\n").encode())
+            os.read(go_read, 1)  # stay alive until the parent has compared descriptors
+            os._exit(0)
+        children.append(pid)
+    reports = []
+    with os.fdopen(report_read) as lines:
+        for _ in children:
+            reports.append(json.loads(lines.readline()))
+    pairs = [(a, b) for i, a in enumerate(reports) for b in reports[i + 1 :]]
+    parent_fds = [int(fd) for fd in os.listdir("/proc/self/fd")]
+    mine = [fd for fd in parent_fds if os.path.exists(f"/proc/self/fd/{fd}")]
+    result = {
+        "children": reports,
+        "shared_with_parent": [
+            same(c["pid"], fd, os.getpid(), own) for c in reports for fd in [c["epoll"], *c["waker"]] for own in mine
+        ],
+        "shared_pipe_seen_as_shared": same(reports[0]["pid"], shared_read, reports[1]["pid"], shared_read),
+        "epoll_shared": [same(a["pid"], a["epoll"], b["pid"], b["epoll"]) for a, b in pairs],
+        "waker_shared": [
+            same(a["pid"], fa, b["pid"], fb) for a, b in pairs for fa in a["waker"] for fb in b["waker"]
+        ],
+    }
+    os.write(go_write, b"xxx")
+    for pid in children:
+        os.waitpid(pid, 0)
+    print(json.dumps(result))
+    """
+)
+
+
+def _python(script: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_forked_children_have_their_own_reactor_waker_random_state_and_threads() -> None:
+    result = _python(FORKS)
+    assert result.returncode == 0, result.stderr
+    found = json.loads(result.stdout)
+    children = found["children"]
+    assert found["shared_pipe_seen_as_shared"], "kcmp does not see an inherited pipe as shared"
+    assert not any(found["epoll_shared"]), "two children share one epoll"
+    assert not any(found["waker_shared"]), "two children share a waker pipe"
+    assert not any(found["shared_with_parent"]), "a child's epoll or waker is the parent's"
+    for child in children:
+        assert child["threads_before_run"] == 1
+        assert child["frozen"] > 100_000, "the inherited objects are not frozen"
+        assert child["cmdline"].endswith(f"-m synapse.app.generic_worker --child={child['environ']}")
+    assert sorted(c["environ"] for c in children) == ["0", "1", "2"]
+    assert len({c["random"] for c in children}) == len(children), "children share the random module's state"
+    assert len({c["random_string"] for c in children}) == len(children)
+
+
+def test_preload_refuses_when_the_parent_runs_a_thread() -> None:
+    script = textwrap.dedent(
+        """
+        import threading, time
+        threading.Thread(target=time.sleep, args=(60,), daemon=True, name="stray").start()
+        from synfleet.run import preload
+        preload.main(["-c", "/nonexistent/supervisord.conf"])
+        """
+    )
+    result = _python(script)
+    assert result.returncode == 1
+    assert "cannot be forked safely" in result.stderr
+    assert "stray" in result.stderr
+    assert 'synapse.start = "exec"' in result.stderr
+
+
+def test_hazards_name_a_descriptor_the_import_left_open() -> None:
+    script = textwrap.dedent(
+        """
+        import os
+        from synfleet.run import preload
+        before = preload._open_descriptors()
+        import synapse.app.generic_worker
+        preload._quiesce_reactor()
+        assert preload.hazards(before) == [], preload.hazards(before)
+        kept = open(os.devnull)
+        print("\\n".join(preload.hazards(before)))
+        """
+    )
+    result = _python(script)
+    assert result.returncode == 0, result.stderr
+    assert "left descriptors open" in result.stdout
+    assert "/dev/null" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("filename", "argv", "version", "expected"),
+    [
+        (sys.executable, ["python", "-m", "synapse.app.generic_worker", "--config-path", "w.yaml"], None, True),
+        (sys.executable, ["python", "-m", "synapse.app.homeserver", "--config-path", "h.yaml"], None, True),
+        ("/usr/bin/env", ["env", "-m", "synapse.app.generic_worker"], None, False),  # another program
+        (sys.executable, ["python", "-m", "synapse.app.admin_cmd"], None, False),  # not preloaded
+        (sys.executable, ["python", "-X", "dev", "-m", "synapse.app.generic_worker"], None, False),
+        (sys.executable, ["python", "-m", "synapse.app.generic_worker"], "0.0.1", False),  # upgraded since
+    ],
+)
+def test_only_a_preloaded_program_of_this_python_and_release_is_forked(
+    filename: str, argv: list[str], version: str | None, expected: bool
+) -> None:
+    preloaded = Preloaded(os.path.realpath(sys.executable), version or installed_version())
+    assert (preloaded.program(filename, argv) is not None) is expected
