@@ -3,7 +3,10 @@ routing config with stub workers on its sockets."""
 
 from __future__ import annotations
 
+import ctypes
 import json
+import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -118,4 +121,30 @@ def prometheus_tool(name: str) -> str:
     beside = Path(sys.executable).parent / name
     found = str(beside) if beside.exists() else shutil.which(name)
     assert found, f"{name} is missing: run scripts/setup.sh"
+    return found
+
+
+#: kcmp(2)'s number, and its type for "the same open file description".
+_KCMP = {"x86_64": 312, "aarch64": 272}
+_KCMP_FILE = 0
+
+
+def same_open_file(pid1: int, fd1: int, pid2: int, fd2: int) -> bool:
+    """Descriptor ``fd1`` of ``pid1`` and ``fd2`` of ``pid2`` are one open file (shared by a fork)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    answer = libc.syscall(_KCMP[platform.machine()], pid1, pid2, _KCMP_FILE, fd1, fd2)
+    if answer < 0:
+        raise OSError(ctypes.get_errno(), f"kcmp {pid1}:{fd1} {pid2}:{fd2}")
+    return bool(answer == 0)
+
+
+def descriptors(pid: int, target: str) -> list[int]:
+    """``pid``'s descriptors that point at ``target`` (e.g. ``anon_inode:[eventpoll]``)."""
+    found = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}") == target:
+                found.append(int(fd))
+        except OSError:
+            continue
     return found

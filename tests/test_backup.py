@@ -86,7 +86,10 @@ def archive() -> Iterator[tuple[Path, Content, Path]]:
         source = top / "source"
         source.mkdir()
         port = free_port()
-        spec = helpers.profile_with("small", listen={"http_port": port}, synapse={"relaxed_rate_limits": True})
+        # the exec start (synapse.start = "exec"): each Synapse process its own Python
+        spec = helpers.profile_with(
+            "small", listen={"http_port": port}, synapse={"relaxed_rate_limits": True, "start": "exec"}
+        )
         (source / "fleet.toml").write_text(fleet_toml(spec))
         try:
             up = synfleet(source, "up")

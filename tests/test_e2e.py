@@ -221,6 +221,29 @@ def test_killed_room_worker_is_restarted_and_nothing_acknowledged_is_lost(fleet:
     check_serves_again(fleet, room, victim)
 
 
+def test_synapse_processes_are_forks_of_the_supervisor_with_their_own_reactor(fleet: Fleet) -> None:
+    """synapse.start = "fork", the default: every Synapse process (the restarted one too) is a
+    child of the supervisor that imported Synapse, shares that import's pages, looks like an exec
+    start in `ps`, and has an epoll of its own (the supervisor keeps none)."""
+    data = json.loads(synfleet(fleet.directory, "status", "--json").stdout)
+    supervisor = data["supervisor"]["pid"]
+    processes = {p["name"]: p for p in data["processes"]}
+    epolls = []
+    for name in ["main", *(w.name for w in fleet.plan.fleet.workers)]:
+        pid = processes[name]["pid"]
+        assert int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]) == supervisor, name
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+        module = "homeserver" if name == "main" else "generic_worker"
+        assert f"-m synapse.app.{module} --config-path" in command, command
+        assert name == "main" or command.endswith(f"/workers/{name}.yaml"), command
+        [epoll] = helpers.descriptors(pid, "anon_inode:[eventpoll]")
+        epolls.append((pid, epoll))
+        assert processes[name]["uss_bytes"] < 0.75 * processes[name]["rss_bytes"], f"{name} shares little: {data}"
+    assert helpers.descriptors(supervisor, "anon_inode:[eventpoll]") == []
+    for i, (pid, fd) in enumerate(epolls):
+        assert not any(helpers.same_open_file(pid, fd, other, other_fd) for other, other_fd in epolls[i + 1 :])
+
+
 def test_status_json_has_the_tables_figures(fleet: Fleet) -> None:
     result = synfleet(fleet.directory, "status", "--json")
     assert result.returncode == 0, result.stderr
@@ -231,7 +254,10 @@ def test_status_json_has_the_tables_figures(fleet: Fleet) -> None:
     assert {"nginx", "postgres", "redis"} <= set(processes)
     assert processes["main"]["pid"] == worker_pid(fleet, "main")
     assert all(p["healthy"] and p["state"] == "running" and p["rss_bytes"] > 0 for p in processes.values())
+    assert all(0 < p["uss_bytes"] <= p["pss_bytes"] <= p["rss_bytes"] for p in processes.values())
     assert data["total_rss_bytes"] == sum(p["rss_bytes"] for p in processes.values())
+    assert data["total_pss_bytes"] == sum(p["pss_bytes"] for p in processes.values())
+    assert data["supervisor"]["pid"] and data["supervisor"]["pss_bytes"] > 0
 
 
 def test_down_then_up_keeps_users_and_rooms(fleet: Fleet) -> None:

@@ -11,30 +11,21 @@ import textwrap
 
 import pytest
 
+import helpers
 from synfleet.run.preload import Preloaded, installed_version
 
 pytest.importorskip("synapse", reason="Synapse is not installed (pip install 'synfleet[synapse]')")
 
 #: Runs in its own Python: preloads, forks three children that each become "a process", and
-#: reports what each holds. kcmp(2) tells whether two descriptors are one open file description.
+#: has each report what it holds; they stay until a line arrives on stdin.
 FORKS = textwrap.dedent(
     """
-    import ctypes, gc, json, os, platform, random, sys, threading
+    import gc, json, os, random, sys, threading
     from synfleet.run import preload
 
-    KCMP = {"x86_64": 312, "aarch64": 272}[platform.machine()]
-    libc = ctypes.CDLL(None, use_errno=True)
-
-    def same(pid1, fd1, pid2, fd2):
-        answer = libc.syscall(KCMP, pid1, pid2, 0, fd1, fd2)  # KCMP_FILE
-        if answer < 0:
-            raise OSError(ctypes.get_errno(), "kcmp")
-        return answer == 0
-
-    preloaded = preload.preload()
+    preload.preload()
     shared_read, shared_write = os.pipe()  # inherited by every child: kcmp must call it shared
-    report_read, report_write = os.pipe()
-    go_read, go_write = os.pipe()
+    print(json.dumps({"shared": shared_read}), flush=True)
     children = []
     for n in range(3):
         pid = os.fork()
@@ -58,32 +49,12 @@ FORKS = textwrap.dedent(
                 "environ": os.environ.get("CHILD"),
                 "cmdline": open("/proc/self/cmdline", "rb").read().replace(b"\\0", b" ").decode().strip(),
             }
-            os.write(report_write, (json.dumps(answer) + "\\n").encode())
-            os.read(go_read, 1)  # stay alive until the parent has compared descriptors
+            print(json.dumps(answer), flush=True)
+            sys.stdin.readline()
             os._exit(0)
         children.append(pid)
-    reports = []
-    with os.fdopen(report_read) as lines:
-        for _ in children:
-            reports.append(json.loads(lines.readline()))
-    pairs = [(a, b) for i, a in enumerate(reports) for b in reports[i + 1 :]]
-    parent_fds = [int(fd) for fd in os.listdir("/proc/self/fd")]
-    mine = [fd for fd in parent_fds if os.path.exists(f"/proc/self/fd/{fd}")]
-    result = {
-        "children": reports,
-        "shared_with_parent": [
-            same(c["pid"], fd, os.getpid(), own) for c in reports for fd in [c["epoll"], *c["waker"]] for own in mine
-        ],
-        "shared_pipe_seen_as_shared": same(reports[0]["pid"], shared_read, reports[1]["pid"], shared_read),
-        "epoll_shared": [same(a["pid"], a["epoll"], b["pid"], b["epoll"]) for a, b in pairs],
-        "waker_shared": [
-            same(a["pid"], fa, b["pid"], fb) for a, b in pairs for fa in a["waker"] for fb in b["waker"]
-        ],
-    }
-    os.write(go_write, b"xxx")
     for pid in children:
         os.waitpid(pid, 0)
-    print(json.dumps(result))
     """
 )
 
@@ -93,14 +64,27 @@ def _python(script: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_forked_children_have_their_own_reactor_waker_random_state_and_threads() -> None:
-    result = _python(FORKS)
-    assert result.returncode == 0, result.stderr
-    found = json.loads(result.stdout)
-    children = found["children"]
-    assert found["shared_pipe_seen_as_shared"], "kcmp does not see an inherited pipe as shared"
-    assert not any(found["epoll_shared"]), "two children share one epoll"
-    assert not any(found["waker_shared"]), "two children share a waker pipe"
-    assert not any(found["shared_with_parent"]), "a child's epoll or waker is the parent's"
+    parent = subprocess.Popen(
+        [sys.executable, "-c", FORKS], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert parent.stdin is not None and parent.stdout is not None
+    try:
+        shared = json.loads(parent.stdout.readline() or "{}").get("shared")
+        children = [json.loads(parent.stdout.readline() or "{}") for _ in range(3)]
+        assert shared is not None and all(children), parent.stderr.read() if parent.stderr else ""
+        first, second = children[0]["pid"], children[1]["pid"]
+        assert helpers.same_open_file(first, shared, second, shared), "kcmp does not see an inherited pipe"
+        for i, a in enumerate(children):
+            for b in children[i + 1 :]:
+                assert not helpers.same_open_file(a["pid"], a["epoll"], b["pid"], b["epoll"]), "a shared epoll"
+                for fa in a["waker"]:
+                    assert not any(helpers.same_open_file(a["pid"], fa, b["pid"], fb) for fb in b["waker"])
+            for fd in [a["epoll"], *a["waker"]]:
+                for own in helpers.descriptors(parent.pid, os.readlink(f"/proc/{a['pid']}/fd/{fd}")):
+                    assert not helpers.same_open_file(a["pid"], fd, parent.pid, own), "the parent's epoll or waker"
+    finally:
+        parent.communicate("go\n" * 3, timeout=60)
+    assert parent.returncode == 0
     for child in children:
         assert child["threads_before_run"] == 1
         assert child["frozen"] > 100_000, "the inherited objects are not frozen"

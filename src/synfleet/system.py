@@ -7,6 +7,7 @@ import os
 import shutil
 import socket
 import sys
+from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,6 +105,56 @@ def memory(pid: int) -> Memory:
     return Memory(
         fields.get("Rss", 0), fields.get("Pss", 0), fields.get("Private_Clean", 0) + fields.get("Private_Dirty", 0)
     )
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _stat(pid: int) -> tuple[int, float] | None:
+    """(parent pid, CPU seconds) of a process: its own, and that of its children that exited and
+    were waited for (PostgreSQL's backends and autovacuum workers that came and went)."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text[text.rindex(")") + 2 :].split()
+    return int(fields[1]), sum(int(f) for f in fields[11:15]) / CLOCK_TICKS
+
+
+def _tree(roots: dict[str, int]) -> tuple[dict[int, str], dict[int, float]]:
+    """Which named root each live process descends from (or is), and every process's CPU seconds."""
+    parents: dict[int, int] = {}
+    cpu: dict[int, float] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and (found := _stat(int(entry))):
+            parents[int(entry)], cpu[int(entry)] = found
+    roots_by_pid: dict[int, str] = {pid: name for name, pid in roots.items()}
+    owners: dict[int, str] = {}
+    for pid in cpu:
+        walk, seen = pid, 0
+        while walk not in roots_by_pid and walk in parents and seen < 64:
+            walk, seen = parents[walk], seen + 1
+        if walk in roots_by_pid:
+            owners[pid] = roots_by_pid[walk]
+    return owners, cpu
+
+
+def process_tree_cpu(roots: dict[str, int]) -> dict[str, float]:
+    """CPU seconds of each named process and all its descendants (PostgreSQL backends, nginx
+    workers), those that exited included."""
+    owners, cpu = _tree(roots)
+    totals: dict[str, float] = defaultdict(float)
+    for pid, name in owners.items():
+        totals[name] += cpu[pid]
+    return dict(totals)
+
+
+def process_tree_memory(roots: dict[str, int]) -> dict[str, Memory]:
+    """Memory of each named process and all its descendants."""
+    totals: dict[str, Memory] = defaultdict(Memory)
+    for pid, name in _tree(roots)[0].items():
+        totals[name] += memory(pid)
+    return dict(totals)
 
 
 def memory_kib(pid: int, field: str = "VmRSS") -> int:

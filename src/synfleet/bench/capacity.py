@@ -27,7 +27,6 @@ from urllib.parse import quote
 import aiohttp
 
 from synfleet.bench.compare import MODES, Report, mode_spec, spread
-from synfleet.bench.measure import process_tree_cpu
 from synfleet.bench.model import Costs, fit_costs, predict_for, process_counts
 from synfleet.bench.openload import Member, OpenLoad, Room, StepFigures
 from synfleet.errors import SynfleetError, UsageError
@@ -40,7 +39,7 @@ from synfleet.run.fleet import down, up
 from synfleet.run.paths import RunPaths, deployed_plan
 from synfleet.run.register import register_user
 from synfleet.run.supervisor import Supervisor
-from synfleet.system import free_port, free_ports
+from synfleet.system import free_port, free_ports, process_tree_cpu
 
 #: The service level a step must keep.
 ACKNOWLEDGED_SHARE = 0.99

@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 
 from synfleet.bench.load import BenchUser, Load, percentile, populate
-from synfleet.bench.measure import cache_counters, postgres_transactions, process_tree_cpu
+from synfleet.bench.measure import cache_counters, postgres_transactions
 from synfleet.errors import SynfleetError, UsageError
 from synfleet.model.file import FleetSpec
 from synfleet.model.load import FLEET_FILE, load_spec
@@ -30,7 +30,7 @@ from synfleet.run.fleet import down, up
 from synfleet.run.paths import RunPaths
 from synfleet.run.register import register_user
 from synfleet.run.supervisor import Supervisor
-from synfleet.system import free_port, free_ports, memory_kib
+from synfleet.system import free_port, free_ports, memory_kib, process_tree_cpu
 
 MODES = ("monolith", "fleet", "fleet-roundrobin")
 Report = Callable[[str], None]

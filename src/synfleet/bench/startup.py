@@ -18,7 +18,6 @@ from typing import Any
 
 from synfleet.bench.capacity import cpu_by_group, users_and_rooms
 from synfleet.bench.compare import Report, spread
-from synfleet.bench.measure import process_tree_cpu, process_tree_memory
 from synfleet.bench.openload import OpenLoad
 from synfleet.errors import SynfleetError, UsageError
 from synfleet.model.file import FleetSpec
@@ -26,15 +25,13 @@ from synfleet.model.load import FLEET_FILE
 from synfleet.model.profiles import PROFILES, profile_spec
 from synfleet.render.files import write_file
 from synfleet.render.fleet_file import fleet_toml
-from synfleet.run.fleet import down, up
+from synfleet.run.fleet import SUPERVISOR, down, up
 from synfleet.run.paths import RunPaths
 from synfleet.run.supervisor import Supervisor
-from synfleet.system import Memory, free_port
+from synfleet.system import Memory, free_port, process_tree_cpu, process_tree_memory
 
 #: synapse.start's values, the default first.
 STARTS = ("fork", "exec")
-#: The supervisor's own share: in the fork start it holds the import every process shares.
-SUPERVISOR = "supervisor"
 
 
 @dataclass(frozen=True)

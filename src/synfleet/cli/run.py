@@ -19,12 +19,13 @@ from synfleet.model.load import load_spec
 from synfleet.run import service
 from synfleet.run.apply import apply, plan_change
 from synfleet.run.backup import backup, restore
-from synfleet.run.fleet import ORPHANED, ProcessStatus, down, status, up
+from synfleet.run.fleet import ORPHANED, FleetStatus, ProcessStatus, down, status, up
 from synfleet.run.logs import follow, log_files, tail
 from synfleet.run.paths import RunPaths, place_run_directory
 from synfleet.run.register import register_user
 from synfleet.run.supervisor import Supervisor
 from synfleet.run.upgrade import upgrade_compose, upgrade_native
+from synfleet.system import Memory
 
 
 @click.command("up")
@@ -78,24 +79,25 @@ def _duration(seconds: float) -> str:
 def status_command(directory: Path, as_json: bool) -> None:
     """Show every process: state, pid, health, uptime, memory, socket."""
     spec = load_spec(directory)
-    rows = status(RunPaths(directory), spec)
+    fleet = status(RunPaths(directory), spec)
+    rows = fleet.processes
     if as_json:
-        _print_status_json(directory, spec.server_name, rows)
+        _print_status_json(directory, spec.server_name, fleet)
     console = Console(highlight=False)
     if not rows:
         console.print("the fleet is not running (start it with: synfleet up)")
         sys.exit(3)
     if all(row.state == ORPHANED for row in rows):
         for row in rows:
-            console.print(f"  {row.pid:>7}  {escape(row.name)}  {row.rss_kib / 1024:.0f} MiB")
+            console.print(f"  {row.pid:>7}  {escape(row.name)}  {_mib(row.memory.rss)} RSS")
         console.print(
             f"[red]{len(rows)} processes of the fleet run without their supervisor[/red] (it died): "
             f"`synfleet up --dir {directory}` brings the fleet back under supervision, `synfleet down` stops them"
         )
         sys.exit(1)
     table = Table()
-    for column in ("process", "state", "pid", "health", "uptime", "RSS", "socket"):
-        table.add_column(column, justify="right" if column in ("pid", "RSS", "uptime") else "left")
+    for column in ("process", "state", "pid", "health", "uptime", "RSS", "PSS", "socket"):
+        table.add_column(column, justify="right" if column in ("pid", "RSS", "PSS", "uptime") else "left")
     for row in rows:
         health = "[green]healthy[/green]" if row.healthy else "[red]unhealthy[/red]"
         table.add_row(
@@ -104,17 +106,23 @@ def status_command(directory: Path, as_json: bool) -> None:
             str(row.pid or "-"),
             health,
             _duration(row.uptime),
-            f"{row.rss_kib / 1024:.0f} MiB",
+            _mib(row.memory.rss),
+            _mib(row.memory.pss),
             row.socket,
         )
     console.print(table)
-    total = sum(r.rss_kib for r in rows) / 1024
     unhealthy = [r.name for r in rows if not r.healthy]
+    held = f" (and the supervisor {_mib(fleet.supervisor.memory.pss)})" if fleet.supervisor else ""
     console.print(
-        f"{len(rows)} processes, {total:.0f} MiB RSS" + (f"; unhealthy: {', '.join(unhealthy)}" if unhealthy else "")
+        f"{len(rows)} processes, {_mib(fleet.memory.pss)} PSS{held}, {_mib(fleet.memory.rss)} RSS"
+        + (f"; unhealthy: {', '.join(unhealthy)}" if unhealthy else "")
     )
     if unhealthy:
         sys.exit(1)
+
+
+def _mib(kib: int) -> str:
+    return f"{kib / 1024:.0f} MiB"
 
 
 def _exit_status(rows: list[ProcessStatus]) -> int:
@@ -124,7 +132,8 @@ def _exit_status(rows: list[ProcessStatus]) -> int:
     return 0 if all(row.healthy for row in rows) and not any(row.state == ORPHANED for row in rows) else 1
 
 
-def _print_status_json(directory: Path, server_name: str, rows: list[ProcessStatus]) -> NoReturn:
+def _print_status_json(directory: Path, server_name: str, fleet: FleetStatus) -> NoReturn:
+    rows = fleet.processes
     document = {
         "directory": str(directory.resolve()),
         "server_name": server_name,
@@ -136,16 +145,26 @@ def _print_status_json(directory: Path, server_name: str, rows: list[ProcessStat
                 "pid": row.pid or None,
                 "healthy": row.healthy,
                 "uptime_seconds": round(row.uptime, 1),
-                "rss_bytes": row.rss_kib * 1024,
+                **_memory_json(row.memory),
                 "socket": row.socket or None,
             }
             for row in rows
         ],
-        "total_rss_bytes": sum(row.rss_kib for row in rows) * 1024,
+        "supervisor": {"pid": fleet.supervisor.pid, **_memory_json(fleet.supervisor.memory)}
+        if fleet.supervisor
+        else None,
+        "total_rss_bytes": fleet.memory.rss * 1024,
+        "total_pss_bytes": fleet.memory.pss * 1024,
         "unhealthy": [row.name for row in rows if not row.healthy],
     }
     click.echo(json.dumps(document, indent=2))
     sys.exit(_exit_status(rows))
+
+
+def _memory_json(memory: Memory) -> dict[str, int]:
+    """RSS counts shared pages in full in every process; PSS divides them among the sharers (it
+    adds up); USS is what only this process holds."""
+    return {"rss_bytes": memory.rss * 1024, "pss_bytes": memory.pss * 1024, "uss_bytes": memory.uss * 1024}
 
 
 @click.command("logs")

@@ -137,6 +137,11 @@ def plan_change(paths: RunPaths, spec: FleetSpec) -> Change:
             f"server_name: the fleet runs as {old_spec.server_name!r}; a homeserver cannot be renamed "
             f"({spec.server_name!r} needs a new fleet and database)"
         )
+    if old_spec.synapse.start != spec.synapse.start:
+        raise UsageError(
+            f"synapse.start: the fleet runs with {old_spec.synapse.start!r}; how Synapse starts is the "
+            f"supervisor's own, so {spec.synapse.start!r} takes a restart of everything: `synfleet down`, then `up`"
+        )
     secrets = ensure_secrets(paths.directory)
     old, new = plan_for(paths, old_spec), plan_for(paths, spec)
     old_files, new_files = run_files(old, secrets).files, run_files(new, secrets).files

@@ -27,7 +27,7 @@ from synfleet.run.plan import Plan, plan_for, run_files, running_processes, runn
 from synfleet.run.postgres import ensure_database, init_cluster
 from synfleet.run.process import NativeProcess, Tier
 from synfleet.run.supervisor import Supervisor
-from synfleet.system import memory_kib, require_binary
+from synfleet.system import Memory, process_tree_memory, require_binary
 
 Report = Callable[[str], None]
 
@@ -241,6 +241,8 @@ def down(paths: RunPaths, report: Report) -> bool:
 
 #: The state of a fleet process that runs without its supervisor.
 ORPHANED = "ORPHANED"
+#: How figures name supervisord itself.
+SUPERVISOR = "supervisor"
 
 
 @dataclass(frozen=True)
@@ -249,38 +251,60 @@ class ProcessStatus:
     state: str
     pid: int
     uptime: float
-    rss_kib: int
+    memory: Memory  # the process and its children (PostgreSQL's backends, nginx's workers)
     healthy: bool
     socket: str
 
 
-def status(paths: RunPaths, spec: FleetSpec) -> list[ProcessStatus]:
-    """Every process of the native run of ``spec``; empty when the fleet is not running. Without
+@dataclass(frozen=True)
+class FleetStatus:
+    processes: list[ProcessStatus]
+    supervisor: ProcessStatus | None  # in the fork start, it holds the import Synapse's processes share
+
+    @property
+    def memory(self) -> Memory:
+        """The processes' together (PSS adds up to what they really hold), the supervisor apart."""
+        return sum((row.memory for row in self.processes), Memory())
+
+
+def status(paths: RunPaths, spec: FleetSpec) -> FleetStatus:
+    """Every process of the native run of ``spec``; none when the fleet is not running. Without
     a supervisor, the processes that still run (orphans), in state ORPHANED."""
     plan = plan_for(paths, spec)
     supervisor = Supervisor(plan.paths)
     if not supervisor.running():
-        return [
-            ProcessStatus(p.command[:100], ORPHANED, p.pid, 0.0, memory_kib(p.pid), False, "")
-            for p in running_processes(paths)
-        ]
+        orphans = running_processes(paths)
+        memory = process_tree_memory({str(p.pid): p.pid for p in orphans})
+        return FleetStatus(
+            [
+                ProcessStatus(p.command[:100], ORPHANED, p.pid, 0.0, memory.get(str(p.pid), Memory()), False, "")
+                for p in orphans
+            ],
+            None,
+        )
     info = supervisor.info()
     now = time.time()
+    live = {name: entry.pid for name, entry in info.items() if entry.state in ("RUNNING", "STARTING")}
+    own = supervisor.daemon()
+    memory = process_tree_memory({**live, **({SUPERVISOR: own.pid} if own else {})})
     result = []
     for process in plan.processes:
         entry = info.get(process.name)
         if entry is None:
             continue
-        running = entry.state in ("RUNNING", "STARTING")
+        running = process.name in live
         result.append(
             ProcessStatus(
                 process.name,
                 entry.state,
                 entry.pid,
                 now - entry.started if running else 0.0,
-                memory_kib(entry.pid) if running else 0,
+                memory.get(process.name, Memory()),
                 running and is_healthy(process.health, entry.pid),
                 os.path.relpath(process.socket, plan.paths.run) if process.socket.startswith("/") else process.socket,
             )
         )
-    return result
+    supervisor_row = (
+        ProcessStatus(SUPERVISOR, "RUNNING", own.pid, 0.0, memory.get(SUPERVISOR, Memory()), True, "") if own else None
+    )
+    return FleetStatus(result, supervisor_row)
