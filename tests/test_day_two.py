@@ -286,8 +286,8 @@ def test_apply_refuses_a_rename_and_a_stopped_fleet(fleet: Fleet, tmp_path: Path
     (fleet.directory / "fleet.toml").write_text(other_start)
     result = synfleet(fleet.directory, "apply")
     assert result.returncode == 2 and "synapse.start" in result.stderr and "synfleet down" in result.stderr
-    assert fleet.pids() == pids
     (fleet.directory / "fleet.toml").write_text(current)
+    assert fleet.pids() == pids
 
     stopped = synfleet(tmp_path, "apply")
     assert stopped.returncode == 2 and "not running" in stopped.stderr, stopped.stderr

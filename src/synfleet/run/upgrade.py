@@ -40,11 +40,12 @@ def _release(version: str) -> tuple[int, ...]:
 
 
 def running_version(paths: RunPaths) -> str:
-    """The Synapse release main runs, as it tells other servers."""
+    """The Synapse release main runs, as it tells other servers (without the git branch and commit
+    Synapse adds when its package lies in a git checkout)."""
     transport = httpx.HTTPTransport(uds=paths.layout.inbound_socket("main"))
     try:
         with httpx.Client(transport=transport, base_url="http://localhost", timeout=10) as client:
-            return str(client.get("/_matrix/federation/v1/version").json()["server"]["version"])
+            return str(client.get("/_matrix/federation/v1/version").json()["server"]["version"]).split(" ", 1)[0]
     except (httpx.HTTPError, KeyError, ValueError):
         raise SynfleetError("main does not say which Synapse it runs: is it healthy (`synfleet status`)?") from None
 
