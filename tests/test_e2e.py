@@ -229,7 +229,7 @@ def test_synapse_processes_are_forks_of_the_supervisor_with_their_own_reactor(fl
     supervisor = data["supervisor"]["pid"]
     processes = {p["name"]: p for p in data["processes"]}
     epolls = []
-    for name in ["main", *(w.name for w in fleet.plan.fleet.workers)]:
+    for name in [w.name for w in fleet.plan.fleet.workers]:
         pid = processes[name]["pid"]
         assert int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]) == supervisor, name
         command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()

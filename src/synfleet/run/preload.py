@@ -218,13 +218,18 @@ def _exit_code(exit: SystemExit) -> int:
     return 1
 
 
+def _title(name: str, command: str) -> None:
+    """What `ps` shows: the command line, and the name (comm) an exec of ``name`` would have."""
+    setproctitle = importlib.import_module("setproctitle")
+    setproctitle.setproctitle(command)
+    setproctitle.setthreadtitle(os.path.basename(name)[:15])
+
+
 def prepare_child(argv: list[str], env: dict[str, str]) -> None:
     """In a forked child: nothing of the parent's that must not be shared is left in use; the
     process looks and runs as a new Python started with ``argv`` and ``env`` would."""
     gc.freeze()  # what this child inherited stays out of its collections, and shared
-    # `ps` shows the command line, as for an exec start (before environ moves: the title takes
-    # its place after argv's)
-    importlib.import_module("setproctitle").setproctitle(shlex.join(argv))
+    _title(argv[0], shlex.join(argv))  # as for an exec start
     _reset_signals()
     atexit._clear()
     os.environ.clear()
@@ -282,7 +287,9 @@ def main(argv: list[str] | None = None) -> None:
     install(preloaded)
     from supervisor import supervisord
 
-    supervisord.main(args=sys.argv[1:] if argv is None else argv)
+    arguments = sys.argv[1:] if argv is None else argv
+    _title("supervisord", f"{shlex.join(['supervisord', *arguments])} (Synapse preloaded by {MODULE})")
+    supervisord.main(args=arguments)
 
 
 if __name__ == "__main__":
