@@ -79,7 +79,8 @@ class Supervisor:
         if binary is None:
             raise SynfleetError("supervisord is not installed: pip install supervisor (or run scripts/setup.sh)")
         self.paths.supervisor_socket.unlink(missing_ok=True)
-        program = [fleet_python(), "-m", PRELOAD_MODULE] if preload else [binary]
+        # -P: the caller's working directory is no place to import from (it may run as root)
+        program = [fleet_python(), "-P", "-m", PRELOAD_MODULE] if preload else [binary]
         command = [*program, "-c", str(self.paths.supervisor_conf)]
         if foreground:
             self.process = subprocess.Popen([*command, "--nodaemon"], stdout=subprocess.DEVNULL)
