@@ -55,6 +55,8 @@ PRELOADED = ("synapse.app.homeserver", "synapse.app.generic_worker")
 DISTRIBUTION = "matrix-synapse"
 #: How supervisord's pid file tells this start from the plain one.
 MODULE = "synfleet.run.preload"
+#: The exit status that says forking this Synapse is not safe (the caller starts a plain supervisord).
+UNSAFE_EXIT = 3
 
 
 class UnsafeFork(Exception):
@@ -280,14 +282,19 @@ def install(preloaded: Preloaded) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """``--check``: only say whether Synapse can be forked safely here (exit status 0 or
+    :data:`UNSAFE_EXIT`); otherwise supervisord's own arguments."""
+    arguments = sys.argv[1:] if argv is None else argv
     try:
         preloaded = preload()
     except UnsafeFork as unsafe:
-        sys.exit(f'synfleet: Synapse cannot be forked safely here: {unsafe}; set synapse.start = "exec"')
+        print(f"Synapse cannot be forked safely here: {unsafe}", file=sys.stderr)
+        sys.exit(UNSAFE_EXIT)
+    if arguments == ["--check"]:
+        return
     install(preloaded)
     from supervisor import supervisord
 
-    arguments = sys.argv[1:] if argv is None else argv
     _title("supervisord", f"{shlex.join(['supervisord', *arguments])} (Synapse preloaded by {MODULE})")
     supervisord.main(args=arguments)
 
