@@ -125,7 +125,7 @@ def hazards(before: set[int]) -> list[str]:
     """What makes the imported state unsafe to fork (after :func:`_quiesce_reactor`)."""
     found = []
     if threading.active_count() != 1:
-        found.append(f"the import started threads: {', '.join(t.name for t in threading.enumerate())}")
+        found.append(f"threads run in the importing Python: {', '.join(t.name for t in threading.enumerate())}")
     reactor = _reactor()
     if type(reactor).__name__ != "EPollReactor":
         found.append(f"the reactor is {type(reactor).__name__}, not Twisted's epoll reactor")
@@ -179,7 +179,10 @@ def preload() -> Preloaded:
     for name in PRELOADED:
         importlib.import_module(name)
     importlib.import_module("setproctitle")
-    _quiesce_reactor()
+    try:
+        _quiesce_reactor()
+    except (AttributeError, KeyError, OSError) as unknown:
+        raise UnsafeFork(f"Twisted's reactor is not the one synfleet knows how to renew ({unknown!r})") from None
     if found := hazards(before):
         raise UnsafeFork("; ".join(found))
     gc.collect()
