@@ -101,7 +101,7 @@ def route_command(
     synfleet route --json --batch requests.txt
     """
     headers = dict(parse_header(h) for h in header_lines)
-    plan = deployed_plan(RunPaths(directory), load_spec(directory).fleet)
+    plan = deployed_plan(RunPaths(directory), load_spec(directory))
     if batch is not None:
         if method or url:
             raise UsageError("give either --batch FILE or METHOD URL, not both")
@@ -143,7 +143,7 @@ def route_command(
 def ring_command(directory: Path, group: str, key_count: int, grow: int) -> None:
     """Show how nginx's consistent hash spreads keys over a group, and how many move when it grows."""
     role = Role(group)
-    plan = deployed_plan(RunPaths(directory), load_spec(directory).fleet)
+    plan = deployed_plan(RunPaths(directory), load_spec(directory))
     before = plan.upstreams.get(upstream_name(role))
     if before is None:
         raise UsageError(f"the fleet has no {group} workers")

@@ -13,15 +13,17 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from synfleet.cli.options import DIR_OPTION, make_directory
+from synfleet.cli.options import DIR_OPTION, HOST_OPTION, make_directory
 from synfleet.errors import UsageError
+from synfleet.model.fleet import Service
 from synfleet.model.load import load_spec
 from synfleet.run import service
 from synfleet.run.apply import apply, plan_change
 from synfleet.run.backup import backup, restore
 from synfleet.run.fleet import ORPHANED, FleetStatus, ProcessStatus, down, status, up
 from synfleet.run.logs import follow, log_files, tail
-from synfleet.run.paths import RunPaths, place_run_directory
+from synfleet.run.paths import RunPaths, main_paths, place_run_directory
+from synfleet.run.plan import check_host
 from synfleet.run.register import register_user
 from synfleet.run.supervisor import Supervisor
 from synfleet.run.upgrade import upgrade_compose, upgrade_native
@@ -30,23 +32,31 @@ from synfleet.system import Memory
 
 @click.command("up")
 @DIR_OPTION
+@HOST_OPTION
 @click.option(
     "--foreground",
     is_flag=True,
     help="Keep running with the supervisor as a child until it exits (for systemd; see `synfleet service`).",
 )
-def up_command(directory: Path, foreground: bool) -> None:
-    """Start PostgreSQL, Redis, Synapse main and workers, and nginx here; return when all are healthy."""
+def up_command(directory: Path, host: str, foreground: bool) -> None:
+    """Start PostgreSQL, Redis, Synapse main and workers, and nginx here; return when all are healthy.
+    In a fleet on several hosts, --host NAME starts that host's share."""
     console = Console(highlight=False)
     make_directory(directory)  # a new deployment directory runs the default fleet
     spec = load_spec(directory)
-    if moved := place_run_directory(directory):
+    paths = RunPaths(directory, host)
+    check_host(paths, spec)
+    if moved := place_run_directory(directory, host):
         console.print(f"  {directory} is out of the fleet's accounts' reach: its run directory is {moved}")
-    supervisor = Supervisor(RunPaths(directory)) if foreground else None
-    seconds = up(RunPaths(directory), spec, lambda line: console.print("  " + line), supervisor)
+    supervisor = Supervisor(paths) if foreground else None
+    seconds = up(paths, spec, lambda line: console.print("  " + line), supervisor)
     if supervisor is not None and supervisor.process is not None:
         console.print(f"fleet up in {seconds:.1f}s; supervising in the foreground (pid {supervisor.process.pid})")
         sys.exit(supervisor.process.wait() or 0)
+    if host and spec.host_of(Service.NGINX) != host:
+        console.print(f"host {host} up in {seconds:.1f}s: {', '.join(spec.processes_on(host))}")
+        console.print(f"  stop with: synfleet down --dir {directory} --host {host}")
+        return
     console.print(
         f"fleet up in {seconds:.1f}s: http://{spec.listen.bind}:{spec.listen.http_port}/ "
         f"(server name {spec.server_name})"
@@ -58,10 +68,11 @@ def up_command(directory: Path, foreground: bool) -> None:
 
 @click.command("down")
 @DIR_OPTION
-def down_command(directory: Path) -> None:
-    """Stop everything `up` started; sockets are removed, data is kept."""
+@HOST_OPTION
+def down_command(directory: Path, host: str) -> None:
+    """Stop everything `up` started (with --host, that host's share); sockets are removed, data is kept."""
     console = Console(highlight=False)
-    if down(RunPaths(directory), console.print):
+    if down(RunPaths(directory, host), console.print):
         console.print("fleet stopped (data kept)")
     else:
         console.print("the fleet was not running")
@@ -75,11 +86,12 @@ def _duration(seconds: float) -> str:
 
 @click.command("status")
 @DIR_OPTION
+@HOST_OPTION
 @click.option("--json", "as_json", is_flag=True, help="Print the same figures as JSON, for scripts and monitoring.")
-def status_command(directory: Path, as_json: bool) -> None:
-    """Show every process: state, pid, health, uptime, memory, socket."""
+def status_command(directory: Path, host: str, as_json: bool) -> None:
+    """Show every process: state, pid, health, uptime, memory, socket (with --host, that host's)."""
     spec = load_spec(directory)
-    fleet = status(RunPaths(directory), spec)
+    fleet = status(RunPaths(directory, host), spec)
     rows = fleet.processes
     if as_json:
         _print_status_json(directory, spec.server_name, fleet)
@@ -215,7 +227,8 @@ def user_add_command(directory: Path, name: str, password: str, admin: bool, soc
         raise UsageError("--password: must not be empty")
     if socket_path is not None and not socket_path.is_socket():
         raise UsageError(f"--socket: {socket_path} is not a socket")
-    user_id = register_user(RunPaths(directory), name, password, admin, socket_path)["user_id"]
+    paths = main_paths(directory, load_spec(directory))
+    user_id = register_user(paths, name, password, admin, socket_path)["user_id"]
     click.echo(f"created {user_id}" + (" (admin)" if admin else ""))
 
 

@@ -20,6 +20,7 @@ from synfleet.layout import (
     Layout,
 )
 from synfleet.model.file import FleetSpec
+from synfleet.model.fleet import Service
 from synfleet.model.pem import check_files
 from synfleet.render.compose import SYNAPSE_IMAGE_GID, SYNAPSE_IMAGE_UID, render_compose
 from synfleet.render.files import Rendered, chown_tree, write_tree
@@ -60,13 +61,20 @@ def compose_nginx_layout(spec: FleetSpec) -> NginxLayout:
 
 
 def render_files(
-    spec: FleetSpec, layout: Layout, nginx_layout: NginxLayout, secrets: dict[str, str], nginx_dir: str
+    spec: FleetSpec,
+    layout: Layout,
+    nginx_layout: NginxLayout,
+    secrets: dict[str, str],
+    nginx_dir: str,
+    host: str = "",
 ) -> dict[str, str]:
     """nginx (into ``nginx_dir``) and Synapse files for one layout, by path relative to the
-    deployment's root."""
-    plan = RoutingPlan(spec.fleet, socket_dir=layout.socket_dir)
+    deployment's root; with ``host``, that host's share of a fleet on several hosts."""
+    remote = spec.remote_inbound(spec.host_of(Service.NGINX)) if spec.hosts else {}
+    plan = RoutingPlan(spec.fleet, socket_dir=layout.socket_dir, remote=remote)
     files = {f"{nginx_dir}/{name}": text for name, text in render_nginx(plan, nginx_layout, site_of(spec)).items()}
-    files.update({f"{SYNAPSE_DIR}/{name}": text for name, text in render_synapse(spec, layout, secrets).items()})
+    synapse = render_synapse(spec, layout, secrets, host)
+    files.update({f"{SYNAPSE_DIR}/{name}": text for name, text in synapse.items()})
     return files
 
 

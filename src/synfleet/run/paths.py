@@ -126,6 +126,11 @@ def place_run_directory(directory: Path, host: str = "") -> Path | None:
     return target
 
 
+def main_paths(directory: Path, spec: FleetSpec) -> RunPaths:
+    """The run directory where main runs (on its host, in a fleet on several)."""
+    return RunPaths(directory, spec.host_of("main") if spec.hosts else "")
+
+
 def deployed_plan(paths: RunPaths, fleet: Fleet | FleetSpec) -> RoutingPlan:
     """The routing plan of ``fleet`` with the socket paths its directory runs with.
 

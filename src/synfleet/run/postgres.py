@@ -20,8 +20,20 @@ from synfleet.run.paths import RunPaths
 from synfleet.system import require_binary
 
 AUTH_METHOD = "scram-sha-256"
-#: Who may connect: local sockets only (the server listens on no TCP address), with a password.
-HBA = f"# Rendered by synfleet: password logins on the socket only.\nlocal all all {AUTH_METHOD}\n"
+
+
+def hba(database: Database, hosts: tuple[str, ...] = ()) -> str:
+    """Who may connect, always with the password: the socket; on a fleet of several hosts also its
+    hosts' private addresses, to Synapse's database only."""
+    lines = [
+        "# Rendered by synfleet: password logins on the socket (and from the fleet's hosts) only.",
+        f"local all all {AUTH_METHOD}",
+    ]
+    for address in hosts:
+        prefix = 128 if ":" in address else 32
+        lines.append(f"host {database.name} {database.user} {address}/{prefix} {AUTH_METHOD}")
+    return "\n".join(lines) + "\n"
+
 
 LOCALE = ("--encoding=UTF8", "--locale=C")
 
@@ -56,7 +68,9 @@ def init_cluster(
     return True
 
 
-def ensure_database(socket_dir: str, data: Path, database: Database, password: str) -> None:
+def ensure_database(
+    socket_dir: str, data: Path, database: Database, password: str, hosts: tuple[str, ...] = ()
+) -> None:
     """Make the cluster take only password logins, with the fleet's password, and create Synapse's
     database with the C collation Synapse requires, if it does not exist.
 
@@ -71,11 +85,11 @@ def ensure_database(socket_dir: str, data: Path, database: Database, password: s
         with connection.cursor() as cursor:
             cursor.execute("SET password_encryption = %s", (AUTH_METHOD,))
             cursor.execute(f'ALTER ROLE "{database.user}" PASSWORD %s', (password,))
-            hba = data / "pg_hba.conf"
-            if hba.read_text() != HBA:
-                stat = hba.stat()
-                hba.write_text(HBA)
-                os.chown(hba, stat.st_uid, stat.st_gid)
+            wanted, file = hba(database, hosts), data / "pg_hba.conf"
+            if file.read_text() != wanted:
+                stat = file.stat()
+                file.write_text(wanted)
+                os.chown(file, stat.st_uid, stat.st_gid)
                 cursor.execute("SELECT pg_reload_conf()")
             cursor.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database.name,))
             if cursor.fetchone() is None:
