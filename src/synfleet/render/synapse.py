@@ -52,27 +52,32 @@ def inbound_resources(worker: Worker) -> list[str]:
     return ["client", "federation"] if worker.serves_http else ["health"]
 
 
+def _inbound_at(worker: Worker, layout: Layout) -> dict[str, Any]:
+    if layout.tcp:
+        return {"port": layout.tcp.inbound_port, "bind_addresses": list(layout.tcp.bind)}
+    return {"path": layout.inbound_socket(worker.name), "mode": layout.inbound_socket_mode}
+
+
+def _replication_at(worker: Worker, layout: Layout) -> dict[str, Any]:
+    if layout.tcp:
+        return {"port": layout.tcp.replication_port, "bind_addresses": list(layout.tcp.bind)}
+    return {"path": layout.replication_socket(worker.name), "mode": 0o600}
+
+
 def listeners(worker: Worker, layout: Layout, metrics: int | None = None) -> list[dict[str, Any]]:
-    """The inbound socket (requests from nginx; only /health for workers nginx never routes to),
-    for instance_map members the replication socket, and the metrics port if enabled."""
+    """The inbound socket or port (requests from nginx; only /health for workers nginx never routes
+    to), for instance_map members the replication socket or port, and the metrics port if enabled.
+    x_forwarded is explicit: Synapse's default is off on TCP."""
     result: list[dict[str, Any]] = [
         {
-            "path": layout.inbound_socket(worker.name),
-            "mode": layout.inbound_socket_mode,
+            **_inbound_at(worker, layout),
             "type": "http",
             "x_forwarded": True,
             "resources": [{"names": inbound_resources(worker), "compress": False}],
         }
     ]
     if worker.in_instance_map:
-        result.append(
-            {
-                "path": layout.replication_socket(worker.name),
-                "mode": 0o600,
-                "type": "http",
-                "resources": [{"names": ["replication"]}],
-            }
-        )
+        result.append({**_replication_at(worker, layout), "type": "http", "resources": [{"names": ["replication"]}]})
     if metrics is not None:
         result.append({"type": "metrics", "port": metrics, "bind_addresses": [layout.metrics_bind]})
     return result
@@ -91,7 +96,9 @@ def _elsewhere(spec: FleetSpec, host: str, process: str) -> str | None:
 
 def _instance(spec: FleetSpec, layout: Layout, host: str, worker: Worker) -> dict[str, Any]:
     """Where other processes reach ``worker``'s replication listener: its socket on this host, its
-    host's private address from another."""
+    host's private address from another; its host name when processes are linked by TCP."""
+    if layout.tcp:
+        return {"host": layout.tcp.hosts[worker.name], "port": layout.tcp.replication_port}
     if address := _elsewhere(spec, host, worker.name):
         return {"host": address, "port": spec.replication_port(worker.name)}
     return {"path": layout.replication_socket(worker.name)}
@@ -166,6 +173,8 @@ def database_config(spec: FleetSpec, layout: Layout, secrets: dict[str, str], ho
         "cp_min": db.pool_min,
         "cp_max": db.pool_max,
     }
+    if not layout.database_password_inline:
+        del args["password"]  # libpq reads PGPASSWORD from the process's environment
     if address:
         args["port"] = db.port
     return {"name": "psycopg2", "args": args}
