@@ -1,6 +1,9 @@
-"""`synfleet render`: the docker compose deployment directory, written atomically.
+"""`synfleet render`: the docker compose deployment directory, or its Kubernetes subdirectory,
+written atomically.
 
-:func:`render_files` is shared by every target: nginx and Synapse files for one layout.
+:func:`render_files` is shared by the compose and native targets: nginx and Synapse files for one
+layout. The Kubernetes target (:mod:`synfleet.render.kubernetes`) runs nginx with compose's
+container layout.
 """
 
 from __future__ import annotations
@@ -8,6 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from synfleet.errors import UsageError
 from synfleet.layout import (
     COMPOSE,
     COMPOSE_HTTP_PORT,
@@ -24,6 +28,7 @@ from synfleet.model.fleet import Service
 from synfleet.model.pem import check_files
 from synfleet.render.compose import SYNAPSE_IMAGE_GID, SYNAPSE_IMAGE_UID, render_compose
 from synfleet.render.files import Rendered, chown_tree, write_tree
+from synfleet.render.kubernetes import KUBERNETES_DIR, PRIVATE_MANIFESTS, kubernetes_spec, render_kubernetes
 from synfleet.render.metrics import metrics_files
 from synfleet.render.nginx import NginxLayout, NginxTls, render_nginx, site_of
 from synfleet.render.processes import synapse_processes
@@ -49,6 +54,7 @@ def nginx_tls(spec: FleetSpec, listen: str, certificate: str, key: str, http2_on
 
 
 def compose_nginx_layout(spec: FleetSpec) -> NginxLayout:
+    """nginx in its container (compose's and Kubernetes' alike)."""
     # The image's nginx version is not known here: the listen flag works in every version.
     tls = nginx_tls(spec, str(COMPOSE_HTTPS_PORT), COMPOSE.tls_certificate, COMPOSE.tls_key, http2_on=False)
     return NginxLayout(
@@ -91,8 +97,25 @@ def render_deployment(spec: FleetSpec, directory: Path) -> Path:
     check_files(spec)
     secrets = ensure_secrets(directory)
     target = directory / DEPLOY_DIR
-    write_tree(target, render_compose_deployment(spec, secrets))
+    write_tree(target, render_compose_deployment(spec, secrets), keep=(KUBERNETES_DIR,))
     if os.geteuid() == 0:  # Synapse's containers read their config and the secrets as the image's account
         for tree in (target / SYNAPSE_DIR, directory / SECRETS_DIR):
             chown_tree(tree, SYNAPSE_IMAGE_UID, SYNAPSE_IMAGE_GID)
+    return target
+
+
+def render_kubernetes_deployment(spec: FleetSpec, directory: Path, trial_services: bool = False) -> Path:
+    """Render ``directory/deploy/kubernetes``; the fleet is checked for Kubernetes before anything
+    (secrets included) is written. The compose files beside it are left as they are."""
+    kubernetes_spec(spec, trial_services)
+    check_files(spec)
+    secrets = ensure_secrets(directory)
+    files = render_kubernetes(spec, secrets, compose_nginx_layout(spec), trial_services)
+    deploy = directory / DEPLOY_DIR
+    try:
+        deploy.mkdir(exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"{deploy}: cannot create the directory: {exc.strerror}") from None
+    target = deploy / KUBERNETES_DIR
+    write_tree(target, Rendered(files, private=PRIVATE_MANIFESTS))
     return target
