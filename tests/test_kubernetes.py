@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import ipaddress
+import json
 import os
 import re
 import shutil
@@ -443,3 +444,21 @@ def test_compose_and_kubernetes_trees_live_side_by_side(tmp_path: Path) -> None:
     assert {p.name: p.read_bytes() for p in again.iterdir()} == manifests, "re-rendering changed a manifest"
     assert (tmp_path / "deploy" / "docker-compose.yml").exists()
     assert read_fleet(tmp_path / "fleet.toml") == spec
+
+
+def test_route_and_ring_evaluate_the_kubernetes_upstreams(tmp_path: Path) -> None:
+    """`synfleet route --target kubernetes` names the worker whose Service the rendered nginx picks;
+    `synfleet ring --target kubernetes` counts what a new room worker takes."""
+    tree = render(tmp_path, spec_of("small", **EXTERNAL))
+    rooms = nginx_model(documents(tree), tmp_path / "nginx").upstreams[ROOMS]
+    services = worker_services(read_fleet(tmp_path / "fleet.toml").fleet)
+    for key in ("abc", "Zx0-room", "4q3jkdf82"):
+        url = f"/_matrix/client/v3/rooms/!{key}:example.org/messages"
+        result = synfleet("route", "--dir", str(tmp_path), "--target", "kubernetes", "--json", "GET", url)
+        assert result.returncode == 0, result.stderr
+        worker = json.loads(result.stdout)["worker"]
+        assert rooms.worker_for(key) == f"{services[worker]}:{INBOUND_PORT}"
+    ring = synfleet("ring", "--dir", str(tmp_path), "--target", "kubernetes", "--keys", "20000")
+    assert ring.returncode == 0, ring.stderr
+    share = re.search(r"growing 2 -> 3 moves (\d+) of 20000 keys", ring.stdout)
+    assert share and 0.25 < int(share[1]) / 20000 < 0.42, ring.stdout
