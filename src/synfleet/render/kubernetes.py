@@ -526,7 +526,8 @@ class KubernetesRender:
             "name": "redis",
             "image": self.spec.images.redis,
             # Replication needs no persistence: Synapse keeps nothing in Redis that outlives a restart.
-            "args": ["redis-server", "--save", "", "--appendonly", "no"],
+            # Without a password Redis answers only loopback unless told; the NetworkPolicy guards it.
+            "args": ["redis-server", "--save", "", "--appendonly", "no", "--protected-mode", "no"],
             "ports": [_port("redis", REDIS_PORT)],
             "readinessProbe": _probe(REDIS_PORT, periodSeconds=5),
             "livenessProbe": _probe(REDIS_PORT, periodSeconds=10, failureThreshold=6),
