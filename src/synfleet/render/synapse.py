@@ -68,7 +68,7 @@ def listeners(worker: Worker, layout: Layout, metrics: int | None = None) -> lis
         result.append(
             {
                 "path": layout.replication_socket(worker.name),
-                "mode": 0o600,
+                "mode": layout.replication_socket_mode,
                 "type": "http",
                 "resources": [{"names": ["replication"]}],
             }
