@@ -88,6 +88,9 @@ class Layout:
     tls_certificate: str = ""
     tls_key: str = ""
     inbound_socket_mode: int = 0o660
+    #: Replication sockets: Synapse's own; on a host of a fleet on several, nginx's too (its gateway
+    #: carries the other hosts' replication requests).
+    replication_socket_mode: int = 0o600
     metrics_bind: str = "127.0.0.1"  # where Synapse's metrics listeners bind (fleet.toml [metrics])
     tcp: TcpLinks | None = None
     database_password_inline: bool = True
@@ -147,10 +150,12 @@ COMPOSE_NGINX_CONFIG_DIR = "/etc/nginx"
 COMPOSE_NGINX_TEMP_DIR = "/var/cache/nginx"
 
 
-def native_layout(run_dir: str) -> Layout:
+def native_layout(run_dir: str, gateway: bool = False) -> Layout:
     """On this machine, everything under ``run_dir`` (``synfleet up``). The sockets directory is
-    reachable only by the fleet's accounts; nginx's workers connect by group."""
+    reachable only by the fleet's accounts; nginx's workers connect by group (with ``gateway``, to
+    the replication sockets too)."""
     return Layout(
+        replication_socket_mode=0o660 if gateway else 0o600,
         name="native",
         config_dir=f"{run_dir}/{SYNAPSE_DIR}",
         data_dir=f"{run_dir}/data",

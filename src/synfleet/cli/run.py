@@ -94,7 +94,7 @@ def status_command(directory: Path, host: str, as_json: bool) -> None:
     fleet = status(RunPaths(directory, host), spec)
     rows = fleet.processes
     if as_json:
-        _print_status_json(directory, spec.server_name, fleet)
+        _print_status_json(directory, spec.server_name, host, fleet)
     console = Console(highlight=False)
     if not rows:
         console.print("the fleet is not running (start it with: synfleet up)")
@@ -107,7 +107,7 @@ def status_command(directory: Path, host: str, as_json: bool) -> None:
             f"`synfleet up --dir {directory}` brings the fleet back under supervision, `synfleet down` stops them"
         )
         sys.exit(1)
-    table = Table()
+    table = Table(title=f"host {host} ({spec.hosts[host].address})" if host else None)
     for column in ("process", "state", "pid", "health", "uptime", "RSS", "PSS", "socket"):
         table.add_column(column, justify="right" if column in ("pid", "RSS", "PSS", "uptime") else "left")
     for row in rows:
@@ -144,11 +144,12 @@ def _exit_status(rows: list[ProcessStatus]) -> int:
     return 0 if all(row.healthy for row in rows) and not any(row.state == ORPHANED for row in rows) else 1
 
 
-def _print_status_json(directory: Path, server_name: str, fleet: FleetStatus) -> NoReturn:
+def _print_status_json(directory: Path, server_name: str, host: str, fleet: FleetStatus) -> NoReturn:
     rows = fleet.processes
     document = {
         "directory": str(directory.resolve()),
         "server_name": server_name,
+        "host": host or None,
         "running": bool(rows) and not all(row.state == ORPHANED for row in rows),
         "processes": [
             {

@@ -61,7 +61,7 @@ def _inbound_at(worker: Worker, layout: Layout) -> dict[str, Any]:
 def _replication_at(worker: Worker, layout: Layout) -> dict[str, Any]:
     if layout.tcp:
         return {"port": layout.tcp.replication_port, "bind_addresses": list(layout.tcp.bind)}
-    return {"path": layout.replication_socket(worker.name), "mode": 0o600}
+    return {"path": layout.replication_socket(worker.name), "mode": layout.replication_socket_mode}
 
 
 def listeners(worker: Worker, layout: Layout, metrics: int | None = None) -> list[dict[str, Any]]:

@@ -35,7 +35,7 @@ class RunPaths:
 
     @cached_property
     def layout(self) -> Layout:
-        return native_layout(str(self.run))
+        return native_layout(str(self.run), gateway=bool(self.host))
 
     @property
     def secrets(self) -> Path:
