@@ -8,11 +8,15 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
 import helpers
-from synfleet.run.preload import Preloaded, installed_version
+from synfleet.nginx.command import world_readable_tempdir
+from synfleet.render.fleet_file import fleet_toml
+from synfleet.run.preload import UNSAFE_EXIT, Preloaded, installed_version
+from synfleet.system import free_port
 
 pytest.importorskip("synapse", reason="Synapse is not installed (pip install 'synfleet[synapse]')")
 
@@ -49,7 +53,7 @@ FORKS = textwrap.dedent(
                 "environ": os.environ.get("CHILD"),
                 "cmdline": open("/proc/self/cmdline", "rb").read().replace(b"\\0", b" ").decode().strip(),
             }
-            print(json.dumps(answer), flush=True)
+            os.write(1, (json.dumps(answer) + "\\n").encode())  # one write: the children share the pipe
             sys.stdin.readline()
             os._exit(0)
         children.append(pid)
@@ -104,10 +108,38 @@ def test_preload_refuses_when_the_parent_runs_a_thread() -> None:
         """
     )
     result = _python(script)
-    assert result.returncode == 1
+    assert result.returncode == UNSAFE_EXIT
     assert "cannot be forked safely" in result.stderr
     assert "stray" in result.stderr
-    assert 'synapse.start = "exec"' in result.stderr
+
+
+@pytest.mark.integration
+def test_up_starts_each_process_its_own_python_when_forking_is_not_safe() -> None:
+    """A Python that starts a thread before the import (here through sitecustomize) cannot fork
+    Synapse safely: `up` says why and starts the fleet the exec way."""
+    with world_readable_tempdir("synfleet-unsafe-") as directory:
+        hook = directory / "hook"
+        hook.mkdir()
+        (hook / "sitecustomize.py").write_text(
+            "import threading, time\n"
+            "threading.Thread(target=time.sleep, args=(3600,), daemon=True, name='stray').start()\n"
+        )
+        spec = helpers.profile_with("monolith", listen={"http_port": free_port()})
+        (directory / "fleet.toml").write_text(fleet_toml(spec))
+        environment = {**os.environ, "PYTHONPATH": str(hook)}
+        command = [sys.executable, "-m", "synfleet"]
+        up = subprocess.run(
+            [*command, "up", "--dir", str(directory)], env=environment, capture_output=True, text=True, timeout=300
+        )
+        try:
+            assert up.returncode == 0, up.stdout + up.stderr
+            assert 'synapse.start = "fork" refused' in up.stdout and "stray" in up.stdout, up.stdout
+            data = json.loads(helpers.synfleet("status", "--json", "--dir", str(directory)).stdout)
+            supervisor = Path(f"/proc/{data['supervisor']['pid']}/cmdline").read_bytes()
+            assert b"supervisord" in supervisor and b"preloaded" not in supervisor
+            assert all(p["healthy"] for p in data["processes"])
+        finally:
+            subprocess.run([*command, "down", "--dir", str(directory)], env=environment, timeout=300, check=False)
 
 
 def test_hazards_name_a_descriptor_the_import_left_open() -> None:

@@ -139,6 +139,16 @@ def _tree(roots: dict[str, int]) -> tuple[dict[int, str], dict[int, float]]:
     return owners, cpu
 
 
+def steal_seconds() -> float:
+    """CPU time the hypervisor gave to others while this machine wanted it (all CPUs, since boot):
+    a run that saw much of it was measured on a busy host."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+        return int(fields[8]) / CLOCK_TICKS
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
 def process_tree_cpu(roots: dict[str, int]) -> dict[str, float]:
     """CPU seconds of each named process and all its descendants (PostgreSQL backends, nginx
     workers), those that exited included."""

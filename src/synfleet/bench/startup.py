@@ -28,7 +28,7 @@ from synfleet.render.fleet_file import fleet_toml
 from synfleet.run.fleet import SUPERVISOR, down, up
 from synfleet.run.paths import RunPaths
 from synfleet.run.supervisor import Supervisor
-from synfleet.system import Memory, free_port, process_tree_cpu, process_tree_memory
+from synfleet.system import Memory, free_port, process_tree_cpu, process_tree_memory, steal_seconds
 
 #: synapse.start's values, the default first.
 STARTS = ("fork", "exec")
@@ -118,8 +118,11 @@ def measure_load(directory: Path, spec: FleetSpec, settings: StartupSettings, se
         roots = _roots(paths)
         marks: list[dict[str, float]] = []
 
+        steal: list[float] = []
+
         async def mark() -> None:
             marks.append(await asyncio.to_thread(process_tree_cpu, roots))
+            steal.append(steal_seconds())
 
         async def run() -> Any:
             async with OpenLoad(base_url, users, rooms, seed) as load:
@@ -140,6 +143,7 @@ def measure_load(directory: Path, spec: FleetSpec, settings: StartupSettings, se
         "delivery_ms": step.delivery_ms,
         "cpu_seconds": {k: round(v, 2) for k, v in sorted(cpu.items())},
         "cpu_ms_per_message": round(1000 * sum(cpu.values()) / delivered, 1),
+        "steal_seconds": round(steal[-1] - steal[0], 1),  # a busy host under this machine slows everything
         **memory,
     }
 
@@ -170,7 +174,8 @@ def startup_bench(directory: Path, settings: StartupSettings, report: Report) ->
                 figures = measure_load(place, start_spec(profile, start, port), settings, seed)
                 report(
                     f"    {figures['delivered']} delivered, {figures['cpu_ms_per_message']} ms CPU per message, "
-                    f"PSS after {figures['total_pss_mib']:.0f} MiB"
+                    f"PSS after {figures['total_pss_mib']:.0f} MiB; CPU stolen by the host: "
+                    f"{figures['steal_seconds']:.0f}s"
                 )
                 loads.append({"profile": profile, "start": start, **figures})
     return {"settings": vars(settings), "starts": starts, "loads": loads, "summary": summarise(starts, loads)}

@@ -186,7 +186,11 @@ def up(paths: RunPaths, spec: FleetSpec, report: Report, supervisor: Supervisor 
             paths.log("initdb"),
         ):
             report("created the PostgreSQL cluster")
-        supervisor.start_daemon(foreground=foreground, preload=plan.spec.synapse.start == "fork")
+        if refused := supervisor.start_daemon(foreground=foreground, preload=plan.spec.synapse.start == "fork"):
+            report(
+                f'[yellow]synapse.start = "fork" refused[/yellow]: {refused}; every Synapse process starts '
+                'its own Python (synapse.start = "exec" says so without this warning)'
+            )
     try:
         for tier in Tier:
             members = [p for p in plan.processes if p.tier is tier]

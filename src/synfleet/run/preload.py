@@ -55,6 +55,8 @@ PRELOADED = ("synapse.app.homeserver", "synapse.app.generic_worker")
 DISTRIBUTION = "matrix-synapse"
 #: How supervisord's pid file tells this start from the plain one.
 MODULE = "synfleet.run.preload"
+#: The exit status that says forking this Synapse is not safe (the caller starts a plain supervisord).
+UNSAFE_EXIT = 3
 
 
 class UnsafeFork(Exception):
@@ -123,7 +125,7 @@ def hazards(before: set[int]) -> list[str]:
     """What makes the imported state unsafe to fork (after :func:`_quiesce_reactor`)."""
     found = []
     if threading.active_count() != 1:
-        found.append(f"the import started threads: {', '.join(t.name for t in threading.enumerate())}")
+        found.append(f"threads run in the importing Python: {', '.join(t.name for t in threading.enumerate())}")
     reactor = _reactor()
     if type(reactor).__name__ != "EPollReactor":
         found.append(f"the reactor is {type(reactor).__name__}, not Twisted's epoll reactor")
@@ -177,7 +179,10 @@ def preload() -> Preloaded:
     for name in PRELOADED:
         importlib.import_module(name)
     importlib.import_module("setproctitle")
-    _quiesce_reactor()
+    try:
+        _quiesce_reactor()
+    except (AttributeError, KeyError, OSError) as unknown:
+        raise UnsafeFork(f"Twisted's reactor is not the one synfleet knows how to renew ({unknown!r})") from None
     if found := hazards(before):
         raise UnsafeFork("; ".join(found))
     gc.collect()
@@ -280,14 +285,19 @@ def install(preloaded: Preloaded) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """``--check``: only say whether Synapse can be forked safely here (exit status 0 or
+    :data:`UNSAFE_EXIT`); otherwise supervisord's own arguments."""
+    arguments = sys.argv[1:] if argv is None else argv
     try:
         preloaded = preload()
     except UnsafeFork as unsafe:
-        sys.exit(f'synfleet: Synapse cannot be forked safely here: {unsafe}; set synapse.start = "exec"')
+        print(f"Synapse cannot be forked safely here: {unsafe}", file=sys.stderr)
+        sys.exit(UNSAFE_EXIT)
+    if arguments == ["--check"]:
+        return
     install(preloaded)
     from supervisor import supervisord
 
-    arguments = sys.argv[1:] if argv is None else argv
     _title("supervisord", f"{shlex.join(['supervisord', *arguments])} (Synapse preloaded by {MODULE})")
     supervisord.main(args=arguments)
 

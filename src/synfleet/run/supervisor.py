@@ -18,6 +18,7 @@ from synfleet.run.accounts import as_root
 from synfleet.run.ownership import Running, identify, stop
 from synfleet.run.paths import RunPaths
 from synfleet.run.preload import MODULE as PRELOAD_MODULE
+from synfleet.run.preload import UNSAFE_EXIT
 from synfleet.run.process import NativeProcess
 from synfleet.system import find_binary, fleet_python
 
@@ -71,27 +72,37 @@ class Supervisor:
         except (OSError, xmlrpc.client.Error):
             return False
 
-    def start_daemon(self, timeout: float = 30.0, foreground: bool = False, preload: bool = False) -> None:
+    def start_daemon(self, timeout: float = 30.0, foreground: bool = False, preload: bool = False) -> str | None:
         """Start supervisord: as a daemon, or (``foreground``) as this process's child, in
         :attr:`process`, for a service manager to watch. With ``preload``, in a Python that has
-        imported Synapse, to fork its processes (see :mod:`synfleet.run.preload`)."""
+        imported Synapse, to fork its processes (see :mod:`synfleet.run.preload`); if forking this
+        Synapse is not safe, supervisord starts plain (every Synapse process its own Python), and
+        the reason is returned."""
         binary = find_binary("supervisord")
         if binary is None:
             raise SynfleetError("supervisord is not installed: pip install supervisor (or run scripts/setup.sh)")
         self.paths.supervisor_socket.unlink(missing_ok=True)
         # -P: the caller's working directory is no place to import from (it may run as root)
-        program = [fleet_python(), "-P", "-m", PRELOAD_MODULE] if preload else [binary]
+        preloading = [fleet_python(), "-P", "-m", PRELOAD_MODULE]
+        refused = None
+        if preload and foreground:  # the check alone: a refusal must not be lost in the child's output
+            check = subprocess.run([*preloading, "--check"], capture_output=True, text=True, check=False)
+            refused = check.stderr.strip() if check.returncode == UNSAFE_EXIT else None
+        program = preloading if preload and refused is None else [binary]
         command = [*program, "-c", str(self.paths.supervisor_conf)]
         if foreground:
             self.process = subprocess.Popen([*command, "--nodaemon"], stdout=subprocess.DEVNULL)
         else:
             result = subprocess.run(command, capture_output=True, text=True, check=False)
+            if preload and result.returncode == UNSAFE_EXIT:
+                refused = result.stderr.strip()
+                result = subprocess.run([binary, *command[len(program) :]], capture_output=True, text=True, check=False)
             if result.returncode != 0:
                 raise SynfleetError(f"supervisord failed to start: {(result.stderr or result.stdout).strip()}")
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.running():
-                return
+                return refused
             time.sleep(0.1)
         raise SynfleetError(
             f"supervisord did not come up within {timeout:.0f}s (see {self.paths.logs}/supervisord.log)"
