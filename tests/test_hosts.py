@@ -45,6 +45,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.skipif(bool(unavailable_reaso
 
 HOSTS = ("a", "b", "c")
 WORKERS = {"client_sync": 1, "rooms": 2, "tasks": 1, "client_reader": 0, "federation_reader": 0, "media": 0}
+WORKERS["senders"] = 0
 PLACEMENT = {"default": "a", "rooms": ["b", "c"], "client_sync": "b", "tasks": "c"}
 ROOMS = "synapse_inbound_room_workers"
 
@@ -90,15 +91,17 @@ class Hosts:
         """A new room that nginx hashes to room worker ``worker``."""
 
         async def make() -> str:
-            alice = await login(self, "alice")
+            alice, bob = await login(self, "alice"), await login(self, "bob")
             try:
                 for _ in range(50):
-                    room = str((await alice.room_create(name=f"on {worker}")).room_id)
+                    room = str((await alice.room_create(name=f"on {worker}", invite=[bob.user_id])).room_id)
                     if self.plan.upstreams[ROOMS].worker_for(room[1:]) == worker:
+                        await bob.join(room)
                         self.rooms.append(room)
                         return room
             finally:
                 await alice.close()
+                await bob.close()
             raise AssertionError(f"no room hashed to {worker} in 50 tries")
 
         return str(self.client(make))
@@ -144,19 +147,16 @@ def test_each_host_runs_its_share(hosts: Hosts) -> None:
 
 def test_conversation_routing_and_replication_across_hosts(hosts: Hosts) -> None:
     hosts.client(lambda: conversation(hosts))
-    rooms = {hosts.plan.upstreams[ROOMS].worker_for(room[1:]) for room in hosts.rooms}
-    for worker in ("rooms1", "rooms2"):
-        if worker not in rooms:
-            hosts.room_on(worker)
+    shared = [hosts.room_on(worker) for worker in ("rooms1", "rooms2")]  # alice and bob in each
 
-    async def hundred() -> list[str]:
+    async def hundred() -> list[tuple[str, str]]:
         alice = await login(hosts, "alice")
         sent = []
         try:
             for i in range(100):
-                room = hosts.rooms[i % len(hosts.rooms)]
+                room = shared[i % 2]
                 answer = await alice.room_send(room, "m.room.message", {"msgtype": "m.text", "body": f"across {i}"})
-                sent.append(answer.event_id)
+                sent.append((room, answer.event_id))
         finally:
             await alice.close()
         return sent
@@ -170,25 +170,28 @@ def test_conversation_routing_and_replication_across_hosts(hosts: Hosts) -> None
         RunPaths(hosts.directory, "a"),
         spec.database,
         "SELECT DISTINCT instance_name FROM events WHERE event_id IN ("
-        + ",".join(f"'{event}'" for event in sent)
+        + ",".join(f"'{event}'" for _, event in sent)
         + ")",
         "cannot read the events",
     )
     assert writers == ["tasks1"], writers
 
-    # ... and reached bob through the sync worker on host b.
-    async def bob_reads() -> set[str]:
+    # ... and reached bob, in the rooms he is in, through the sync worker on host b.
+    async def bob_reads() -> tuple[set[str], set[str]]:
         bob = await login(hosts, "bob")
         try:
+            joined = set((await bob.joined_rooms()).rooms)
             seen: set[str] = set()
-            for room in hosts.rooms:
+            for room in joined & set(hosts.rooms):
                 page = await bob.room_messages(room, limit=200)
                 seen |= {e.event_id for e in page.chunk}
-            return seen
+            return joined, seen
         finally:
             await bob.close()
 
-    assert set(sent) <= hosts.client(bob_reads)
+    joined, seen = hosts.client(bob_reads)
+    theirs = {event for room, event in sent if room in joined}
+    assert len(theirs) == 100 and theirs <= seen
     b_sync = spec.address_of("b", spec.inbound_port("client_sync1"))
     syncs = [line for line in hosts.access_log() if "/sync" in line["url"]]
     assert syncs and all(line["addr"] == b_sync for line in syncs), {line["addr"] for line in syncs}
