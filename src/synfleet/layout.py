@@ -7,7 +7,7 @@ native run, tests); templates and routing are the same for all of them.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import PurePosixPath
 
 #: Where Synapse's configuration goes in a rendered tree (``D/deploy``, ``D/run``).
@@ -140,6 +140,10 @@ COMPOSE = Layout(
     # Prometheus scrapes each container over the compose network; nothing publishes these ports.
     metrics_bind="0.0.0.0",
 )
+#: Inside the docker compose containers of one host of a fleet on several hosts: every container is
+#: on the host's network (nginx, PostgreSQL and Redis listen on its private address), so Synapse's
+#: metrics listeners bind the loopback only; nginx's gateways connect to replication sockets too.
+COMPOSE_HOST = replace(COMPOSE, name="compose-host", replication_socket_mode=0o666, metrics_bind="127.0.0.1")
 #: The ports nginx listens on inside its container; compose publishes listen.http_port and
 #: listen.https_port on them.
 COMPOSE_HTTP_PORT = 8008

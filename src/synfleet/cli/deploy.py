@@ -18,7 +18,7 @@ from synfleet.layout import SECRETS_DIR
 from synfleet.model.file import check_server_name
 from synfleet.model.load import FLEET_FILE, load_spec
 from synfleet.model.profiles import PROFILES
-from synfleet.render.deploy import render_deployment, render_kubernetes_deployment
+from synfleet.render.deploy import HOSTS_DIR, render_deployment, render_kubernetes_deployment
 from synfleet.render.files import write_file
 from synfleet.render.fleet_file import fleet_file_text
 from synfleet.render.kubernetes import namespace_name
@@ -109,7 +109,15 @@ def render_command(directory: Path, target: str, trial_services: bool) -> None:
     written = render_deployment(spec, directory)
     click.echo(f"rendered {len(fleet.workers)} Synapse processes for {spec.server_name} into {written}")
     click.echo(f"  secrets: {directory / SECRETS_DIR} (kept across renders)")
-    click.echo(f"  start with docker compose: cd {written} && docker compose up -d")
+    if not spec.hosts:
+        click.echo(f"  start with docker compose: cd {written} && docker compose up -d")
+        return
+    click.echo(f"  one compose project per host; copy {directory} to each host, then on each:")
+    for host in spec.hosts:
+        names = ", ".join(spec.processes_on(host)) or "nothing"
+        click.echo(
+            f"    {host} ({spec.hosts[host].address}: {names}): cd {written / HOSTS_DIR / host} && docker compose up -d"
+        )
 
 
 @click.command("check")

@@ -9,11 +9,35 @@ hosts, with the generated passwords.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from synfleet.layout import Layout
-from synfleet.model.file import FleetSpec
+from synfleet.metrics.targets import Target
+from synfleet.model.file import Database, FleetSpec
 from synfleet.model.fleet import Service
 from synfleet.render.nginx import Gateway
 from synfleet.routing.plan import RoutingPlan
+
+AUTH_METHOD = "scram-sha-256"
+
+
+def hba(database: Database, hosts: tuple[str, ...] = ()) -> str:
+    """Who may connect, always with the password: the socket; on a fleet of several hosts also its
+    hosts' private addresses, to Synapse's database only."""
+    lines = [
+        "# Rendered by synfleet: password logins on the socket (and from the fleet's hosts) only.",
+        f"local all all {AUTH_METHOD}",
+    ]
+    for address in hosts:
+        prefix = 128 if ":" in address else 32
+        lines.append(f"host {database.name} {database.user} {address}/{prefix} {AUTH_METHOD}")
+    return "\n".join(lines) + "\n"
+
+
+def local_metrics(spec: FleetSpec, host: str) -> Callable[[Target], str | None]:
+    """Where a host's Prometheus finds a process's metrics: 127.0.0.1 for the processes of ``host``
+    (every process without one); other hosts' metrics listeners take no connections from here."""
+    return lambda target: "127.0.0.1" if not host or spec.host_of(target.process) == host else None
 
 
 def fleet_addresses(spec: FleetSpec) -> tuple[str, ...]:

@@ -19,7 +19,7 @@ from synfleet.nginx.command import command_line, http2_directive_supported, ngin
 from synfleet.render.deploy import nginx_tls, render_files
 from synfleet.render.files import Rendered
 from synfleet.render.fleet_file import fleet_toml
-from synfleet.render.hosts import gateways
+from synfleet.render.hosts import gateways, local_metrics
 from synfleet.render.metrics import metrics_files
 from synfleet.render.nginx import NginxLayout
 from synfleet.render.processes import synapse_processes
@@ -276,7 +276,7 @@ def run_files(plan: Plan, secrets: dict[str, str]) -> Rendered:
     if plan.spec.hosts and plan.spec.redis.local and Service.REDIS in plan.spec.processes_on(paths.host):
         files[REDIS_CONFIG] = f"requirepass {secrets[Secret.REDIS_PASSWORD]}\n"
     files["supervisord.conf"] = supervisor_config(paths, plan.processes)
-    files.update(metrics_files(plan.spec, lambda _: "127.0.0.1", grafana=False))
+    files.update(metrics_files(plan.spec, local_metrics(plan.spec, paths.host), grafana=False))
     files[APPLIED_FLEET_FILE] = fleet_toml(plan.spec)
     files.update({f"{SECRETS_DIR}/{name}": f"{value}\n" for name, value in secrets.items()})
     return Rendered(files)

@@ -14,26 +14,11 @@ from pathlib import Path
 from synfleet.errors import SynfleetError
 from synfleet.layout import SECRETS_DIR
 from synfleet.model.file import Database
+from synfleet.render.hosts import AUTH_METHOD, hba
 from synfleet.render.secrets import Secret
 from synfleet.run.accounts import Account
 from synfleet.run.paths import RunPaths
 from synfleet.system import require_binary
-
-AUTH_METHOD = "scram-sha-256"
-
-
-def hba(database: Database, hosts: tuple[str, ...] = ()) -> str:
-    """Who may connect, always with the password: the socket; on a fleet of several hosts also its
-    hosts' private addresses, to Synapse's database only."""
-    lines = [
-        "# Rendered by synfleet: password logins on the socket (and from the fleet's hosts) only.",
-        f"local all all {AUTH_METHOD}",
-    ]
-    for address in hosts:
-        prefix = 128 if ":" in address else 32
-        lines.append(f"host {database.name} {database.user} {address}/{prefix} {AUTH_METHOD}")
-    return "\n".join(lines) + "\n"
-
 
 LOCALE = ("--encoding=UTF8", "--locale=C")
 
