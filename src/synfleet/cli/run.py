@@ -14,7 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from synfleet.cli.options import DIR_OPTION, HOST_OPTION, make_directory
-from synfleet.errors import UsageError
+from synfleet.errors import FleetError, UsageError
 from synfleet.model.fleet import Service
 from synfleet.model.load import load_spec
 from synfleet.run import service
@@ -72,7 +72,15 @@ def up_command(directory: Path, host: str, foreground: bool) -> None:
 def down_command(directory: Path, host: str) -> None:
     """Stop everything `up` started (with --host, that host's share); sockets are removed, data is kept."""
     console = Console(highlight=False)
-    if down(RunPaths(directory, host), console.print):
+    paths = RunPaths(directory, host)
+    if not paths.run.exists():  # nothing to stop here: say so, or which host was meant
+        try:
+            spec = load_spec(directory)
+        except FleetError:
+            spec = None
+        if spec is not None:
+            check_host(paths, spec)
+    if down(paths, console.print):
         console.print("fleet stopped (data kept)")
     else:
         console.print("the fleet was not running")
