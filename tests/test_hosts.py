@@ -57,6 +57,15 @@ def test_each_host_runs_its_share(hosts: Hosts) -> None:
         status = hosts.synfleet(host, "status", "--host", host, "--json")
         assert status.returncode == 0, status.stdout + status.stderr
         assert {p["name"] for p in json.loads(status.stdout)["processes"]} == expected
+    # without --host: which host runs what (the lab's hosts share this file system: all run "here")
+    placement = hosts.synfleet("a", "status", "--json")
+    assert placement.returncode == 0, placement.stdout + placement.stderr
+    found = {h["name"]: (set(h["processes"]), h["running_here"]) for h in json.loads(placement.stdout)["hosts"]}
+    assert found == {host: (expected, True) for host, expected in SHARES.items()}
+    logs = hosts.synfleet("c", "logs", "--host", "c", "-n", "2")
+    assert logs.returncode == 0, logs.stderr
+    named = {line.split(":")[0] for line in logs.stdout.splitlines()}
+    assert SHARES["c"] - {"nginx"} <= named <= SHARES["c"]  # nginx's links have logged nothing yet
 
 
 def test_conversation_routing_and_replication_across_hosts(hosts: Hosts) -> None:

@@ -15,15 +15,18 @@ from rich.table import Table
 
 from synfleet.cli.options import DIR_OPTION, HOST_OPTION, make_directory
 from synfleet.errors import FleetError, UsageError
+from synfleet.layout import SECRETS_DIR
+from synfleet.model.file import FleetSpec
 from synfleet.model.fleet import Service
-from synfleet.model.load import load_spec
+from synfleet.model.load import FLEET_FILE, load_spec
+from synfleet.render.hosts import runs_nginx
 from synfleet.run import service
 from synfleet.run.apply import apply, plan_change
 from synfleet.run.backup import backup, restore
 from synfleet.run.fleet import ORPHANED, FleetStatus, ProcessStatus, down, status, up
 from synfleet.run.logs import follow, log_files, tail
 from synfleet.run.paths import RunPaths, main_paths, place_run_directory
-from synfleet.run.plan import check_host
+from synfleet.run.plan import check_host, one_host
 from synfleet.run.register import register_user
 from synfleet.run.supervisor import Supervisor
 from synfleet.run.upgrade import upgrade_compose, upgrade_native
@@ -97,8 +100,12 @@ def _duration(seconds: float) -> str:
 @HOST_OPTION
 @click.option("--json", "as_json", is_flag=True, help="Print the same figures as JSON, for scripts and monitoring.")
 def status_command(directory: Path, host: str, as_json: bool) -> None:
-    """Show every process: state, pid, health, uptime, memory, socket (with --host, that host's)."""
+    """Show every process: state, pid, health, uptime, memory, socket (with --host, that host's).
+    A fleet on several hosts without --host: which host runs what, and which shares run here."""
     spec = load_spec(directory)
+    if spec.hosts and not host:
+        _print_placement(directory, spec, as_json)
+        return
     fleet = status(RunPaths(directory, host), spec)
     rows = fleet.processes
     if as_json:
@@ -139,6 +146,37 @@ def status_command(directory: Path, host: str, as_json: bool) -> None:
     )
     if unhealthy:
         sys.exit(1)
+
+
+def _print_placement(directory: Path, spec: FleetSpec, as_json: bool) -> None:
+    hosts = []
+    for name, host in spec.hosts.items():
+        rows = status(RunPaths(directory, name), spec).processes
+        running = bool(rows) and not all(row.state == ORPHANED for row in rows)
+        healthy = sum(row.healthy for row in rows) if running else 0
+        processes = spec.processes_on(name)
+        if runs_nginx(spec, name) and Service.NGINX not in processes:
+            processes.append(Service.NGINX.value)  # for the links from other hosts
+        hosts.append((name, host.address, processes, running, healthy))
+    if as_json:
+        document = {
+            "directory": str(directory.resolve()),
+            "server_name": spec.server_name,
+            "hosts": [
+                {"name": n, "address": a, "processes": p, "running_here": r, "healthy_here": h}
+                for n, a, p, r, h in hosts
+            ],
+        }
+        click.echo(json.dumps(document, indent=2))
+        return
+    table = Table(title=f"{spec.server_name} on {len(hosts)} hosts")
+    for column in ("host", "address", "processes", "here"):
+        table.add_column(column)
+    for name, address, processes, running, healthy in hosts:
+        here = f"running, {healthy} of {len(processes)} healthy" if running else "-"
+        table.add_row(name, address, ", ".join(processes), here)
+    Console(highlight=False).print(table)
+    click.echo("each host's own: synfleet status --host NAME (on that host)")
 
 
 def _mib(kib: int) -> str:
@@ -190,12 +228,16 @@ def _memory_json(memory: Memory) -> dict[str, int]:
 
 @click.command("logs")
 @DIR_OPTION
+@HOST_OPTION
 @click.argument("name", required=False)
 @click.option("-f", "--follow", "follow_", is_flag=True, help="Keep printing new lines (Ctrl-C to stop).")
 @click.option("-n", "--lines", default=40, show_default=True, type=click.IntRange(0, 100_000))
-def logs_command(directory: Path, name: str | None, follow_: bool, lines: int) -> None:
-    """Show a process's log (NAME: main, a worker, postgres, redis, nginx); without NAME, every log."""
-    logs = log_files(RunPaths(directory))
+def logs_command(directory: Path, host: str, name: str | None, follow_: bool, lines: int) -> None:
+    """Show a process's log (NAME: main, a worker, postgres, redis, nginx); without NAME, every log
+    (with --host, of that host's processes)."""
+    paths = RunPaths(directory, host)
+    check_host(paths, load_spec(directory))
+    logs = log_files(paths)
     if name is not None and name not in logs:
         raise UsageError(f"no process {name!r}; choose from: {', '.join(logs)}")
     chosen = {name: logs[name]} if name else logs
@@ -248,7 +290,13 @@ def apply_command(directory: Path, dry_run: bool) -> None:
     """Bring the running fleet to what fleet.toml says, restarting only what must restart."""
     console = Console(highlight=False)
     paths = RunPaths(directory)
-    change = plan_change(paths, load_spec(directory))
+    spec = load_spec(directory)
+    one_host(
+        spec,
+        "apply changes a fleet on one host; on several, run `synfleet down --host NAME` and "
+        "`synfleet up --host NAME` on each host whose share changed (main's host first)",
+    )
+    change = plan_change(paths, spec)
     for line in change.lines():
         console.print(escape(line))
     if dry_run or change.empty:
@@ -274,6 +322,12 @@ def upgrade_command(directory: Path, version: str | None, force: bool) -> None:
         console.print("  " + line)
 
     if version is None:
+        one_host(
+            load_spec(directory),
+            "upgrade restarts a fleet on one host; on several, install the new release on every host, then "
+            "`synfleet down --host NAME` on each and `synfleet up --host NAME` on main's host first (it "
+            "migrates the database), then on the others",
+        )
         upgrade_native(RunPaths(directory), force, report)
         return
     for command in upgrade_compose(directory, version, force, report):
@@ -290,6 +344,11 @@ def upgrade_command(directory: Path, version: str | None, force: bool) -> None:
 def backup_command(directory: Path, out: Path | None) -> None:
     """Write the running fleet (database, media, signing key, secrets, fleet.toml) to one archive."""
     console = Console(highlight=False)
+    one_host(
+        load_spec(directory),
+        "backup reads a fleet on one host; on several, back up PostgreSQL on its host (pg_dump), the "
+        f"media store on the media host, and {directory / SECRETS_DIR}",
+    )
     if out is None:
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         out = directory / "backups" / f"{load_spec(directory).server_name}-{stamp}.backup"
@@ -316,10 +375,13 @@ def service_group() -> None:
 
 @service_group.command("install")
 @DIR_OPTION
+@HOST_OPTION
 @click.option("--print", "print_only", is_flag=True, help="Print the unit instead (for managing units yourself).")
-def service_install_command(directory: Path, print_only: bool) -> None:
-    """Write, enable and start a systemd unit for the fleet in DIR."""
-    paths = RunPaths(directory)
+def service_install_command(directory: Path, host: str, print_only: bool) -> None:
+    """Write, enable and start a systemd unit for the fleet in DIR (with --host, for that host's share)."""
+    paths = RunPaths(directory, host)
+    if host or (directory / FLEET_FILE).exists():
+        check_host(paths, load_spec(directory))
     if print_only:
         click.echo(f"# {service.UNIT_DIR / service.unit_name(paths)}")
         click.echo(service.unit_text(paths), nl=False)
@@ -329,6 +391,7 @@ def service_install_command(directory: Path, print_only: bool) -> None:
 
 @service_group.command("remove")
 @DIR_OPTION
-def service_remove_command(directory: Path) -> None:
-    """Stop, disable and remove the fleet's systemd unit."""
-    click.echo(f"removed {service.remove(RunPaths(directory))}")
+@HOST_OPTION
+def service_remove_command(directory: Path, host: str) -> None:
+    """Stop, disable and remove the fleet's systemd unit (with --host, that host's share's)."""
+    click.echo(f"removed {service.remove(RunPaths(directory, host))}")

@@ -21,7 +21,7 @@ from synfleet.layout import (
 )
 from synfleet.model.file import FleetSpec
 from synfleet.model.fleet import Service
-from synfleet.render.hosts import fleet_addresses, gateways, hba
+from synfleet.render.hosts import fleet_addresses, gateways, hba, runs_nginx
 from synfleet.render.metrics import (
     DASHBOARD_FILE,
     GRAFANA_DASHBOARDS_DIR,
@@ -153,8 +153,7 @@ def render_compose(spec: FleetSpec, secrets: dict[str, str], host: str = "") -> 
         }
         for process in processes
     ]
-    front = not host or spec.host_of(Service.NGINX) == host
-    nginx = front or bool(gateways(spec, host, layout))
+    nginx = not host or runs_nginx(spec, host)
 
     def resources(group: str) -> str:
         limits = spec.resources_for(group)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from synfleet.layout import Layout
+from synfleet.layout import COMPOSE_HOST, Layout
 from synfleet.metrics.targets import Target
 from synfleet.model.file import Database, FleetSpec
 from synfleet.model.fleet import Service
@@ -42,6 +42,11 @@ def local_metrics(spec: FleetSpec, host: str) -> Callable[[Target], str | None]:
 
 def fleet_addresses(spec: FleetSpec) -> tuple[str, ...]:
     return tuple(host.address for host in spec.hosts.values())
+
+
+def runs_nginx(spec: FleetSpec, host: str) -> bool:
+    """Whether ``host`` runs nginx: the front's host, and every host another host reaches."""
+    return spec.host_of(Service.NGINX) == host or bool(gateways(spec, host, COMPOSE_HOST))
 
 
 def gateways(spec: FleetSpec, host: str, layout: Layout) -> tuple[Gateway, ...]:

@@ -94,6 +94,11 @@ class RunPaths:
     def access_log(self) -> Path:
         return self.logs / "access.log"
 
+    @property
+    def gateway_log(self) -> Path:
+        """nginx's log of the requests other hosts send to this one (a fleet on several hosts)."""
+        return self.logs / "gateway.log"
+
 
 def run_dir_name(host: str = "") -> str:
     return f"{RUN_DIR}-{host}" if host else RUN_DIR

@@ -56,6 +56,12 @@ def check_host(paths: RunPaths, spec: FleetSpec) -> None:
         raise UsageError(f"--host {paths.host}: no such host in fleet.toml; hosts: {', '.join(spec.hosts)}")
 
 
+def one_host(spec: FleetSpec, instead: str) -> None:
+    """Refuse a command made for a fleet on one host, saying what to do ``instead``."""
+    if spec.hosts:
+        raise UsageError(f"this fleet runs on the hosts {', '.join(spec.hosts)}: {instead}")
+
+
 def plan_for(paths: RunPaths, spec: FleetSpec) -> Plan:
     """Find every binary and check the directories before anything is written or started."""
     check_host(paths, spec)
