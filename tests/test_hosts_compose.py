@@ -20,7 +20,7 @@ import pytest
 
 import helpers
 from flows import PASSWORD
-from synfleet.lab import Lab, unavailable_reason
+from synfleet.lab import Lab, LabError, unavailable_reason
 from synfleet.lab.compose import ComposeProject
 from synfleet.lab.images import ensure_images
 from synfleet.lab.podman import Podman
@@ -106,12 +106,13 @@ def hosts() -> Iterator[ComposeHosts]:
                 assert added.returncode == 0, added.stderr
             yield fleet
         finally:
-            for project in reversed(started):
+            left = []
+            for project in reversed(started):  # every one, even when one fails
                 try:
-                    project.down(volumes=True)
-                finally:
-                    left = podman.check("ps", "-a", "-q", "--filter", f"label=io.podman.compose.project={project.name}")
-                    assert not left.split(), f"containers left behind: {left}"
+                    project.remove()
+                except LabError as error:
+                    left.append(str(error))
+            assert not left, left
 
 
 def test_each_host_project_runs_its_share_on_the_hosts_network(hosts: ComposeHosts) -> None:

@@ -82,6 +82,15 @@ class ComposeProject:
                 self.podman.run("stop", "-t", "10", *ids, timeout=120)
         self._checked("down", *(["--volumes"] if volumes else []))
 
+    def remove(self) -> None:
+        """Stop the project and remove its volumes; a LabError if any of its containers is left."""
+        try:
+            self.down(volumes=True)
+        finally:
+            left = self.podman.check("ps", "-a", "-q", "--filter", f"label={PROJECT_LABEL}={self.name}").split()
+            if left:
+                raise LabError(f"{self.name}: containers left behind: {', '.join(left)}")
+
     def stop_order(self) -> list[list[str]]:
         """The services in layers: each layer depends only on later ones."""
         depends = {
