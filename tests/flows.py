@@ -182,9 +182,15 @@ async def conversation(fleet: Deployment) -> dict[str, Any]:
         await bob.close()
 
 
-def worker_of(address: str) -> str:
+def worker_of(address: str, plan: RoutingPlan | None = None) -> str:
+    """The worker nginx used: by its inbound socket, or (on another host) its address in ``plan``."""
+    remote = {
+        s: w for u in (plan.upstreams.values() if plan else ()) for s, w in zip(u.servers, u.workers, strict=True)
+    }
+    if address in remote:
+        return remote[address]
     found = re.fullmatch(r"unix:.*/synapse_inbound_(?P<worker>[a-z0-9_]+)\.sock", address)
-    assert found, f"nginx used {address!r}: not one socket (a retry, or no upstream)"
+    assert found, f"nginx used {address!r}: not one worker (a retry, or no upstream)"
     return found["worker"]
 
 
@@ -202,7 +208,7 @@ def check_routing(fleet: Deployment) -> None:
         rule = plan.rule(decision.rule or "")
         # Without the request's token the prediction is exact only where it does not depend on it.
         assert not upstream.hashed or rule.key is Key.ROOM, f"{decision.rule}: hashed by {rule.key}"
-        served = worker_of(line["addr"])
+        served = worker_of(line["addr"], plan)
         if served != decision.worker:
             mismatches.append(
                 f"{line['method']} {line['url']}: nginx used {served}, synfleet route says {decision.worker}"

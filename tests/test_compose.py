@@ -118,11 +118,7 @@ def fleet(
             assert added.returncode == 0, added.stderr
         yield fleet
     finally:
-        try:
-            project.down(volumes=True)
-        finally:
-            left = podman.check("ps", "-a", "-q", "--filter", f"label=io.podman.compose.project={project.name}")
-            assert not left.split(), f"containers left behind: {left}"
+        project.remove()
 
 
 def test_conversation_and_routing(fleet: ComposeFleet) -> None:

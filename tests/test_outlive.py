@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 import helpers
+from synfleet.model.file import FleetSpec
 from synfleet.nginx.command import world_readable_tempdir
 from synfleet.render.fleet_file import fleet_toml
 from synfleet.run.health import is_healthy
@@ -255,6 +256,25 @@ def test_the_service_unit_passes_systemd_analyze(tmp_path: Path) -> None:
     name = Path(first.removeprefix("# ")).name
     assert name.startswith("synfleet-") and name.endswith(".service")
     assert f"--dir {tmp_path}" in unit and "Restart=always" in unit and "synfleet down" in unit
+    (tmp_path / name).write_text(unit)
+    verified = subprocess.run(["systemd-analyze", "verify", str(tmp_path / name)], capture_output=True, text=True)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd-analyze (package systemd)")
+def test_a_hosts_share_gets_a_unit_of_its_own(tmp_path: Path) -> None:
+    spec = helpers.profile_with("small").model_dump(mode="json")
+    spec["hosts"] = {"a": {"address": "10.1.0.2"}, "b": {"address": "10.1.0.3"}}
+    spec["placement"] = {"default": "a", "rooms": "b"}
+    (tmp_path / "fleet.toml").write_text(fleet_toml(FleetSpec.model_validate(spec)))
+    without = helpers.synfleet("service", "install", "--print", "--dir", str(tmp_path))
+    assert without.returncode == 2 and "--host NAME" in without.stderr
+    printed = helpers.synfleet("service", "install", "--print", "--host", "b", "--dir", str(tmp_path))
+    assert printed.returncode == 0, printed.stderr
+    first, _, unit = printed.stdout.partition("\n")
+    name = Path(first.removeprefix("# ")).name
+    assert name.startswith(f"synfleet-{tmp_path.name}-b-".replace("_", "-"))
+    assert f"up --foreground --dir {tmp_path} --host b\n" in unit and f"down --dir {tmp_path} --host b\n" in unit
     (tmp_path / name).write_text(unit)
     verified = subprocess.run(["systemd-analyze", "verify", str(tmp_path / name)], capture_output=True, text=True)
     assert verified.returncode == 0, verified.stdout + verified.stderr

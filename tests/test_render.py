@@ -265,3 +265,85 @@ def test_metrics_render_a_scrape_config_a_dashboard_and_compose_profile(tmp_path
     assert "prometheus" not in (off / "deploy" / "docker-compose.yml").read_text()
     assert "stub_status" not in (off / "deploy" / "nginx" / "config" / "nginx.conf").read_text()
     assert not (off / "deploy" / "metrics").exists()
+
+
+THREE_HOSTS = """
+[hosts.a]
+address = "10.9.0.2"
+[hosts.b]
+address = "10.9.0.3"
+[hosts.c]
+address = "10.9.0.4"
+[placement]
+default = "a"
+rooms = ["b", "c"]
+client_sync = "b"
+tasks = "c"
+"""
+
+
+@pytest.mark.integration
+def test_a_fleet_on_several_hosts_renders_a_compose_project_per_host(tmp_path: Path) -> None:
+    """`render` writes deploy/hosts/<name>/ per host: that host's processes only, every container on
+    the host's network, PostgreSQL and Redis on its private address (pg_hba.conf for the fleet's
+    hosts, the Redis password read from the secrets, never written into the project), each host's
+    Prometheus scraping its own processes; `check` proves every project and follows each link
+    between hosts to the socket it reaches, and says so when one is broken."""
+    make_fleet(tmp_path, "small")
+    text = (tmp_path / "fleet.toml").read_text()
+    text = re.sub(r"(\[metrics\][^\[]*?)enabled = false", r"\1enabled = true", text)
+    (tmp_path / "fleet.toml").write_text(text + THREE_HOSTS)
+    rendered = synfleet("render", "--dir", str(tmp_path))
+    assert rendered.returncode == 0, rendered.stderr
+    deploy = tmp_path / "deploy"
+    assert sorted(p.name for p in deploy.iterdir()) == ["hosts"]
+    for host in ("a", "b", "c"):
+        assert f"cd {deploy / 'hosts' / host} && docker compose up -d" in rendered.stdout
+    check = synfleet("check", "--dir", str(tmp_path))
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "c: synapse config: rooms2" in check.stdout and "b: nginx -t" in check.stdout
+
+    spec = load_spec(tmp_path)
+    redis_password = (tmp_path / "secrets" / Secret.REDIS_PASSWORD).read_text().strip()
+    projects = {host: deploy / "hosts" / host for host in ("a", "b", "c")}
+    composes = {host: yaml.safe_load((path / "docker-compose.yml").read_text()) for host, path in projects.items()}
+    expected = {
+        "a": {"postgres", "redis", MAIN_SERVICE, "media1", "sender1", "nginx", "prometheus"},
+        "b": {"client_sync1", "rooms1", "nginx", "prometheus"},
+        "c": {"rooms2", "tasks1", "nginx", "prometheus"},
+    }
+    for host, compose in composes.items():
+        assert set(compose["services"]) == expected[host], host
+        assert compose["name"] == f"synfleet-example-org-{host}"
+        assert all(s.get("network_mode") == "host" for s in compose["services"].values()), host
+        assert not any(s.get("ports") for s in compose["services"].values()), host
+        assert redis_password not in "".join(p.read_text() for p in projects[host].rglob("*") if p.is_file())
+    a = composes["a"]["services"]
+    assert "listen_addresses=10.9.0.2" in a["postgres"]["command"]
+    assert "./postgres/pg_hba.conf:/etc/synfleet/pg_hba.conf:ro" in a["postgres"]["volumes"]
+    hba = (projects["a"] / "postgres" / "pg_hba.conf").read_text()
+    assert [line.split()[3] for line in hba.splitlines() if line.startswith("host ")] == [
+        "10.9.0.2/32",
+        "10.9.0.3/32",
+        "10.9.0.4/32",
+    ]
+    assert a["redis"]["command"][:2] == ["--bind", "10.9.0.2"] and "/secrets/redis_password" in str(a["redis"])
+
+    # each host's Synapse finds the others at their private addresses
+    b_config = yaml.safe_load((projects["b"] / "synapse" / "homeserver.yaml").read_text())
+    assert b_config["instance_map"]["main"] == {"host": "10.9.0.2", "port": spec.replication_port("main")}
+    assert b_config["redis"]["host"] == "10.9.0.2" and b_config["database"]["args"]["host"] == "10.9.0.2"
+    assert sorted(p.stem for p in (projects["b"] / "synapse" / "workers").iterdir()) == ["client_sync1", "rooms1"]
+    scrape = yaml.safe_load((projects["c"] / "metrics" / "prometheus.yml").read_text())["scrape_configs"][0]
+    assert {e["labels"]["instance"]: e["targets"][0].split(":")[0] for e in scrape["static_configs"]} == {
+        "rooms2": "127.0.0.1",
+        "tasks1": "127.0.0.1",
+    }
+
+    # a link between hosts that leads nowhere
+    conf = projects["b"] / "nginx" / "config" / "nginx.conf"
+    link = f"10.9.0.3:{spec.inbound_port('client_sync1')}"
+    conf.write_text(conf.read_text().replace(f"listen {link};", "listen 10.9.0.3:1;"))
+    broken = synfleet("check", "--dir", str(tmp_path))
+    assert broken.returncode == 1
+    assert f"no Synapse listener at {link}" in broken.stdout.replace("\n", "")

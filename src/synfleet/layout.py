@@ -6,7 +6,8 @@ native run, tests); templates and routing are the same for all of them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import PurePosixPath
 
 #: Where Synapse's configuration goes in a rendered tree (``D/deploy``, ``D/run``).
@@ -52,6 +53,18 @@ def worker_of_server(server: str) -> str:
 
 
 @dataclass(frozen=True)
+class TcpLinks:
+    """Synapse's processes linked by TCP instead of UNIX sockets (one process per pod): each listens
+    on ``inbound_port`` (requests from nginx, /health) and, if others call it, on
+    ``replication_port``, at ``bind``; the others reach it by its name in ``hosts``."""
+
+    hosts: Mapping[str, str] = field(hash=False)
+    inbound_port: int
+    replication_port: int
+    bind: tuple[str, ...] = ("0.0.0.0",)
+
+
+@dataclass(frozen=True)
 class Layout:
     """Paths inside the processes' view of the world.
 
@@ -60,7 +73,9 @@ class Layout:
     PostgreSQL); ``log_dir`` Synapse's log files (None: log to the console, as containers do);
     ``nginx_log_dir`` nginx's access and error logs; ``tls_certificate`` and ``tls_key`` where nginx
     reads the TLS files (empty: the fleet file's own paths); ``inbound_socket_mode`` the mode of the
-    sockets nginx connects to.
+    sockets nginx connects to. With ``tcp``, Synapse's processes listen and reach each other on TCP
+    instead of sockets (``socket_dir`` is then unused); without ``database_password_inline`` the
+    database password is not written into the config (libpq takes it from ``PGPASSWORD``).
     """
 
     name: str
@@ -73,7 +88,12 @@ class Layout:
     tls_certificate: str = ""
     tls_key: str = ""
     inbound_socket_mode: int = 0o660
+    #: Replication sockets: Synapse's own; on a host of a fleet on several, nginx's too (its gateway
+    #: carries the other hosts' replication requests).
+    replication_socket_mode: int = 0o600
     metrics_bind: str = "127.0.0.1"  # where Synapse's metrics listeners bind (fleet.toml [metrics])
+    tcp: TcpLinks | None = None
+    database_password_inline: bool = True
 
     def inbound_socket(self, worker: str) -> str:
         return inbound_socket(self.socket_dir, worker)
@@ -120,6 +140,10 @@ COMPOSE = Layout(
     # Prometheus scrapes each container over the compose network; nothing publishes these ports.
     metrics_bind="0.0.0.0",
 )
+#: Inside the docker compose containers of one host of a fleet on several hosts: every container is
+#: on the host's network (nginx, PostgreSQL and Redis listen on its private address), so Synapse's
+#: metrics listeners bind the loopback only; nginx's gateways connect to replication sockets too.
+COMPOSE_HOST = replace(COMPOSE, name="compose-host", replication_socket_mode=0o666, metrics_bind="127.0.0.1")
 #: The ports nginx listens on inside its container; compose publishes listen.http_port and
 #: listen.https_port on them.
 COMPOSE_HTTP_PORT = 8008
@@ -130,10 +154,12 @@ COMPOSE_NGINX_CONFIG_DIR = "/etc/nginx"
 COMPOSE_NGINX_TEMP_DIR = "/var/cache/nginx"
 
 
-def native_layout(run_dir: str) -> Layout:
+def native_layout(run_dir: str, gateway: bool = False) -> Layout:
     """On this machine, everything under ``run_dir`` (``synfleet up``). The sockets directory is
-    reachable only by the fleet's accounts; nginx's workers connect by group."""
+    reachable only by the fleet's accounts; nginx's workers connect by group (with ``gateway``, to
+    the replication sockets too)."""
     return Layout(
+        replication_socket_mode=0o660 if gateway else 0o600,
         name="native",
         config_dir=f"{run_dir}/{SYNAPSE_DIR}",
         data_dir=f"{run_dir}/data",

@@ -156,7 +156,7 @@ class Placement:
 
 
 def _placement(paths: RunPaths, spec: FleetSpec) -> Placement:
-    plan = deployed_plan(paths, spec.fleet)
+    plan = deployed_plan(paths, spec)
 
     def worker_of(room_id: str) -> str | None:
         return evaluate(plan, "PUT", _send_path(room_id)).worker

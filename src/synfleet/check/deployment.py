@@ -35,7 +35,9 @@ from synfleet.model.load import load_spec
 from synfleet.model.pem import check_files
 from synfleet.nginx.command import test_config, world_readable_tempdir
 from synfleet.nginx.config import parse_config, walk
-from synfleet.render.deploy import DEPLOY_DIR
+from synfleet.render.compose import publish_address
+from synfleet.render.deploy import DEPLOY_DIR, HOSTS_DIR
+from synfleet.render.hosts import fleet_addresses
 from synfleet.render.processes import MAIN_SERVICE
 from synfleet.routing.table import DEFAULT_RULE, ROUTES, Rule
 
@@ -65,12 +67,17 @@ def remap_value(value: Any, mapping: Mapping[str, str]) -> Any:
     return value
 
 
-def nginx_test(conf_dir: Path, mapping: Mapping[str, str], scratch: Path) -> CheckResult:
-    """``nginx -t`` on a remapped copy of ``conf_dir``."""
+def nginx_test(
+    conf_dir: Path, mapping: Mapping[str, str], scratch: Path, addresses: tuple[str, ...] = ()
+) -> CheckResult:
+    """``nginx -t`` on a remapped copy of ``conf_dir``; its listeners on ``addresses`` (the private
+    addresses of a fleet's hosts, which this machine may not have) on the loopback instead."""
     copy = scratch / "nginx"
     copy.mkdir()
+    loopback = re.compile(rf"\blisten ({'|'.join(re.escape(publish_address(a)) for a in addresses) or '(?!)'}):")
     for path in conf_dir.iterdir():
-        (copy / path.name).write_text(remap_text(path.read_text(), mapping))
+        text = remap_text(path.read_text(), mapping)
+        (copy / path.name).write_text(loopback.sub("listen 127.0.0.1:", text))
     for directory in mapping.values():
         if not Path(directory).suffix:
             Path(directory).mkdir(parents=True, exist_ok=True)
@@ -134,47 +141,91 @@ def resources_needed(rule: Rule) -> set[str]:
     return needed
 
 
-def consistency(deploy: Path) -> Iterator[CheckResult]:
-    """synfleet's own checks across nginx, Synapse and compose files."""
-    synapse_dir = deploy / SYNAPSE_DIR
-    shared = yaml.safe_load((synapse_dir / SHARED_CONFIG).read_text())
-    processes: dict[str, dict[str, Any]] = {"main": shared}
-    for path in sorted((synapse_dir / WORKER_CONFIG_DIR).glob("*.yaml")):
-        processes[path.stem] = yaml.safe_load(path.read_text())
-    listeners = {
-        name: _listeners(
-            cfg,
-            "listeners" if name == "main" else "worker_listeners",
-            bool(cfg.get("enable_media_repo", shared.get("enable_media_repo", True))),
-        )
-        for name, cfg in processes.items()
-    }
+@dataclass(frozen=True)
+class Project:
+    """One rendered compose project: the deployment, or one host's share of a fleet on several."""
 
-    # Stream writers: in instance_map, with a replication listener on the mapped socket.
-    instance_map = shared.get("instance_map") or {}
+    host: str
+    path: Path
+    processes: tuple[str, ...]  # the Synapse processes it runs
+
+    @property
+    def nginx_conf(self) -> Path:
+        return self.path / DEPLOY_NGINX_CONFIG / "nginx.conf"
+
+    def label(self, name: str) -> str:
+        return f"{self.host}: {name}" if self.host else name
+
+
+def _gateways(blocks: list[Any]) -> dict[str, str]:
+    """The links from other hosts in a host's nginx: each gateway's listen address -> its socket."""
+    found = {}
+    for block in blocks:
+        if block["directive"] != "server":
+            continue
+        inner = walk(block.get("block", []))
+        passes = [d["args"][0] for d in inner if d["directive"] == "proxy_pass"]
+        if len(passes) == 1 and passes[0].startswith("http://unix:"):
+            socket = passes[0].removeprefix("http://unix:").removesuffix(":")
+            found.update({d["args"][0]: socket for d in block.get("block", []) if d["directive"] == "listen"})
+    return found
+
+
+def consistency(projects: list[Project]) -> Iterator[CheckResult]:
+    """synfleet's own checks across nginx, Synapse and compose files; on several hosts across every
+    host's project, following each TCP address to the gateway that carries it to a socket."""
+    shared: dict[str, dict[str, Any]] = {}  # by host: its homeserver.yaml
+    served: dict[tuple[str, str], tuple[str, set[str]]] = {}  # (host, socket) -> process, resources
+    links: dict[str, tuple[str, str]] = {}  # gateway address -> (host, socket)
+    blocks: dict[str, list[Any]] = {}
+    for project in projects:
+        synapse_dir = project.path / SYNAPSE_DIR
+        shared[project.host] = yaml.safe_load((synapse_dir / SHARED_CONFIG).read_text())
+        here = {"main": shared[project.host]} if "main" in project.processes else {}
+        for path in sorted((synapse_dir / WORKER_CONFIG_DIR).glob("*.yaml")):
+            here[path.stem] = yaml.safe_load(path.read_text())
+        for name, cfg in here.items():
+            media = bool(cfg.get("enable_media_repo", shared[project.host].get("enable_media_repo", True)))
+            for socket, names in _listeners(cfg, "listeners" if name == "main" else "worker_listeners", media).items():
+                served[(project.host, socket)] = (name, names)
+        if project.nginx_conf.exists():
+            blocks[project.host] = walk(parse_config(project.nginx_conf))
+            for address, socket in _gateways(blocks[project.host]).items():
+                links[address] = (project.host, socket)
+
+    def reach(host: str, location: str) -> tuple[str, str] | None:
+        """Where a socket path, or an address:port of another host, leads from ``host``."""
+        return (host, location) if location.startswith("/") else links.get(location)
+
+    # Stream writers: in instance_map, with a replication listener where it points.
     problems = []
-    for stream, writers in (shared.get("stream_writers") or {}).items():
-        for writer in writers if isinstance(writers, list) else [writers]:
-            location = instance_map.get(writer, {}).get("path")
-            if location is None:
-                problems.append(f"{stream} writer {writer} is not in instance_map")
-            elif "replication" not in listeners.get(writer, {}).get(location, set()):
-                problems.append(f"{stream} writer {writer} has no replication listener on {location}")
-    yield CheckResult("stream writers reachable over replication", not problems, "; ".join(problems))
+    for host, config in shared.items():
+        instance_map = config.get("instance_map") or {}
+        for stream, writers in (config.get("stream_writers") or {}).items():
+            for writer in writers if isinstance(writers, list) else [writers]:
+                entry = instance_map.get(writer, {})
+                location = entry.get("path") or (f"{entry['host']}:{entry['port']}" if "host" in entry else None)
+                if location is None:
+                    problems.append(f"{stream} writer {writer} is not in instance_map")
+                    continue
+                process, names = served.get(reach(host, location) or (host, ""), (None, set()))
+                if process != writer or "replication" not in names:
+                    problems.append(f"{stream} writer {writer} has no replication listener at {location}")
+    yield CheckResult("stream writers reachable over replication", not problems, "; ".join(sorted(set(problems))))
 
-    # nginx: every route names an upstream, every upstream socket is a listener with the right resources.
-    blocks = walk(parse_config(deploy / DEPLOY_NGINX_CONFIG / "nginx.conf"))
+    # nginx: every route names an upstream, every upstream server is a listener with the right resources.
+    front = next((host for host, found in blocks.items() if any(b["directive"] == "map" for b in found)), None)
+    found = blocks.get(front, []) if front is not None else []
     upstreams = {
         b["args"][0]: [d["args"][0].removeprefix("unix:") for d in b.get("block", []) if d["directive"] == "server"]
-        for b in blocks
+        for b in found
         if b["directive"] == "upstream"
     }
-    maps = {b["args"][1]: b.get("block", []) for b in blocks if b["directive"] == "map"}
+    maps = {b["args"][1]: b.get("block", []) for b in found if b["directive"] == "map"}
     route_upstream = {d["directive"]: d["args"][0] for d in maps.get("$synfleet_upstream", [])}
     rules = {rule.name: rule for rule in (*ROUTES, DEFAULT_RULE)}
     routes = [d["args"][0] for d in maps.get("$synfleet_route", [])]
-    problems = []
-    served = {path: (name, names) for name, by_path in listeners.items() for path, names in by_path.items()}
+    problems = [] if front is not None else ["no nginx config routes requests"]
     for route in routes:
         upstream = route_upstream.get(route, route_upstream.get("default"))
         if route not in rules:
@@ -182,47 +233,63 @@ def consistency(deploy: Path) -> Iterator[CheckResult]:
         elif upstream not in upstreams:
             problems.append(f"route {route} goes to {upstream}, which is not an upstream")
         else:
-            for socket in upstreams[upstream]:
-                process, names = served.get(socket, (None, set()))
+            for server in upstreams[upstream]:
+                process, names = served.get(reach(front or "", server) or ("", ""), (None, set()))
                 missing = resources_needed(rules[route]) - names
                 if process is None:
-                    problems.append(f"{upstream}: no Synapse listener on {socket}")
+                    problems.append(f"{upstream}: no Synapse listener at {server}")
                 elif missing:
                     problems.append(
-                        f"route {route}: {process} on {socket} lacks resource(s) {', '.join(sorted(missing))}"
+                        f"route {route}: {process} at {server} lacks resource(s) {', '.join(sorted(missing))}"
                     )
     yield CheckResult("every route reaches a listener that serves it", not problems, "; ".join(sorted(set(problems))))
 
     # docker compose: a service with a healthcheck per process.
-    compose = yaml.safe_load((deploy / "docker-compose.yml").read_text())
-    services = compose.get("services") or {}
-    expected = {MAIN_SERVICE if name == "main" else name for name in processes}
-    problems = [f"no service for {name}" for name in sorted(expected - set(services))]
-    problems += [
-        f"{name} has no healthcheck" for name in sorted(expected & set(services)) if "healthcheck" not in services[name]
-    ]
+    problems = []
+    for project in projects:
+        compose = yaml.safe_load((project.path / "docker-compose.yml").read_text())
+        services = compose.get("services") or {}
+        expected = {MAIN_SERVICE if name == "main" else name for name in project.processes}
+        problems += [project.label(f"no service for {name}") for name in sorted(expected - set(services))]
+        problems += [
+            project.label(f"{name} has no healthcheck")
+            for name in sorted(expected & set(services))
+            if "healthcheck" not in services[name]
+        ]
     yield CheckResult("compose: a healthy-checked service per process", not problems, "; ".join(problems))
 
 
 def check_deployment(directory: Path) -> Iterator[CheckResult]:
-    """Every check of ``directory/deploy``, as results (failures included, never raised)."""
+    """Every check of ``directory/deploy`` (each host's project on several hosts), as results
+    (failures included, never raised)."""
     spec = load_spec(directory)
     check_files(spec)
     deploy = directory / DEPLOY_DIR
-    if not (deploy / DEPLOY_NGINX_CONFIG / "nginx.conf").exists():
+    workers = tuple(w.name for w in spec.fleet.workers)
+    projects = [
+        Project(host, deploy / HOSTS_DIR / host, tuple(p for p in spec.processes_on(host) if p in workers))
+        for host in spec.hosts
+    ] or [Project("", deploy, workers)]
+    if not all((project.path / "docker-compose.yml").exists() for project in projects):
         raise UsageError(f"{deploy}: nothing rendered; run `synfleet render --dir {directory}` first")
     with world_readable_tempdir("synfleet-check-") as scratch:
-        mapping = {
-            COMPOSE.socket_dir: str(scratch / "sockets"),
-            COMPOSE.data_dir: str(scratch / "data"),
-            COMPOSE.config_dir: str(scratch / SYNAPSE_DIR),
-            COMPOSE.secrets_dir: str((directory / SECRETS_DIR).resolve()),
-            COMPOSE.nginx_log_dir: str(scratch / "nginx-logs"),
-            COMPOSE_NGINX_TEMP_DIR: str(scratch / "nginx-temp"),
-        }
-        if spec.tls.enabled:
-            mapping[COMPOSE.tls_certificate] = spec.tls.certificate
-            mapping[COMPOSE.tls_key] = spec.tls.key
-        yield nginx_test(deploy / DEPLOY_NGINX_CONFIG, mapping, scratch)
-        yield from synapse_load(deploy / SYNAPSE_DIR, mapping, scratch)
-        yield from consistency(deploy)
+        for project in projects:
+            mapping = {
+                COMPOSE.socket_dir: str(scratch / project.host / "sockets"),
+                COMPOSE.data_dir: str(scratch / project.host / "data"),
+                COMPOSE.config_dir: str(scratch / project.host / SYNAPSE_DIR),
+                COMPOSE.secrets_dir: str((directory / SECRETS_DIR).resolve()),
+                COMPOSE.nginx_log_dir: str(scratch / project.host / "nginx-logs"),
+                COMPOSE_NGINX_TEMP_DIR: str(scratch / project.host / "nginx-temp"),
+            }
+            if spec.tls.enabled:
+                mapping[COMPOSE.tls_certificate] = spec.tls.certificate
+                mapping[COMPOSE.tls_key] = spec.tls.key
+            (scratch / project.host).mkdir(exist_ok=True)
+            results = []
+            if project.nginx_conf.exists():  # a host that no other host reaches runs no nginx
+                conf = project.path / DEPLOY_NGINX_CONFIG
+                results.append(nginx_test(conf, mapping, scratch / project.host, fleet_addresses(spec)))
+            results += synapse_load(project.path / SYNAPSE_DIR, mapping, scratch / project.host)
+            yield from (CheckResult(project.label(r.name), r.ok, r.detail) for r in results)
+        yield from consistency(projects)

@@ -18,9 +18,10 @@ from synfleet.layout import SECRETS_DIR
 from synfleet.model.file import check_server_name
 from synfleet.model.load import FLEET_FILE, load_spec
 from synfleet.model.profiles import PROFILES
-from synfleet.render.deploy import render_deployment
+from synfleet.render.deploy import HOSTS_DIR, render_deployment, render_kubernetes_deployment
 from synfleet.render.files import write_file
 from synfleet.render.fleet_file import fleet_file_text
+from synfleet.render.kubernetes import namespace_name
 
 
 @click.command("init")
@@ -76,14 +77,47 @@ def init_command(
 
 @click.command("render")
 @DIR_OPTION
-def render_command(directory: Path) -> None:
-    """Write the deployment (nginx, Synapse, docker compose) into DIR/deploy."""
+@click.option(
+    "--target",
+    type=click.Choice(["compose", "kubernetes"]),
+    default="compose",
+    show_default=True,
+    help="compose: DIR/deploy for docker compose; kubernetes: manifests in DIR/deploy/kubernetes "
+    "(for kubectl apply -k), with an external PostgreSQL and Redis (database.host, redis.host).",
+)
+@click.option(
+    "--trial-services",
+    is_flag=True,
+    help="With --target kubernetes, for trials only: run PostgreSQL and Redis as single pods in the "
+    "cluster (no backups, no replicas) instead of the external ones of fleet.toml.",
+)
+def render_command(directory: Path, target: str, trial_services: bool) -> None:
+    """Write the deployment (nginx, Synapse, docker compose) into DIR/deploy, or Kubernetes
+    manifests into DIR/deploy/kubernetes."""
+    if trial_services and target != "kubernetes":
+        raise UsageError("--trial-services renders PostgreSQL and Redis pods: it needs --target kubernetes")
     spec = load_spec(directory)
-    target = render_deployment(spec, directory)
     fleet = spec.fleet
-    click.echo(f"rendered {len(fleet.workers)} Synapse processes for {spec.server_name} into {target}")
+    if target == "kubernetes":
+        written = render_kubernetes_deployment(spec, directory, trial_services)
+        click.echo(f"rendered {len(fleet.workers)} Synapse processes for {spec.server_name} into {written}")
+        click.echo(f"  namespace: {namespace_name(spec.server_name)}; secrets: {directory / SECRETS_DIR}")
+        if trial_services:
+            click.echo("  PostgreSQL and Redis: single trial pods in the namespace (not for production)")
+        click.echo(f"  apply with: kubectl apply -k {written}")
+        return
+    written = render_deployment(spec, directory)
+    click.echo(f"rendered {len(fleet.workers)} Synapse processes for {spec.server_name} into {written}")
     click.echo(f"  secrets: {directory / SECRETS_DIR} (kept across renders)")
-    click.echo(f"  start with docker compose: cd {target} && docker compose up -d")
+    if not spec.hosts:
+        click.echo(f"  start with docker compose: cd {written} && docker compose up -d")
+        return
+    click.echo(f"  one compose project per host; copy {directory} to each host, then on each:")
+    for host in spec.hosts:
+        names = ", ".join(spec.processes_on(host)) or "nothing"
+        click.echo(
+            f"    {host} ({spec.hosts[host].address}: {names}): cd {written / HOSTS_DIR / host} && docker compose up -d"
+        )
 
 
 @click.command("check")

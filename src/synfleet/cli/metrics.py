@@ -11,12 +11,13 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from synfleet.cli.options import DIR_OPTION
+from synfleet.cli.options import DIR_OPTION, HOST_OPTION
 from synfleet.errors import UsageError
 from synfleet.metrics.top import Row, Sample, nginx_rate, rows, sample
 from synfleet.model.file import FleetSpec
+from synfleet.model.load import load_spec
 from synfleet.run.paths import RunPaths
-from synfleet.run.plan import running_spec
+from synfleet.run.plan import check_host, running_spec
 
 
 def _view(spec: FleetSpec, before: Sample, after: Sample) -> Group:
@@ -47,6 +48,7 @@ def _view(spec: FleetSpec, before: Sample, after: Sample) -> Group:
 
 @click.command("top")
 @DIR_OPTION
+@HOST_OPTION
 @click.option(
     "--interval", type=click.FloatRange(0.5, 3600), default=2.0, show_default=True, help="Seconds per refresh."
 )
@@ -56,12 +58,15 @@ def _view(spec: FleetSpec, before: Sample, after: Sample) -> Group:
     default=None,
     help="Refresh this many times, then exit [default: until Ctrl-C on a terminal, else once].",
 )
-def top_command(directory: Path, interval: float, count: int | None) -> None:
+def top_command(directory: Path, host: str, interval: float, count: int | None) -> None:
     """Every running process's CPU, RSS, requests/s and replication lag (events behind the furthest
-    process), from its metrics listener. Needs `[metrics] enabled = true`."""
-    paths = RunPaths(directory)
+    process), from its metrics listener (with --host, that host's processes). Needs `[metrics]
+    enabled = true`."""
+    paths = RunPaths(directory, host)
+    check_host(paths, load_spec(directory))
     if not paths.supervisor_conf.exists():
-        raise UsageError(f"no fleet was started in {directory} (start it with: synfleet up --dir {directory})")
+        start = f"synfleet up --dir {directory}" + (f" --host {host}" if host else "")
+        raise UsageError(f"no fleet was started in {directory} (start it with: {start})")
     spec = running_spec(paths)
     if not spec.metrics.enabled:
         raise UsageError(
@@ -71,7 +76,7 @@ def top_command(directory: Path, interval: float, count: int | None) -> None:
     console = Console(highlight=False)
     if not console.is_terminal:  # a pipe or a file: room for the longest process and job names
         console = Console(highlight=False, width=120)
-    before = sample(spec)
+    before = sample(spec, host)
     if not any(before.processes.values()):
         raise UsageError(
             f"no process of the fleet answers on its metrics port: is it running? (synfleet status --dir {directory})"
@@ -83,7 +88,7 @@ def top_command(directory: Path, interval: float, count: int | None) -> None:
             live.start()
         while remaining is None or remaining > 0:
             time.sleep(interval)
-            after = sample(spec)
+            after = sample(spec, host)
             view = _view(spec, before, after)
             if live:
                 live.update(view, refresh=True)

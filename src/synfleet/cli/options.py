@@ -26,6 +26,14 @@ DIR_OPTION = click.option(
 )
 
 
+HOST_OPTION = click.option(
+    "--host",
+    default="",
+    metavar="NAME",
+    help="In a fleet on several hosts ([hosts] in fleet.toml): the host whose share runs here.",
+)
+
+
 def make_directory(directory: Path) -> None:
     """Create a deployment directory (and its parents) if it does not exist."""
     try:

@@ -17,10 +17,28 @@ from synfleet.model.fleet import Role
 from synfleet.model.load import load_spec
 from synfleet.nginx.ketama import moved, spread
 from synfleet.nginx.upstream import Upstream
+from synfleet.render.kubernetes import routing_plan
 from synfleet.routing.corpus import room_keys
 from synfleet.routing.evaluate import Decision, evaluate
 from synfleet.routing.plan import GROWABLE, RoutingPlan, upstream_name
 from synfleet.run.paths import RunPaths, deployed_plan
+
+TARGET_OPTION = click.option(
+    "--target",
+    type=click.Choice(["deployed", "kubernetes"]),
+    default="deployed",
+    show_default=True,
+    help="deployed: the native run if `synfleet up` ran in DIR, else compose; kubernetes: the "
+    "manifests of `render --target kubernetes` (workers at their Services).",
+)
+
+
+def _plan(directory: Path, target: str) -> RoutingPlan:
+    """The plan whose upstream texts nginx hashes on ``target``."""
+    spec = load_spec(directory)
+    if target == "kubernetes":
+        return routing_plan(spec.fleet)
+    return deployed_plan(RunPaths(directory), spec)
 
 
 def parse_header(text: str) -> tuple[str, str]:
@@ -82,6 +100,7 @@ def _batch(plan: RoutingPlan, source: BinaryIO, headers: dict[str, str], remote_
 @click.option("--batch", type=click.File("rb"), help="Read 'METHOD URL' lines from FILE ('-': stdin).")
 @click.option("-H", "--header", "header_lines", multiple=True, metavar="'NAME: VALUE'", help="Request header.")
 @click.option("--from", "remote_addr", default="127.0.0.1", show_default=True, help="Client address.")
+@TARGET_OPTION
 @click.argument("method", required=False)
 @click.argument("url", required=False)
 def route_command(
@@ -90,6 +109,7 @@ def route_command(
     batch: BinaryIO | None,
     header_lines: tuple[str, ...],
     remote_addr: str,
+    target: str,
     method: str | None,
     url: str | None,
 ) -> None:
@@ -101,7 +121,7 @@ def route_command(
     synfleet route --json --batch requests.txt
     """
     headers = dict(parse_header(h) for h in header_lines)
-    plan = deployed_plan(RunPaths(directory), load_spec(directory).fleet)
+    plan = _plan(directory, target)
     if batch is not None:
         if method or url:
             raise UsageError("give either --batch FILE or METHOD URL, not both")
@@ -140,10 +160,11 @@ def route_command(
     type=click.IntRange(0, 100),
     help="Also show what moves when the group gets this many more workers.",
 )
-def ring_command(directory: Path, group: str, key_count: int, grow: int) -> None:
+@TARGET_OPTION
+def ring_command(directory: Path, group: str, key_count: int, grow: int, target: str) -> None:
     """Show how nginx's consistent hash spreads keys over a group, and how many move when it grows."""
     role = Role(group)
-    plan = deployed_plan(RunPaths(directory), load_spec(directory).fleet)
+    plan = _plan(directory, target)
     before = plan.upstreams.get(upstream_name(role))
     if before is None:
         raise UsageError(f"the fleet has no {group} workers")
@@ -151,7 +172,9 @@ def ring_command(directory: Path, group: str, key_count: int, grow: int) -> None
     console = Console(highlight=False)
     _print_spread(console, before, keys, f"{len(before.workers)} {group} workers")
     if grow:
-        after = plan.grown(role, grow).upstreams[upstream_name(role)]
+        # On Kubernetes a new worker is reached at its pod's Service, like the others.
+        grown = routing_plan(plan.fleet.grown(role, grow)) if target == "kubernetes" else plan.grown(role, grow)
+        after = grown.upstreams[upstream_name(role)]
         _print_spread(console, after, keys, f"{len(after.workers)} {group} workers")
         changed, total = moved(before.ring, after.ring, keys)
         ideal = grow / len(after.workers)

@@ -13,15 +13,20 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from synfleet.cli.options import DIR_OPTION, make_directory
-from synfleet.errors import UsageError
-from synfleet.model.load import load_spec
+from synfleet.cli.options import DIR_OPTION, HOST_OPTION, make_directory
+from synfleet.errors import FleetError, UsageError
+from synfleet.layout import SECRETS_DIR
+from synfleet.model.file import FleetSpec
+from synfleet.model.fleet import Service
+from synfleet.model.load import FLEET_FILE, load_spec
+from synfleet.render.hosts import runs_nginx
 from synfleet.run import service
 from synfleet.run.apply import apply, plan_change
 from synfleet.run.backup import backup, restore
 from synfleet.run.fleet import ORPHANED, FleetStatus, ProcessStatus, down, status, up
 from synfleet.run.logs import follow, log_files, tail
-from synfleet.run.paths import RunPaths, place_run_directory
+from synfleet.run.paths import RunPaths, main_paths, place_run_directory
+from synfleet.run.plan import check_host, one_host
 from synfleet.run.register import register_user
 from synfleet.run.supervisor import Supervisor
 from synfleet.run.upgrade import upgrade_compose, upgrade_native
@@ -30,23 +35,31 @@ from synfleet.system import Memory
 
 @click.command("up")
 @DIR_OPTION
+@HOST_OPTION
 @click.option(
     "--foreground",
     is_flag=True,
     help="Keep running with the supervisor as a child until it exits (for systemd; see `synfleet service`).",
 )
-def up_command(directory: Path, foreground: bool) -> None:
-    """Start PostgreSQL, Redis, Synapse main and workers, and nginx here; return when all are healthy."""
+def up_command(directory: Path, host: str, foreground: bool) -> None:
+    """Start PostgreSQL, Redis, Synapse main and workers, and nginx here; return when all are healthy.
+    In a fleet on several hosts, --host NAME starts that host's share."""
     console = Console(highlight=False)
     make_directory(directory)  # a new deployment directory runs the default fleet
     spec = load_spec(directory)
-    if moved := place_run_directory(directory):
+    paths = RunPaths(directory, host)
+    check_host(paths, spec)
+    if moved := place_run_directory(directory, host):
         console.print(f"  {directory} is out of the fleet's accounts' reach: its run directory is {moved}")
-    supervisor = Supervisor(RunPaths(directory)) if foreground else None
-    seconds = up(RunPaths(directory), spec, lambda line: console.print("  " + line), supervisor)
+    supervisor = Supervisor(paths) if foreground else None
+    seconds = up(paths, spec, lambda line: console.print("  " + line), supervisor)
     if supervisor is not None and supervisor.process is not None:
         console.print(f"fleet up in {seconds:.1f}s; supervising in the foreground (pid {supervisor.process.pid})")
         sys.exit(supervisor.process.wait() or 0)
+    if host and spec.host_of(Service.NGINX) != host:
+        console.print(f"host {host} up in {seconds:.1f}s: {', '.join(spec.processes_on(host))}")
+        console.print(f"  stop with: synfleet down --dir {directory} --host {host}")
+        return
     console.print(
         f"fleet up in {seconds:.1f}s: http://{spec.listen.bind}:{spec.listen.http_port}/ "
         f"(server name {spec.server_name})"
@@ -58,10 +71,19 @@ def up_command(directory: Path, foreground: bool) -> None:
 
 @click.command("down")
 @DIR_OPTION
-def down_command(directory: Path) -> None:
-    """Stop everything `up` started; sockets are removed, data is kept."""
+@HOST_OPTION
+def down_command(directory: Path, host: str) -> None:
+    """Stop everything `up` started (with --host, that host's share); sockets are removed, data is kept."""
     console = Console(highlight=False)
-    if down(RunPaths(directory), console.print):
+    paths = RunPaths(directory, host)
+    if not paths.run.exists():  # nothing to stop here: say so, or which host was meant
+        try:
+            spec = load_spec(directory)
+        except FleetError:
+            spec = None
+        if spec is not None:
+            check_host(paths, spec)
+    if down(paths, console.print):
         console.print("fleet stopped (data kept)")
     else:
         console.print("the fleet was not running")
@@ -75,14 +97,19 @@ def _duration(seconds: float) -> str:
 
 @click.command("status")
 @DIR_OPTION
+@HOST_OPTION
 @click.option("--json", "as_json", is_flag=True, help="Print the same figures as JSON, for scripts and monitoring.")
-def status_command(directory: Path, as_json: bool) -> None:
-    """Show every process: state, pid, health, uptime, memory, socket."""
+def status_command(directory: Path, host: str, as_json: bool) -> None:
+    """Show every process: state, pid, health, uptime, memory, socket (with --host, that host's).
+    A fleet on several hosts without --host: which host runs what, and which shares run here."""
     spec = load_spec(directory)
-    fleet = status(RunPaths(directory), spec)
+    if spec.hosts and not host:
+        _print_placement(directory, spec, as_json)
+        return
+    fleet = status(RunPaths(directory, host), spec)
     rows = fleet.processes
     if as_json:
-        _print_status_json(directory, spec.server_name, fleet)
+        _print_status_json(directory, spec.server_name, host, fleet)
     console = Console(highlight=False)
     if not rows:
         console.print("the fleet is not running (start it with: synfleet up)")
@@ -95,7 +122,7 @@ def status_command(directory: Path, as_json: bool) -> None:
             f"`synfleet up --dir {directory}` brings the fleet back under supervision, `synfleet down` stops them"
         )
         sys.exit(1)
-    table = Table()
+    table = Table(title=f"host {host} ({spec.hosts[host].address})" if host else None)
     for column in ("process", "state", "pid", "health", "uptime", "RSS", "PSS", "socket"):
         table.add_column(column, justify="right" if column in ("pid", "RSS", "PSS", "uptime") else "left")
     for row in rows:
@@ -121,6 +148,37 @@ def status_command(directory: Path, as_json: bool) -> None:
         sys.exit(1)
 
 
+def _print_placement(directory: Path, spec: FleetSpec, as_json: bool) -> None:
+    hosts = []
+    for name, host in spec.hosts.items():
+        rows = status(RunPaths(directory, name), spec).processes
+        running = bool(rows) and not all(row.state == ORPHANED for row in rows)
+        healthy = sum(row.healthy for row in rows) if running else 0
+        processes = spec.processes_on(name)
+        if runs_nginx(spec, name) and Service.NGINX not in processes:
+            processes.append(Service.NGINX.value)  # for the links from other hosts
+        hosts.append((name, host.address, processes, running, healthy))
+    if as_json:
+        document = {
+            "directory": str(directory.resolve()),
+            "server_name": spec.server_name,
+            "hosts": [
+                {"name": n, "address": a, "processes": p, "running_here": r, "healthy_here": h}
+                for n, a, p, r, h in hosts
+            ],
+        }
+        click.echo(json.dumps(document, indent=2))
+        return
+    table = Table(title=f"{spec.server_name} on {len(hosts)} hosts")
+    for column in ("host", "address", "processes", "here"):
+        table.add_column(column)
+    for name, address, processes, running, healthy in hosts:
+        here = f"running, {healthy} of {len(processes)} healthy" if running else "-"
+        table.add_row(name, address, ", ".join(processes), here)
+    Console(highlight=False).print(table)
+    click.echo("each host's own: synfleet status --host NAME (on that host)")
+
+
 def _mib(kib: int) -> str:
     return f"{kib / 1024:.0f} MiB"
 
@@ -132,11 +190,12 @@ def _exit_status(rows: list[ProcessStatus]) -> int:
     return 0 if all(row.healthy for row in rows) and not any(row.state == ORPHANED for row in rows) else 1
 
 
-def _print_status_json(directory: Path, server_name: str, fleet: FleetStatus) -> NoReturn:
+def _print_status_json(directory: Path, server_name: str, host: str, fleet: FleetStatus) -> NoReturn:
     rows = fleet.processes
     document = {
         "directory": str(directory.resolve()),
         "server_name": server_name,
+        "host": host or None,
         "running": bool(rows) and not all(row.state == ORPHANED for row in rows),
         "processes": [
             {
@@ -169,12 +228,16 @@ def _memory_json(memory: Memory) -> dict[str, int]:
 
 @click.command("logs")
 @DIR_OPTION
+@HOST_OPTION
 @click.argument("name", required=False)
 @click.option("-f", "--follow", "follow_", is_flag=True, help="Keep printing new lines (Ctrl-C to stop).")
 @click.option("-n", "--lines", default=40, show_default=True, type=click.IntRange(0, 100_000))
-def logs_command(directory: Path, name: str | None, follow_: bool, lines: int) -> None:
-    """Show a process's log (NAME: main, a worker, postgres, redis, nginx); without NAME, every log."""
-    logs = log_files(RunPaths(directory))
+def logs_command(directory: Path, host: str, name: str | None, follow_: bool, lines: int) -> None:
+    """Show a process's log (NAME: main, a worker, postgres, redis, nginx); without NAME, every log
+    (with --host, of that host's processes)."""
+    paths = RunPaths(directory, host)
+    check_host(paths, load_spec(directory))
+    logs = log_files(paths)
     if name is not None and name not in logs:
         raise UsageError(f"no process {name!r}; choose from: {', '.join(logs)}")
     chosen = {name: logs[name]} if name else logs
@@ -215,7 +278,8 @@ def user_add_command(directory: Path, name: str, password: str, admin: bool, soc
         raise UsageError("--password: must not be empty")
     if socket_path is not None and not socket_path.is_socket():
         raise UsageError(f"--socket: {socket_path} is not a socket")
-    user_id = register_user(RunPaths(directory), name, password, admin, socket_path)["user_id"]
+    paths = main_paths(directory, load_spec(directory))
+    user_id = register_user(paths, name, password, admin, socket_path)["user_id"]
     click.echo(f"created {user_id}" + (" (admin)" if admin else ""))
 
 
@@ -226,7 +290,13 @@ def apply_command(directory: Path, dry_run: bool) -> None:
     """Bring the running fleet to what fleet.toml says, restarting only what must restart."""
     console = Console(highlight=False)
     paths = RunPaths(directory)
-    change = plan_change(paths, load_spec(directory))
+    spec = load_spec(directory)
+    one_host(
+        spec,
+        "apply changes a fleet on one host; on several, run `synfleet down --host NAME` and "
+        "`synfleet up --host NAME` on each host whose share changed (main's host first)",
+    )
+    change = plan_change(paths, spec)
     for line in change.lines():
         console.print(escape(line))
     if dry_run or change.empty:
@@ -252,6 +322,12 @@ def upgrade_command(directory: Path, version: str | None, force: bool) -> None:
         console.print("  " + line)
 
     if version is None:
+        one_host(
+            load_spec(directory),
+            "upgrade restarts a fleet on one host; on several, install the new release on every host, then "
+            "`synfleet down --host NAME` on each and `synfleet up --host NAME` on main's host first (it "
+            "migrates the database), then on the others",
+        )
         upgrade_native(RunPaths(directory), force, report)
         return
     for command in upgrade_compose(directory, version, force, report):
@@ -268,6 +344,11 @@ def upgrade_command(directory: Path, version: str | None, force: bool) -> None:
 def backup_command(directory: Path, out: Path | None) -> None:
     """Write the running fleet (database, media, signing key, secrets, fleet.toml) to one archive."""
     console = Console(highlight=False)
+    one_host(
+        load_spec(directory),
+        "backup reads a fleet on one host; on several, back up PostgreSQL on its host (pg_dump), the "
+        f"media store on the media host, and {directory / SECRETS_DIR}",
+    )
     if out is None:
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         out = directory / "backups" / f"{load_spec(directory).server_name}-{stamp}.backup"
@@ -294,10 +375,13 @@ def service_group() -> None:
 
 @service_group.command("install")
 @DIR_OPTION
+@HOST_OPTION
 @click.option("--print", "print_only", is_flag=True, help="Print the unit instead (for managing units yourself).")
-def service_install_command(directory: Path, print_only: bool) -> None:
-    """Write, enable and start a systemd unit for the fleet in DIR."""
-    paths = RunPaths(directory)
+def service_install_command(directory: Path, host: str, print_only: bool) -> None:
+    """Write, enable and start a systemd unit for the fleet in DIR (with --host, for that host's share)."""
+    paths = RunPaths(directory, host)
+    if host or (directory / FLEET_FILE).exists():
+        check_host(paths, load_spec(directory))
     if print_only:
         click.echo(f"# {service.UNIT_DIR / service.unit_name(paths)}")
         click.echo(service.unit_text(paths), nl=False)
@@ -307,6 +391,7 @@ def service_install_command(directory: Path, print_only: bool) -> None:
 
 @service_group.command("remove")
 @DIR_OPTION
-def service_remove_command(directory: Path) -> None:
-    """Stop, disable and remove the fleet's systemd unit."""
-    click.echo(f"removed {service.remove(RunPaths(directory))}")
+@HOST_OPTION
+def service_remove_command(directory: Path, host: str) -> None:
+    """Stop, disable and remove the fleet's systemd unit (with --host, that host's share's)."""
+    click.echo(f"removed {service.remove(RunPaths(directory, host))}")

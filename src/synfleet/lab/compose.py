@@ -45,7 +45,9 @@ class Container:
 
 @dataclass
 class ComposeProject:
-    """One compose project: ``deploy`` (the rendered directory) under the name ``name``."""
+    """One compose project: ``deploy`` (the rendered directory) under the name ``name``, run by
+    ``podman`` (inside a lab host's network namespace for a project whose containers use the
+    host's network)."""
 
     deploy: Path
     name: str
@@ -53,8 +55,8 @@ class ComposeProject:
 
     def compose(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
         # Each service in its own network namespace, as Docker Compose runs them (not one pod).
-        command = [sys.executable, "-m", "podman_compose", "--in-pod", "false", "-f", COMPOSE_FILE, "-p", self.name]
-        command += args
+        command = [*self.podman.prefix, sys.executable, "-m", "podman_compose", "--in-pod", "false"]
+        command += ["-f", COMPOSE_FILE, "-p", self.name, *args]
         return subprocess.run(
             command, cwd=self.deploy, env=self.podman.env, capture_output=True, text=True, timeout=timeout
         )
@@ -79,6 +81,15 @@ class ComposeProject:
             if ids:
                 self.podman.run("stop", "-t", "10", *ids, timeout=120)
         self._checked("down", *(["--volumes"] if volumes else []))
+
+    def remove(self) -> None:
+        """Stop the project and remove its volumes; a LabError if any of its containers is left."""
+        try:
+            self.down(volumes=True)
+        finally:
+            left = self.podman.check("ps", "-a", "-q", "--filter", f"label={PROJECT_LABEL}={self.name}").split()
+            if left:
+                raise LabError(f"{self.name}: containers left behind: {', '.join(left)}")
 
     def stop_order(self) -> list[list[str]]:
         """The services in layers: each layer depends only on later ones."""

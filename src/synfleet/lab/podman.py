@@ -10,7 +10,7 @@ import resource
 import shutil
 import subprocess
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -46,9 +46,21 @@ def containers_conf() -> str:
 
 @dataclass(frozen=True)
 class Podman:
-    """The podman command with this machine's settings in its environment."""
+    """The podman command with this machine's settings in its environment; with ``netns``, run in
+    that network namespace (where containers on the host's network live, and where their
+    healthchecks and ``exec`` must run too)."""
 
     env: dict[str, str]
+    netns: str = ""
+
+    def inside(self, netns: str) -> Podman:
+        return replace(self, netns=netns)
+
+    @property
+    def prefix(self) -> list[str]:
+        """``nsenter`` into the network namespace alone: `ip netns exec` would also mount a new
+        /sys, without the cgroup mounts runc needs."""
+        return ["nsenter", f"--net=/run/netns/{self.netns}"] if self.netns else []
 
     @classmethod
     def for_this_machine(cls) -> Podman:
@@ -68,7 +80,7 @@ class Podman:
         self, *args: str, stdin: IO[Any] | None = None, timeout: float | None = None
     ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            ["podman", *args], env=self.env, stdin=stdin, capture_output=True, text=True, timeout=timeout
+            [*self.prefix, "podman", *args], env=self.env, stdin=stdin, capture_output=True, text=True, timeout=timeout
         )
 
     def build(self, *args: str) -> subprocess.CompletedProcess[str]:

@@ -49,9 +49,10 @@ def targets(spec: FleetSpec) -> list[Target]:
     return result
 
 
-def scrape_config(spec: FleetSpec, host: Callable[[Target], str]) -> dict[str, Any]:
+def scrape_config(spec: FleetSpec, host: Callable[[Target], str | None]) -> dict[str, Any]:
     """A Prometheus configuration scraping every process, each at ``host(target):port`` (127.0.0.1
-    natively, the compose service's name in containers)."""
+    natively, the compose service's name in containers); a process whose host is None is left out
+    (on a fleet of several hosts, each host's Prometheus scrapes its own processes)."""
     return {
         "global": {"scrape_interval": SCRAPE_INTERVAL, "evaluation_interval": SCRAPE_INTERVAL},
         "scrape_configs": [
@@ -59,7 +60,9 @@ def scrape_config(spec: FleetSpec, host: Callable[[Target], str]) -> dict[str, A
                 "job_name": "synapse",
                 "metrics_path": METRICS_PATH,
                 "static_configs": [
-                    {"targets": [f"{host(t)}:{t.port}"], "labels": t.labels(spec.server_name)} for t in targets(spec)
+                    {"targets": [f"{address}:{t.port}"], "labels": t.labels(spec.server_name)}
+                    for t in targets(spec)
+                    if (address := host(t)) is not None
                 ],
             }
         ],

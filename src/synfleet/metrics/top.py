@@ -36,8 +36,9 @@ class Row:
     events_behind: int = 0
 
 
-def sample(spec: FleetSpec) -> Sample:
-    found = targets(spec)
+def sample(spec: FleetSpec, host: str = "") -> Sample:
+    """Every process's metrics (with ``host``, those of that host's processes), and nginx's status."""
+    found = [t for t in targets(spec) if spec.host_of(t.process) == host]
     with ThreadPoolExecutor(max_workers=8) as pool:
         scrapes = list(pool.map(lambda t: scrape(HOST, t.port), found))
     status = nginx_status(HOST, spec.metrics.nginx_status_port)
@@ -56,6 +57,8 @@ def rows(spec: FleetSpec, before: Sample, after: Sample) -> list[Row]:
     furthest = max((_events_position(s) for s in live.values()), default=0.0)
     result = []
     for target in targets(spec):
+        if target.process not in after.processes:
+            continue  # on another host
         now, then = after.processes.get(target.process), before.processes.get(target.process)
         if now is None or then is None:
             result.append(Row(target.process, target.job, up=False))

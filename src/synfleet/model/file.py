@@ -237,6 +237,31 @@ class Redis(Section):
         return not self.host
 
 
+class Host(Section):
+    """A machine of a fleet on several hosts: where the others reach it (a private address)."""
+
+    address: str
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        try:
+            return str(ipaddress.ip_address(value))
+        except ValueError:
+            raise ValueError(
+                f"must be an IP address such as 10.0.0.2 (the host's private address), got {value!r}"
+            ) from None
+
+
+class Transport(Section):
+    """The TCP ports of the links between hosts, on each host's private address: a Synapse process's
+    inbound HTTP at ``inbound_base_port`` + its index, its replication at ``replication_base_port``
+    + its index (PostgreSQL and Redis keep ``database.port`` and ``redis.port``)."""
+
+    inbound_base_port: Port = 18100
+    replication_base_port: Port = 18600
+
+
 class Resources(Section):
     """Limits for one docker compose service."""
 
@@ -340,6 +365,9 @@ class FleetSpec(Section):
     synapse: Synapse = Field(default_factory=Synapse)
     images: Images = Field(default_factory=Images)
     resources: dict[str, Resources] = Field(default_factory=dict)
+    hosts: dict[str, Host] = Field(default_factory=dict)
+    placement: dict[str, str | list[str]] = Field(default_factory=dict)
+    transport: Transport = Field(default_factory=Transport)
 
     _server_name = field_validator("server_name")(check_server_name)
 
@@ -409,6 +437,123 @@ class FleetSpec(Section):
                 f"ports ({self.metrics.base_port}-{last}); pick one outside that range"
             )
         return self
+
+    @field_validator("hosts")
+    @classmethod
+    def _hosts(cls, value: dict[str, Host]) -> dict[str, Host]:
+        seen: dict[str, str] = {}
+        for name, host in value.items():
+            if not NAME_PATTERN.fullmatch(name):
+                raise ValueError(f"{name}: a host name may only use a-z, 0-9 and _")
+            if host.address in seen:
+                raise ValueError(f"{name}: address {host.address} is also host {seen[host.address]}'s")
+            seen[host.address] = name
+        return value
+
+    @model_validator(mode="after")
+    def _transport_ports(self) -> Self:
+        """Each process's inbound and replication ports fit below 65536 and do not overlap."""
+        count = len(self.fleet.workers)
+        inbound, replication = self.transport.inbound_base_port, self.transport.replication_base_port
+        for key, first in (("inbound_base_port", inbound), ("replication_base_port", replication)):
+            if first + count - 1 > 65535:
+                raise ValueError(
+                    f"transport.{key}: {first} leaves no room for {count} processes' ports (ports end at 65535)"
+                )
+        if inbound < replication + count and replication < inbound + count:
+            raise ValueError(
+                f"transport: the inbound ports ({inbound}-{inbound + count - 1}) and the replication ports "
+                f"({replication}-{replication + count - 1}) overlap; move one base"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _placement(self) -> Self:
+        if self.placement and not self.hosts:
+            raise ValueError("placement: places processes on hosts, but there is no [hosts.<name>] with an address")
+        if not self.hosts:
+            return self
+        names = {w.name for w in self.fleet.workers}
+        groups = {*(w.role.value for w in self.fleet.workers), *(s.value for s in Service)}
+        for key, value in self.placement.items():
+            hosts = [value] if isinstance(value, str) else value
+            where = f"placement.{key}"
+            if key != "default" and key not in groups and key not in names:
+                known = ", ".join(["default", *sorted(groups), *sorted(names - groups)])
+                raise ValueError(f"{where}: no group or process of that name in this fleet; known: {known}")
+            if not hosts:
+                raise ValueError(f"{where}: names no host")
+            for host in hosts:
+                if host not in self.hosts:
+                    raise ValueError(f"{where}: no host {host!r}; hosts: {', '.join(self.hosts)}")
+            if len(hosts) > 1 and (key == "default" or key in names or key in tuple(Service)):
+                raise ValueError(f"{where}: one process runs on one host; a list spreads a group of workers")
+        if "default" not in self.placement and len(self.hosts) > 1:
+            raise ValueError(
+                "placement.default: required with more than one host (where nginx, main, PostgreSQL and Redis run "
+                "unless placed)"
+            )
+        for service, section in ((Service.POSTGRES, self.database), (Service.REDIS, self.redis)):
+            if service.value in self.placement and not section.local:
+                raise ValueError(f"placement.{service.value}: the fleet uses an external one ({section.host})")
+        media = {self.host_of(w.name) for w in self.fleet.with_role(Role.MEDIA)}
+        if len(media) > 1:
+            raise ValueError(
+                f"placement: media workers on hosts {', '.join(sorted(media))}; they must share one media store, "
+                "so place them on one host"
+            )
+        return self
+
+    def host_of(self, process: str) -> str:
+        """The host ``process`` (a Synapse process or a service) runs on; "" without [hosts]."""
+        if not self.hosts:
+            return ""
+        if process in self.placement:
+            value = self.placement[process]
+            return value if isinstance(value, str) else value[0]
+        default = self.placement.get("default", next(iter(self.hosts)))
+        fallback = default if isinstance(default, str) else default[0]
+        if process in tuple(Service):
+            return fallback
+        worker = self.fleet.worker(process)
+        group = self.placement.get(worker.role.value)
+        if group is None:
+            return fallback
+        if isinstance(group, str):
+            return group
+        return group[self.fleet.with_role(worker.role).index(worker) % len(group)]
+
+    def address_of(self, host: str, port: int) -> str:
+        """``host``'s private address with ``port``, as nginx and Synapse write it."""
+        address = self.hosts[host].address
+        return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+    def inbound_port(self, process: str) -> int:
+        """The TCP port on its host's private address where a Synapse process takes requests from
+        another host's nginx (multi-host fleets)."""
+        return self.transport.inbound_base_port + self.fleet.workers.index(self.fleet.worker(process))
+
+    def replication_port(self, process: str) -> int:
+        """The TCP port on its host's private address where a Synapse process takes replication
+        requests from other hosts (multi-host fleets)."""
+        return self.transport.replication_base_port + self.fleet.workers.index(self.fleet.worker(process))
+
+    def remote_inbound(self, viewpoint: str) -> dict[str, str]:
+        """The Synapse processes on other hosts than ``viewpoint``, each with the address:port
+        where that host takes its inbound requests; empty without [hosts]."""
+        return {
+            w.name: self.address_of(self.host_of(w.name), self.inbound_port(w.name))
+            for w in self.fleet.workers
+            if self.hosts and self.host_of(w.name) != viewpoint
+        }
+
+    def processes_on(self, host: str) -> list[str]:
+        """The processes of ``host``: its services and Synapse processes, in the fleet's order."""
+        local = [s.value for s in Service if self._runs_here(s.value)]
+        return [p for p in [*local, *(w.name for w in self.fleet.workers)] if self.host_of(p) == host]
+
+    def _runs_here(self, service: str) -> bool:
+        return {Service.POSTGRES.value: self.database.local, Service.REDIS.value: self.redis.local}.get(service, True)
 
     @property
     def baseurl(self) -> str:

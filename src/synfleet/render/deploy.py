@@ -1,6 +1,9 @@
-"""`synfleet render`: the docker compose deployment directory, written atomically.
+"""`synfleet render`: the docker compose deployment directory, or its Kubernetes subdirectory,
+written atomically.
 
-:func:`render_files` is shared by every target: nginx and Synapse files for one layout.
+:func:`render_files` is shared by the compose and native targets: nginx and Synapse files for one
+layout. The Kubernetes target (:mod:`synfleet.render.kubernetes`) runs nginx with compose's
+container layout.
 """
 
 from __future__ import annotations
@@ -8,8 +11,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from synfleet.errors import UsageError
 from synfleet.layout import (
     COMPOSE,
+    COMPOSE_HOST,
     COMPOSE_HTTP_PORT,
     COMPOSE_HTTPS_PORT,
     COMPOSE_NGINX_TEMP_DIR,
@@ -20,9 +25,12 @@ from synfleet.layout import (
     Layout,
 )
 from synfleet.model.file import FleetSpec
+from synfleet.model.fleet import Service
 from synfleet.model.pem import check_files
-from synfleet.render.compose import SYNAPSE_IMAGE_GID, SYNAPSE_IMAGE_UID, render_compose
+from synfleet.render.compose import SYNAPSE_IMAGE_GID, SYNAPSE_IMAGE_UID, publish_address, render_compose
 from synfleet.render.files import Rendered, chown_tree, write_tree
+from synfleet.render.hosts import gateways, local_metrics
+from synfleet.render.kubernetes import KUBERNETES_DIR, PRIVATE_MANIFESTS, kubernetes_spec, render_kubernetes
 from synfleet.render.metrics import metrics_files
 from synfleet.render.nginx import NginxLayout, NginxTls, render_nginx, site_of
 from synfleet.render.processes import synapse_processes
@@ -31,6 +39,8 @@ from synfleet.render.synapse import render_synapse
 from synfleet.routing.plan import RoutingPlan
 
 DEPLOY_DIR = "deploy"
+#: Under the deployment, one compose project per host of a fleet on several hosts.
+HOSTS_DIR = "hosts"
 
 
 def nginx_tls(spec: FleetSpec, listen: str, certificate: str, key: str, http2_on: bool) -> NginxTls | None:
@@ -47,30 +57,58 @@ def nginx_tls(spec: FleetSpec, listen: str, certificate: str, key: str, http2_on
     )
 
 
-def compose_nginx_layout(spec: FleetSpec) -> NginxLayout:
-    # The image's nginx version is not known here: the listen flag works in every version.
-    tls = nginx_tls(spec, str(COMPOSE_HTTPS_PORT), COMPOSE.tls_certificate, COMPOSE.tls_key, http2_on=False)
+def compose_nginx_layout(spec: FleetSpec, host: str = "") -> NginxLayout:
+    """nginx in its container (compose's and Kubernetes' alike); with ``host``, on that host's
+    network in its project of a fleet on several hosts: the public listeners if it is the front,
+    and the links from the other hosts."""
+    if not host:
+        # The image's nginx version is not known here: the listen flag works in every version.
+        tls = nginx_tls(spec, str(COMPOSE_HTTPS_PORT), COMPOSE.tls_certificate, COMPOSE.tls_key, http2_on=False)
+        return NginxLayout(
+            log_dir=COMPOSE.nginx_log_dir,
+            listen=(str(COMPOSE_HTTP_PORT),),
+            temp_dir=COMPOSE_NGINX_TEMP_DIR,
+            tls=tls,
+            status_listen=str(spec.metrics.nginx_status_port) if spec.metrics.enabled else None,
+        )
+    front = spec.host_of(Service.NGINX) == host
+    bind = publish_address(spec.listen.bind)
+    https = f"{bind}:{spec.listen.https_port}"
     return NginxLayout(
         log_dir=COMPOSE.nginx_log_dir,
-        listen=(str(COMPOSE_HTTP_PORT),),
+        listen=(f"{bind}:{spec.listen.http_port}",) if front else (),
         temp_dir=COMPOSE_NGINX_TEMP_DIR,
-        tls=tls,
-        status_listen=str(spec.metrics.nginx_status_port) if spec.metrics.enabled else None,
+        tls=nginx_tls(spec, https, COMPOSE.tls_certificate, COMPOSE.tls_key, http2_on=False) if front else None,
+        status_listen=f"127.0.0.1:{spec.metrics.nginx_status_port}" if spec.metrics.enabled else None,
+        gateways=gateways(spec, host, COMPOSE_HOST),
+        front=front,
     )
 
 
 def render_files(
-    spec: FleetSpec, layout: Layout, nginx_layout: NginxLayout, secrets: dict[str, str], nginx_dir: str
+    spec: FleetSpec,
+    layout: Layout,
+    nginx_layout: NginxLayout,
+    secrets: dict[str, str],
+    nginx_dir: str,
+    host: str = "",
 ) -> dict[str, str]:
     """nginx (into ``nginx_dir``) and Synapse files for one layout, by path relative to the
-    deployment's root."""
-    plan = RoutingPlan(spec.fleet, socket_dir=layout.socket_dir)
+    deployment's root; with ``host``, that host's share of a fleet on several hosts."""
+    remote = spec.remote_inbound(spec.host_of(Service.NGINX)) if spec.hosts else {}
+    plan = RoutingPlan(spec.fleet, socket_dir=layout.socket_dir, remote=remote)
     files = {f"{nginx_dir}/{name}": text for name, text in render_nginx(plan, nginx_layout, site_of(spec)).items()}
-    files.update({f"{SYNAPSE_DIR}/{name}": text for name, text in render_synapse(spec, layout, secrets).items()})
+    synapse = render_synapse(spec, layout, secrets, host)
+    files.update({f"{SYNAPSE_DIR}/{name}": text for name, text in synapse.items()})
     return files
 
 
 def render_compose_deployment(spec: FleetSpec, secrets: dict[str, str]) -> Rendered:
+    """The compose project; on several hosts, one per host in ``hosts/<name>``."""
+    if spec.hosts:
+        projects = [(f"{HOSTS_DIR}/{host}/", render_host_project(spec, secrets, host)) for host in spec.hosts]
+        files = {prefix + name: text for prefix, project in projects for name, text in project.items()}
+        return Rendered(files, directories=tuple(f"{HOSTS_DIR}/{host}/{DEPLOY_NGINX_LOGS}" for host in spec.hosts))
     files = render_files(spec, COMPOSE, compose_nginx_layout(spec), secrets, DEPLOY_NGINX_CONFIG)
     files.update(render_compose(spec, secrets))
     services = {process.name: process.service for process in synapse_processes(spec.fleet, COMPOSE)}
@@ -78,13 +116,42 @@ def render_compose_deployment(spec: FleetSpec, secrets: dict[str, str]) -> Rende
     return Rendered(files, directories=(DEPLOY_NGINX_LOGS,))
 
 
+def render_host_project(spec: FleetSpec, secrets: dict[str, str], host: str) -> dict[str, str]:
+    """One host's compose project of a fleet on several hosts (see :mod:`synfleet.render.hosts`)."""
+    nginx_layout = compose_nginx_layout(spec, host)
+    files = render_files(spec, COMPOSE_HOST, nginx_layout, secrets, DEPLOY_NGINX_CONFIG, host)
+    if not (nginx_layout.front or nginx_layout.gateways):
+        files = {name: text for name, text in files.items() if not name.startswith(DEPLOY_NGINX_CONFIG)}
+    files.update(render_compose(spec, secrets, host))
+    files.update(metrics_files(spec, local_metrics(spec, host), grafana=False))
+    return files
+
+
 def render_deployment(spec: FleetSpec, directory: Path) -> Path:
     """Render ``directory/deploy`` for docker compose; secrets are created once and kept."""
     check_files(spec)
     secrets = ensure_secrets(directory)
     target = directory / DEPLOY_DIR
-    write_tree(target, render_compose_deployment(spec, secrets))
+    write_tree(target, render_compose_deployment(spec, secrets), keep=(KUBERNETES_DIR,))
     if os.geteuid() == 0:  # Synapse's containers read their config and the secrets as the image's account
-        for tree in (target / SYNAPSE_DIR, directory / SECRETS_DIR):
+        projects = [target / HOSTS_DIR / host for host in spec.hosts] or [target]
+        for tree in (*(project / SYNAPSE_DIR for project in projects), directory / SECRETS_DIR):
             chown_tree(tree, SYNAPSE_IMAGE_UID, SYNAPSE_IMAGE_GID)
+    return target
+
+
+def render_kubernetes_deployment(spec: FleetSpec, directory: Path, trial_services: bool = False) -> Path:
+    """Render ``directory/deploy/kubernetes``; the fleet is checked for Kubernetes before anything
+    (secrets included) is written. The compose files beside it are left as they are."""
+    kubernetes_spec(spec, trial_services)
+    check_files(spec)
+    secrets = ensure_secrets(directory)
+    files = render_kubernetes(spec, secrets, compose_nginx_layout(spec), trial_services)
+    deploy = directory / DEPLOY_DIR
+    try:
+        deploy.mkdir(exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"{deploy}: cannot create the directory: {exc.strerror}") from None
+    target = deploy / KUBERNETES_DIR
+    write_tree(target, Rendered(files, private=PRIVATE_MANIFESTS))
     return target

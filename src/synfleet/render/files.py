@@ -21,13 +21,15 @@ PRIVATE_FILES = frozenset({f"{SYNAPSE_DIR}/{SHARED_CONFIG}", "env/postgres.env"}
 
 @dataclass(frozen=True)
 class Rendered:
-    """Files by path relative to the deployment directory, and empty directories to create."""
+    """Files by path relative to the deployment directory, empty directories to create, and files
+    besides :data:`PRIVATE_FILES` that hold secrets."""
 
     files: dict[str, str]
     directories: tuple[str, ...] = ()
+    private: frozenset[str] = frozenset()
 
     def mode(self, relative: str) -> int:
-        private = relative in PRIVATE_FILES or relative.startswith(f"{SECRETS_DIR}/")
+        private = relative in PRIVATE_FILES or relative in self.private or relative.startswith(f"{SECRETS_DIR}/")
         return PRIVATE if private else PUBLIC
 
 
@@ -44,8 +46,9 @@ def write_file(path: Path, text: str, mode: int = PUBLIC) -> None:
         raise
 
 
-def write_tree(target: Path, rendered: Rendered) -> None:
-    """Write ``rendered`` to ``target``: build it in a temp dir beside it, then swap it in."""
+def write_tree(target: Path, rendered: Rendered, keep: tuple[str, ...] = ()) -> None:
+    """Write ``rendered`` to ``target``: build it in a temp dir beside it, then swap it in. What the
+    old tree had at the paths ``keep`` (another target's subtree) moves into the new one."""
     parent = target.parent
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=parent))
     old: Path | None = None
@@ -62,6 +65,11 @@ def write_tree(target: Path, rendered: Rendered) -> None:
             old = Path(tempfile.mkdtemp(prefix=f".{target.name}-old-", dir=parent))
             os.replace(target, old / target.name)
         os.replace(staging, target)
+        for relative in keep:
+            kept = (old / target.name / relative) if old is not None else None
+            if kept is not None and kept.exists() and not (target / relative).exists():
+                (target / relative).parent.mkdir(parents=True, exist_ok=True)
+                os.replace(kept, target / relative)
     except OSError as exc:
         shutil.rmtree(staging, ignore_errors=True)
         if old is not None and not target.exists():

@@ -28,8 +28,8 @@ def _yaml(data: object) -> str:
     return yaml.safe_dump(data, sort_keys=False)
 
 
-def metrics_files(spec: FleetSpec, host: Callable[[Target], str], grafana: bool) -> dict[str, str]:
-    """The scrape config (each target at ``host(target)``) and the dashboard, and Grafana's
+def metrics_files(spec: FleetSpec, host: Callable[[Target], str | None], grafana: bool) -> dict[str, str]:
+    """The scrape config (each target at ``host(target)``, None: not scraped) and the dashboard, and Grafana's
     provisioning when ``grafana``; nothing when metrics are off."""
     if not spec.metrics.enabled:
         return {}

@@ -45,6 +45,18 @@ class NginxTls:
 
 
 @dataclass(frozen=True)
+class Gateway:
+    """A link from another host of the fleet to a Synapse socket on this one: nginx listens on this
+    host's private address, lets in only ``allow`` (the fleet's hosts), and passes each request
+    unchanged (its X-Forwarded-For is the front nginx's) to ``socket``."""
+
+    name: str  # the process and the link, e.g. "rooms1 inbound"
+    listen: str  # address:port
+    allow: tuple[str, ...]
+    socket: str
+
+
+@dataclass(frozen=True)
 class NginxLayout:
     """Where nginx writes logs, and what it listens on. Only the layout differs between docker
     compose, the native run and tests; the routing (with the sockets) comes from the plan."""
@@ -57,6 +69,11 @@ class NginxLayout:
     access_log_buffer: str = " buffer=64k flush=1s"
     tls: NginxTls | None = None
     status_listen: str | None = None  # nginx's own status (stub_status), when metrics are on
+    #: The links from other hosts into this host's Synapse sockets (a fleet on several hosts).
+    gateways: tuple[Gateway, ...] = ()
+    #: The public front: the route table, its upstreams and the listeners clients reach. Without it
+    #: (a host of a fleet on several hosts that does not run the front), only the gateways.
+    front: bool = True
 
 
 @dataclass(frozen=True)

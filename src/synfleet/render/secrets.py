@@ -22,6 +22,7 @@ class Secret(StrEnum):
     FORM_SECRET = "form_secret"
     WORKER_REPLICATION_SECRET = "worker_replication_secret"
     POSTGRES_PASSWORD = "postgres_password"
+    REDIS_PASSWORD = "redis_password"  # asked for when Redis takes connections from other hosts
     GRAFANA_ADMIN_PASSWORD = "grafana_admin_password"
     SIGNING_KEY = "signing.key"
 

@@ -8,7 +8,7 @@ import yaml
 
 from synfleet.layout import FEDERATION_CA, SHARED_CONFIG, Layout, log_config_file, worker_config_file
 from synfleet.model.file import FleetSpec
-from synfleet.model.fleet import Role, Stream, Worker
+from synfleet.model.fleet import Role, Service, Stream, Worker
 from synfleet.model.pem import trusted_ca
 from synfleet.render.processes import WORKER_MODULE
 from synfleet.render.secrets import Secret
@@ -52,27 +52,32 @@ def inbound_resources(worker: Worker) -> list[str]:
     return ["client", "federation"] if worker.serves_http else ["health"]
 
 
+def _inbound_at(worker: Worker, layout: Layout) -> dict[str, Any]:
+    if layout.tcp:
+        return {"port": layout.tcp.inbound_port, "bind_addresses": list(layout.tcp.bind)}
+    return {"path": layout.inbound_socket(worker.name), "mode": layout.inbound_socket_mode}
+
+
+def _replication_at(worker: Worker, layout: Layout) -> dict[str, Any]:
+    if layout.tcp:
+        return {"port": layout.tcp.replication_port, "bind_addresses": list(layout.tcp.bind)}
+    return {"path": layout.replication_socket(worker.name), "mode": layout.replication_socket_mode}
+
+
 def listeners(worker: Worker, layout: Layout, metrics: int | None = None) -> list[dict[str, Any]]:
-    """The inbound socket (requests from nginx; only /health for workers nginx never routes to),
-    for instance_map members the replication socket, and the metrics port if enabled."""
+    """The inbound socket or port (requests from nginx; only /health for workers nginx never routes
+    to), for instance_map members the replication socket or port, and the metrics port if enabled.
+    x_forwarded is explicit: Synapse's default is off on TCP."""
     result: list[dict[str, Any]] = [
         {
-            "path": layout.inbound_socket(worker.name),
-            "mode": layout.inbound_socket_mode,
+            **_inbound_at(worker, layout),
             "type": "http",
             "x_forwarded": True,
             "resources": [{"names": inbound_resources(worker), "compress": False}],
         }
     ]
     if worker.in_instance_map:
-        result.append(
-            {
-                "path": layout.replication_socket(worker.name),
-                "mode": 0o600,
-                "type": "http",
-                "resources": [{"names": ["replication"]}],
-            }
-        )
+        result.append({**_replication_at(worker, layout), "type": "http", "resources": [{"names": ["replication"]}]})
     if metrics is not None:
         result.append({"type": "metrics", "port": metrics, "bind_addresses": [layout.metrics_bind]})
     return result
@@ -82,8 +87,27 @@ def _names(workers: tuple[Worker, ...]) -> list[str]:
     return [w.name for w in workers]
 
 
-def homeserver_config(spec: FleetSpec, layout: Layout, secrets: dict[str, str]) -> dict[str, Any]:
-    """The shared configuration every process loads first; main takes all of its config from it."""
+def _elsewhere(spec: FleetSpec, host: str, process: str) -> str | None:
+    """The private address of ``process``'s host when it is not ``host`` (links to it are TCP)."""
+    if not host or spec.host_of(process) == host:
+        return None
+    return spec.hosts[spec.host_of(process)].address
+
+
+def _instance(spec: FleetSpec, layout: Layout, host: str, worker: Worker) -> dict[str, Any]:
+    """Where other processes reach ``worker``'s replication listener: its socket on this host, its
+    host's private address from another; its host name when processes are linked by TCP."""
+    if layout.tcp:
+        return {"host": layout.tcp.hosts[worker.name], "port": layout.tcp.replication_port}
+    if address := _elsewhere(spec, host, worker.name):
+        return {"host": address, "port": spec.replication_port(worker.name)}
+    return {"path": layout.replication_socket(worker.name)}
+
+
+def homeserver_config(spec: FleetSpec, layout: Layout, secrets: dict[str, str], host: str = "") -> dict[str, Any]:
+    """The shared configuration every process loads first; main takes all of its config from it.
+    In a fleet on several hosts, the one of ``host``: other hosts' processes, PostgreSQL and Redis
+    at their private addresses."""
     fleet = spec.fleet
     media = fleet.with_role(Role.MEDIA)
     tasks = fleet.with_role(Role.TASKS)
@@ -101,11 +125,9 @@ def homeserver_config(spec: FleetSpec, layout: Layout, secrets: dict[str, str]) 
         "max_upload_size": spec.media.max_upload_bytes,
         "log_config": layout.log_config(fleet.main.name),
         "listeners": listeners(fleet.main, layout, spec.metrics_port(fleet.main)),
-        "database": database_config(spec, layout, secrets),
-        "redis": redis_config(spec, layout),
-        "instance_map": {
-            w.name: {"path": layout.replication_socket(w.name)} for w in fleet.workers if w.in_instance_map
-        },
+        "database": database_config(spec, layout, secrets, host),
+        "redis": redis_config(spec, layout, host),
+        "instance_map": {w.name: _instance(spec, layout, host, w) for w in fleet.workers if w.in_instance_map},
         "stream_writers": {stream.value: _names(fleet.writers(stream)) for stream in Stream if fleet.writers(stream)},
         "enable_media_repo": not media,
         "enable_registration": False,
@@ -140,25 +162,37 @@ def homeserver_config(spec: FleetSpec, layout: Layout, secrets: dict[str, str]) 
     return config
 
 
-def database_config(spec: FleetSpec, layout: Layout, secrets: dict[str, str]) -> dict[str, Any]:
+def database_config(spec: FleetSpec, layout: Layout, secrets: dict[str, str], host: str = "") -> dict[str, Any]:
     db = spec.database
+    address = _elsewhere(spec, host, Service.POSTGRES) if db.local else db.host
     args: dict[str, Any] = {
         "user": db.user,
         "password": secrets[Secret.POSTGRES_PASSWORD],
         "dbname": db.name,
-        "host": db.host or layout.socket_dir,
+        "host": address or layout.socket_dir,
         "cp_min": db.pool_min,
         "cp_max": db.pool_max,
     }
-    if not db.local:
+    if not layout.database_password_inline:
+        del args["password"]  # libpq reads PGPASSWORD from the process's environment
+    if address:
         args["port"] = db.port
     return {"name": "psycopg2", "args": args}
 
 
-def redis_config(spec: FleetSpec, layout: Layout) -> dict[str, Any]:
+def redis_config(spec: FleetSpec, layout: Layout, host: str = "") -> dict[str, Any]:
+    """Redis: the fleet's own on its socket, or at its host's private address from another host
+    (then with a password, on the socket too), or an external one."""
     if not spec.redis.local:
         return {"enabled": True, "host": spec.redis.host, "port": spec.redis.port, "dbid": spec.redis.dbid}
-    return {"enabled": True, "path": layout.redis_socket, "dbid": spec.redis.dbid}
+    config: dict[str, Any] = {"enabled": True, "dbid": spec.redis.dbid}
+    if address := _elsewhere(spec, host, Service.REDIS):
+        config.update(host=address, port=spec.redis.port)
+    else:
+        config["path"] = layout.redis_socket
+    if spec.hosts:
+        config["password_path"] = layout.secret(Secret.REDIS_PASSWORD)
+    return config
 
 
 def worker_config(worker: Worker, layout: Layout, metrics: int | None) -> dict[str, Any]:
@@ -201,13 +235,16 @@ def log_config(name: str, layout: Layout, level: str = "INFO") -> dict[str, Any]
     }
 
 
-def render_synapse(spec: FleetSpec, layout: Layout, secrets: dict[str, str]) -> dict[str, str]:
-    """Every Synapse file by path relative to the config directory."""
+def render_synapse(spec: FleetSpec, layout: Layout, secrets: dict[str, str], host: str = "") -> dict[str, str]:
+    """Every Synapse file by path relative to the config directory; with ``host``, those of the
+    processes on that host of a fleet on several hosts."""
     fleet = spec.fleet
-    files = {SHARED_CONFIG: dump(homeserver_config(spec, layout, secrets))}
+    files = {SHARED_CONFIG: dump(homeserver_config(spec, layout, secrets, host))}
     if (bundle := trusted_ca(spec)) is not None:
         files[FEDERATION_CA] = bundle
     for worker in fleet.workers:
+        if host and spec.host_of(worker.name) != host:
+            continue
         if worker.role is not Role.MAIN:
             files[worker_config_file(worker.name)] = dump(worker_config(worker, layout, spec.metrics_port(worker)))
         files[log_config_file(worker.name)] = dump(log_config(worker.name, layout, spec.synapse.log_level))

@@ -7,6 +7,7 @@ by :mod:`synfleet.routing.evaluate`, so nginx and Python cannot disagree about w
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -51,13 +52,16 @@ def upstream_name(target: Target) -> str:
     return f"synapse_inbound_{_GROUP_NAMES[target]}"
 
 
-def group_upstream(names: tuple[str, ...], name: str, socket_dir: str, balancing: Balancing) -> Upstream:
-    """The upstream of one group of workers, each on its inbound socket; hashed over several workers
-    with :data:`HASH_WEIGHT` each."""
+def group_upstream(
+    names: tuple[str, ...], name: str, socket_dir: str, balancing: Balancing, remote: Mapping[str, str] | None = None
+) -> Upstream:
+    """The upstream of one group of workers, each on its inbound socket (or, on another host, at its
+    ``remote`` address:port); hashed over several workers with :data:`HASH_WEIGHT` each."""
     hashed = balancing is Balancing.CONSISTENT_HASH and len(names) > 1
+    remote = remote or {}
     return Upstream(
         name,
-        servers=tuple(f"unix:{inbound_socket(socket_dir, n)}" for n in names),
+        servers=tuple(remote.get(n) or f"unix:{inbound_socket(socket_dir, n)}" for n in names),
         workers=names,
         weights=(HASH_WEIGHT if hashed else 1,) * len(names),
         balancing=balancing,
@@ -114,6 +118,8 @@ class RoutingPlan:
     fleet: Fleet
     socket_dir: str = COMPOSE.socket_dir
     rules: tuple[Rule, ...] = ROUTES
+    #: Workers on another host than nginx: their inbound address:port there.
+    remote: Mapping[str, str] = field(default_factory=dict)
     upstreams: dict[str, Upstream] = field(init=False)
     rule_upstream: dict[str, str] = field(init=False)
 
@@ -126,7 +132,9 @@ class RoutingPlan:
             name = upstream_name(target)
             if name not in upstreams:
                 balancing = Balancing(self.fleet.room_balancing if target is Role.ROOMS else Balancing.CONSISTENT_HASH)
-                upstreams[name] = group_upstream(tuple(w.name for w in workers), name, self.socket_dir, balancing)
+                upstreams[name] = group_upstream(
+                    tuple(w.name for w in workers), name, self.socket_dir, balancing, self.remote
+                )
             rule_upstream[rule.name] = name
         object.__setattr__(self, "upstreams", dict(sorted(upstreams.items())))
         object.__setattr__(self, "rule_upstream", rule_upstream)
@@ -180,4 +188,4 @@ class RoutingPlan:
 
     def grown(self, role: Role, extra: int) -> RoutingPlan:
         """This plan with ``extra`` more workers of ``role``."""
-        return RoutingPlan(self.fleet.grown(role, extra), self.socket_dir, self.rules)
+        return RoutingPlan(self.fleet.grown(role, extra), self.socket_dir, self.rules, self.remote)

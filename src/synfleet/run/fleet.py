@@ -14,6 +14,7 @@ from pathlib import Path
 
 from synfleet.errors import SynfleetError, UsageError
 from synfleet.model.file import FleetSpec
+from synfleet.model.fleet import Service
 from synfleet.model.pem import check_files
 from synfleet.render.files import chown_tree, tree_differs, update_tree
 from synfleet.render.secrets import Secret, ensure_secrets
@@ -130,6 +131,16 @@ def wait_healthy(
     return failures[0] if failures else None
 
 
+def runs_postgres(plan: Plan) -> bool:
+    """The fleet's own PostgreSQL runs here (on this host of a fleet on several)."""
+    return any(p.name == Service.POSTGRES for p in plan.processes)
+
+
+def fronted(plan: Plan) -> bool:
+    """The public nginx runs here."""
+    return not plan.paths.host or plan.spec.host_of(Service.NGINX) == plan.paths.host
+
+
 def up(paths: RunPaths, spec: FleetSpec, report: Report, supervisor: Supervisor | None = None) -> float:
     """Bring the fleet of ``spec`` up in ``paths``; returns seconds until everything was healthy.
     With a ``supervisor`` given, it is started in the foreground (its process stays this one's
@@ -149,9 +160,10 @@ def up(paths: RunPaths, spec: FleetSpec, report: Report, supervisor: Supervisor 
         if stopped := stop_orphans(paths):
             report(f"stopped {stopped} processes of the fleet that ran without their supervisor; starting again")
         listen = plan.spec.listen
-        _port_free(listen.bind, listen.http_port, "listen.http_port")
-        if plan.spec.tls.enabled:
-            _port_free(listen.bind, listen.https_port, "listen.https_port")
+        if fronted(plan):
+            _port_free(listen.bind, listen.http_port, "listen.http_port")
+            if plan.spec.tls.enabled:
+                _port_free(listen.bind, listen.https_port, "listen.https_port")
         _clear_stale_sockets(paths)
     secrets = ensure_secrets(paths.directory)
     if already:
@@ -165,7 +177,7 @@ def up(paths: RunPaths, spec: FleetSpec, report: Report, supervisor: Supervisor 
     else:
         accounts = ensure_accounts(report) if as_root() else None
         write_run_files(plan, secrets, accounts)
-        if plan.spec.database.local and init_cluster(
+        if runs_postgres(plan) and init_cluster(
             require_binary("initdb"),
             paths.postgres_data,
             plan.spec.database,
@@ -193,9 +205,13 @@ def up(paths: RunPaths, spec: FleetSpec, report: Report, supervisor: Supervisor 
             if failed:
                 logs = failure_logs(failed.name, Path(failed.log), paths)
                 raise SynfleetError(f"{failed.name} did not become healthy\n{logs}")
-            if tier is Tier.INFRASTRUCTURE and plan.spec.database.local:
+            if tier is Tier.INFRASTRUCTURE and runs_postgres(plan):
                 ensure_database(
-                    str(paths.sockets), paths.postgres_data, plan.spec.database, secrets[Secret.POSTGRES_PASSWORD]
+                    str(paths.sockets),
+                    paths.postgres_data,
+                    plan.spec.database,
+                    secrets[Secret.POSTGRES_PASSWORD],
+                    tuple(h.address for h in plan.spec.hosts.values()),
                 )
                 load_pending_dump(paths, plan.spec, report)
     except BaseException:

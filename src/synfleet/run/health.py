@@ -35,8 +35,8 @@ def is_healthy(health: Health, pid: int, timeout: float = 2.0) -> bool:
         match health.kind:
             case HealthKind.HTTP:
                 return synapse_health(health.target, timeout)
-            case HealthKind.REDIS:
-                return _unix_exchange(health.target, b"PING\r\n", timeout).startswith(b"+PONG")
+            case HealthKind.REDIS:  # one that asks for its password (a fleet on several hosts) is up too
+                return _unix_exchange(health.target, b"PING\r\n", timeout).startswith((b"+PONG", b"-NOAUTH"))
             case HealthKind.POSTGRES:
                 return postgres_ready(health.target, health.user)
             case HealthKind.LISTENER:

@@ -13,12 +13,12 @@ from synfleet.run.paths import RunPaths
 
 
 def log_files(paths: RunPaths) -> dict[str, Path]:
-    """Each process's log by process name, in start order; nginx's is its access log."""
+    """Each process's log by process name, in start order (with a host, that host's processes);
+    nginx's is its access log, or on a host of several without the front, its gateways' log."""
     spec = load_spec(paths.directory)
-    names = [Service.POSTGRES.value] if spec.database.local else []
-    names += [Service.REDIS.value] if spec.redis.local else []
-    names += [w.name for w in spec.fleet.workers]
-    return {**{name: paths.log(name) for name in names}, Service.NGINX.value: paths.access_log}
+    names = [name for name in spec.processes_on(paths.host) if name != Service.NGINX]
+    nginx = paths.access_log if spec.host_of(Service.NGINX) == paths.host else paths.gateway_log
+    return {**{name: paths.log(name) for name in names}, Service.NGINX.value: nginx}
 
 
 def tail(path: Path, lines: int) -> list[str]:

@@ -10,7 +10,8 @@ from functools import cached_property
 from pathlib import Path
 
 from synfleet.layout import COMPOSE, Layout, native_layout
-from synfleet.model.fleet import Fleet
+from synfleet.model.file import FleetSpec
+from synfleet.model.fleet import Fleet, Service
 from synfleet.routing.plan import RoutingPlan
 
 RUN_DIR = "run"
@@ -24,15 +25,17 @@ class RunPaths:
     :attr:`layout`), and what only synfleet uses (supervisord, PostgreSQL's data, nginx's prefix)."""
 
     directory: Path  # the deployment directory D
+    host: str = ""  # in a fleet on several hosts, the host whose share runs here
 
     @cached_property
     def run(self) -> Path:
-        """``D/run``, or where it links to (see :func:`place_run_directory`)."""
-        return (self.directory.resolve() / RUN_DIR).resolve()
+        """``D/run`` (``D/run-<host>`` for one host's share), or where it links to (see
+        :func:`place_run_directory`)."""
+        return (self.directory.resolve() / run_dir_name(self.host)).resolve()
 
     @cached_property
     def layout(self) -> Layout:
-        return native_layout(str(self.run))
+        return native_layout(str(self.run), gateway=bool(self.host))
 
     @property
     def secrets(self) -> Path:
@@ -91,6 +94,15 @@ class RunPaths:
     def access_log(self) -> Path:
         return self.logs / "access.log"
 
+    @property
+    def gateway_log(self) -> Path:
+        """nginx's log of the requests other hosts send to this one (a fleet on several hosts)."""
+        return self.logs / "gateway.log"
+
+
+def run_dir_name(host: str = "") -> str:
+    return f"{RUN_DIR}-{host}" if host else RUN_DIR
+
 
 #: Where run directories go when their deployment directory is out of other accounts' reach.
 RELOCATED_RUNS = Path("/var/lib/synfleet/runs")
@@ -104,11 +116,11 @@ def blocked_parent(path: Path) -> Path | None:
     return None
 
 
-def place_run_directory(directory: Path) -> Path | None:
+def place_run_directory(directory: Path, host: str = "") -> Path | None:
     """Run as root, the fleet's accounts must reach ``D/run``. When ``D`` is out of their reach
     (a clone under /root, say), the run directory goes to /var/lib/synfleet/runs and ``D/run``
     links there; everything else stays in ``D``. The new place, when it moves now."""
-    link = directory.resolve() / RUN_DIR
+    link = directory.resolve() / run_dir_name(host)
     if os.geteuid() != 0 or link.exists() or link.is_symlink() or blocked_parent(link) is None:
         return None
     target = RELOCATED_RUNS / f"{directory.resolve().name}-{hashlib.sha256(str(link).encode()).hexdigest()[:8]}"
@@ -119,12 +131,24 @@ def place_run_directory(directory: Path) -> Path | None:
     return target
 
 
-def deployed_plan(paths: RunPaths, fleet: Fleet) -> RoutingPlan:
+def main_paths(directory: Path, spec: FleetSpec) -> RunPaths:
+    """The run directory where main runs (on its host, in a fleet on several)."""
+    return RunPaths(directory, spec.host_of("main") if spec.hosts else "")
+
+
+def deployed_plan(paths: RunPaths, fleet: Fleet | FleetSpec) -> RoutingPlan:
     """The routing plan of ``fleet`` with the socket paths its directory runs with.
 
     nginx's consistent hash depends on the ``server`` strings, so the native run (sockets under
     ``D/run``) and docker compose (``/sockets``) place rooms differently. A directory that
-    ``synfleet up`` has run uses the native paths, any other the compose paths.
+    ``synfleet up`` has run uses the native paths, any other the compose paths. A fleet file with
+    [hosts] gives the plan of nginx's host: the other hosts' workers at their private addresses.
     """
+    remote: dict[str, str] = {}
+    if isinstance(fleet, FleetSpec):
+        if fleet.hosts:
+            front = fleet.host_of(Service.NGINX)
+            paths, remote = RunPaths(paths.directory, front), fleet.remote_inbound(front)
+        fleet = fleet.fleet
     socket_dir = str(paths.sockets) if paths.supervisor_conf.exists() else COMPOSE.socket_dir
-    return RoutingPlan(fleet, socket_dir=socket_dir)
+    return RoutingPlan(fleet, socket_dir=socket_dir, remote=remote)

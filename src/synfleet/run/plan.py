@@ -19,9 +19,11 @@ from synfleet.nginx.command import command_line, http2_directive_supported, ngin
 from synfleet.render.deploy import nginx_tls, render_files
 from synfleet.render.files import Rendered
 from synfleet.render.fleet_file import fleet_toml
+from synfleet.render.hosts import gateways, local_metrics
 from synfleet.render.metrics import metrics_files
 from synfleet.render.nginx import NginxLayout
 from synfleet.render.processes import synapse_processes
+from synfleet.render.secrets import Secret
 from synfleet.run.accounts import FLEET_ACCOUNT, NGINX_ACCOUNT, as_root
 from synfleet.run.ownership import Running, fleet_processes
 from synfleet.run.paths import NGINX_DIR, RunPaths, blocked_parent
@@ -29,6 +31,8 @@ from synfleet.run.process import Health, HealthKind, NativeProcess, Tier
 from synfleet.run.supervisor import supervisor_config
 from synfleet.system import find_binary, fleet_python, require_binary
 
+#: Redis's settings file on a fleet of several hosts (its password: readable by the fleet's account only).
+REDIS_CONFIG = f"{SECRETS_DIR}/redis.conf"
 #: The fleet file the run directory was last rendered from (by `up` or `apply`).
 APPLIED_FLEET_FILE = "fleet.toml"
 
@@ -40,17 +44,37 @@ class Plan:
     processes: list[NativeProcess]
 
 
+def check_host(paths: RunPaths, spec: FleetSpec) -> None:
+    """A fleet on several hosts runs one host's share per `up --host`; a fleet on one, no host."""
+    if spec.hosts and not paths.host:
+        raise UsageError(
+            f"this fleet runs on the hosts {', '.join(spec.hosts)}: give the host whose share runs here (--host NAME)"
+        )
+    if paths.host and not spec.hosts:
+        raise UsageError(f"--host {paths.host}: fleet.toml has no [hosts]; the whole fleet runs here")
+    if paths.host and paths.host not in spec.hosts:
+        raise UsageError(f"--host {paths.host}: no such host in fleet.toml; hosts: {', '.join(spec.hosts)}")
+
+
+def one_host(spec: FleetSpec, instead: str) -> None:
+    """Refuse a command made for a fleet on one host, saying what to do ``instead``."""
+    if spec.hosts:
+        raise UsageError(f"this fleet runs on the hosts {', '.join(spec.hosts)}: {instead}")
+
+
 def plan_for(paths: RunPaths, spec: FleetSpec) -> Plan:
     """Find every binary and check the directories before anything is written or started."""
+    check_host(paths, spec)
     synapse = importlib.util.find_spec("synapse")
     if synapse is None or synapse.origin is None:
         raise SynfleetError(
             "Synapse is not installed in this Python: pip install 'synfleet[synapse]' (or run scripts/setup.sh)"
         )
+    here = set(spec.processes_on(paths.host)) if paths.host else set(Service)
     names = ["nginx"]
-    if spec.database.local:
+    if spec.database.local and Service.POSTGRES in here:
         names += ["postgres", "initdb"]
-    if spec.redis.local:
+    if spec.redis.local and Service.REDIS in here:
         names.append("redis-server")
     binaries = {name: require_binary(name) for name in names}
     if as_root():
@@ -97,9 +121,12 @@ def _check_python_reachable(path: Path) -> None:
 
 def native_nginx_layout(spec: FleetSpec, paths: RunPaths) -> NginxLayout:
     host = _host(spec.listen.bind)
+    front = not paths.host or spec.host_of(Service.NGINX) == paths.host
     return NginxLayout(
         log_dir=str(paths.logs),
-        listen=(f"{host}:{spec.listen.http_port}",),
+        listen=(f"{host}:{spec.listen.http_port}",) if front else (),
+        gateways=gateways(spec, paths.host, paths.layout),
+        front=front,
         tls=nginx_tls(
             spec,
             f"{host}:{spec.listen.https_port}",
@@ -143,8 +170,14 @@ def native_processes(spec: FleetSpec, paths: RunPaths, binaries: dict[str, str])
     the fleet's account."""
     layout = paths.layout
     account = FLEET_ACCOUNT if as_root() else None
+    here = set(spec.processes_on(paths.host)) if paths.host else None
+    private = spec.hosts[paths.host].address if paths.host else ""  # other hosts reach this one here
+
+    def runs(name: str) -> bool:
+        return here is None or name in here
+
     processes: list[NativeProcess] = []
-    if spec.database.local:
+    if spec.database.local and runs(Service.POSTGRES):
         processes.append(
             NativeProcess(
                 Service.POSTGRES.value,
@@ -156,7 +189,7 @@ def native_processes(spec: FleetSpec, paths: RunPaths, binaries: dict[str, str])
                     "-D",
                     str(paths.postgres_data),
                     "-c",
-                    "listen_addresses=",
+                    f"listen_addresses={private}",
                     "-c",
                     f"unix_socket_directories={paths.sockets}",
                     "-c",
@@ -171,15 +204,17 @@ def native_processes(spec: FleetSpec, paths: RunPaths, binaries: dict[str, str])
                 stop_wait=60,
             )
         )
-    if spec.redis.local:
+    if spec.redis.local and runs(Service.REDIS):
+        # on several hosts: the others connect to the private address, everyone with the password
+        shared = [str(paths.run / REDIS_CONFIG), "--bind", private, "--port", str(spec.redis.port)] if private else []
         processes.append(
             NativeProcess(
                 Service.REDIS.value,
                 Tier.INFRASTRUCTURE,
                 [
                     binaries["redis-server"],
-                    "--port",
-                    "0",
+                    *shared,
+                    *([] if private else ["--port", "0"]),
                     "--unixsocket",
                     layout.redis_socket,
                     "--unixsocketperm",
@@ -198,6 +233,8 @@ def native_processes(spec: FleetSpec, paths: RunPaths, binaries: dict[str, str])
             )
         )
     for process in synapse_processes(spec.fleet, layout):
+        if not runs(process.name):
+            continue
         processes.append(
             NativeProcess(
                 process.name,
@@ -210,6 +247,13 @@ def native_processes(spec: FleetSpec, paths: RunPaths, binaries: dict[str, str])
                 environment={"PYTHONUNBUFFERED": "1"},
             )
         )
+    nginx_layout = native_nginx_layout(spec, paths)
+    if nginx_layout.front:
+        health = Health(HealthKind.LISTENER, spec.listen.bind, spec.listen.http_port)
+    elif nginx_layout.gateways:
+        health = Health(HealthKind.LISTENER, private, int(nginx_layout.gateways[0].listen.rsplit(":", 1)[1]))
+    else:
+        return processes  # nothing on this host is reached from another: no nginx
     processes.append(
         NativeProcess(
             Service.NGINX.value,
@@ -221,9 +265,9 @@ def native_processes(spec: FleetSpec, paths: RunPaths, binaries: dict[str, str])
                     paths.nginx_dir, paths.nginx_dir / "nginx.conf", paths.nginx_error_log, binary=binaries["nginx"]
                 ),
             ),
-            Health(HealthKind.LISTENER, spec.listen.bind, spec.listen.http_port),
+            health,
             str(paths.nginx_error_log),
-            f"{spec.listen.bind}:{spec.listen.http_port}",
+            f"{spec.listen.bind}:{spec.listen.http_port}" if nginx_layout.front else nginx_layout.gateways[0].listen,
             stop_signal="QUIT",
         )
     )
@@ -234,9 +278,11 @@ def run_files(plan: Plan, secrets: dict[str, str]) -> Rendered:
     """The run directory's files, by path relative to it: nginx, Synapse, supervisord, and a copy of
     the deployment's secrets (for the fleet's account to read)."""
     paths = plan.paths
-    files = render_files(plan.spec, paths.layout, native_nginx_layout(plan.spec, paths), secrets, NGINX_DIR)
+    files = render_files(plan.spec, paths.layout, native_nginx_layout(plan.spec, paths), secrets, NGINX_DIR, paths.host)
+    if plan.spec.hosts and plan.spec.redis.local and Service.REDIS in plan.spec.processes_on(paths.host):
+        files[REDIS_CONFIG] = f"requirepass {secrets[Secret.REDIS_PASSWORD]}\n"
     files["supervisord.conf"] = supervisor_config(paths, plan.processes)
-    files.update(metrics_files(plan.spec, lambda _: "127.0.0.1", grafana=False))
+    files.update(metrics_files(plan.spec, local_metrics(plan.spec, paths.host), grafana=False))
     files[APPLIED_FLEET_FILE] = fleet_toml(plan.spec)
     files.update({f"{SECRETS_DIR}/{name}": f"{value}\n" for name, value in secrets.items()})
     return Rendered(files)

@@ -14,14 +14,11 @@ from pathlib import Path
 from synfleet.errors import SynfleetError
 from synfleet.layout import SECRETS_DIR
 from synfleet.model.file import Database
+from synfleet.render.hosts import AUTH_METHOD, hba
 from synfleet.render.secrets import Secret
 from synfleet.run.accounts import Account
 from synfleet.run.paths import RunPaths
 from synfleet.system import require_binary
-
-AUTH_METHOD = "scram-sha-256"
-#: Who may connect: local sockets only (the server listens on no TCP address), with a password.
-HBA = f"# Rendered by synfleet: password logins on the socket only.\nlocal all all {AUTH_METHOD}\n"
 
 LOCALE = ("--encoding=UTF8", "--locale=C")
 
@@ -56,7 +53,9 @@ def init_cluster(
     return True
 
 
-def ensure_database(socket_dir: str, data: Path, database: Database, password: str) -> None:
+def ensure_database(
+    socket_dir: str, data: Path, database: Database, password: str, hosts: tuple[str, ...] = ()
+) -> None:
     """Make the cluster take only password logins, with the fleet's password, and create Synapse's
     database with the C collation Synapse requires, if it does not exist.
 
@@ -71,11 +70,11 @@ def ensure_database(socket_dir: str, data: Path, database: Database, password: s
         with connection.cursor() as cursor:
             cursor.execute("SET password_encryption = %s", (AUTH_METHOD,))
             cursor.execute(f'ALTER ROLE "{database.user}" PASSWORD %s', (password,))
-            hba = data / "pg_hba.conf"
-            if hba.read_text() != HBA:
-                stat = hba.stat()
-                hba.write_text(HBA)
-                os.chown(hba, stat.st_uid, stat.st_gid)
+            wanted, file = hba(database, hosts), data / "pg_hba.conf"
+            if file.read_text() != wanted:
+                stat = file.stat()
+                file.write_text(wanted)
+                os.chown(file, stat.st_uid, stat.st_gid)
                 cursor.execute("SELECT pg_reload_conf()")
             cursor.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database.name,))
             if cursor.fetchone() is None:

@@ -21,14 +21,16 @@ SYSTEMD_RUNNING = Path("/run/systemd/system")
 
 
 def unit_name(paths: RunPaths) -> str:
-    """One unit per deployment directory: its name, and a short hash of its full path."""
+    """One unit per deployment directory (and host of a fleet on several): its name, and a short
+    hash of its full path."""
     directory = str(paths.directory.resolve())
     slug = re.sub(r"[^A-Za-z0-9]+", "-", Path(directory).name).strip("-") or "fleet"
-    return f"synfleet-{slug}-{hashlib.sha256(directory.encode()).hexdigest()[:8]}.service"
+    host = f"-{paths.host}" if paths.host else ""
+    return f"synfleet-{slug}{host}-{hashlib.sha256(directory.encode()).hexdigest()[:8]}.service"
 
 
 def unit_text(paths: RunPaths) -> str:
-    return render("synfleet.service.j2", directory=paths.directory.resolve(), python=fleet_python())
+    return render("synfleet.service.j2", directory=paths.directory.resolve(), host=paths.host, python=fleet_python())
 
 
 def _systemctl(*args: str) -> None:

@@ -18,6 +18,8 @@ if [ ! -s "$PGDATA/PG_VERSION" ]; then
         exit 1
     fi
     user=${POSTGRES_USER:-postgres}
+    # for psql, when the command's pg_hba.conf asks for passwords on the socket too
+    export PGPASSWORD="${PGPASSWORD:-$POSTGRES_PASSWORD}"
     database=${POSTGRES_DB:-$user}
     initdb --username="$user" --pwfile=<(printf '%s\n' "$POSTGRES_PASSWORD") ${POSTGRES_INITDB_ARGS:-}
     printf 'host all all all %s\n' "${POSTGRES_HOST_AUTH_METHOD:-scram-sha-256}" >>"$PGDATA/pg_hba.conf"

@@ -1,0 +1,134 @@
+"""The same fleet on three hosts, run from its compose projects (`synfleet render` writes
+deploy/hosts/<name>/): each host's project started with podman-compose inside that host's network
+namespace, from the locally built stand-ins of the official images, every container on the host's
+network. The same client flows, routing and replication checks as the native run, and the same
+refusals from a host outside the fleet: here they prove the containers' PostgreSQL (its own
+pg_hba.conf), Redis (the password from the secrets) and nginx's links between hosts.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import psycopg2
+import pytest
+
+import helpers
+from flows import PASSWORD
+from synfleet.lab import Lab, LabError, unavailable_reason
+from synfleet.lab.compose import ComposeProject
+from synfleet.lab.images import ensure_images
+from synfleet.lab.podman import Podman
+from synfleet.layout import COMPOSE, inbound_socket
+from synfleet.nginx.command import world_readable_tempdir
+from synfleet.render.nginx import access_lines
+from synfleet.routing.plan import RoutingPlan
+from synfleet.system import free_port
+from three_hosts import HOSTS, SHARES, Hosts, conversation_across_hosts, outsider_refused, write_fleet
+
+pytestmark = [pytest.mark.integration, pytest.mark.skipif(bool(unavailable_reason()), reason=str(unavailable_reason()))]
+
+
+@dataclass
+class ComposeHosts(Hosts):
+    """The fleet run by one compose project per host."""
+
+    projects: dict[str, ComposeProject] = field(default_factory=dict)
+    profile: str = "three hosts, compose"
+
+    @property
+    def plan(self) -> RoutingPlan:
+        """What `synfleet route` predicts for the compose projects: their socket paths, and the
+        other hosts' workers at their addresses."""
+        spec = self.spec
+        return RoutingPlan(spec.fleet, socket_dir=COMPOSE.socket_dir, remote=spec.remote_inbound("a"))
+
+    def access_log(self) -> list[dict[str, str]]:
+        time.sleep(1.5)  # nginx writes its buffered access log every second
+        return access_lines(self.projects["a"].deploy / "nginx" / "logs" / "access.log")
+
+    def sockets(self, host: str) -> str:
+        return str(self.projects[host].volume_path("sockets"))
+
+    def query(self, sql: str) -> list[str]:
+        spec = self.spec
+        password = (self.directory / "secrets" / "postgres_password").read_text().strip()
+        connection = psycopg2.connect(
+            host=self.sockets("a"), user=spec.database.user, password=password, dbname=spec.database.name
+        )
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute(sql)
+                return ["|".join(str(value) for value in row) for row in cursor.fetchall()]
+        finally:
+            connection.close()
+
+
+@pytest.fixture(scope="module")
+def hosts() -> Iterator[ComposeHosts]:
+    if shutil.which("podman") is None:
+        pytest.skip("podman is not installed (scripts/setup.sh installs it)")
+    if os.geteuid() != 0:
+        pytest.skip("the compose test runs rootful podman: run it as root")
+    podman = Podman.for_this_machine()
+    images = ensure_images(podman)
+    if reason := podman.can_start_containers(images.synapse):
+        pytest.skip(f"podman cannot start a container here: {reason}")
+    with world_readable_tempdir("synfleet-hosts-compose-") as directory, Lab([*HOSTS, "x"]) as lab:
+        port = free_port()
+        write_fleet(lab, directory, port, images=images.model_dump())
+        rendered = helpers.synfleet("render", "--dir", str(directory))
+        assert rendered.returncode == 0, rendered.stderr
+        name = f"synfleet-test-{uuid.uuid4().hex[:8]}"
+        fleet = ComposeHosts(lab, directory, port)
+        for host in HOSTS:
+            deploy = directory / "deploy" / "hosts" / host
+            fleet.projects[host] = ComposeProject(deploy, f"{name}-{host}", podman.inside(lab[host].netns))
+        started: list[ComposeProject] = []
+        try:
+            began = time.monotonic()
+            for host in HOSTS:
+                started.append(fleet.projects[host])
+                fleet.projects[host].up()
+            for host in HOSTS:
+                fleet.projects[host].wait_healthy()
+            print(f"\n[compose, three hosts] up -d to every healthcheck passing: {time.monotonic() - began:.1f}s")
+            main_socket = inbound_socket(fleet.sockets("a"), "main")
+            for user in ("alice", "bob"):
+                added = helpers.synfleet(
+                    "user", "add", user, "--password", PASSWORD, "--socket", main_socket, "--dir", str(directory)
+                )
+                assert added.returncode == 0, added.stderr
+            yield fleet
+        finally:
+            left = []
+            for project in reversed(started):  # every one, even when one fails
+                try:
+                    project.remove()
+                except LabError as error:
+                    left.append(str(error))
+            assert not left, left
+
+
+def test_each_host_project_runs_its_share_on_the_hosts_network(hosts: ComposeHosts) -> None:
+    for host, expected in SHARES.items():
+        containers = hosts.projects[host].containers()
+        services = {"main" if name == "synapse" else name for name in containers}
+        assert services == expected, host
+        assert all(c.state == "running" for c in containers.values()), containers
+        network = os.stat(f"/run/netns/{hosts.lab[host].netns}").st_ino
+        for container in containers.values():  # each on its host's network
+            assert os.stat(f"/proc/{container.pid}/ns/net").st_ino == network, (host, container.service)
+
+
+def test_conversation_routing_and_replication_across_hosts(hosts: ComposeHosts) -> None:
+    conversation_across_hosts(hosts)
+
+
+def test_outsider_is_refused_by_every_link(hosts: ComposeHosts) -> None:
+    outsider_refused(hosts)

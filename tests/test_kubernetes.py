@@ -1,0 +1,464 @@
+"""`synfleet render --target kubernetes`: manifests the API server's schemas accept, an nginx config
+real nginx accepts, worker names from pod ordinals, and rooms that stay on their worker."""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+import json
+import os
+import re
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from helpers import synfleet
+from synfleet.lab import CertificateAuthority
+from synfleet.model.file import FleetSpec, read_fleet
+from synfleet.model.fleet import Role
+from synfleet.model.profiles import profile_spec
+from synfleet.nginx.config import NginxModel
+from synfleet.nginx.ketama import moved
+from synfleet.render.fleet_file import fleet_toml
+from synfleet.render.kubernetes import INBOUND_PORT, REPLICATION_PORT, namespace_name, routing_plan, worker_services
+from synfleet.routing.corpus import room_keys
+from synfleet.routing.evaluate import evaluate
+from synfleet.routing.plan import upstream_name
+
+#: The Kubernetes release whose schemas the manifests must satisfy.
+KUBERNETES_VERSION = "1.33"
+EXTERNAL = {"database": {"host": "postgres.db.svc.cluster.local"}, "redis": {"host": "redis.db.svc.cluster.local"}}
+DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+DNS_1035 = re.compile(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?")
+
+
+def spec_of(profile: str, **sections: dict[str, Any]) -> FleetSpec:
+    data = profile_spec("example.org", profile).model_dump(mode="json")
+    for section, values in sections.items():
+        data[section] = {**data.get(section, {}), **values}
+    return FleetSpec.model_validate(data)
+
+
+#: Fleets on several hosts (ignored by Kubernetes, which places pods itself), with dedicated stream
+#: writers and metrics.
+HOSTS_FLEET = {
+    "hosts": {"a": {"address": "10.0.0.2"}, "b": {"address": "10.0.0.3"}},
+    "placement": {"default": "a", "rooms": ["a", "b"]},
+    "workers": {"rooms": 3, "client_sync": 2},
+    "stream_writers": {"typing": ["typing1"], "events": ["tasks1", "persister2"], "receipts": ["client_sync2"]},
+    "metrics": {"enabled": True},
+    "resources": {"rooms": {"memory": "2g", "cpus": 1.5}, "nginx": {"memory": "256m", "cpus": 0.5}},
+}
+
+CASES: dict[str, tuple[FleetSpec, bool]] = {
+    "seed": (spec_of("seed", **EXTERNAL), False),
+    "small": (spec_of("small", **EXTERNAL), False),
+    "hosts": (spec_of("seed", **EXTERNAL, **HOSTS_FLEET), False),
+    "seed-trial": (spec_of("seed"), True),
+    "monolith-trial": (spec_of("monolith"), True),
+}
+
+
+def render(directory: Path, spec: FleetSpec, trial: bool = False) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "fleet.toml").write_text(fleet_toml(spec))
+    args = ["render", "--dir", str(directory), "--target", "kubernetes"] + (["--trial-services"] if trial else [])
+    result = synfleet(*args)
+    assert result.returncode == 0, result.stderr
+    return directory / "deploy" / "kubernetes"
+
+
+def documents(tree: Path) -> list[dict[str, Any]]:
+    """Every object of the manifests kustomization.yaml lists, in its order."""
+    kustomization = yaml.safe_load((tree / "kustomization.yaml").read_text())
+    return [doc for name in kustomization["resources"] for doc in yaml.safe_load_all((tree / name).read_text())]
+
+
+def of_kind(docs: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
+    return {d["metadata"]["name"]: d for d in docs if d["kind"] == kind}
+
+
+def config_map_files(docs: list[dict[str, Any]], name: str, directory: Path) -> Path:
+    """Write a ConfigMap's files as its pods see them (with the items' paths) under ``directory``."""
+    data = of_kind(docs, "ConfigMap")[name]["data"]
+    items = {}
+    for statefulset in of_kind(docs, "StatefulSet").values():
+        for volume in statefulset["spec"]["template"]["spec"].get("volumes", []):
+            if volume.get("configMap", {}).get("name") == name:
+                items.update({i["key"]: i["path"] for i in volume["configMap"].get("items", [])})
+    for key, text in data.items():
+        path = directory / items.get(key, key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return directory
+
+
+def nginx_model(docs: list[dict[str, Any]], directory: Path) -> NginxModel:
+    return NginxModel.load(config_map_files(docs, "nginx-config", directory) / "nginx.conf")
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[FleetSpec, Path]]:
+    return {name: (spec, render(tmp_path_factory.mktemp(name), spec, trial)) for name, (spec, trial) in CASES.items()}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_every_manifest_validates_against_the_api_schemas(
+    rendered: dict[str, tuple[FleetSpec, Path]], case: str
+) -> None:
+    spec, tree = rendered[case]
+    kustomization = yaml.safe_load((tree / "kustomization.yaml").read_text())
+    assert sorted(kustomization["resources"]) == sorted(
+        p.name for p in tree.iterdir() if p.name != "kustomization.yaml"
+    )
+    assert kustomization["namespace"] == namespace_name(spec.server_name) == "synfleet-example-org"
+    docs = documents(tree)
+    for doc in docs:
+        kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+        name = doc["metadata"]["name"]
+        assert DNS_LABEL.fullmatch(name), name
+        if doc["kind"] == "Service":
+            assert DNS_1035.fullmatch(name), name
+        if doc["kind"] == "StatefulSet":  # with "-" and a 10-character revision hash, a label value
+            assert len(name) <= 52, name
+    assert stat.S_IMODE((tree / "secrets.yaml").stat().st_mode) == 0o600
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_each_worker_runs_in_one_pod_named_by_its_ordinal(
+    rendered: dict[str, tuple[FleetSpec, Path]], case: str, tmp_path: Path
+) -> None:
+    spec, tree = rendered[case]
+    docs = documents(tree)
+    config = config_map_files(docs, "synapse-config", tmp_path)
+    services = of_kind(docs, "Service")
+    pods: dict[str, str] = {}  # pod -> the worker its command starts
+    for name, statefulset in of_kind(docs, "StatefulSet").items():
+        template = statefulset["spec"]["template"]
+        container = template["spec"]["containers"][0]
+        if template["metadata"]["labels"]["app.kubernetes.io/name"] != "synapse":
+            continue
+        assert statefulset["spec"]["selector"]["matchLabels"].items() <= template["metadata"]["labels"].items()
+        for probe in ("readinessProbe", "livenessProbe"):
+            assert container[probe]["httpGet"] == {"path": "/health", "port": "http"}
+        assert {"name": "http", "containerPort": INBOUND_PORT, "protocol": "TCP"} in container["ports"]
+        for ordinal in range(statefulset["spec"]["replicas"]):
+            pod = f"{name}-{ordinal}"
+            # Kubernetes turns "$$" into "$"; the shell does the rest.
+            command = [part.replace("$$", "$") for part in container["command"]]
+            if command[0] == "sh":
+                command[2] = command[2].replace("exec python -m", "echo")
+            else:
+                command = ["echo", *command[2:]]
+            shown = subprocess.run(command, env={"POD_NAME": pod, "PATH": os.environ["PATH"]}, capture_output=True)
+            arguments = shown.stdout.decode().split()
+            worker_files = [a.strip('"') for a in arguments if a.startswith("/config/workers/")]
+            if not worker_files:
+                assert arguments[0] == "synapse.app.homeserver", arguments
+                pods[pod] = "main"
+                continue
+            assert (config / worker_files[0].removeprefix("/config/")).exists(), (pod, worker_files)
+            pods[pod] = Path(worker_files[0]).stem
+    assert sorted(pods.values()) == sorted(w.name for w in spec.fleet.workers), "every worker in exactly one pod"
+    budgets = of_kind(docs, "PodDisruptionBudget")
+    assert all(budgets[name]["spec"]["maxUnavailable"] == 1 for name in of_kind(docs, "StatefulSet") if name in pods)
+
+    # Everything that reaches a worker reaches it at the Service of its own pod.
+    homeserver = yaml.safe_load((config / "homeserver.yaml").read_text())
+    for worker, where in homeserver["instance_map"].items():
+        service = services[where["host"]]
+        assert where["port"] == REPLICATION_PORT
+        assert pods[service["spec"]["selector"]["statefulset.kubernetes.io/pod-name"]] == worker
+        assert REPLICATION_PORT in [p["port"] for p in service["spec"]["ports"]]
+    model = nginx_model(docs, tmp_path / "nginx")
+    for upstream in model.upstreams.values():
+        for server in upstream.servers:
+            host, _, port = server.rpartition(":")
+            pod = services[host]["spec"]["selector"]["statefulset.kubernetes.io/pod-name"]
+            assert port == str(INBOUND_PORT) and pod == host, server
+
+    # The database password is in the Secret, never in a ConfigMap.
+    secrets = of_kind(docs, "Secret")["synfleet-secrets"]["data"]
+    directory = tree.parent.parent
+    for name, value in secrets.items():
+        assert base64.b64decode(value).decode() == (directory / "secrets" / name).read_text().strip()
+    assert sorted(secrets) == sorted(p.name for p in (directory / "secrets").iterdir())
+    password = base64.b64decode(secrets["postgres_password"]).decode()
+    assert all(password not in text for cm in of_kind(docs, "ConfigMap").values() for text in cm["data"].values())
+    assert "password" not in homeserver["database"]["args"]
+
+
+def test_synapse_talks_tcp_to_external_services(rendered: dict[str, tuple[FleetSpec, Path]], tmp_path: Path) -> None:
+    _, tree = rendered["hosts"]
+    docs = documents(tree)
+    config = config_map_files(docs, "synapse-config", tmp_path)
+    homeserver = yaml.safe_load((config / "homeserver.yaml").read_text())
+    assert homeserver["database"]["args"]["host"] == "postgres.db.svc.cluster.local"
+    assert homeserver["redis"] == {"enabled": True, "host": "redis.db.svc.cluster.local", "port": 6379, "dbid": 0}
+    assert homeserver["worker_replication_secret_path"] == "/secrets/worker_replication_secret"
+    assert homeserver["instance_map"]["persister2"] == {"host": "synapse-writer-persister2-0", "port": REPLICATION_PORT}
+    rooms2 = yaml.safe_load((config / "workers" / "rooms2.yaml").read_text())
+    inbound, *rest = rooms2["worker_listeners"]
+    assert inbound == {
+        "port": INBOUND_PORT,
+        "bind_addresses": ["0.0.0.0"],
+        "type": "http",
+        "x_forwarded": True,
+        "resources": [{"names": ["client", "federation"], "compress": False}],
+    }
+    assert [listener["type"] for listener in rest] == ["metrics"]
+    typing = yaml.safe_load((config / "workers" / "typing1.yaml").read_text())
+    assert typing["worker_listeners"][1]["port"] == REPLICATION_PORT
+    statefulsets = of_kind(docs, "StatefulSet")
+    rooms = statefulsets["synapse-rooms"]
+    assert rooms["spec"]["replicas"] == 3
+    assert rooms["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"] == {
+        "cpu": "1500m",
+        "memory": "2Gi",
+    }
+    # Only the media worker keeps a volume; nothing runs PostgreSQL or Redis.
+    assert [n for n, s in statefulsets.items() if "volumeClaimTemplates" in s["spec"]] == ["synapse-media"]
+    assert not {"postgres", "redis"} & set(statefulsets)
+    nginx = of_kind(docs, "Deployment")["nginx"]
+    assert nginx["spec"]["replicas"] == 2
+    service = of_kind(docs, "Service")["nginx"]["spec"]
+    assert service["type"] == "ClusterIP" and service["ports"][0]["port"] == 80
+    policies = {p["metadata"]["name"]: p["spec"] for p in of_kind(docs, "NetworkPolicy").values()}
+    assert policies["synapse-http-from-nginx"]["ingress"] == [
+        {
+            "from": [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "nginx"}}}],
+            "ports": [{"protocol": "TCP", "port": INBOUND_PORT}],
+        }
+    ]
+    assert policies["synapse-replication-from-synapse"]["ingress"][0]["ports"] == [
+        {"protocol": "TCP", "port": REPLICATION_PORT}
+    ]
+
+
+def test_trial_services_run_in_the_namespace(rendered: dict[str, tuple[FleetSpec, Path]], tmp_path: Path) -> None:
+    _, tree = rendered["seed-trial"]
+    docs = documents(tree)
+    homeserver = yaml.safe_load((config_map_files(docs, "synapse-config", tmp_path) / "homeserver.yaml").read_text())
+    assert (homeserver["database"]["args"]["host"], homeserver["redis"]["host"]) == ("postgres", "redis")
+    statefulsets = of_kind(docs, "StatefulSet")
+    postgres = statefulsets["postgres"]["spec"]
+    assert postgres["replicas"] == 1 and postgres["volumeClaimTemplates"]
+    env = {e["name"]: e for e in postgres["template"]["spec"]["containers"][0]["env"]}
+    assert env["POSTGRES_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+        "name": "synfleet-secrets",
+        "key": "postgres_password",
+    }
+    assert "--lc-collate=C" in env["POSTGRES_INITDB_ARGS"]["value"]
+    assert statefulsets["redis"]["spec"]["replicas"] == 1
+    services = of_kind(docs, "Service")
+    assert (
+        services["postgres"]["spec"]["ports"][0]["port"] == 5432
+        and services["redis"]["spec"]["ports"][0]["port"] == 6379
+    )
+    # The monolith keeps its media store on main.
+    _, monolith = rendered["monolith-trial"]
+    volumes = [n for n, s in of_kind(documents(monolith), "StatefulSet").items() if "volumeClaimTemplates" in s["spec"]]
+    assert sorted(volumes) == ["postgres", "synapse-main"]
+
+
+def test_synapse_loads_every_process_config(rendered: dict[str, tuple[FleetSpec, Path]], tmp_path: Path) -> None:
+    """Synapse's own config classes accept each pod's config (its paths moved under a temp dir)."""
+    _, tree = rendered["hosts"]
+    docs = documents(tree)
+    config = config_map_files(docs, "synapse-config", tmp_path / "config")
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    for name, value in of_kind(docs, "Secret")["synfleet-secrets"]["data"].items():
+        (secrets / name).write_bytes(base64.b64decode(value))
+    for path in config.rglob("*.yaml"):
+        text = path.read_text()
+        for mount in ("config", "secrets", "data"):
+            text = text.replace(f" /{mount}/", f" {tmp_path}/{mount}/")
+        path.write_text(text)
+    workers = sorted(str(p) for p in (config / "workers").glob("*.yaml"))
+    result = subprocess.run(
+        [sys.executable, "-m", "synfleet.check.synapse_loader", str(config / "homeserver.yaml"), *workers],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if "Synapse is not installed" in result.stdout:
+        pytest.skip("Synapse is not installed")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count('"ok": true') == len(workers) + 1
+
+
+def _nginx_t(conf_dir: Path, hosts: Path) -> subprocess.CompletedProcess[str]:
+    """nginx -t on ``conf_dir`` as in the pod: Service names resolved by ``hosts``, the pod's
+    paths (/var/log/nginx, /var/cache/nginx) and port, in namespaces of its own."""
+    script = (
+        f"mount --bind {hosts} /etc/hosts && "
+        "mount -t tmpfs tmpfs /var/log && mkdir /var/log/nginx && "
+        "mount -t tmpfs tmpfs /var/cache && mkdir /var/cache/nginx && "
+        "(ip link set lo up 2>/dev/null || true) && "
+        f"nginx -t -p {conf_dir} -c {conf_dir}/nginx.conf"
+    )
+    return subprocess.run(
+        ["unshare", "--mount", "--net", "sh", "-c", script], capture_output=True, text=True, timeout=60
+    )
+
+
+@pytest.mark.parametrize("case", ["seed", "hosts", "seed-trial"])
+def test_nginx_config_passes_nginx_t(rendered: dict[str, tuple[FleetSpec, Path]], case: str, tmp_path: Path) -> None:
+    if shutil.which("nginx") is None or shutil.which("unshare") is None:
+        pytest.skip("needs nginx and unshare")
+    probe = subprocess.run(["unshare", "--mount", "--net", "true"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip(f"cannot make mount and network namespaces here: {probe.stderr.decode().strip()}")
+    _, tree = rendered[case]
+    docs = documents(tree)
+    conf = tmp_path / "conf"
+    model = nginx_model(docs, conf)
+    names = sorted({server.rpartition(":")[0] for u in model.upstreams.values() for server in u.servers})
+    assert names, "the upstreams name Services"
+    hosts = tmp_path / "hosts"
+    lines = ["127.0.0.1 localhost"] + [f"127.0.1.{i} {name}" for i, name in enumerate(names, 1)]
+    hosts.write_text("\n".join(lines) + "\n")
+    result = _nginx_t(conf, hosts)
+    assert result.returncode == 0, result.stderr
+    assert "test is successful" in result.stderr
+    # Without the Services' names nginx refuses the config: the test resolves what it checks.
+    hosts.write_text("127.0.0.1 localhost\n")
+    assert _nginx_t(conf, hosts).returncode != 0
+
+
+ROOMS = upstream_name(Role.ROOMS)
+
+
+def room_owners(tree: Path, directory: Path, keys: list[str]) -> dict[str, str]:
+    rooms = nginx_model(documents(tree), directory).upstreams[ROOMS]
+    return {key: rooms.worker_for(key) or "" for key in keys}
+
+
+def test_a_pod_restart_moves_no_room(tmp_path: Path) -> None:
+    """nginx hashes its upstream server text: a Service name, which no pod restart changes. Two
+    renders (new secrets, new directory: nothing shared but the fleet file) place every room alike,
+    and alike with the plan `synfleet route` evaluates."""
+    spec = spec_of("seed", **EXTERNAL)
+    keys = room_keys(5000)
+    first = render(tmp_path / "first", spec)
+    second = render(tmp_path / "second", spec)
+    owners = room_owners(first, tmp_path / "n1", keys)
+    assert owners == room_owners(second, tmp_path / "n2", keys)
+    assert len(set(owners.values())) == 4
+    model = nginx_model(documents(first), tmp_path / "n3")
+    planned = routing_plan(spec.fleet).upstreams
+    for name, upstream in model.upstreams.items():
+        assert upstream.servers == planned[name].servers
+        for server in upstream.servers:
+            host = server.rpartition(":")[0]
+            with pytest.raises(ValueError):
+                ipaddress.ip_address(host.strip("[]"))
+    # `synfleet route`'s evaluator, on the plan of the render, names the worker behind each Service.
+    services = worker_services(spec.fleet)
+    for key in keys[:500]:
+        decision = evaluate(routing_plan(spec.fleet), "GET", f"/_matrix/client/v3/rooms/!{key}/messages")
+        assert decision.upstream == ROOMS and decision.worker is not None
+        assert owners[key] == f"{services[decision.worker]}:{INBOUND_PORT}"
+
+
+def test_adding_a_room_worker_moves_about_a_third_of_rooms_from_two(tmp_path: Path) -> None:
+    """What moves on a scale from 2 to 3 room workers: about 1/3 of the rooms, each to the new one."""
+    keys = room_keys(20000)
+    before = nginx_model(documents(render(tmp_path / "two", spec_of("small", **EXTERNAL))), tmp_path / "n2")
+    grown = spec_of("small", **EXTERNAL, workers={"rooms": 3})
+    after = nginx_model(documents(render(tmp_path / "three", grown)), tmp_path / "n3")
+    old, new = before.upstreams[ROOMS], after.upstreams[ROOMS]
+    assert new.servers[:2] == old.servers, "the existing workers keep their Services"
+    changed, total = moved(old.ring, new.ring, keys)
+    assert 0.25 < changed / total < 0.42, changed / total
+    for key in keys:
+        if old.worker_for(key) != new.worker_for(key):
+            assert new.worker_for(key) == "synapse-rooms-2:8080"
+
+
+def test_a_tls_fleet_gets_its_certificate_as_a_secret(tmp_path: Path) -> None:
+    cert, key = CertificateAuthority.create(tmp_path / "ca").issue(["example.org"], tmp_path)
+    spec = spec_of("small", **EXTERNAL, tls={"enabled": True, "certificate": str(cert), "key": str(key)})
+    tree = render(tmp_path / "d", spec)
+    docs = documents(tree)
+    for doc in docs:
+        kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+    tls = of_kind(docs, "Secret")["nginx-tls"]
+    assert tls["type"] == "kubernetes.io/tls"
+    assert base64.b64decode(tls["data"]["tls.key"]) == Path(key).read_bytes()
+    assert stat.S_IMODE((tree / "nginx-tls.yaml").stat().st_mode) == 0o600
+    assert [p["port"] for p in of_kind(docs, "Service")["nginx"]["spec"]["ports"]] == [80, 443]
+    nginx_conf = of_kind(docs, "ConfigMap")["nginx-config"]["data"]["nginx.conf"]
+    assert "ssl_certificate /etc/ssl/synfleet/fullchain.pem;" in nginx_conf
+
+
+# -- bad input ---------------------------------------------------------------------------------
+
+
+def test_without_an_external_database_nothing_is_written(tmp_path: Path) -> None:
+    (tmp_path / "fleet.toml").write_text('server_name = "example.org"\n[redis]\nhost = "redis.internal"\n')
+    result = synfleet("render", "--dir", str(tmp_path), "--target", "kubernetes")
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert "database.host" in result.stderr and "redis.host" not in result.stderr
+    assert "--trial-services" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fleet.toml"]
+    both = synfleet("render", "--dir", str(tmp_path / "missing"), "--target", "kubernetes")
+    assert both.returncode == 2 and "no such directory" in both.stderr
+
+
+def test_two_media_workers_are_refused(tmp_path: Path) -> None:
+    spec = spec_of("small", **EXTERNAL, workers={"media": 2})
+    (tmp_path / "fleet.toml").write_text(fleet_toml(spec))
+    for trial in ([], ["--trial-services"]):
+        result = synfleet("render", "--dir", str(tmp_path), "--target", "kubernetes", *trial)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.count("\n") == 1 and "workers.media" in result.stderr and "media store" in result.stderr
+        assert not (tmp_path / "deploy").exists()
+
+
+def test_unknown_target_and_misplaced_trial_flag(tmp_path: Path) -> None:
+    result = synfleet("render", "--dir", str(tmp_path), "--target", "helm")
+    assert result.returncode == 2 and "helm" in result.stderr and "compose" in result.stderr
+    result = synfleet("render", "--dir", str(tmp_path), "--trial-services")
+    assert result.returncode == 2 and "--target kubernetes" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_compose_and_kubernetes_trees_live_side_by_side(tmp_path: Path) -> None:
+    spec = spec_of("small", **EXTERNAL)
+    tree = render(tmp_path, spec)
+    manifests = {p.name: p.read_bytes() for p in tree.iterdir()}
+    assert synfleet("render", "--dir", str(tmp_path)).returncode == 0
+    assert (tmp_path / "deploy" / "docker-compose.yml").exists()
+    assert {p.name: p.read_bytes() for p in tree.iterdir()} == manifests, "compose's render kept the manifests"
+    again = render(tmp_path, spec)
+    assert {p.name: p.read_bytes() for p in again.iterdir()} == manifests, "re-rendering changed a manifest"
+    assert (tmp_path / "deploy" / "docker-compose.yml").exists()
+    assert read_fleet(tmp_path / "fleet.toml") == spec
+
+
+def test_route_and_ring_evaluate_the_kubernetes_upstreams(tmp_path: Path) -> None:
+    """`synfleet route --target kubernetes` names the worker whose Service the rendered nginx picks;
+    `synfleet ring --target kubernetes` counts what a new room worker takes."""
+    tree = render(tmp_path, spec_of("small", **EXTERNAL))
+    rooms = nginx_model(documents(tree), tmp_path / "nginx").upstreams[ROOMS]
+    services = worker_services(read_fleet(tmp_path / "fleet.toml").fleet)
+    for key in ("abc", "Zx0-room", "4q3jkdf82"):
+        url = f"/_matrix/client/v3/rooms/!{key}:example.org/messages"
+        result = synfleet("route", "--dir", str(tmp_path), "--target", "kubernetes", "--json", "GET", url)
+        assert result.returncode == 0, result.stderr
+        worker = json.loads(result.stdout)["worker"]
+        assert rooms.worker_for(key) == f"{services[worker]}:{INBOUND_PORT}"
+    ring = synfleet("ring", "--dir", str(tmp_path), "--target", "kubernetes", "--keys", "20000")
+    assert ring.returncode == 0, ring.stderr
+    share = re.search(r"growing 2 -> 3 moves (\d+) of 20000 keys", ring.stdout)
+    assert share and 0.25 < int(share[1]) / 20000 < 0.42, ring.stdout
