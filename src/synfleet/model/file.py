@@ -202,13 +202,17 @@ class Routing(Section):
     room_balancing: Literal["consistent_hash", "round_robin", "least_conn"] = "consistent_hash"
 
 
+#: PostgreSQL's port; the fleet's own listens there.
+DEFAULT_POSTGRES_PORT = 5432
+
+
 class Database(Section):
     """PostgreSQL. An empty host means the fleet's own server (a UNIX socket)."""
 
     name: str = Field("synapse", pattern=r"^[A-Za-z0-9_]+$")
     user: str = Field("synapse", pattern=r"^[A-Za-z0-9_]+$")
     host: str = ""
-    port: Port = 5432
+    port: Port = DEFAULT_POSTGRES_PORT
     pool_min: int = Field(5, ge=1, le=100)
     pool_max: int = Field(10, ge=1, le=100)
 
@@ -496,6 +500,11 @@ class FleetSpec(Section):
         for service, section in ((Service.POSTGRES, self.database), (Service.REDIS, self.redis)):
             if service.value in self.placement and not section.local:
                 raise ValueError(f"placement.{service.value}: the fleet uses an external one ({section.host})")
+        if self.database.local and self.database.port != DEFAULT_POSTGRES_PORT:
+            raise ValueError(
+                f"database.port: the fleet's own PostgreSQL listens on {DEFAULT_POSTGRES_PORT} on its host; "
+                "leave port out, or give database.host for an external one"
+            )
         media = {self.host_of(w.name) for w in self.fleet.with_role(Role.MEDIA)}
         if len(media) > 1:
             raise ValueError(
