@@ -250,11 +250,14 @@ class Host(Section):
     @classmethod
     def _address(cls, value: str) -> str:
         try:
-            return str(ipaddress.ip_address(value))
+            address = ipaddress.ip_address(value)
         except ValueError:
             raise ValueError(
                 f"must be an IP address such as 10.0.0.2 (the host's private address), got {value!r}"
             ) from None
+        if address.is_unspecified or address.is_multicast:
+            raise ValueError(f"{value} is not one host's address: give the address the other hosts reach it at")
+        return str(address)
 
 
 class Transport(Section):
@@ -469,6 +472,29 @@ class FleetSpec(Section):
                 f"transport: the inbound ports ({inbound}-{inbound + count - 1}) and the replication ports "
                 f"({replication}-{replication + count - 1}) overlap; move one base"
             )
+        if not self.hosts:
+            return self
+
+        def one(port: int) -> range:
+            return range(port, port + 1)
+
+        taken = {"listen.http_port": one(self.listen.http_port)}
+        if self.tls.enabled:
+            taken["listen.https_port"] = one(self.listen.https_port)
+        if self.database.local:
+            taken["database.port"] = one(self.database.port)
+        if self.redis.local:
+            taken["redis.port"] = one(self.redis.port)
+        if self.metrics.enabled:
+            taken["metrics.base_port"] = range(self.metrics.base_port, self.metrics.base_port + count)
+            taken["metrics.nginx_status_port"] = one(self.metrics.nginx_status_port)
+        for kind, first in (("inbound", inbound), ("replication", replication)):
+            for key, ports in taken.items():
+                if first < ports.stop and ports.start < first + count:
+                    raise ValueError(
+                        f"transport.{kind}_base_port: the {kind} ports ({first}-{first + count - 1}) include "
+                        f"{key}'s ({ports.start}); move one of them"
+                    )
         return self
 
     @model_validator(mode="after")
