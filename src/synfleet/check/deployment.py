@@ -30,7 +30,7 @@ from synfleet.layout import (
     SYNAPSE_DIR,
     WORKER_CONFIG_DIR,
 )
-from synfleet.model.fleet import Role
+from synfleet.model.fleet import Role, Service
 from synfleet.model.load import load_spec
 from synfleet.model.pem import check_files
 from synfleet.nginx.command import test_config, world_readable_tempdir
@@ -148,6 +148,7 @@ class Project:
     host: str
     path: Path
     processes: tuple[str, ...]  # the Synapse processes it runs
+    front: bool  # its nginx routes the clients' requests
 
     @property
     def nginx_conf(self) -> Path:
@@ -214,8 +215,8 @@ def consistency(projects: list[Project]) -> Iterator[CheckResult]:
     yield CheckResult("stream writers reachable over replication", not problems, "; ".join(sorted(set(problems))))
 
     # nginx: every route names an upstream, every upstream server is a listener with the right resources.
-    front = next((host for host, found in blocks.items() if any(b["directive"] == "map" for b in found)), None)
-    found = blocks.get(front, []) if front is not None else []
+    front = next(project.host for project in projects if project.front)
+    found = blocks.get(front, [])
     upstreams = {
         b["args"][0]: [d["args"][0].removeprefix("unix:") for d in b.get("block", []) if d["directive"] == "server"]
         for b in found
@@ -225,7 +226,7 @@ def consistency(projects: list[Project]) -> Iterator[CheckResult]:
     route_upstream = {d["directive"]: d["args"][0] for d in maps.get("$synfleet_upstream", [])}
     rules = {rule.name: rule for rule in (*ROUTES, DEFAULT_RULE)}
     routes = [d["args"][0] for d in maps.get("$synfleet_route", [])]
-    problems = [] if front is not None else ["no nginx config routes requests"]
+    problems = []
     for route in routes:
         upstream = route_upstream.get(route, route_upstream.get("default"))
         if route not in rules:
@@ -234,7 +235,7 @@ def consistency(projects: list[Project]) -> Iterator[CheckResult]:
             problems.append(f"route {route} goes to {upstream}, which is not an upstream")
         else:
             for server in upstreams[upstream]:
-                process, names = served.get(reach(front or "", server) or ("", ""), (None, set()))
+                process, names = served.get(reach(front, server) or ("", ""), (None, set()))
                 missing = resources_needed(rules[route]) - names
                 if process is None:
                     problems.append(f"{upstream}: no Synapse listener at {server}")
@@ -266,30 +267,35 @@ def check_deployment(directory: Path) -> Iterator[CheckResult]:
     check_files(spec)
     deploy = directory / DEPLOY_DIR
     workers = tuple(w.name for w in spec.fleet.workers)
+    front = spec.host_of(Service.NGINX)
     projects = [
-        Project(host, deploy / HOSTS_DIR / host, tuple(p for p in spec.processes_on(host) if p in workers))
+        Project(
+            host, deploy / HOSTS_DIR / host, tuple(p for p in spec.processes_on(host) if p in workers), host == front
+        )
         for host in spec.hosts
-    ] or [Project("", deploy, workers)]
+    ]
+    projects = projects or [Project("", deploy, workers, front=True)]
     if not all((project.path / "docker-compose.yml").exists() for project in projects):
         raise UsageError(f"{deploy}: nothing rendered; run `synfleet render --dir {directory}` first")
     with world_readable_tempdir("synfleet-check-") as scratch:
         for project in projects:
+            root = scratch / project.host  # each project's own copies
             mapping = {
-                COMPOSE.socket_dir: str(scratch / project.host / "sockets"),
-                COMPOSE.data_dir: str(scratch / project.host / "data"),
-                COMPOSE.config_dir: str(scratch / project.host / SYNAPSE_DIR),
+                COMPOSE.socket_dir: str(root / "sockets"),
+                COMPOSE.data_dir: str(root / "data"),
+                COMPOSE.config_dir: str(root / SYNAPSE_DIR),
                 COMPOSE.secrets_dir: str((directory / SECRETS_DIR).resolve()),
-                COMPOSE.nginx_log_dir: str(scratch / project.host / "nginx-logs"),
-                COMPOSE_NGINX_TEMP_DIR: str(scratch / project.host / "nginx-temp"),
+                COMPOSE.nginx_log_dir: str(root / "nginx-logs"),
+                COMPOSE_NGINX_TEMP_DIR: str(root / "nginx-temp"),
             }
             if spec.tls.enabled:
                 mapping[COMPOSE.tls_certificate] = spec.tls.certificate
                 mapping[COMPOSE.tls_key] = spec.tls.key
-            (scratch / project.host).mkdir(exist_ok=True)
+            root.mkdir(exist_ok=True)
             results = []
             if project.nginx_conf.exists():  # a host that no other host reaches runs no nginx
                 conf = project.path / DEPLOY_NGINX_CONFIG
-                results.append(nginx_test(conf, mapping, scratch / project.host, fleet_addresses(spec)))
-            results += synapse_load(project.path / SYNAPSE_DIR, mapping, scratch / project.host)
+                results.append(nginx_test(conf, mapping, root, fleet_addresses(spec)))
+            results += synapse_load(project.path / SYNAPSE_DIR, mapping, root)
             yield from (CheckResult(project.label(r.name), r.ok, r.detail) for r in results)
         yield from consistency(projects)

@@ -151,7 +151,8 @@ def status_command(directory: Path, host: str, as_json: bool) -> None:
 def _print_placement(directory: Path, spec: FleetSpec, as_json: bool) -> None:
     hosts = []
     for name, host in spec.hosts.items():
-        rows = status(RunPaths(directory, name), spec).processes
+        paths = RunPaths(directory, name)  # a share that never ran here needs none of its programs here
+        rows = status(paths, spec).processes if paths.run.exists() else []
         running = bool(rows) and not all(row.state == ORPHANED for row in rows)
         healthy = sum(row.healthy for row in rows) if running else 0
         processes = spec.processes_on(name)
@@ -344,14 +345,15 @@ def upgrade_command(directory: Path, version: str | None, force: bool) -> None:
 def backup_command(directory: Path, out: Path | None) -> None:
     """Write the running fleet (database, media, signing key, secrets, fleet.toml) to one archive."""
     console = Console(highlight=False)
+    spec = load_spec(directory)
     one_host(
-        load_spec(directory),
+        spec,
         "backup reads a fleet on one host; on several, back up PostgreSQL on its host (pg_dump), the "
         f"media store on the media host, and {directory / SECRETS_DIR}",
     )
     if out is None:
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        out = directory / "backups" / f"{load_spec(directory).server_name}-{stamp}.backup"
+        out = directory / "backups" / f"{spec.server_name}-{stamp}.backup"
         out.parent.mkdir(mode=0o700, exist_ok=True)
     elif not out.parent.is_dir():
         raise UsageError(f"--out: {out.parent} is not a directory")

@@ -153,7 +153,7 @@ def render_compose(spec: FleetSpec, secrets: dict[str, str], host: str = "") -> 
         }
         for process in processes
     ]
-    nginx = not host or runs_nginx(spec, host)
+    nginx = runs_nginx(spec, host)
 
     def resources(group: str) -> str:
         limits = spec.resources_for(group)

@@ -29,7 +29,7 @@ from synfleet.model.fleet import Service
 from synfleet.model.pem import check_files
 from synfleet.render.compose import SYNAPSE_IMAGE_GID, SYNAPSE_IMAGE_UID, publish_address, render_compose
 from synfleet.render.files import Rendered, chown_tree, write_tree
-from synfleet.render.hosts import gateways, local_metrics
+from synfleet.render.hosts import gateways, local_metrics, runs_nginx
 from synfleet.render.kubernetes import KUBERNETES_DIR, PRIVATE_MANIFESTS, kubernetes_spec, render_kubernetes
 from synfleet.render.metrics import metrics_files
 from synfleet.render.nginx import NginxLayout, NginxTls, render_nginx, site_of
@@ -61,25 +61,21 @@ def compose_nginx_layout(spec: FleetSpec, host: str = "") -> NginxLayout:
     """nginx in its container (compose's and Kubernetes' alike); with ``host``, on that host's
     network in its project of a fleet on several hosts: the public listeners if it is the front,
     and the links from the other hosts."""
-    if not host:
-        # The image's nginx version is not known here: the listen flag works in every version.
-        tls = nginx_tls(spec, str(COMPOSE_HTTPS_PORT), COMPOSE.tls_certificate, COMPOSE.tls_key, http2_on=False)
-        return NginxLayout(
-            log_dir=COMPOSE.nginx_log_dir,
-            listen=(str(COMPOSE_HTTP_PORT),),
-            temp_dir=COMPOSE_NGINX_TEMP_DIR,
-            tls=tls,
-            status_listen=str(spec.metrics.nginx_status_port) if spec.metrics.enabled else None,
-        )
-    front = spec.host_of(Service.NGINX) == host
-    bind = publish_address(spec.listen.bind)
-    https = f"{bind}:{spec.listen.https_port}"
+    if host:  # on the host's addresses
+        bind = publish_address(spec.listen.bind)
+        http, https = f"{bind}:{spec.listen.http_port}", f"{bind}:{spec.listen.https_port}"
+        status = f"127.0.0.1:{spec.metrics.nginx_status_port}"
+    else:  # on the container's ports, which compose publishes
+        http, https, status = str(COMPOSE_HTTP_PORT), str(COMPOSE_HTTPS_PORT), str(spec.metrics.nginx_status_port)
+    front = not host or spec.host_of(Service.NGINX) == host  # Kubernetes places nginx itself
+    # The image's nginx version is not known here: the listen flag works in every version.
+    tls = nginx_tls(spec, https, COMPOSE.tls_certificate, COMPOSE.tls_key, http2_on=False)
     return NginxLayout(
         log_dir=COMPOSE.nginx_log_dir,
-        listen=(f"{bind}:{spec.listen.http_port}",) if front else (),
+        listen=(http,) if front else (),
         temp_dir=COMPOSE_NGINX_TEMP_DIR,
-        tls=nginx_tls(spec, https, COMPOSE.tls_certificate, COMPOSE.tls_key, http2_on=False) if front else None,
-        status_listen=f"127.0.0.1:{spec.metrics.nginx_status_port}" if spec.metrics.enabled else None,
+        tls=tls if front else None,
+        status_listen=status if spec.metrics.enabled else None,
         gateways=gateways(spec, host, COMPOSE_HOST),
         front=front,
     )
@@ -118,9 +114,8 @@ def render_compose_deployment(spec: FleetSpec, secrets: dict[str, str]) -> Rende
 
 def render_host_project(spec: FleetSpec, secrets: dict[str, str], host: str) -> dict[str, str]:
     """One host's compose project of a fleet on several hosts (see :mod:`synfleet.render.hosts`)."""
-    nginx_layout = compose_nginx_layout(spec, host)
-    files = render_files(spec, COMPOSE_HOST, nginx_layout, secrets, DEPLOY_NGINX_CONFIG, host)
-    if not (nginx_layout.front or nginx_layout.gateways):
+    files = render_files(spec, COMPOSE_HOST, compose_nginx_layout(spec, host), secrets, DEPLOY_NGINX_CONFIG, host)
+    if not runs_nginx(spec, host):
         files = {name: text for name, text in files.items() if not name.startswith(DEPLOY_NGINX_CONFIG)}
     files.update(render_compose(spec, secrets, host))
     files.update(metrics_files(spec, local_metrics(spec, host), grafana=False))

@@ -36,8 +36,8 @@ def hba(database: Database, hosts: tuple[str, ...] = ()) -> str:
 
 def local_metrics(spec: FleetSpec, host: str) -> Callable[[Target], str | None]:
     """Where a host's Prometheus finds a process's metrics: 127.0.0.1 for the processes of ``host``
-    (every process without one); other hosts' metrics listeners take no connections from here."""
-    return lambda target: "127.0.0.1" if not host or spec.host_of(target.process) == host else None
+    (every process without [hosts]); other hosts' metrics listeners take no connections from here."""
+    return lambda target: "127.0.0.1" if spec.host_of(target.process) == host else None
 
 
 def fleet_addresses(spec: FleetSpec) -> tuple[str, ...]:

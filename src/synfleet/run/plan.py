@@ -279,7 +279,7 @@ def run_files(plan: Plan, secrets: dict[str, str]) -> Rendered:
     the deployment's secrets (for the fleet's account to read)."""
     paths = plan.paths
     files = render_files(plan.spec, paths.layout, native_nginx_layout(plan.spec, paths), secrets, NGINX_DIR, paths.host)
-    if plan.spec.hosts and plan.spec.redis.local and Service.REDIS in plan.spec.processes_on(paths.host):
+    if plan.spec.hosts and Service.REDIS in plan.spec.processes_on(paths.host):
         files[REDIS_CONFIG] = f"requirepass {secrets[Secret.REDIS_PASSWORD]}\n"
     files["supervisord.conf"] = supervisor_config(paths, plan.processes)
     files.update(metrics_files(plan.spec, local_metrics(plan.spec, paths.host), grafana=False))
