@@ -1,4 +1,4 @@
-"""What several test modules use: the synfleet command, fixture cases, and real nginx on a rendered
+"""What several test modules use: fixture cases, fleets of a profile, and real nginx on a rendered
 routing config with stub workers on its sockets."""
 
 from __future__ import annotations
@@ -8,7 +8,6 @@ import json
 import os
 import platform
 import shutil
-import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,30 +17,17 @@ from typing import Any
 
 from nio import AsyncClient
 
-from synfleet.model.file import FleetSpec, Media, read_fleet
 from synfleet.model.fleet import Fleet
 from synfleet.model.profiles import profile_spec
-from synfleet.nginx.command import NginxProcess, world_readable_tempdir
-from synfleet.nginx.harness import StubUpstreams
+from synfleet.model.schema import FleetSpec, read_fleet
+from synfleet.model.schema.synapse import Media
+from synfleet.nginx.binary.command import NginxProcess, world_readable_tempdir
+from synfleet.nginx.binary.harness import StubUpstreams
 from synfleet.render.nginx import NginxLayout, Site, access_lines, render_nginx
 from synfleet.routing.plan import RoutingPlan
 from synfleet.system import free_port
 
 CONFIGS = Path(__file__).parent / "configs"
-
-
-def synfleet(
-    *args: str, stdin: str = "", cwd: Path | None = None, timeout: float = 60
-) -> subprocess.CompletedProcess[str]:
-    """Run the synfleet command as a user does."""
-    return subprocess.run(
-        [sys.executable, "-m", "synfleet", *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        timeout=timeout,
-    )
 
 
 def fleet_case(name: str) -> Fleet:

@@ -13,13 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from helpers import CONFIGS, copy_fleet_case, synfleet
+from conftest import synfleet
+from helpers import CONFIGS, copy_fleet_case
 from seed_config import extract_seed
 from synfleet.audit import audit
 from synfleet.audit.findings import AuditReport, Finding
 from synfleet.audit.trust import body_size, forwarded_for, nginx_size, request_uris
-from synfleet.model.file import read_fleet
-from synfleet.nginx.command import world_readable_tempdir
+from synfleet.model.schema import read_fleet
+from synfleet.nginx.binary.command import world_readable_tempdir
 from synfleet.nginx.config import NginxModel
 
 pytestmark = pytest.mark.integration

@@ -12,10 +12,11 @@ from typing import Any
 
 import pytest
 
-from helpers import CONFIGS, synfleet
+from conftest import synfleet
+from helpers import CONFIGS
 from synfleet.audit import audit, live, repair
 from synfleet.audit.findings import AuditReport
-from synfleet.nginx import command
+from synfleet.nginx.binary import command
 from synfleet.nginx.config import Outcome, parse_config, proxy_target, walk
 
 pytestmark = pytest.mark.integration

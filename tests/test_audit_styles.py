@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from helpers import CONFIGS, synfleet
+from conftest import synfleet
+from helpers import CONFIGS
 from synfleet.audit import audit
 from synfleet.audit.findings import AuditReport, Finding
 from synfleet.audit.synapse_config import read_synapse_config

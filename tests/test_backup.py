@@ -8,7 +8,6 @@ import asyncio
 import hashlib
 import json
 import secrets
-import subprocess
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,18 +18,15 @@ from nio import AsyncClient
 from nio.responses import RoomMessagesResponse
 
 import helpers
+from conftest import FLEET_TIMEOUT, fleet_up, synfleet
 from synfleet.model.load import load_spec
-from synfleet.nginx.command import world_readable_tempdir
+from synfleet.nginx.binary.command import world_readable_tempdir
 from synfleet.render.fleet_file import fleet_toml
 from synfleet.system import free_port
 
 pytestmark = pytest.mark.integration
 
 PASSWORD = "backup and restore"
-
-
-def synfleet(directory: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return helpers.synfleet(*args, "--dir", str(directory), timeout=600)
 
 
 @dataclass
@@ -91,17 +87,14 @@ def archive() -> Iterator[tuple[Path, Content, Path]]:
             "small", listen={"http_port": port}, synapse={"relaxed_rate_limits": True, "start": "exec"}
         )
         (source / "fleet.toml").write_text(fleet_toml(spec))
-        try:
-            up = synfleet(source, "up")
-            assert up.returncode == 0, up.stdout + up.stderr
-            assert synfleet(source, "user", "add", "alice", "--password", PASSWORD).returncode == 0
+        with fleet_up(source):
+            added = synfleet("user", "add", "alice", "--password", PASSWORD, directory=source, timeout=FLEET_TIMEOUT)
+            assert added.returncode == 0
             content = asyncio.run(fill(f"http://127.0.0.1:{port}"))
             out = top / "fleet.backup"
-            made = synfleet(source, "backup", "--out", str(out))
+            made = synfleet("backup", "--out", str(out), directory=source, timeout=FLEET_TIMEOUT)
             assert made.returncode == 0, made.stdout + made.stderr
             print(made.stdout)
-        finally:
-            synfleet(source, "down")
         yield out, content, source
 
 
@@ -114,21 +107,17 @@ def test_restore_brings_back_users_rooms_media_devices_and_keys(archive: tuple[P
     assert any(name.startswith("media/") for name in names)
 
     target = out.parent / "restored"
-    restored = helpers.synfleet("restore", str(out), "--dir", str(target), timeout=600)
+    restored = synfleet("restore", str(out), directory=target, timeout=FLEET_TIMEOUT)
     assert restored.returncode == 0, restored.stdout + restored.stderr
     for name in ("signing.key", "registration_shared_secret", "postgres_password"):
         assert (target / "secrets" / name).read_bytes() == (source / "secrets" / name).read_bytes(), name
-    try:
-        up = synfleet(target, "up")
-        assert up.returncode == 0, up.stdout + up.stderr
+    with fleet_up(target) as up:
         assert "loading the restored database" in up.stdout
         port = load_spec(target).listen.http_port
         asyncio.run(read_back(f"http://127.0.0.1:{port}", content))
-    finally:
-        synfleet(target, "down")
 
     # The restored directory now holds a fleet: restoring over it needs --force.
-    again = helpers.synfleet("restore", str(out), "--dir", str(target))
+    again = synfleet("restore", str(out), "--dir", str(target))
     assert again.returncode == 2 and "already holds a fleet" in again.stderr, again.stderr
 
 
@@ -149,7 +138,7 @@ def test_a_flipped_byte_is_refused_before_anything_is_written(
     data[int(len(data) * where)] ^= 0x01
     damaged.write_bytes(bytes(data))
     target = tmp_path / "target"
-    result = helpers.synfleet("restore", str(damaged), "--dir", str(target))
+    result = synfleet("restore", str(damaged), "--dir", str(target))
     assert result.returncode == 2, result.stdout + result.stderr
     assert result.stderr.startswith("synfleet: error: ") and result.stderr.count("\n") == 1, result.stderr
     assert "damaged" in result.stderr or "not a synfleet backup" in result.stderr
@@ -167,11 +156,11 @@ def test_foreign_archives_and_bad_targets_are_refused(archive: tuple[Path, Conte
         (["restore", str(out), "--dir", str(source)], "already holds a fleet"),
         (["backup", "--dir", str(source), "--out", str(tmp_path / "x.backup")], "is not running"),
     ]
-    stopped = helpers.synfleet("status", "--json", "--dir", str(source))
+    stopped = synfleet("status", "--json", "--dir", str(source))
     assert stopped.returncode == 3 and json.loads(stopped.stdout)["running"] is False
     for arguments, message in cases:
         before = digest(source)
-        result = helpers.synfleet(*arguments)
+        result = synfleet(*arguments)
         assert result.returncode == 2, (arguments, result.stdout + result.stderr)
         assert message in result.stderr and result.stderr.count("\n") == 1, result.stderr
         assert digest(source) == before

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import synfleet
+from conftest import synfleet
 
 NOT_UTF8 = b"GET /_matrix/client/versions\nGET /_matrix/\xff\xfe\n"
 

@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 import struct
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from helpers import synfleet
-from synfleet.nginx.command import world_readable_tempdir
+from conftest import synfleet
+from synfleet.nginx.binary.command import world_readable_tempdir
 
 pytestmark = pytest.mark.integration
 
@@ -22,13 +21,7 @@ def run_bench(directory: Path, *arguments: str) -> subprocess.CompletedProcess[s
     init = synfleet("init", "--dir", str(directory), "--server-name", "localhost", "--profile", "small")
     assert init.returncode == 0
     try:
-        result = subprocess.run(
-            [sys.executable, "-m", "synfleet", "bench", "--dir", str(directory), *arguments],
-            capture_output=True,
-            text=True,
-            timeout=900,
-            stdin=subprocess.DEVNULL,
-        )
+        result = synfleet("bench", *arguments, directory=directory, timeout=900)
     finally:
         for mode in ("monolith", "fleet", "fleet-roundrobin"):
             if (directory / "bench" / mode).exists():

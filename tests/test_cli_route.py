@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from helpers import synfleet
+from conftest import synfleet
 
 
 def test_route_table_output(tmp_path: Path) -> None:

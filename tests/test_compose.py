@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 import helpers
+from conftest import synfleet
 from flows import (
     PASSWORD,
     check_rooms_still_there,
@@ -101,7 +102,7 @@ def fleet(
         profile, listen={"http_port": port}, synapse={"relaxed_rate_limits": True}, images=images.model_dump()
     )
     (directory / "fleet.toml").write_text(fleet_toml(spec))
-    rendered = helpers.synfleet("render", "--dir", str(directory))
+    rendered = synfleet("render", "--dir", str(directory))
     assert rendered.returncode == 0, rendered.stderr
     project = ComposeProject(directory / "deploy", f"synfleet-test-{uuid.uuid4().hex[:8]}", podman)
     try:
@@ -112,7 +113,7 @@ def fleet(
         fleet = ComposeFleet(directory, project, port, profile, seconds)
         for user in ("alice", "bob"):
             main_socket = str(fleet.socket("main"))
-            added = helpers.synfleet(
+            added = synfleet(
                 "user", "add", user, "--password", PASSWORD, "--socket", main_socket, "--dir", str(directory)
             )
             assert added.returncode == 0, added.stderr

@@ -18,14 +18,8 @@ from grafana_foundation_sdk.models import prometheus
 from grafana_foundation_sdk.models.dashboard import Dashboard, RowPanel
 
 from helpers import prometheus_tool
-from synfleet.metrics.dashboard import (
-    DATASOURCE_UID,
-    dashboard,
-    dashboard_uid,
-    panel_queries,
-    query_metric_names,
-    validate,
-)
+from synfleet.metrics.dashboard import DATASOURCE_UID, dashboard, dashboard_uid, validate
+from synfleet.metrics.promql import panel_queries, query_metric_names
 
 SERVER = "m.test"
 METRIC_PREFIXES = ("synapse_", "process_", "python_")

@@ -18,7 +18,6 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,32 +28,38 @@ from nio.responses import SyncResponse
 from synapse.storage.schema import SCHEMA_VERSION
 
 import helpers
+from conftest import FLEET_TIMEOUT, RunningFleet, fleet_under_test, synfleet
 from flows import PASSWORD, worker_of
 from synfleet.model.load import load_spec
-from synfleet.nginx.command import world_readable_tempdir
 from synfleet.render.fleet_file import fleet_toml
 from synfleet.render.nginx import access_lines
 from synfleet.run.paths import RunPaths
-from synfleet.system import free_port
 
 pytestmark = pytest.mark.integration
 
 ROOMS = 20
 
 
-def synfleet(directory: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return helpers.synfleet(*args, "--dir", str(directory), timeout=600)
-
-
 @dataclass
-class Fleet:
-    directory: Path
-    port: int
+class Fleet(RunningFleet):
     rooms: list[str] = field(default_factory=list)
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+    def after_up(self) -> None:
+        for user in ("alice", "bob"):
+            assert self.synfleet("user", "add", user, "--password", PASSWORD).returncode == 0
+
+        async def make_rooms() -> None:
+            alice, bob = AsyncClient(self.url, "@alice:localhost"), AsyncClient(self.url, "@bob:localhost")
+            await alice.login(PASSWORD)
+            await bob.login(PASSWORD)
+            for i in range(ROOMS):
+                room = (await alice.room_create(name=f"apply {i}", invite=[bob.user_id])).room_id
+                await bob.join(room)
+                self.rooms.append(room)
+            await alice.close()
+            await bob.close()
+
+        asyncio.run(make_rooms())
 
     def write(self, **workers: int) -> None:
         spec = helpers.profile_with(
@@ -63,7 +68,7 @@ class Fleet:
         (self.directory / "fleet.toml").write_text(fleet_toml(spec))
 
     def pids(self) -> dict[str, int]:
-        data = json.loads(synfleet(self.directory, "status", "--json").stdout)
+        data = json.loads(self.synfleet("status", "--json").stdout)
         return {p["name"]: p["pid"] for p in data["processes"]}
 
 
@@ -122,32 +127,7 @@ class Traffic:
         return max((b - a for a, b in itertools.pairwise(times)), default=0.0)
 
 
-@pytest.fixture(scope="module")
-def fleet() -> Iterator[Fleet]:
-    with world_readable_tempdir("synfleet-apply-") as directory:
-        fleet = Fleet(directory, free_port())
-        fleet.write(rooms=2)
-        try:
-            up = synfleet(directory, "up")
-            assert up.returncode == 0, up.stdout + up.stderr
-            for user in ("alice", "bob"):
-                assert synfleet(directory, "user", "add", user, "--password", PASSWORD).returncode == 0
-
-            async def make_rooms() -> None:
-                alice, bob = AsyncClient(fleet.url, "@alice:localhost"), AsyncClient(fleet.url, "@bob:localhost")
-                await alice.login(PASSWORD)
-                await bob.login(PASSWORD)
-                for i in range(ROOMS):
-                    room = (await alice.room_create(name=f"apply {i}", invite=[bob.user_id])).room_id
-                    await bob.join(room)
-                    fleet.rooms.append(room)
-                await alice.close()
-                await bob.close()
-
-            asyncio.run(make_rooms())
-            yield fleet
-        finally:
-            synfleet(directory, "down")
+fleet = fleet_under_test(Fleet, "small", synapse={"relaxed_rate_limits": True}, workers={"rooms": 2})
 
 
 def under_traffic(fleet: Fleet, change: Any, retry: bool = False) -> tuple[Traffic, Any]:
@@ -190,9 +170,9 @@ def moved_rooms(dry_run: str) -> dict[str, tuple[str, str]]:
 
 
 def apply(fleet: Fleet) -> tuple[str, str]:
-    dry = synfleet(fleet.directory, "apply", "--dry-run")
+    dry = fleet.synfleet("apply", "--dry-run")
     assert dry.returncode == 0, dry.stdout + dry.stderr
-    done = synfleet(fleet.directory, "apply")
+    done = fleet.synfleet("apply")
     assert done.returncode == 0, done.stdout + done.stderr
     return dry.stdout, done.stdout
 
@@ -244,7 +224,7 @@ def test_a_change_that_restarts_everything_loses_nothing(fleet: Fleet) -> None:
         f"\nsecond event persister: {done.strip().splitlines()[-1]}; {len(traffic.acknowledged)} sends "
         f"({traffic.retried} retries), longest send outage {traffic.longest_gap():.2f}s"
     )
-    status = synfleet(fleet.directory, "status", "--json")
+    status = fleet.synfleet("status", "--json")
     assert status.returncode == 0 and "tasks2" in {p["name"] for p in json.loads(status.stdout)["processes"]}
 
 
@@ -262,8 +242,8 @@ def test_a_change_of_each_process_own_files_restarts_them_one_by_one(fleet: Flee
     synapse = {w.name for w in load_spec(fleet.directory).fleet.workers}
     assert all(after[name] != pids[name] for name in synapse)
     assert all(after[name] == pids[name] for name in pids if name not in synapse), "only Synapse restarts"
-    assert synfleet(fleet.directory, "status").returncode == 0
-    back = synfleet(fleet.directory, "apply")
+    assert fleet.synfleet("status").returncode == 0
+    back = fleet.synfleet("apply")
     assert back.returncode == 0, back.stderr
 
 
@@ -273,7 +253,7 @@ def test_apply_refuses_a_rename_and_a_stopped_fleet(fleet: Fleet, tmp_path: Path
     assert renamed != current
     (fleet.directory / "fleet.toml").write_text(renamed)
     pids = fleet.pids()
-    result = synfleet(fleet.directory, "apply")
+    result = fleet.synfleet("apply")
     assert result.returncode == 2 and "cannot be renamed" in result.stderr, result.stderr
     assert fleet.pids() == pids
     (fleet.directory / "fleet.toml").write_text(current)
@@ -284,12 +264,12 @@ def test_apply_refuses_a_rename_and_a_stopped_fleet(fleet: Fleet, tmp_path: Path
         )
     )
     (fleet.directory / "fleet.toml").write_text(other_start)
-    result = synfleet(fleet.directory, "apply")
+    result = fleet.synfleet("apply")
     assert result.returncode == 2 and "synapse.start" in result.stderr and "synfleet down" in result.stderr
     (fleet.directory / "fleet.toml").write_text(current)
     assert fleet.pids() == pids
 
-    stopped = synfleet(tmp_path, "apply")
+    stopped = synfleet("apply", directory=tmp_path, timeout=FLEET_TIMEOUT)
     assert stopped.returncode == 2 and "not running" in stopped.stderr, stopped.stderr
     assert not (tmp_path / "run").exists()
 
@@ -317,7 +297,7 @@ def psql(fleet: Fleet, query: str) -> str:
 
 def test_upgrade_refuses_a_database_too_new_and_restarts_main_first(fleet: Fleet) -> None:
     pids = fleet.pids()
-    same = synfleet(fleet.directory, "upgrade")
+    same = fleet.synfleet("upgrade")
     assert same.returncode == 0 and "already runs Synapse" in same.stdout, same.stdout + same.stderr
     assert fleet.pids() == pids
 
@@ -325,14 +305,14 @@ def test_upgrade_refuses_a_database_too_new_and_restarts_main_first(fleet: Fleet
     compat = psql(fleet, "SELECT compat_version FROM schema_compat_version")
     psql(fleet, f"UPDATE schema_compat_version SET compat_version = {SCHEMA_VERSION + 1}")
     try:
-        refused = synfleet(fleet.directory, "upgrade", "--force")
+        refused = fleet.synfleet("upgrade", "--force")
     finally:
         psql(fleet, f"UPDATE schema_compat_version SET compat_version = {compat}")
     assert refused.returncode == 2 and "downgrade across a schema change" in refused.stderr, refused.stderr
     assert refused.stderr.count("\n") == 1
     assert fleet.pids() == pids
 
-    forced = synfleet(fleet.directory, "upgrade", "--force")
+    forced = fleet.synfleet("upgrade", "--force")
     assert forced.returncode == 0, forced.stdout + forced.stderr
     lines = forced.stdout.splitlines()
     first_worker_start = min(i for i, line in enumerate(lines) if re.search(r"starting (?!main)\w+", line))
@@ -346,13 +326,10 @@ def test_upgrade_refuses_a_database_too_new_and_restarts_main_first(fleet: Fleet
 
 def test_upgrade_of_a_compose_deployment_renders_the_tag_and_prints_the_order(tmp_path: Path) -> None:
     assert (
-        helpers.synfleet(
-            "init", "--dir", str(tmp_path), "--server-name", "example.org", "--profile", "small"
-        ).returncode
-        == 0
+        synfleet("init", "--dir", str(tmp_path), "--server-name", "example.org", "--profile", "small").returncode == 0
     )
-    assert helpers.synfleet("render", "--dir", str(tmp_path)).returncode == 0
-    moved = helpers.synfleet("upgrade", "--synapse", "1.170.0", "--dir", str(tmp_path))
+    assert synfleet("render", "--dir", str(tmp_path)).returncode == 0
+    moved = synfleet("upgrade", "--synapse", "1.170.0", "--dir", str(tmp_path))
     assert moved.returncode == 0, moved.stderr
     text = (tmp_path / "fleet.toml").read_text()
     assert 'version = "1.170.0"' in text and "# Synapse release for docker compose images" in text
@@ -362,18 +339,18 @@ def test_upgrade_of_a_compose_deployment_renders_the_tag_and_prints_the_order(tm
     assert commands[1].startswith("docker compose stop ") and "rooms1" in commands[1].split()
     assert "--no-deps synapse" in commands[2] and commands[-1].startswith("docker compose up -d ")
 
-    older = helpers.synfleet("upgrade", "--synapse", "1.160.0", "--dir", str(tmp_path))
+    older = synfleet("upgrade", "--synapse", "1.160.0", "--dir", str(tmp_path))
     assert older.returncode == 2 and "older than the fleet's 1.170.0" in older.stderr, older.stderr
     assert 'version = "1.170.0"' in (tmp_path / "fleet.toml").read_text()
-    bad = helpers.synfleet("upgrade", "--synapse", "latest", "--dir", str(tmp_path))
+    bad = synfleet("upgrade", "--synapse", "latest", "--dir", str(tmp_path))
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1
 
 
 def test_up_right_after_down_and_a_port_another_program_holds(fleet: Fleet, tmp_path: Path) -> None:
     """Connections left in TIME_WAIT by the traffic above do not block a restart script; a port
     that another program listens on still does, with one clear message and nothing started."""
-    assert synfleet(fleet.directory, "down").returncode == 0
-    up = synfleet(fleet.directory, "up")
+    assert fleet.synfleet("down").returncode == 0
+    up = fleet.synfleet("up")
     assert up.returncode == 0, up.stdout + up.stderr
 
     with socket.socket() as holder:
@@ -382,7 +359,7 @@ def test_up_right_after_down_and_a_port_another_program_holds(fleet: Fleet, tmp_
         port = holder.getsockname()[1]
         spec = helpers.profile_with("small", listen={"http_port": port})
         (tmp_path / "fleet.toml").write_text(fleet_toml(spec))
-        refused = synfleet(tmp_path, "up")
+        refused = synfleet("up", directory=tmp_path, timeout=FLEET_TIMEOUT)
     assert refused.returncode == 2, refused.stdout + refused.stderr
     assert f"port {port} on 127.0.0.1 is in use by another program" in refused.stderr
     assert refused.stderr.count("\n") == 1

@@ -9,7 +9,7 @@ from collections import Counter
 import pytest
 
 from helpers import fleet_case, live_nginx
-from synfleet.nginx.harness import Probe, send_all
+from synfleet.nginx.binary.harness import Probe, send_all
 from synfleet.routing.corpus import Corpus, legacy_room_id, v12_room_id
 from synfleet.routing.evaluate import evaluate
 from synfleet.routing.table import ROUTES

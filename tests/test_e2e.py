@@ -15,7 +15,6 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ import pytest
 import yaml
 
 import helpers
+from conftest import RunningFleet, fleet_under_test
 from flows import (
     PASSWORD,
     check_rooms_still_there,
@@ -35,11 +35,10 @@ from flows import (
     send_stream,
     socket_healthy,
 )
-from synfleet.metrics.dashboard import panel_queries, query_metric_names, validate
+from synfleet.metrics.dashboard import validate
+from synfleet.metrics.promql import panel_queries, query_metric_names
 from synfleet.metrics.scrape import scrape
 from synfleet.model.load import load_spec
-from synfleet.nginx.command import world_readable_tempdir
-from synfleet.render.fleet_file import fleet_toml
 from synfleet.render.nginx import access_lines
 from synfleet.routing.plan import RoutingPlan
 from synfleet.run.paths import RunPaths, deployed_plan
@@ -48,21 +47,15 @@ from synfleet.system import free_port, free_ports
 pytestmark = pytest.mark.integration
 
 
-def synfleet(directory: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return helpers.synfleet(*args, "--dir", str(directory), timeout=600)
-
-
 @dataclass
-class Fleet:
-    directory: Path
-    port: int
-    profile: str
-    up_seconds: float
+class Fleet(RunningFleet):
     rooms: list[str] = field(default_factory=list)
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+    def after_up(self) -> None:
+        print(f"\n[{self.profile}] up to all healthy: {self.up_seconds:.1f}s\n{self.status()}")
+        for user in ("alice", "bob"):
+            added = self.synfleet("user", "add", user, "--password", PASSWORD)
+            assert added.returncode == 0, added.stderr
 
     @property
     def plan(self) -> RoutingPlan:
@@ -75,35 +68,16 @@ class Fleet:
         return access_lines(RunPaths(self.directory).access_log)
 
     def status(self) -> str:
-        return synfleet(self.directory, "status").stdout
+        return self.synfleet("status").stdout
 
 
-@pytest.fixture(scope="module", params=["small", "seed"])
-def fleet(request: pytest.FixtureRequest) -> Iterator[Fleet]:
-    profile = request.param
-    with world_readable_tempdir(f"synfleet-e2e-{profile}-") as directory:
-        port = free_port()
-        metrics = free_ports(len(helpers.profile_with(profile).fleet.workers) + 1)
-        spec = helpers.profile_with(
-            profile,
-            listen={"http_port": port},
-            synapse={"relaxed_rate_limits": True},
-            metrics={"enabled": True, "base_port": metrics + 1, "nginx_status_port": metrics},
-        )
-        (directory / "fleet.toml").write_text(fleet_toml(spec))
-        started = time.monotonic()
-        up = synfleet(directory, "up")
-        seconds = time.monotonic() - started
-        try:
-            assert up.returncode == 0, up.stdout + up.stderr
-            print(f"\n[{profile}] up to all healthy: {seconds:.1f}s\n{synfleet(directory, 'status').stdout}")
-            for user in ("alice", "bob"):
-                added = synfleet(directory, "user", "add", user, "--password", PASSWORD)
-                assert added.returncode == 0, added.stderr
-            yield Fleet(directory, port, profile, seconds)
-        finally:
-            down = synfleet(directory, "down")
-            print(down.stdout, down.stderr)
+def metrics_on_free_ports(profile: str) -> dict[str, Any]:
+    """Metrics on: nginx's status on the first of free ports, then one for each Synapse process."""
+    first = free_ports(len(helpers.profile_with(profile).fleet.workers) + 1)
+    return {"enabled": True, "base_port": first + 1, "nginx_status_port": first}
+
+
+fleet = fleet_under_test(Fleet, ["small", "seed"], synapse={"relaxed_rate_limits": True}, metrics=metrics_on_free_ports)
 
 
 def test_conversation_and_routing(fleet: Fleet) -> None:
@@ -176,7 +150,7 @@ def test_every_process_is_scraped_with_the_dashboards_labels(fleet: Fleet) -> No
 
 
 def test_top_shows_every_process_from_its_metrics(fleet: Fleet) -> None:
-    result = synfleet(fleet.directory, "top", "--count", "1", "--interval", "1")
+    result = fleet.synfleet("top", "--count", "1", "--interval", "1")
     assert result.returncode == 0, result.stdout + result.stderr
     for worker in fleet.plan.fleet.workers:
         row = rf"│ {worker.name}\s+│ {fleet.plan.fleet.group(worker.name)}\s+│\s+\d+%"
@@ -225,7 +199,7 @@ def test_synapse_processes_are_forks_of_the_supervisor_with_their_own_reactor(fl
     """synapse.start = "fork", the default: every Synapse process (the restarted one too) is a
     child of the supervisor that imported Synapse, shares that import's pages, looks like an exec
     start in `ps`, and has an epoll of its own (the supervisor keeps none)."""
-    data = json.loads(synfleet(fleet.directory, "status", "--json").stdout)
+    data = json.loads(fleet.synfleet("status", "--json").stdout)
     supervisor = data["supervisor"]["pid"]
     processes = {p["name"]: p for p in data["processes"]}
     epolls = []
@@ -245,7 +219,7 @@ def test_synapse_processes_are_forks_of_the_supervisor_with_their_own_reactor(fl
 
 
 def test_status_json_has_the_tables_figures(fleet: Fleet) -> None:
-    result = synfleet(fleet.directory, "status", "--json")
+    result = fleet.synfleet("status", "--json")
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
     assert data["running"] is True and data["server_name"] == "localhost" and data["unhealthy"] == []
@@ -263,14 +237,14 @@ def test_status_json_has_the_tables_figures(fleet: Fleet) -> None:
 def test_down_then_up_keeps_users_and_rooms(fleet: Fleet) -> None:
     pids = [int(p) for p in re.findall(r"│\s*(?:running|starting)\s*│\s*(\d+)", fleet.status())]
     assert pids
-    down = synfleet(fleet.directory, "down")
+    down = fleet.synfleet("down")
     assert down.returncode == 0, down.stderr
     for pid in pids:
         assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text(), pid
     sockets = list((fleet.directory / "run" / "sockets").iterdir())
     assert not [s for s in sockets if s.is_socket()], sockets
-    assert synfleet(fleet.directory, "status").returncode == 3
+    assert fleet.synfleet("status").returncode == 3
 
-    up = synfleet(fleet.directory, "up")
+    up = fleet.synfleet("up")
     assert up.returncode == 0, up.stdout + up.stderr
     check_rooms_still_there(fleet)

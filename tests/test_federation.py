@@ -28,7 +28,7 @@ from synfleet.lab import Lab, unavailable_reason
 from synfleet.lab.federation import Server, federated_pair, in_host
 from synfleet.layout import worker_of_server
 from synfleet.model.load import load_spec
-from synfleet.nginx.command import world_readable_tempdir
+from synfleet.nginx.binary.command import world_readable_tempdir
 from synfleet.routing.evaluate import evaluate
 from synfleet.run.paths import RunPaths, deployed_plan
 

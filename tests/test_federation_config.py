@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers import synfleet
+from conftest import synfleet
 from synfleet.lab import CertificateAuthority
-from synfleet.nginx.command import world_readable_tempdir
+from synfleet.nginx.binary.command import world_readable_tempdir
 
 
 @pytest.fixture(scope="module")

@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from helpers import CONFIGS, synfleet
+from conftest import synfleet
+from helpers import CONFIGS
 from synfleet.bench.sizing import load_costs, size_fleet
-from synfleet.model.file import parse_fleet
 from synfleet.model.fleet import Role, Stream
 from synfleet.model.profiles import PROFILES, profile_spec
+from synfleet.model.schema import parse_fleet
 from synfleet.render.fleet_file import fleet_file_text
 
 BAD_FLEETS = sorted(p.name for p in (CONFIGS / "bad_fleets").iterdir())

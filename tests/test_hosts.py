@@ -23,7 +23,7 @@ from nio import AsyncClient
 from flows import PASSWORD, login
 from synfleet.lab import Lab, unavailable_reason
 from synfleet.lab.netns import pids
-from synfleet.nginx.command import world_readable_tempdir
+from synfleet.nginx.binary.command import world_readable_tempdir
 from synfleet.system import free_port
 from three_hosts import HOSTS, SHARES, Hosts, conversation_across_hosts, outsider_refused, write_fleet
 

@@ -18,14 +18,14 @@ from dataclasses import dataclass, field
 import psycopg2
 import pytest
 
-import helpers
+from conftest import synfleet
 from flows import PASSWORD
 from synfleet.lab import Lab, LabError, unavailable_reason
 from synfleet.lab.compose import ComposeProject
 from synfleet.lab.images import ensure_images
 from synfleet.lab.podman import Podman
 from synfleet.layout import COMPOSE, inbound_socket
-from synfleet.nginx.command import world_readable_tempdir
+from synfleet.nginx.binary.command import world_readable_tempdir
 from synfleet.render.nginx import access_lines
 from synfleet.routing.plan import RoutingPlan
 from synfleet.system import free_port
@@ -82,7 +82,7 @@ def hosts() -> Iterator[ComposeHosts]:
     with world_readable_tempdir("synfleet-hosts-compose-") as directory, Lab([*HOSTS, "x"]) as lab:
         port = free_port()
         write_fleet(lab, directory, port, images=images.model_dump())
-        rendered = helpers.synfleet("render", "--dir", str(directory))
+        rendered = synfleet("render", "--dir", str(directory))
         assert rendered.returncode == 0, rendered.stderr
         name = f"synfleet-test-{uuid.uuid4().hex[:8]}"
         fleet = ComposeHosts(lab, directory, port)
@@ -100,7 +100,7 @@ def hosts() -> Iterator[ComposeHosts]:
             print(f"\n[compose, three hosts] up -d to every healthcheck passing: {time.monotonic() - began:.1f}s")
             main_socket = inbound_socket(fleet.sockets("a"), "main")
             for user in ("alice", "bob"):
-                added = helpers.synfleet(
+                added = synfleet(
                     "user", "add", user, "--password", PASSWORD, "--socket", main_socket, "--dir", str(directory)
                 )
                 assert added.returncode == 0, added.stderr

@@ -12,7 +12,6 @@ import secrets
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,13 +19,11 @@ from typing import Any
 import httpx
 import pytest
 
-import helpers
-from synfleet.model.file import REQUEST_BODY_LIMIT, Media
-from synfleet.nginx.command import world_readable_tempdir
-from synfleet.render.fleet_file import fleet_toml
+from conftest import RunningFleet, fleet_under_test
+from synfleet.model.schema.synapse import REQUEST_BODY_LIMIT, Media
 from synfleet.run.paths import RunPaths
 from synfleet.run.register import register_user
-from synfleet.system import free_port, require_binary
+from synfleet.system import require_binary
 
 pytestmark = [
     pytest.mark.integration,
@@ -39,11 +36,24 @@ PASSWORD = "long enough to be a password"
 
 
 @dataclass
-class SecuredFleet:
-    directory: Path
-    port: int
-    token: str  # alice's, from a login that claimed to come from FORGED
-    admin_token: str
+class SecuredFleet(RunningFleet):
+    token: str = ""  # alice's, from a login that claimed to come from FORGED
+    admin_token: str = ""
+
+    def after_up(self) -> None:
+        paths = RunPaths(self.directory)
+        register_user(paths, "alice", PASSWORD, admin=False)
+        self.admin_token = register_user(paths, "admin", PASSWORD, admin=True)["access_token"]
+        login = {"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "alice"}}
+        body = json.dumps({**login, "password": PASSWORD}).encode()
+        status, answer = self.request(
+            "POST",
+            "/_matrix/client/v3/login",
+            {"X-Forwarded-For": FORGED, "Content-Type": "application/json"},
+            body,
+        )
+        assert status == 200, answer
+        self.token = json.loads(answer)["access_token"]
 
     def request(self, method: str, path: str, headers: dict[str, str] | None = None, body: bytes = b"") -> Any:
         """A raw request: the path goes to nginx exactly as written."""
@@ -62,33 +72,8 @@ class SecuredFleet:
             return client.request(method, path, headers={"Authorization": f"Bearer {self.admin_token}"}, **kwargs)
 
 
-@pytest.fixture(scope="module")
-def fleet() -> Iterator[SecuredFleet]:
-    """The small profile with Synapse's own rate limits, and 127.0.0.1 not allowed the admin API."""
-    with world_readable_tempdir("synfleet-secure-") as directory:
-        port = free_port()
-        spec = helpers.profile_with("small", listen={"http_port": port}, access={"admin_allow": ["10.0.0.0/8"]})
-        (directory / "fleet.toml").write_text(fleet_toml(spec))
-        up = helpers.synfleet("up", "--dir", str(directory), timeout=600)
-        try:
-            assert up.returncode == 0, up.stdout + up.stderr
-            paths = RunPaths(directory)
-            register_user(paths, "alice", PASSWORD, admin=False)
-            admin = register_user(paths, "admin", PASSWORD, admin=True)["access_token"]
-            login = {"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "alice"}}
-            body = json.dumps({**login, "password": PASSWORD}).encode()
-            secured = SecuredFleet(directory, port, "", admin)
-            status, answer = secured.request(
-                "POST",
-                "/_matrix/client/v3/login",
-                {"X-Forwarded-For": FORGED, "Content-Type": "application/json"},
-                body,
-            )
-            assert status == 200, answer
-            secured.token = json.loads(answer)["access_token"]
-            yield secured
-        finally:
-            helpers.synfleet("down", "--dir", str(directory), timeout=300)
+# The small profile with Synapse's own rate limits, and 127.0.0.1 not allowed the admin API.
+fleet = fleet_under_test(SecuredFleet, "small", access={"admin_allow": ["10.0.0.0/8"]})
 
 
 ADMIN = "/_synapse/admin/v1/server_version"

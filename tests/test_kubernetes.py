@@ -19,11 +19,11 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from helpers import synfleet
+from conftest import synfleet
 from synfleet.lab import CertificateAuthority
-from synfleet.model.file import FleetSpec, read_fleet
 from synfleet.model.fleet import Role
 from synfleet.model.profiles import profile_spec
+from synfleet.model.schema import FleetSpec, read_fleet
 from synfleet.nginx.config import NginxModel
 from synfleet.nginx.ketama import moved
 from synfleet.render.fleet_file import fleet_toml

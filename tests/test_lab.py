@@ -23,7 +23,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from synfleet.lab import CertificateAuthority, Lab, LabError, unavailable_reason
 from synfleet.lab import hosts as lab_hosts
 from synfleet.lab import netns as lab_netns
-from synfleet.lab import processes as lab_processes
+from synfleet.lab import stopping as lab_stopping
 
 PYTHON = sys.executable
 PORT = 8448
@@ -362,7 +362,7 @@ def test_a_lab_that_fails_to_start_removes_what_it_made(netns_available: None, m
 def test_ctrl_c_during_cleanup_is_held_back_until_the_lab_is_gone(
     netns_available: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(lab_processes, "GRACE_SECONDS", 1.0)
+    monkeypatch.setattr(lab_stopping, "GRACE_SECONDS", 1.0)
     with pytest.raises(KeyboardInterrupt), Lab(["a"]) as lab:
         # Ignores SIGTERM, so the sweep of its namespace waits out the grace period; the Ctrl-C lands then.
         stubborn = lab["a"].popen(

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from synfleet.errors import BadRequest, UsageError
-from synfleet.nginx.command import NginxProcess, world_readable_tempdir
+from synfleet.nginx.binary.command import NginxProcess, world_readable_tempdir
 from synfleet.nginx.config import (
     Directive,
     NginxModel,

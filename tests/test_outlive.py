@@ -13,15 +13,16 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 
 import helpers
-from synfleet.model.file import FleetSpec
-from synfleet.nginx.command import world_readable_tempdir
+from conftest import RunningFleet, fleet_under_test, synfleet
+from synfleet.model.schema import FleetSpec
+from synfleet.nginx.binary.command import world_readable_tempdir
 from synfleet.render.fleet_file import fleet_toml
 from synfleet.run.health import is_healthy
 from synfleet.run.ownership import holds_listener
@@ -33,13 +34,14 @@ pytestmark = pytest.mark.integration
 PASSWORD = "outlived but not forgotten"
 
 
-class Fleet:
-    def __init__(self, directory: Path, port: int) -> None:
-        self.directory = directory
-        self.port = port
+@dataclass
+class Fleet(RunningFleet):
+    def after_up(self) -> None:
+        added = self.synfleet("user", "add", "carol", "--password", PASSWORD)
+        assert added.returncode == 0, added.stderr
 
-    def synfleet(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return helpers.synfleet(*args, "--dir", str(self.directory), timeout=600)
+    def after_down(self) -> None:
+        assert not self.leftovers()
 
     def up(self) -> None:
         done = self.synfleet("up")
@@ -75,21 +77,7 @@ class Fleet:
         return httpx.get(f"http://127.0.0.1:{self.port}/_matrix/client/versions", timeout=10).status_code
 
 
-@pytest.fixture(scope="module")
-def fleet() -> Iterator[Fleet]:
-    with world_readable_tempdir("synfleet-outlive-") as directory:
-        port = free_port()
-        spec = helpers.profile_with("small", listen={"http_port": port}, synapse={"relaxed_rate_limits": True})
-        (directory / "fleet.toml").write_text(fleet_toml(spec))
-        running = Fleet(directory, port)
-        try:
-            running.up()
-            added = running.synfleet("user", "add", "carol", "--password", PASSWORD)
-            assert added.returncode == 0, added.stderr
-            yield running
-        finally:
-            running.synfleet("down")
-            assert not running.leftovers()
+fleet = fleet_under_test(Fleet, "small", synapse={"relaxed_rate_limits": True})
 
 
 def _wait(predicate: object, timeout: float) -> bool:
@@ -250,7 +238,7 @@ def test_in_the_foreground_a_dead_supervisor_ends_up_for_the_service_manager(fle
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd-analyze (package systemd)")
 def test_the_service_unit_passes_systemd_analyze(tmp_path: Path) -> None:
-    printed = helpers.synfleet("service", "install", "--print", "--dir", str(tmp_path))
+    printed = synfleet("service", "install", "--print", "--dir", str(tmp_path))
     assert printed.returncode == 0, printed.stderr
     first, _, unit = printed.stdout.partition("\n")
     name = Path(first.removeprefix("# ")).name
@@ -267,9 +255,9 @@ def test_a_hosts_share_gets_a_unit_of_its_own(tmp_path: Path) -> None:
     spec["hosts"] = {"a": {"address": "10.1.0.2"}, "b": {"address": "10.1.0.3"}}
     spec["placement"] = {"default": "a", "rooms": "b"}
     (tmp_path / "fleet.toml").write_text(fleet_toml(FleetSpec.model_validate(spec)))
-    without = helpers.synfleet("service", "install", "--print", "--dir", str(tmp_path))
+    without = synfleet("service", "install", "--print", "--dir", str(tmp_path))
     assert without.returncode == 2 and "--host NAME" in without.stderr
-    printed = helpers.synfleet("service", "install", "--print", "--host", "b", "--dir", str(tmp_path))
+    printed = synfleet("service", "install", "--print", "--host", "b", "--dir", str(tmp_path))
     assert printed.returncode == 0, printed.stderr
     first, _, unit = printed.stdout.partition("\n")
     name = Path(first.removeprefix("# ")).name
@@ -283,7 +271,7 @@ def test_a_hosts_share_gets_a_unit_of_its_own(tmp_path: Path) -> None:
 @pytest.mark.skipif(Path("/run/systemd/system").is_dir(), reason="systemd runs here: install would install")
 def test_service_install_without_systemd_says_so_and_writes_nothing(tmp_path: Path) -> None:
     before = sorted(Path("/etc/systemd/system").glob("synfleet-*")) if Path("/etc/systemd/system").is_dir() else []
-    result = helpers.synfleet("service", "install", "--dir", str(tmp_path))
+    result = synfleet("service", "install", "--dir", str(tmp_path))
     assert result.returncode == 2
     assert result.stderr.startswith("synfleet: error: systemd is not running on this machine")
     assert result.stderr.count("\n") == 1

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 import helpers
-from synfleet.nginx.command import world_readable_tempdir
+from conftest import fleet_up, synfleet
+from synfleet.nginx.binary.command import world_readable_tempdir
 from synfleet.render.fleet_file import fleet_toml
 from synfleet.run.preload import UNSAFE_EXIT, Preloaded, installed_version
 from synfleet.system import free_port
@@ -127,19 +128,12 @@ def test_up_starts_each_process_its_own_python_when_forking_is_not_safe() -> Non
         spec = helpers.profile_with("monolith", listen={"http_port": free_port()})
         (directory / "fleet.toml").write_text(fleet_toml(spec))
         environment = {**os.environ, "PYTHONPATH": str(hook)}
-        command = [sys.executable, "-m", "synfleet"]
-        up = subprocess.run(
-            [*command, "up", "--dir", str(directory)], env=environment, capture_output=True, text=True, timeout=300
-        )
-        try:
-            assert up.returncode == 0, up.stdout + up.stderr
+        with fleet_up(directory, env=environment, timeout=300) as up:
             assert 'synapse.start = "fork" refused' in up.stdout and "stray" in up.stdout, up.stdout
-            data = json.loads(helpers.synfleet("status", "--json", "--dir", str(directory)).stdout)
+            data = json.loads(synfleet("status", "--json", "--dir", str(directory)).stdout)
             supervisor = Path(f"/proc/{data['supervisor']['pid']}/cmdline").read_bytes()
             assert b"supervisord" in supervisor and b"preloaded" not in supervisor
             assert all(p["healthy"] for p in data["processes"])
-        finally:
-            subprocess.run([*command, "down", "--dir", str(directory)], env=environment, timeout=300, check=False)
 
 
 def test_hazards_name_a_descriptor_the_import_left_open() -> None:

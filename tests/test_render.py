@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers import copy_fleet_case, fleet_case, profile_with, prometheus_tool, synfleet
+from conftest import synfleet
+from helpers import copy_fleet_case, fleet_case, profile_with, prometheus_tool
 from synfleet.lab import CertificateAuthority
 from synfleet.layout import COMPOSE, native_layout, worker_of_server
 from synfleet.model.load import load_spec

@@ -7,7 +7,7 @@ import http.client
 import pytest
 
 from helpers import fleet_case, live_nginx
-from synfleet.nginx.harness import FORWARDED_HEADER, Probe, send_all
+from synfleet.nginx.binary.harness import FORWARDED_HEADER, Probe, send_all
 from synfleet.routing.evaluate import evaluate
 
 ADMIN = "/_synapse/admin/v1/users/@alice:example.org"

@@ -6,7 +6,7 @@ per host must both show."""
 from __future__ import annotations
 
 import socket
-import sys
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,11 +14,12 @@ from typing import Any
 import psycopg2
 
 import helpers
+from conftest import FLEET_TIMEOUT, synfleet
 from flows import check_routing, conversation, login
 from synfleet.lab import Lab
 from synfleet.lab.federation import in_host
-from synfleet.model.file import FleetSpec
 from synfleet.model.load import load_spec
+from synfleet.model.schema import FleetSpec
 from synfleet.render.fleet_file import fleet_toml
 from synfleet.render.nginx import access_lines
 from synfleet.routing.plan import RoutingPlan
@@ -79,13 +80,9 @@ class Hosts:
         """Rows of ``sql`` on the fleet's database (on host a), as psql prints them."""
         return query(RunPaths(self.directory, "a"), self.spec.database, sql, "cannot query the database")
 
-    def synfleet(self, host: str, *args: str) -> Any:
-        return self.lab[host].run(
-            [sys.executable, "-m", "synfleet", *args, "--dir", str(self.directory)],
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
+    def synfleet(self, host: str, *args: str) -> subprocess.CompletedProcess[str]:
+        """:func:`synfleet` on this directory, run in lab host ``host``."""
+        return synfleet(*args, directory=self.directory, timeout=FLEET_TIMEOUT, runner=self.lab[host].run)
 
     def client(self, work: Any) -> Any:
         """``work()`` (a coroutine function) run by a client on host a."""

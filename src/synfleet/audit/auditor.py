@@ -15,8 +15,8 @@ from synfleet.audit.findings import ERROR, WARNING, Finding
 from synfleet.audit.repair import TestedConfig, add_proxy_pass
 from synfleet.errors import BadRequest
 from synfleet.model.fleet import WORKER_FORWARDED_STREAMS, Fleet, Role, Stream
+from synfleet.nginx.binary.harness import Probe
 from synfleet.nginx.config import NginxModel, Outcome
-from synfleet.nginx.harness import Probe
 from synfleet.routing.corpus import legacy_room_id, syt_token, v12_room_id
 from synfleet.routing.evaluate import evaluate
 from synfleet.routing.plan import RoutingPlan

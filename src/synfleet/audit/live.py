@@ -13,9 +13,9 @@ from synfleet.audit.findings import ERROR, WARNING, Finding
 from synfleet.audit.repair import TestedConfig
 from synfleet.errors import BadRequest
 from synfleet.layout import worker_of_server
-from synfleet.nginx.command import NginxProcess, test_config, world_readable_tempdir
+from synfleet.nginx.binary.command import NginxProcess, test_config, world_readable_tempdir
+from synfleet.nginx.binary.harness import Probe, StubUpstreams, send_all
 from synfleet.nginx.config import NginxModel, Outcome, build_config, parse_config, proxy_target, walk
-from synfleet.nginx.harness import Probe, StubUpstreams, send_all
 from synfleet.system import free_port
 
 #: Directives that tie a config to its machine; dropped from the runnable copy.

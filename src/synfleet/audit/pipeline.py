@@ -24,10 +24,10 @@ from synfleet.audit.source import ConfigSource
 from synfleet.audit.synapse_config import SynapseConfig
 from synfleet.audit.trust import body_size, forwarded_for, request_uris
 from synfleet.errors import UsageError
-from synfleet.model.file import Media
 from synfleet.model.fleet import Fleet
+from synfleet.model.schema.synapse import Media
+from synfleet.nginx.binary.harness import Probe
 from synfleet.nginx.config import NginxModel, parse_config
-from synfleet.nginx.harness import Probe
 from synfleet.routing.corpus import Corpus
 
 #: The media upload size of a fleet file that does not set one.

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from synfleet.audit.source import MAIN_FILE, ConfigSource
 from synfleet.errors import UsageError
-from synfleet.nginx.command import test_config, version_text
+from synfleet.nginx.binary.command import test_config, version_text
 from synfleet.nginx.config import Location, is_fragment, main_including
 
 REPAIR_FILE = "synfleet-repair.conf"

@@ -21,8 +21,8 @@ from collections.abc import Iterable
 
 from synfleet.errors import BadRequest
 from synfleet.model.fleet import Fleet, Role, Stream, Worker
+from synfleet.nginx.binary.harness import Probe
 from synfleet.nginx.config import NginxModel
-from synfleet.nginx.harness import Probe
 from synfleet.routing.evaluate import evaluate
 from synfleet.routing.plan import RoutingPlan
 from synfleet.routing.table import Target

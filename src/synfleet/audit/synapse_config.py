@@ -11,8 +11,8 @@ read too; more files can be given explicitly.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,10 @@ class Process:
     sockets: frozenset[str]  # stems of its UNIX socket listeners, as nginx configs name them
     serves_http: bool
     media: bool
+    #: Each listener on a UNIX socket, of any type: its path -> its resource names.
+    socket_resources: Mapping[str, frozenset[str]] = field(default_factory=dict, hash=False)
+    #: The file's own ``enable_media_repo``; None when it has none (a worker then has the shared one).
+    enable_media_repo: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -109,22 +113,29 @@ def _is_worker(data: dict[str, Any]) -> bool:
     return "worker_app" in data or "worker_name" in data
 
 
-def _process(name: str, listeners: Any, media: bool, source: Path) -> Process:
+def _media_setting(data: dict[str, Any]) -> bool | None:
+    return bool(data["enable_media_repo"]) if "enable_media_repo" in data else None
+
+
+def _process(name: str, listeners: Any, media: bool, source: Path, setting: bool | None) -> Process:
     if not isinstance(listeners, list):
         raise UsageError(f"{source}: listeners must be a list")
     ports, sockets, serves = set(), set(), False
+    socket_resources: dict[str, frozenset[str]] = {}
     for listener in listeners:
-        if not isinstance(listener, dict) or listener.get("type", "http") != "http":
+        if not isinstance(listener, dict):
             continue
         names = {n for r in listener.get("resources") or [] if isinstance(r, dict) for n in r.get("names") or []}
-        if not names & SERVED:
+        if isinstance(listener.get("path"), str):
+            socket_resources[listener["path"]] = frozenset(names)
+        if listener.get("type", "http") != "http" or not names & SERVED:
             continue
         serves = True
         if isinstance(listener.get("port"), int):
             ports.add(listener["port"])
         if isinstance(listener.get("path"), str):
             sockets.add(worker_of_server(f"unix:{listener['path']}"))
-    return Process(name, frozenset(ports), frozenset(sockets), serves, media)
+    return Process(name, frozenset(ports), frozenset(sockets), serves, media, socket_resources, setting)
 
 
 def _siblings(shared: Path) -> list[Path]:
@@ -162,7 +173,8 @@ def read_synapse_config(paths: Sequence[Path]) -> SynapseConfig:
     if len(paths) == 1:
         workers += [(path, _load(path)) for path in _siblings(shared_path)]
     main_media = bool(shared_data.get("enable_media_repo", True))
-    processes = [_process(MAIN, shared_data.get("listeners") or [], main_media, shared_path)]
+    main_listeners = shared_data.get("listeners") or []
+    processes = [_process(MAIN, main_listeners, main_media, shared_path, _media_setting(shared_data))]
     seen = {MAIN}
     for path, data in workers:
         name = data.get("worker_name")
@@ -172,5 +184,5 @@ def read_synapse_config(paths: Sequence[Path]) -> SynapseConfig:
             continue
         seen.add(name)
         media = bool(data.get("enable_media_repo")) or str(data.get("worker_app", "")).endswith("media_repository")
-        processes.append(_process(name, data.get("worker_listeners") or [], media, path))
+        processes.append(_process(name, data.get("worker_listeners") or [], media, path, _media_setting(data)))
     return SynapseConfig(shared_data, tuple(processes))

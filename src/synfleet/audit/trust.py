@@ -16,7 +16,7 @@ from collections.abc import Iterable
 
 from synfleet.audit.findings import ERROR, WARNING, Finding
 from synfleet.errors import BadRequest
-from synfleet.model.file import REQUEST_BODY_LIMIT
+from synfleet.model.schema.synapse import REQUEST_BODY_LIMIT
 from synfleet.nginx.config import Location, NginxModel, where
 from synfleet.nginx.uri import parse_request_target
 from synfleet.routing.table import MEDIA_UPLOAD_PREFIXES

@@ -30,8 +30,8 @@ from synfleet.bench.compare import MODES, Report, mode_spec, spread
 from synfleet.bench.model import Costs, fit_costs, predict_for, process_counts
 from synfleet.bench.openload import Member, OpenLoad, Room, StepFigures
 from synfleet.errors import SynfleetError, UsageError
-from synfleet.model.file import FleetSpec
 from synfleet.model.load import FLEET_FILE, load_spec
+from synfleet.model.schema import FleetSpec
 from synfleet.render.files import write_file
 from synfleet.render.fleet_file import fleet_toml
 from synfleet.routing.evaluate import evaluate

@@ -18,11 +18,12 @@ from typing import Any
 
 import httpx
 
-from synfleet.bench.load import BenchUser, Load, percentile, populate
+from synfleet.bench.load import BenchUser, Load, populate
 from synfleet.bench.measure import cache_counters, postgres_transactions
+from synfleet.bench.percentiles import percentile
 from synfleet.errors import SynfleetError, UsageError
-from synfleet.model.file import FleetSpec
 from synfleet.model.load import FLEET_FILE, load_spec
+from synfleet.model.schema import FleetSpec
 from synfleet.render.files import write_file
 from synfleet.render.fleet_file import fleet_toml
 from synfleet.render.secrets import Secret
@@ -74,7 +75,7 @@ def run_mode(
 
         supervisor = Supervisor(paths)
         pids = {name: info.pid for name, info in supervisor.info().items() if info.pid}
-        metrics = {w.name: port for w in spec.fleet.workers if (port := spec.metrics_port(w)) is not None}
+        metrics = {w.name: port for w in spec.fleet.workers if (port := w.metrics_port) is not None}
         db = spec.database
         password = (paths.secrets / Secret.POSTGRES_PASSWORD).read_text().strip()
 

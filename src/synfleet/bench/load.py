@@ -45,13 +45,6 @@ class LoadResult:
     errors: Counter[str] = field(default_factory=Counter)
 
 
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * (len(ordered) - 1) + 0.5))]
-
-
 class Load:
     def __init__(self, base_url: str, users: list[BenchUser], seed: int = 1) -> None:
         self.base_url = base_url

@@ -22,7 +22,7 @@ from urllib.parse import quote
 
 import aiohttp
 
-from synfleet.bench.load import percentile
+from synfleet.bench.percentiles import percentile
 
 SYNC_FILTER = json.dumps(
     {"room": {"timeline": {"limit": 200}, "state": {"lazy_load_members": True}}, "presence": {"not_types": ["*"]}},

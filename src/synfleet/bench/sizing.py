@@ -18,8 +18,8 @@ from typing import Any
 from synfleet.bench.compare import spread
 from synfleet.bench.model import BUSY_LIMIT, SIZED_ROLES, Costs, predict, process_counts, role_need
 from synfleet.errors import UsageError
-from synfleet.model.file import Workers
 from synfleet.model.fleet import Role, build_fleet
+from synfleet.model.schema.workers import Workers
 
 COSTS_FILE = Path(__file__).with_name("costs.json")
 SMALL_MACHINE_CORES = 2

@@ -20,9 +20,9 @@ from synfleet.bench.capacity import cpu_by_group, users_and_rooms
 from synfleet.bench.compare import Report, spread
 from synfleet.bench.openload import OpenLoad
 from synfleet.errors import SynfleetError, UsageError
-from synfleet.model.file import FleetSpec
 from synfleet.model.load import FLEET_FILE
 from synfleet.model.profiles import PROFILES, profile_spec
+from synfleet.model.schema import FleetSpec
 from synfleet.render.files import write_file
 from synfleet.render.fleet_file import fleet_toml
 from synfleet.run.fleet import SUPERVISOR, down, up

@@ -13,13 +13,14 @@ import json
 import re
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from synfleet.audit.synapse_config import MAIN, SynapseConfig, read_synapse_config
 from synfleet.errors import UsageError
 from synfleet.layout import (
     COMPOSE,
@@ -30,14 +31,15 @@ from synfleet.layout import (
     SYNAPSE_DIR,
     WORKER_CONFIG_DIR,
 )
-from synfleet.model.fleet import Role, Service
+from synfleet.model.fleet import Role
 from synfleet.model.load import load_spec
 from synfleet.model.pem import check_files
-from synfleet.nginx.command import test_config, world_readable_tempdir
-from synfleet.nginx.config import parse_config, walk
+from synfleet.nginx.binary.command import test_config, world_readable_tempdir
+from synfleet.nginx.config import NginxModel, socket_gateways
+from synfleet.nginx.upstream import Upstream
+from synfleet.nginx.variables import Map
 from synfleet.render.compose import publish_address
 from synfleet.render.deploy import DEPLOY_DIR, HOSTS_DIR
-from synfleet.render.hosts import fleet_addresses
 from synfleet.render.processes import MAIN_SERVICE
 from synfleet.routing.table import DEFAULT_RULE, ROUTES, Rule
 
@@ -116,19 +118,6 @@ def synapse_load(config_dir: Path, mapping: Mapping[str, str], scratch: Path) ->
             yield CheckResult(f"synapse config: {line['process']}", line["ok"], line["error"])
 
 
-def _listeners(config: dict[str, Any], key: str, media_repo: bool) -> dict[str, set[str]]:
-    """Socket path -> resource names of a process's HTTP listeners. A process that loads the media
-    repository serves media on its client and federation resources too."""
-    found = {}
-    for listener in config.get(key) or []:
-        if "path" in listener:
-            names = {n for res in listener.get("resources", []) for n in res.get("names", [])}
-            if media_repo and names & {"client", "federation"}:
-                names.add("media")
-            found[listener["path"]] = names
-    return found
-
-
 def resources_needed(rule: Rule) -> set[str]:
     """The Synapse listener resources a rule's requests need."""
     if rule.target is Role.MEDIA:
@@ -158,106 +147,165 @@ class Project:
         return f"{self.host}: {name}" if self.host else name
 
 
-def _gateways(blocks: list[Any]) -> dict[str, str]:
-    """The links from other hosts in a host's nginx: each gateway's listen address -> its socket."""
-    found = {}
-    for block in blocks:
-        if block["directive"] != "server":
+@dataclass(frozen=True)
+class Deployment:
+    """What synfleet's own checks read from every project, with the audit's readers: each host's
+    Synapse and nginx configs, which process listens on each socket, and where each gateway from
+    another host leads."""
+
+    projects: tuple[Project, ...]
+    synapse: dict[str, SynapseConfig]  # by host
+    nginx: dict[str, NginxModel]  # by host, of the hosts that run nginx
+    served: dict[tuple[str, str], tuple[str, frozenset[str]]]  # (host, socket) -> process, resources
+    links: dict[str, tuple[str, str]]  # gateway address -> (host, socket)
+
+    @property
+    def front(self) -> str:
+        return next(project.host for project in self.projects if project.front)
+
+    def serving(self, host: str, location: str) -> tuple[str | None, frozenset[str]]:
+        """The process, and its resources, that a socket path, or an address:port of another host,
+        leads to from ``host``; (None, none) if no process listens there."""
+        reached = (host, location) if location.startswith("/") else self.links.get(location)
+        return self.served.get(reached, (None, frozenset())) if reached else (None, frozenset())
+
+
+def _served(project: Project, synapse: SynapseConfig) -> dict[tuple[str, str], tuple[str, frozenset[str]]]:
+    """(host, socket path) -> the process listening there and its resources. Every host's
+    homeserver.yaml has main's listeners; they count on main's host only. A process that loads the
+    media repository (its own setting, else homeserver.yaml's, as Synapse merges the two) serves
+    media on its client and federation resources too."""
+    shared_media = bool(synapse.shared.get("enable_media_repo", True))
+    served = {}
+    for process in synapse.processes:
+        if process.name == MAIN and MAIN not in project.processes:
             continue
-        inner = walk(block.get("block", []))
-        passes = [d["args"][0] for d in inner if d["directive"] == "proxy_pass"]
-        if len(passes) == 1 and passes[0].startswith("http://unix:"):
-            socket = passes[0].removeprefix("http://unix:").removesuffix(":")
-            found.update({d["args"][0]: socket for d in block.get("block", []) if d["directive"] == "listen"})
-    return found
+        media = shared_media if process.enable_media_repo is None else process.enable_media_repo
+        for socket, names in process.socket_resources.items():
+            with_media = names | {"media"} if media and names & {"client", "federation"} else names
+            served[(project.host, socket)] = (process.name, with_media)
+    return served
+
+
+def read_deployment(projects: Sequence[Project]) -> Deployment:
+    """Every project's Synapse config (homeserver.yaml and its workers' files) and nginx config."""
+    synapse, nginx, served, links = {}, {}, {}, {}
+    for project in projects:
+        synapse_dir = project.path / SYNAPSE_DIR
+        workers = sorted((synapse_dir / WORKER_CONFIG_DIR).glob("*.yaml"))
+        synapse[project.host] = read_synapse_config([synapse_dir / SHARED_CONFIG, *workers])
+        served.update(_served(project, synapse[project.host]))
+        if project.nginx_conf.exists():  # a host that no other host reaches runs no nginx
+            nginx[project.host] = NginxModel.load(project.nginx_conf)
+            for address, socket in socket_gateways(nginx[project.host].http).items():
+                links[address] = (project.host, socket)
+    return Deployment(tuple(projects), synapse, nginx, served, links)
+
+
+def _writer_problems(deployment: Deployment, host: str, config: dict[str, Any]) -> Iterator[str]:
+    instance_map = config.get("instance_map") or {}
+    for stream, writers in (config.get("stream_writers") or {}).items():
+        for writer in writers if isinstance(writers, list) else [writers]:
+            entry = instance_map.get(writer, {})
+            location = entry.get("path") or (f"{entry['host']}:{entry['port']}" if "host" in entry else None)
+            if location is None:
+                yield f"{stream} writer {writer} is not in instance_map"
+                continue
+            process, names = deployment.serving(host, location)
+            if process != writer or "replication" not in names:
+                yield f"{stream} writer {writer} has no replication listener at {location}"
+
+
+def stream_writers_reachable(deployment: Deployment) -> CheckResult:
+    """Every stream writer is in instance_map, with a replication listener where it points."""
+    problems = {
+        p for host, config in deployment.synapse.items() for p in _writer_problems(deployment, host, config.shared)
+    }
+    return CheckResult("stream writers reachable over replication", not problems, "; ".join(sorted(problems)))
+
+
+RULES = {rule.name: rule for rule in (*ROUTES, DEFAULT_RULE)}
+
+
+def _nginx_map(model: NginxModel | None, variable: str) -> Map | None:
+    return next((m for m in reversed(model.maps) if m.variable == variable), None) if model else None
+
+
+def _routes(model: NginxModel | None) -> dict[str, str | None]:
+    """Each route the front nginx's ``$synfleet_route`` map gives -> the upstream its
+    ``$synfleet_upstream`` map sends it to (None if neither an entry nor a default does)."""
+    route_map, upstream_map = _nginx_map(model, "$synfleet_route"), _nginx_map(model, "$synfleet_upstream")
+    if route_map is None:
+        return {}
+    upstreams = {entry.match: entry.value for entry in upstream_map.entries} if upstream_map else {}
+    default = (upstream_map.default if upstream_map else "") or None
+    routes = [entry.value for entry in route_map.entries] + ([route_map.default] if route_map.default else [])
+    return {route: upstreams.get(route, default) for route in routes}
+
+
+def _route_problems(
+    deployment: Deployment, upstreams: Mapping[str, Upstream], route: str, upstream: str | None
+) -> list[str]:
+    if route not in RULES:
+        return [f"route {route} is not in synfleet's route table"]
+    if upstream is None or upstream not in upstreams:
+        return [f"route {route} goes to {upstream}, which is not an upstream"]
+    problems = []
+    for server in (s.removeprefix("unix:") for s in upstreams[upstream].servers):
+        process, names = deployment.serving(deployment.front, server)
+        missing = resources_needed(RULES[route]) - names
+        if process is None:
+            problems.append(f"{upstream}: no Synapse listener at {server}")
+        elif missing:
+            problems.append(f"route {route}: {process} at {server} lacks resource(s) {', '.join(sorted(missing))}")
+    return problems
+
+
+def routes_reach_listeners(deployment: Deployment) -> CheckResult:
+    """In the front nginx, every route names an upstream, and every server of that upstream is a
+    Synapse listener with the resources the route needs."""
+    model = deployment.nginx.get(deployment.front)
+    upstreams = model.upstreams if model else {}
+    problems = {
+        problem
+        for route, upstream in _routes(model).items()
+        for problem in _route_problems(deployment, upstreams, route, upstream)
+    }
+    return CheckResult("every route reaches a listener that serves it", not problems, "; ".join(sorted(problems)))
+
+
+def _compose_problems(project: Project) -> list[str]:
+    compose = yaml.safe_load((project.path / "docker-compose.yml").read_text())
+    services = compose.get("services") or {}
+    expected = {MAIN_SERVICE if name == MAIN else name for name in project.processes}
+    problems = [project.label(f"no service for {name}") for name in sorted(expected - set(services))]
+    return problems + [
+        project.label(f"{name} has no healthcheck")
+        for name in sorted(expected & set(services))
+        if "healthcheck" not in services[name]
+    ]
+
+
+def compose_healthchecks(deployment: Deployment) -> CheckResult:
+    """docker compose: a service with a healthcheck per process."""
+    problems = [problem for project in deployment.projects for problem in _compose_problems(project)]
+    return CheckResult("compose: a healthy-checked service per process", not problems, "; ".join(problems))
+
+
+#: synfleet's own checks, in the order `synfleet check` reports them.
+CHECKS: tuple[Callable[[Deployment], CheckResult], ...] = (
+    stream_writers_reachable,
+    routes_reach_listeners,
+    compose_healthchecks,
+)
 
 
 def consistency(projects: list[Project]) -> Iterator[CheckResult]:
     """synfleet's own checks across nginx, Synapse and compose files; on several hosts across every
     host's project, following each TCP address to the gateway that carries it to a socket."""
-    shared: dict[str, dict[str, Any]] = {}  # by host: its homeserver.yaml
-    served: dict[tuple[str, str], tuple[str, set[str]]] = {}  # (host, socket) -> process, resources
-    links: dict[str, tuple[str, str]] = {}  # gateway address -> (host, socket)
-    blocks: dict[str, list[Any]] = {}
-    for project in projects:
-        synapse_dir = project.path / SYNAPSE_DIR
-        shared[project.host] = yaml.safe_load((synapse_dir / SHARED_CONFIG).read_text())
-        here = {"main": shared[project.host]} if "main" in project.processes else {}
-        for path in sorted((synapse_dir / WORKER_CONFIG_DIR).glob("*.yaml")):
-            here[path.stem] = yaml.safe_load(path.read_text())
-        for name, cfg in here.items():
-            media = bool(cfg.get("enable_media_repo", shared[project.host].get("enable_media_repo", True)))
-            for socket, names in _listeners(cfg, "listeners" if name == "main" else "worker_listeners", media).items():
-                served[(project.host, socket)] = (name, names)
-        if project.nginx_conf.exists():
-            blocks[project.host] = walk(parse_config(project.nginx_conf))
-            for address, socket in _gateways(blocks[project.host]).items():
-                links[address] = (project.host, socket)
-
-    def reach(host: str, location: str) -> tuple[str, str] | None:
-        """Where a socket path, or an address:port of another host, leads from ``host``."""
-        return (host, location) if location.startswith("/") else links.get(location)
-
-    # Stream writers: in instance_map, with a replication listener where it points.
-    problems = []
-    for host, config in shared.items():
-        instance_map = config.get("instance_map") or {}
-        for stream, writers in (config.get("stream_writers") or {}).items():
-            for writer in writers if isinstance(writers, list) else [writers]:
-                entry = instance_map.get(writer, {})
-                location = entry.get("path") or (f"{entry['host']}:{entry['port']}" if "host" in entry else None)
-                if location is None:
-                    problems.append(f"{stream} writer {writer} is not in instance_map")
-                    continue
-                process, names = served.get(reach(host, location) or (host, ""), (None, set()))
-                if process != writer or "replication" not in names:
-                    problems.append(f"{stream} writer {writer} has no replication listener at {location}")
-    yield CheckResult("stream writers reachable over replication", not problems, "; ".join(sorted(set(problems))))
-
-    # nginx: every route names an upstream, every upstream server is a listener with the right resources.
-    front = next(project.host for project in projects if project.front)
-    found = blocks.get(front, [])
-    upstreams = {
-        b["args"][0]: [d["args"][0].removeprefix("unix:") for d in b.get("block", []) if d["directive"] == "server"]
-        for b in found
-        if b["directive"] == "upstream"
-    }
-    maps = {b["args"][1]: b.get("block", []) for b in found if b["directive"] == "map"}
-    route_upstream = {d["directive"]: d["args"][0] for d in maps.get("$synfleet_upstream", [])}
-    rules = {rule.name: rule for rule in (*ROUTES, DEFAULT_RULE)}
-    routes = [d["args"][0] for d in maps.get("$synfleet_route", [])]
-    problems = []
-    for route in routes:
-        upstream = route_upstream.get(route, route_upstream.get("default"))
-        if route not in rules:
-            problems.append(f"route {route} is not in synfleet's route table")
-        elif upstream not in upstreams:
-            problems.append(f"route {route} goes to {upstream}, which is not an upstream")
-        else:
-            for server in upstreams[upstream]:
-                process, names = served.get(reach(front, server) or ("", ""), (None, set()))
-                missing = resources_needed(rules[route]) - names
-                if process is None:
-                    problems.append(f"{upstream}: no Synapse listener at {server}")
-                elif missing:
-                    problems.append(
-                        f"route {route}: {process} at {server} lacks resource(s) {', '.join(sorted(missing))}"
-                    )
-    yield CheckResult("every route reaches a listener that serves it", not problems, "; ".join(sorted(set(problems))))
-
-    # docker compose: a service with a healthcheck per process.
-    problems = []
-    for project in projects:
-        compose = yaml.safe_load((project.path / "docker-compose.yml").read_text())
-        services = compose.get("services") or {}
-        expected = {MAIN_SERVICE if name == "main" else name for name in project.processes}
-        problems += [project.label(f"no service for {name}") for name in sorted(expected - set(services))]
-        problems += [
-            project.label(f"{name} has no healthcheck")
-            for name in sorted(expected & set(services))
-            if "healthcheck" not in services[name]
-        ]
-    yield CheckResult("compose: a healthy-checked service per process", not problems, "; ".join(problems))
+    deployment = read_deployment(projects)
+    for check in CHECKS:
+        yield check(deployment)
 
 
 def check_deployment(directory: Path) -> Iterator[CheckResult]:
@@ -267,10 +315,13 @@ def check_deployment(directory: Path) -> Iterator[CheckResult]:
     check_files(spec)
     deploy = directory / DEPLOY_DIR
     workers = tuple(w.name for w in spec.fleet.workers)
-    front = spec.host_of(Service.NGINX)
+    front = spec.fleet.front
     projects = [
         Project(
-            host, deploy / HOSTS_DIR / host, tuple(p for p in spec.processes_on(host) if p in workers), host == front
+            host,
+            deploy / HOSTS_DIR / host,
+            tuple(p for p in spec.fleet.processes_on(host) if p in workers),
+            host == front,
         )
         for host in spec.hosts
     ]
@@ -295,7 +346,7 @@ def check_deployment(directory: Path) -> Iterator[CheckResult]:
             results = []
             if project.nginx_conf.exists():  # a host that no other host reaches runs no nginx
                 conf = project.path / DEPLOY_NGINX_CONFIG
-                results.append(nginx_test(conf, mapping, root, fleet_addresses(spec)))
+                results.append(nginx_test(conf, mapping, root, spec.fleet.host_addresses))
             results += synapse_load(project.path / SYNAPSE_DIR, mapping, root)
             yield from (CheckResult(project.label(r.name), r.ok, r.detail) for r in results)
         yield from consistency(projects)

@@ -15,7 +15,7 @@ from synfleet.audit import audit
 from synfleet.audit.findings import ERROR
 from synfleet.audit.synapse_config import read_synapse_config
 from synfleet.model.load import load_spec
-from synfleet.nginx.command import version_text
+from synfleet.nginx.binary.command import version_text
 from synfleet.run.paths import RunPaths
 
 

@@ -15,9 +15,9 @@ from synfleet.check.deployment import check_deployment
 from synfleet.cli.options import DIR_OPTION, make_directory
 from synfleet.errors import FleetError, UsageError
 from synfleet.layout import SECRETS_DIR
-from synfleet.model.file import check_server_name
 from synfleet.model.load import FLEET_FILE, load_spec
 from synfleet.model.profiles import PROFILES
+from synfleet.model.schema.values import check_server_name
 from synfleet.render.deploy import HOSTS_DIR, render_deployment, render_kubernetes_deployment
 from synfleet.render.files import write_file
 from synfleet.render.fleet_file import fleet_file_text
@@ -114,10 +114,9 @@ def render_command(directory: Path, target: str, trial_services: bool) -> None:
         return
     click.echo(f"  one compose project per host; copy {directory} to each host, then on each:")
     for host in spec.hosts:
-        names = ", ".join(spec.processes_on(host)) or "nothing"
-        click.echo(
-            f"    {host} ({spec.hosts[host].address}: {names}): cd {written / HOSTS_DIR / host} && docker compose up -d"
-        )
+        names = ", ".join(spec.fleet.processes_on(host)) or "nothing"
+        address = spec.fleet.host(host).address
+        click.echo(f"    {host} ({address}: {names}): cd {written / HOSTS_DIR / host} && docker compose up -d")
 
 
 @click.command("check")

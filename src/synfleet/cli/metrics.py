@@ -14,8 +14,8 @@ from rich.text import Text
 from synfleet.cli.options import DIR_OPTION, HOST_OPTION
 from synfleet.errors import UsageError
 from synfleet.metrics.top import Row, Sample, nginx_rate, rows, sample
-from synfleet.model.file import FleetSpec
 from synfleet.model.load import load_spec
+from synfleet.model.schema import FleetSpec
 from synfleet.run.paths import RunPaths
 from synfleet.run.plan import check_host, running_spec
 

@@ -16,9 +16,9 @@ from rich.table import Table
 from synfleet.cli.options import DIR_OPTION, HOST_OPTION, make_directory
 from synfleet.errors import FleetError, UsageError
 from synfleet.layout import SECRETS_DIR
-from synfleet.model.file import FleetSpec
 from synfleet.model.fleet import Service
 from synfleet.model.load import FLEET_FILE, load_spec
+from synfleet.model.schema import FleetSpec
 from synfleet.render.hosts import runs_nginx
 from synfleet.run import service
 from synfleet.run.apply import apply, plan_change
@@ -56,8 +56,8 @@ def up_command(directory: Path, host: str, foreground: bool) -> None:
     if supervisor is not None and supervisor.process is not None:
         console.print(f"fleet up in {seconds:.1f}s; supervising in the foreground (pid {supervisor.process.pid})")
         sys.exit(supervisor.process.wait() or 0)
-    if host and spec.host_of(Service.NGINX) != host:
-        console.print(f"host {host} up in {seconds:.1f}s: {', '.join(spec.processes_on(host))}")
+    if host and spec.fleet.front != host:
+        console.print(f"host {host} up in {seconds:.1f}s: {', '.join(spec.fleet.processes_on(host))}")
         console.print(f"  stop with: synfleet down --dir {directory} --host {host}")
         return
     console.print(
@@ -122,7 +122,7 @@ def status_command(directory: Path, host: str, as_json: bool) -> None:
             f"`synfleet up --dir {directory}` brings the fleet back under supervision, `synfleet down` stops them"
         )
         sys.exit(1)
-    table = Table(title=f"host {host} ({spec.hosts[host].address})" if host else None)
+    table = Table(title=f"host {host} ({spec.fleet.host(host).address})" if host else None)
     for column in ("process", "state", "pid", "health", "uptime", "RSS", "PSS", "socket"):
         table.add_column(column, justify="right" if column in ("pid", "RSS", "PSS", "uptime") else "left")
     for row in rows:
@@ -150,15 +150,15 @@ def status_command(directory: Path, host: str, as_json: bool) -> None:
 
 def _print_placement(directory: Path, spec: FleetSpec, as_json: bool) -> None:
     hosts = []
-    for name, host in spec.hosts.items():
+    for name in spec.fleet.host_names:
         paths = RunPaths(directory, name)  # a share that never ran here needs none of its programs here
         rows = status(paths, spec).processes if paths.run.exists() else []
         running = bool(rows) and not all(row.state == ORPHANED for row in rows)
         healthy = sum(row.healthy for row in rows) if running else 0
-        processes = spec.processes_on(name)
+        processes = spec.fleet.processes_on(name)
         if runs_nginx(spec, name) and Service.NGINX not in processes:
             processes.append(Service.NGINX.value)  # for the links from other hosts
-        hosts.append((name, host.address, processes, running, healthy))
+        hosts.append((name, spec.fleet.host(name).address, processes, running, healthy))
     if as_json:
         document = {
             "directory": str(directory.resolve()),

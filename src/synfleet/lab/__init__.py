@@ -5,7 +5,7 @@ fleets spread over hosts later.
   address and a DNS name; ``host.run`` / ``host.popen`` start programs inside a host.
 - ``dns``: the lab's dnsmasq, which answers the hosts' names and NXDOMAIN for everything else.
 - :class:`CertificateAuthority` (``ca``): a private CA and server certificates for the hosts' names.
-- ``netns``, ``processes``: the iproute2 and stop-by-PID plumbing under them.
+- ``netns``, ``stopping``: the iproute2 and stop-by-PID plumbing under them.
 
 Needs root, iproute2 and dnsmasq (``dnsmasq-base``). :func:`unavailable_reason` says why a lab cannot be
 built here, for tests that skip.

@@ -23,10 +23,10 @@ from pathlib import Path
 
 from nio import AsyncClient
 
-from synfleet.model.file import FleetSpec
 from synfleet.model.load import load_spec
 from synfleet.model.profiles import profile_spec
-from synfleet.nginx.command import world_readable_tempdir
+from synfleet.model.schema import FleetSpec
+from synfleet.nginx.binary.command import world_readable_tempdir
 from synfleet.render.fleet_file import fleet_toml
 from synfleet.system import free_port
 

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from synfleet.lab import netns, processes
+from synfleet.lab import netns, stopping
 from synfleet.lab.errors import LabError
 from synfleet.system import require_binary
 
@@ -119,4 +119,4 @@ class Resolver:
 
     def stop(self) -> None:
         """Stop dnsmasq by its PID and reap it."""
-        processes.stop(self.process)
+        stopping.stop(self.process)

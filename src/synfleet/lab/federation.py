@@ -24,11 +24,12 @@ from typing import Any, TypeVar
 
 import httpx
 
+from synfleet.bench.percentiles import percentile
 from synfleet.lab.ca import CertificateAuthority
 from synfleet.lab.hosts import Host, Lab
-from synfleet.model.file import FleetSpec
 from synfleet.model.profiles import profile_spec
-from synfleet.nginx.command import world_readable_tempdir
+from synfleet.model.schema import FleetSpec
+from synfleet.nginx.binary.command import world_readable_tempdir
 from synfleet.render.fleet_file import fleet_toml
 from synfleet.render.nginx import access_lines
 from synfleet.run.paths import RunPaths
@@ -235,11 +236,6 @@ async def _chatter(talkers: list[Client], a: Server, stop: asyncio.Event) -> Non
             await asyncio.sleep(1.0)
 
     await asyncio.gather(*(talk(t, n) for n, t in enumerate(talkers)))
-
-
-def percentile(values: list[float], share: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
 
 
 def main() -> None:

@@ -31,7 +31,7 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any
 
-from synfleet.lab import netns, processes
+from synfleet.lab import netns, stopping
 from synfleet.lab.dns import Resolver, hosts_file, resolv_conf
 from synfleet.lab.errors import LabError
 from synfleet.system import require_binary
@@ -186,14 +186,14 @@ class Lab:
 
     @staticmethod
     def _remove_namespace(name: str) -> None:
-        left = processes.stop_all(lambda: netns.pids(name))
+        left = stopping.stop_all(lambda: netns.pids(name))
         netns.delete(name)
         if left:
             raise LabError(f"processes {left} in namespace {name} survived SIGKILL; the namespace lives on unnamed")
 
     def _stop_started(self) -> None:
         for process in reversed(self._started):
-            processes.stop(process)
+            stopping.stop(process)
 
     def close(self) -> None:
         """Stop everything the lab started and remove everything it made. Safe to call more than once. A

@@ -24,7 +24,8 @@ from pathlib import Path
 
 from synfleet.lab.errors import LabError
 from synfleet.lab.podman import Podman
-from synfleet.model.file import Images, Synapse
+from synfleet.model.schema.images import Images
+from synfleet.model.schema.synapse import Synapse
 
 RECIPES = Path(__file__).parent / "containers"
 REPOSITORY = "localhost/synfleet-test"

@@ -1,9 +1,8 @@
 """The Grafana dashboard for one homeserver's fleet, built with grafana-foundation-sdk.
 
-Every panel is a time series, one line per process (``{{instance}}``), over the labels the scrape config
-gives each target: ``job`` (the process's group), ``instance`` (its name) and ``server`` (the homeserver).
-The panels are data (:data:`ROWS`); :func:`dashboard` turns them into the SDK's builders and returns the JSON
-Grafana's file provisioning reads, and :func:`validate` loads that JSON back through the SDK's own model.
+:func:`dashboard` turns the panels (:data:`synfleet.metrics.panels.ROWS`) into the SDK's builders, for this
+homeserver's processes, and returns the JSON Grafana's file provisioning reads; :func:`validate` loads that
+JSON back through the SDK's own model and checks each panel's data source and variables.
 """
 
 from __future__ import annotations
@@ -11,10 +10,8 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import re
 import string
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 from grafana_foundation_sdk.builders import common as common_builders
@@ -23,7 +20,7 @@ from grafana_foundation_sdk.builders import prometheus as prometheus_builders
 from grafana_foundation_sdk.builders import timeseries as timeseries_builders
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.cog.plugins import register_default_plugins
-from grafana_foundation_sdk.models import common, prometheus, units
+from grafana_foundation_sdk.models import common, prometheus
 from grafana_foundation_sdk.models.dashboard import (
     Dashboard,
     DashboardCursorSync,
@@ -33,6 +30,9 @@ from grafana_foundation_sdk.models.dashboard import (
     VariableRefresh,
     VariableSort,
 )
+
+from synfleet.metrics.panels import ROWS, SELECTED, SERVER, Graph
+from synfleet.metrics.promql import dashboard_variables, panel_queries
 
 #: The Prometheus data source's UID; Grafana's provisioning gives the data source this UID.
 DATASOURCE_UID = "synfleet-prometheus"
@@ -45,255 +45,8 @@ def dashboard_uid(server_name: str) -> str:
     return "synfleet-" + hashlib.sha256(server_name.lower().encode()).hexdigest()[:12]
 
 
-#: In :data:`ROWS`' expressions, replaced by the matchers for the processes the dashboard's variables select.
-SELECTED = "<SELECTED>"
-#: In :data:`ROWS`' expressions, replaced by the matcher for every process of the homeserver.
-SERVER = "<SERVER>"
-
 _PANEL_WIDTH = 12  # two panels side by side on Grafana's 24-column grid
 _PANEL_HEIGHT = 8
-
-
-@dataclass(frozen=True)
-class Query:
-    """One PromQL expression of a panel and how its series are named in the legend."""
-
-    expr: str
-    legend: str = "{{instance}}"
-
-
-@dataclass(frozen=True)
-class Graph:
-    """One time series panel: what it shows (``description``), in which unit, from which queries."""
-
-    title: str
-    description: str
-    unit: str
-    queries: tuple[Query, ...]
-
-
-@dataclass(frozen=True)
-class Row:
-    """A titled group of panels; a collapsed row's queries only run once it is opened."""
-
-    title: str
-    graphs: tuple[Graph, ...]
-    collapsed: bool = True
-
-
-def _selector(metric: str, matchers: str = "") -> str:
-    """``metric`` of the selected processes, with extra ``matchers`` (``', name="x"'``) if given."""
-    return f"{metric}{{{SELECTED}{matchers}}}"
-
-
-def _rate(metric: str, matchers: str = "") -> str:
-    """``rate`` of a counter of the selected processes, per second, over Grafana's rate interval."""
-    return f"rate({_selector(metric, matchers)}[$__rate_interval])"
-
-
-def _rate_by(labels: str, metric: str, matchers: str = "") -> str:
-    """The per-second rate of a counter, summed into one series per value of ``labels``."""
-    return f"sum by ({labels}) ({_rate(metric, matchers)})"
-
-
-def _sum_by(labels: str, metric: str, matchers: str = "") -> str:
-    """A gauge summed into one series per value of ``labels``."""
-    return f"sum by ({labels}) ({_selector(metric, matchers)})"
-
-
-def _ratio(numerator: str, denominator: str) -> str:
-    """The rate of one counter over the rate of another, per process."""
-    return f"{_rate_by('instance', numerator)} / {_rate_by('instance', denominator)}"
-
-
-def _quantile(q: float, matchers: str = "") -> str:
-    """The ``q`` quantile of the HTTP response time per process, from the histogram's buckets."""
-    buckets = _rate_by("instance, le", "synapse_http_server_response_time_seconds_bucket", matchers)
-    return f"histogram_quantile({q}, {buckets})"
-
-
-def _events_position(matcher: str) -> str:
-    """The events stream position of each process ``matcher`` selects."""
-    return f'synapse_storage_stream_current_position{{{matcher}, stream_name="events"}}'
-
-
-def _events_behind() -> str:
-    """How far each selected process's events stream position is behind the furthest of the homeserver's.
-
-    ``max`` keeps only the ``server`` label, so the subtraction matches on it, one maximum to many processes.
-    """
-    return f"max by (server) ({_events_position(SERVER)}) - on (server) group_right {_events_position(SELECTED)}"
-
-
-_SYNC = ', servlet="SyncRestServlet"'
-
-ROWS: tuple[Row, ...] = (
-    Row(
-        "Processes",
-        collapsed=False,
-        graphs=(
-            Graph(
-                "CPU",
-                "CPU time per second of wall time; 100% is one core busy.",
-                units.PercentUnit,
-                (Query(_rate_by("instance", "process_cpu_seconds_total")),),
-            ),
-            Graph(
-                "Memory (RSS)",
-                "Resident memory of each process.",
-                units.BytesIEC,
-                (Query(_sum_by("instance", "process_resident_memory_bytes")),),
-            ),
-            Graph(
-                "Reactor tick time",
-                "Mean time of one Twisted reactor tick: long ticks mean the process is blocked or CPU-bound.",
-                units.Seconds,
-                (Query(_ratio("python_twisted_reactor_tick_time_sum", "python_twisted_reactor_tick_time_count")),),
-            ),
-        ),
-    ),
-    Row(
-        "HTTP",
-        collapsed=False,
-        graphs=(
-            Graph(
-                "Requests by servlet",
-                "Requests received per second, per process and servlet (the route group that handled them).",
-                units.RequestsPerSecond,
-                (
-                    Query(
-                        _rate_by("instance, servlet", "synapse_http_server_requests_received_total"),
-                        "{{instance}} {{servlet}}",
-                    ),
-                ),
-            ),
-            Graph(
-                "Response time",
-                "Median and 99th percentile time to respond, per process, over all servlets.",
-                units.Seconds,
-                (Query(_quantile(0.5), "{{instance}} p50"), Query(_quantile(0.99), "{{instance}} p99")),
-            ),
-            Graph(
-                "Sync response time",
-                "Median and 99th percentile time to answer /sync; long polls wait up to their timeout, so "
-                "high values with little traffic are normal.",
-                units.Seconds,
-                (Query(_quantile(0.5, _SYNC), "{{instance}} p50"), Query(_quantile(0.99, _SYNC), "{{instance}} p99")),
-            ),
-            Graph(
-                "Server errors",
-                "Responses with a 5xx status per second, per process.",
-                units.RequestsPerSecond,
-                (
-                    Query(
-                        _rate_by("instance, code", "synapse_http_server_responses_total", ', code=~"5.."'),
-                        "{{instance}} {{code}}",
-                    ),
-                ),
-            ),
-        ),
-    ),
-    Row(
-        "Replication",
-        graphs=(
-            Graph(
-                "Events stream: events behind",
-                "How far each process's position in the events stream is behind the furthest process of the "
-                "homeserver; it should come back to 0 within moments.",
-                units.Short,
-                (Query(_events_behind()),),
-            ),
-            Graph(
-                "Replication commands received",
-                "Replication commands received per second, per process and command.",
-                units.OpsPerSecond,
-                (
-                    Query(
-                        _rate_by("instance, command", "synapse_replication_tcp_protocol_inbound_commands_total"),
-                        "{{instance}} {{command}}",
-                    ),
-                ),
-            ),
-            Graph(
-                "Replication commands sent",
-                "Replication commands sent per second, per process and command.",
-                units.OpsPerSecond,
-                (
-                    Query(
-                        _rate_by("instance, command", "synapse_replication_tcp_protocol_outbound_commands_total"),
-                        "{{instance}} {{command}}",
-                    ),
-                ),
-            ),
-        ),
-    ),
-    Row(
-        "Events and caches",
-        graphs=(
-            Graph(
-                "Events persisted",
-                "Events written to the database per second, by the processes that persist events.",
-                units.OpsPerSecond,
-                (Query(_rate_by("instance", "synapse_storage_events_persisted_events_total")),),
-            ),
-            Graph(
-                "Cache hit ratio",
-                "Share of lookups answered by Synapse's in-memory caches, over all caches of a process.",
-                units.PercentUnit,
-                # Both are gauges that only grow (hits, and lookups in all), so their rates are meaningful.
-                (Query(_ratio("synapse_util_caches_cache_hits", "synapse_util_caches_cache")),),
-            ),
-        ),
-    ),
-    Row(
-        "Federation",
-        graphs=(
-            Graph(
-                "Federation sender queue",
-                "PDUs and EDUs waiting to be sent to other homeservers; only federation senders have any.",
-                units.Short,
-                (
-                    Query(
-                        _sum_by("instance", "synapse_federation_transaction_queue_pending_pdus"), "{{instance}} PDUs"
-                    ),
-                    Query(
-                        _sum_by("instance", "synapse_federation_transaction_queue_pending_edus"), "{{instance}} EDUs"
-                    ),
-                ),
-            ),
-        ),
-    ),
-    Row(
-        "Database",
-        graphs=(
-            Graph(
-                "Time in database transactions",
-                "Seconds spent in database transactions per second, per process; above 1 means several "
-                "connections busy at once.",
-                units.Seconds,
-                (Query(_rate_by("instance", "synapse_storage_transaction_time_sum_total")),),
-            ),
-            Graph(
-                "Wait for a database connection",
-                "Mean time a transaction waits for a free connection of the pool: above a few ms the pool is "
-                "too small or the database too slow.",
-                units.Seconds,
-                (Query(_ratio("synapse_storage_schedule_time_sum", "synapse_storage_schedule_time_count")),),
-            ),
-            Graph(
-                "Busy database threads",
-                "Threads of each database pool running a transaction.",
-                units.Short,
-                (
-                    Query(
-                        _sum_by("instance, name", "synapse_threadpool_working_threads", ', name=~"database.*"'),
-                        "{{instance}} {{name}}",
-                    ),
-                ),
-            ),
-        ),
-    ),
-)
 
 
 def _server_matcher(server_name: str) -> str:
@@ -413,65 +166,6 @@ def dashboard(server_name: str) -> dict[str, Any]:
     return data
 
 
-def _panels(panels: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-    """Every panel of a dashboard's JSON, those in (collapsed) rows too; rows themselves are left out."""
-    for panel in panels:
-        if panel.get("type") == "row":
-            yield from _panels(panel.get("panels", []))
-        else:
-            yield panel
-
-
-def panel_queries(dashboard_json: dict[str, Any]) -> list[str]:
-    """Every PromQL expression of every panel's targets, in the dashboard's order."""
-    return [
-        target["expr"] for panel in _panels(dashboard_json.get("panels", [])) for target in panel.get("targets", [])
-    ]
-
-
-_STRING_LITERAL = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|`[^`]*`')
-_LABEL_MATCHERS = re.compile(r"\{[^{}]*\}")
-_RANGE = re.compile(r"\[[^\]]*\]")
-_LABEL_LIST = re.compile(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^()]*\)")
-# A name not inside a number (1e3) or a variable ($job); `called` is set when a "(" follows: a function.
-_IDENTIFIER = re.compile(r"(?<![\w.$])(?P<name>[A-Za-z_:][\w:]*)\s*(?P<called>\()?")
-_KEYWORDS = frozenset(
-    {
-        "by",
-        "without",
-        "on",
-        "ignoring",
-        "group_left",
-        "group_right",
-        "bool",
-        "and",
-        "or",
-        "unless",
-        "offset",
-        "inf",
-        "nan",
-    }
-)
-
-
-def query_metric_names(expr: str) -> set[str]:
-    """The metric names a PromQL expression selects.
-
-    Strings, label matchers, range durations and label lists (``by (...)``, ``on (...)``) are removed
-    first; of the names left, those followed by ``(`` are functions or aggregations and keywords are
-    operators, and the rest are metrics. Names given as ``{__name__="..."}`` are not seen.
-    """
-    text = _STRING_LITERAL.sub(" ", expr)
-    text = _LABEL_MATCHERS.sub(" ", text)
-    text = _RANGE.sub(" ", text)
-    text = _LABEL_LIST.sub(" ", text)
-    return {
-        match["name"]
-        for match in _IDENTIFIER.finditer(text)
-        if match["called"] is None and match["name"].lower() not in _KEYWORDS
-    }
-
-
 def _load(dashboard_json: dict[str, Any]) -> Dashboard:
     """``dashboard_json`` as the SDK's model; :class:`ValueError` when the model cannot read it."""
     # The model decodes targets and panel options through plugins; unregistered, a Prometheus query
@@ -553,17 +247,12 @@ def _check_panel(panel: Panel) -> None:
             )
 
 
-# $name or ${name} / ${name:format}; names starting with "__" are Grafana's own ($__rate_interval).
-_VARIABLE_USE = re.compile(r"\$(?:\{(?P<braced>\w+)(?::\w+)?\}|(?P<plain>\w+))")
-
-
 def _check_variables(model: Dashboard, queries: list[str]) -> None:
     """Every ``$variable`` a query uses is one of the dashboard's template variables or a Grafana global."""
     defined = {variable.name for variable in model.templating.list_val or []}
     for query in queries:
-        for use in _VARIABLE_USE.finditer(query):
-            name = use["braced"] or use["plain"]
-            if not name.startswith("__") and name not in defined:
+        for name in dashboard_variables(query):
+            if name not in defined:
                 raise ValueError(f"query {query!r} uses ${name}, which is not a variable of the dashboard")
 
 

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from synfleet.model.file import FleetSpec
+from synfleet.model.schema import FleetSpec
 
 #: Where Synapse serves its metrics.
 METRICS_PATH = "/_synapse/metrics"
@@ -40,7 +40,7 @@ def targets(spec: FleetSpec) -> list[Target]:
     result: list[Target] = []
     seen: dict[str, int] = {}
     for worker in spec.fleet.workers:
-        port = spec.metrics_port(worker)
+        port = worker.metrics_port
         if port is None:
             continue
         job = spec.fleet.group(worker.name)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from synfleet.metrics.scrape import NginxStatus, Scrape, nginx_status, scrape
 from synfleet.metrics.targets import targets
-from synfleet.model.file import FleetSpec
+from synfleet.model.schema import FleetSpec
 
 #: Where the native run's metrics listeners are.
 HOST = "127.0.0.1"
@@ -38,7 +38,7 @@ class Row:
 
 def sample(spec: FleetSpec, host: str = "") -> Sample:
     """Every process's metrics (with ``host``, those of that host's processes), and nginx's status."""
-    found = [t for t in targets(spec) if spec.host_of(t.process) == host]
+    found = [t for t in targets(spec) if spec.fleet.host_of(t.process) == host]
     with ThreadPoolExecutor(max_workers=8) as pool:
         scrapes = list(pool.map(lambda t: scrape(HOST, t.port), found))
     status = nginx_status(HOST, spec.metrics.nginx_status_port)

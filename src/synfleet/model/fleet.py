@@ -1,8 +1,10 @@
-"""The runtime model of a fleet: which Synapse processes exist and what each one does.
+"""The runtime model of a fleet: which Synapse processes exist, what each one does, and where it
+runs: its host, that host's private address, and its ports.
 
-Everything downstream (routing, rendering, running) reads this model and nothing else. The fleet
-file (``fleet.toml``) is parsed and validated into it; without a fleet file, :func:`seed_fleet`
-gives the seed's topology.
+Everything downstream (routing, rendering, running) reads this model. The fleet file
+(``fleet.toml``) is validated by :mod:`synfleet.model.schema` and resolved into it once by
+:func:`synfleet.model.resolve.resolve`; without a fleet file, :func:`seed_fleet` gives the seed's
+topology.
 """
 
 from __future__ import annotations
@@ -78,15 +80,48 @@ class Service(StrEnum):
     NGINX = "nginx"
 
 
+def host_port(address: str, port: int) -> str:
+    """An address with a port, as nginx and Synapse write it (IPv6 in brackets)."""
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
+@dataclass(frozen=True)
+class Host:
+    """A machine of a fleet on several hosts, and the private address the others reach it at."""
+
+    name: str
+    address: str
+
+
 @dataclass(frozen=True)
 class Worker:
-    """One Synapse process. ``main`` is the worker named ``main`` with role MAIN."""
+    """One Synapse process. ``main`` is the worker named ``main`` with role MAIN.
+
+    On a fleet on several hosts, ``host`` is where it runs and ``address`` that host's private
+    address, where other hosts reach its ``inbound_port`` (requests from the front nginx) and
+    ``replication_port``; both are empty on one host. ``metrics_port`` is its Prometheus listener's
+    port when metrics are on."""
 
     name: str
     role: Role
     streams: frozenset[Stream] = frozenset()
     background_tasks: bool = False
     pusher: bool = False
+    host: str = ""
+    address: str = ""
+    inbound_port: int = 0
+    replication_port: int = 0
+    metrics_port: int | None = None
+
+    @property
+    def inbound_link(self) -> str:
+        """address:port where the front nginx on another host reaches this process."""
+        return host_port(self.address, self.inbound_port)
+
+    @property
+    def replication_link(self) -> str:
+        """address:port where processes on other hosts reach this process's replication listener."""
+        return host_port(self.address, self.replication_port)
 
     @property
     def in_instance_map(self) -> bool:
@@ -99,19 +134,79 @@ class Worker:
 
 
 @dataclass(frozen=True)
+class ServiceProcess:
+    """One of the fleet's own services (PostgreSQL and Redis unless external, nginx) and its host
+    ("" on one host) with that host's private address."""
+
+    service: Service
+    host: str = ""
+    address: str = ""
+
+
+#: Every service on the fleet's one host.
+LOCAL_SERVICES = tuple(ServiceProcess(service) for service in Service)
+
+
+@dataclass(frozen=True)
 class Fleet:
-    """A whole homeserver: its name, its processes (main first, in a stable order) and who may use
-    the admin API (``admin_allow``, CIDRs; ``trusted_proxies`` may set the client address)."""
+    """A whole homeserver: its name, its processes (main first, in a stable order), who may use
+    the admin API (``admin_allow``, CIDRs; ``trusted_proxies`` may set the client address), and on
+    several hosts its ``hosts`` (none on one host) with the services it runs itself."""
 
     server_name: str
     workers: tuple[Worker, ...]
     admin_allow: tuple[str, ...] = DEFAULT_ADMIN_ALLOW
     trusted_proxies: tuple[str, ...] = ()
     room_balancing: str = "consistent_hash"  # or round_robin / least_conn: room-blind, for comparison
+    hosts: tuple[Host, ...] = ()
+    services: tuple[ServiceProcess, ...] = LOCAL_SERVICES
     _by_name: dict[str, Worker] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_by_name", {w.name: w for w in self.workers})
+
+    # -- where things run (several hosts) ----------------------------------------------------------
+
+    def host(self, name: str) -> Host:
+        return next(host for host in self.hosts if host.name == name)
+
+    @property
+    def host_names(self) -> tuple[str, ...]:
+        return tuple(host.name for host in self.hosts)
+
+    @property
+    def host_addresses(self) -> tuple[str, ...]:
+        """Every host's private address, in the fleet file's order."""
+        return tuple(host.address for host in self.hosts)
+
+    def runs(self, service: Service) -> bool:
+        """The fleet runs ``service`` itself (PostgreSQL and Redis may be external)."""
+        return any(s.service is service for s in self.services)
+
+    def process(self, name: str) -> Worker | ServiceProcess:
+        """A Synapse process or one of the fleet's own services, by name."""
+        if name in self._by_name:
+            return self._by_name[name]
+        return next(s for s in self.services if s.service == name)
+
+    def host_of(self, process: str) -> str:
+        """The host of a Synapse process or of one of the fleet's own services ("" on one host)."""
+        return self.process(process).host
+
+    @property
+    def front(self) -> str:
+        """nginx's host: where clients and other servers come in ("" on one host)."""
+        return self.host_of(Service.NGINX)
+
+    def processes_on(self, host: str) -> list[str]:
+        """The processes of ``host``: its services and Synapse processes, in the fleet's order."""
+        names = [s.service.value for s in self.services if s.host == host]
+        return names + [w.name for w in self.workers if w.host == host]
+
+    def remote_inbound(self, viewpoint: str) -> dict[str, str]:
+        """The Synapse processes on other hosts than ``viewpoint``, each with the address:port
+        where that host takes its inbound requests; empty on one host."""
+        return {w.name: w.inbound_link for w in self.workers if self.hosts and w.host != viewpoint}
 
     @property
     def main(self) -> Worker:

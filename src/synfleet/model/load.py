@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from synfleet.errors import FleetError
-from synfleet.model.file import FleetSpec, read_fleet
+from synfleet.model.schema import FleetSpec, read_fleet
 
 FLEET_FILE = "fleet.toml"
 

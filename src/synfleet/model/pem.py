@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
 from synfleet.errors import UsageError
-from synfleet.model.file import FleetSpec
+from synfleet.model.schema import FleetSpec
 
 
 def _read(key: str, path: str) -> bytes:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from synfleet.errors import FleetError
-from synfleet.model.file import FleetSpec
+from synfleet.model.schema import FleetSpec
 
 #: Fleet file sections each profile sets; everything else keeps its default (``seed``: all of it).
 PROFILES: dict[str, dict[str, Any]] = {

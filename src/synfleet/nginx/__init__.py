@@ -7,6 +7,8 @@
 - :mod:`~synfleet.nginx.realip`: the client address (realip) and allow/deny networks;
 - :mod:`~synfleet.nginx.config`: an existing config, parsed and evaluated;
 - :mod:`~synfleet.nginx.lexer`: quoting tokens;
-- :mod:`~synfleet.nginx.command`: command lines, the installed version, nginx in the foreground;
-- :mod:`~synfleet.nginx.harness`: stub upstreams and requests sent to a running nginx.
+- :mod:`~synfleet.nginx.binary`: running the nginx binary:
+
+  - :mod:`~synfleet.nginx.binary.command`: command lines, the installed version, nginx in the foreground;
+  - :mod:`~synfleet.nginx.binary.harness`: stub upstreams and requests sent to a running nginx.
 """

@@ -197,6 +197,19 @@ def _find(block: list[Directive], name: str) -> list[Directive]:
     return [d for d in block if d["directive"] == name]
 
 
+def socket_gateways(http: list[Directive]) -> dict[str, str]:
+    """The servers of ``http`` that pass every request to one UNIX socket (``proxy_pass
+    http://unix:/path:``, their only one): each of their ``listen`` addresses -> that socket's path."""
+    found = {}
+    for server in _find(http, "server"):
+        block = server.get("block", [])
+        passes = [d["args"][0] for d in walk(block) if d["directive"] == "proxy_pass"]
+        if len(passes) == 1 and passes[0].startswith("http://unix:"):
+            socket = proxy_target(passes[0])[0].removeprefix("unix:")
+            found.update({d["args"][0]: socket for d in _find(block, "listen")})
+    return found
+
+
 def _rewritten(target: str, args: str) -> tuple[str, str]:
     """($uri, $args) after a rewrite to ``target``: arguments it names come first, then the
     request's own, unless ``target`` ends with ``?``."""

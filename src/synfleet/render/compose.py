@@ -19,9 +19,9 @@ from synfleet.layout import (
     SECRETS_DIR,
     SYNAPSE_DIR,
 )
-from synfleet.model.file import FleetSpec
 from synfleet.model.fleet import Service
-from synfleet.render.hosts import fleet_addresses, gateways, hba, runs_nginx
+from synfleet.model.schema import FleetSpec
+from synfleet.render.hosts import gateways, hba, runs_nginx
 from synfleet.render.metrics import (
     DASHBOARD_FILE,
     GRAFANA_DASHBOARDS_DIR,
@@ -87,7 +87,7 @@ def nginx_healthcheck(spec: FleetSpec, host: str = "") -> list[str]:
     scheme, port = ("https", COMPOSE_HTTPS_PORT) if spec.tls.enabled else ("http", COMPOSE_HTTP_PORT)
     if not host:
         return _wget(f"{scheme}://127.0.0.1:{port}/health")
-    if spec.host_of(Service.NGINX) == host:
+    if spec.fleet.front == host:
         bind = spec.listen.bind
         address = "127.0.0.1" if bind in ("0.0.0.0", "::") else publish_address(bind)
         port = spec.listen.https_port if spec.tls.enabled else spec.listen.http_port
@@ -110,7 +110,7 @@ def _postgres_command(spec: FleetSpec, host: str) -> list[str]:
     command = ["postgres", "-c", f"unix_socket_directories={COMPOSE.socket_dir}"]
     if not host:
         return [*command, "-c", "listen_addresses="]
-    return [*command, "-c", f"listen_addresses={spec.hosts[host].address}", "-c", f"hba_file={CONTAINER_HBA_FILE}"]
+    return [*command, "-c", f"listen_addresses={spec.fleet.host(host).address}", "-c", f"hba_file={CONTAINER_HBA_FILE}"]
 
 
 def _redis(spec: FleetSpec, host: str) -> dict[str, Any]:
@@ -128,7 +128,7 @@ def _redis(spec: FleetSpec, host: str) -> dict[str, Any]:
     password = f"$$(cat {COMPOSE.secret(Secret.REDIS_PASSWORD)})"
     return {
         "entrypoint": ["sh", "-c", f'exec redis-server - "$$@" <<EOF\nrequirepass {password}\nEOF\n', "redis-server"],
-        "command": ["--bind", spec.hosts[host].address, "--port", str(spec.redis.port), *options],
+        "command": ["--bind", spec.fleet.host(host).address, "--port", str(spec.redis.port), *options],
         "health": ["CMD-SHELL", f'REDISCLI_AUTH="{password}" redis-cli -s {socket} ping | grep -q PONG'],
     }
 
@@ -138,7 +138,7 @@ def render_compose(spec: FleetSpec, secrets: dict[str, str], host: str = "") -> 
     with ``host``, the project of that host of a fleet on several hosts: its processes only, every
     container on the host's network."""
     layout = COMPOSE_HOST if host else COMPOSE
-    here = spec.processes_on(host)  # all of them without [hosts]
+    here = spec.fleet.processes_on(host)  # all of them without [hosts]
     processes = [p for p in synapse_processes(spec.fleet, layout) if p.name in here]
     local_postgres, local_redis = Service.POSTGRES in here, Service.REDIS in here
     infrastructure = [service.value for service in (Service.POSTGRES, Service.REDIS) if service in here]
@@ -213,5 +213,5 @@ def render_compose(spec: FleetSpec, secrets: dict[str, str], host: str = "") -> 
             "POSTGRES_INITDB_ARGS=--encoding=UTF8 --lc-collate=C --lc-ctype=C\n"
         )
         if host:
-            files[HBA_FILE] = hba(spec.database, fleet_addresses(spec))
+            files[HBA_FILE] = hba(spec.database, spec.fleet.host_addresses)
     return files

@@ -24,9 +24,8 @@ from synfleet.layout import (
     SYNAPSE_DIR,
     Layout,
 )
-from synfleet.model.file import FleetSpec
-from synfleet.model.fleet import Service
 from synfleet.model.pem import check_files
+from synfleet.model.schema import FleetSpec
 from synfleet.render.compose import SYNAPSE_IMAGE_GID, SYNAPSE_IMAGE_UID, publish_address, render_compose
 from synfleet.render.files import Rendered, chown_tree, write_tree
 from synfleet.render.hosts import gateways, local_metrics, runs_nginx
@@ -67,7 +66,7 @@ def compose_nginx_layout(spec: FleetSpec, host: str = "") -> NginxLayout:
         status = f"127.0.0.1:{spec.metrics.nginx_status_port}"
     else:  # on the container's ports, which compose publishes
         http, https, status = str(COMPOSE_HTTP_PORT), str(COMPOSE_HTTPS_PORT), str(spec.metrics.nginx_status_port)
-    front = not host or spec.host_of(Service.NGINX) == host  # Kubernetes places nginx itself
+    front = not host or spec.fleet.front == host  # Kubernetes places nginx itself
     # The image's nginx version is not known here: the listen flag works in every version.
     tls = nginx_tls(spec, https, COMPOSE.tls_certificate, COMPOSE.tls_key, http2_on=False)
     return NginxLayout(
@@ -91,7 +90,7 @@ def render_files(
 ) -> dict[str, str]:
     """nginx (into ``nginx_dir``) and Synapse files for one layout, by path relative to the
     deployment's root; with ``host``, that host's share of a fleet on several hosts."""
-    remote = spec.remote_inbound(spec.host_of(Service.NGINX)) if spec.hosts else {}
+    remote = spec.fleet.remote_inbound(spec.fleet.front)
     plan = RoutingPlan(spec.fleet, socket_dir=layout.socket_dir, remote=remote)
     files = {f"{nginx_dir}/{name}": text for name, text in render_nginx(plan, nginx_layout, site_of(spec)).items()}
     synapse = render_synapse(spec, layout, secrets, host)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from synfleet.model.file import FIXED_GROUPS, FleetSpec, parse_fleet
 from synfleet.model.fleet import SYNC_WRITER_STREAMS, Stream
 from synfleet.model.profiles import profile_spec
+from synfleet.model.schema import FleetSpec, parse_fleet
+from synfleet.model.schema.resources import FIXED_GROUPS
 from synfleet.render.templating import render
 
 

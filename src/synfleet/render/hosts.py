@@ -13,8 +13,8 @@ from collections.abc import Callable
 
 from synfleet.layout import COMPOSE_HOST, Layout
 from synfleet.metrics.targets import Target
-from synfleet.model.file import Database, FleetSpec
-from synfleet.model.fleet import Service
+from synfleet.model.schema import FleetSpec
+from synfleet.model.schema.storage import Database
 from synfleet.render.nginx import Gateway
 from synfleet.routing.plan import RoutingPlan
 
@@ -37,16 +37,12 @@ def hba(database: Database, hosts: tuple[str, ...] = ()) -> str:
 def local_metrics(spec: FleetSpec, host: str) -> Callable[[Target], str | None]:
     """Where a host's Prometheus finds a process's metrics: 127.0.0.1 for the processes of ``host``
     (every process without [hosts]); other hosts' metrics listeners take no connections from here."""
-    return lambda target: "127.0.0.1" if spec.host_of(target.process) == host else None
-
-
-def fleet_addresses(spec: FleetSpec) -> tuple[str, ...]:
-    return tuple(host.address for host in spec.hosts.values())
+    return lambda target: "127.0.0.1" if spec.fleet.host_of(target.process) == host else None
 
 
 def runs_nginx(spec: FleetSpec, host: str) -> bool:
     """Whether ``host`` runs nginx: the front's host, and every host another host reaches."""
-    return spec.host_of(Service.NGINX) == host or bool(gateways(spec, host, COMPOSE_HOST))
+    return spec.fleet.front == host or bool(gateways(spec, host, COMPOSE_HOST))
 
 
 def gateways(spec: FleetSpec, host: str, layout: Layout) -> tuple[Gateway, ...]:
@@ -54,18 +50,18 @@ def gateways(spec: FleetSpec, host: str, layout: Layout) -> tuple[Gateway, ...]:
     (on another host) routes to, replication for every process other processes call."""
     if not spec.hosts:
         return ()
-    front = spec.host_of(Service.NGINX)
+    front = spec.fleet.front
     routed = {w for upstream in RoutingPlan(spec.fleet).upstreams.values() for w in upstream.workers}
     found = []
     for worker in spec.fleet.workers:
-        if spec.host_of(worker.name) != host:
+        if worker.host != host:
             continue
         if host != front and worker.name in routed:
             found.append(
                 Gateway(
                     f"{worker.name} inbound",
-                    spec.address_of(host, spec.inbound_port(worker.name)),
-                    (spec.hosts[front].address,),
+                    worker.inbound_link,
+                    (spec.fleet.host(front).address,),
                     layout.inbound_socket(worker.name),
                 )
             )
@@ -73,8 +69,8 @@ def gateways(spec: FleetSpec, host: str, layout: Layout) -> tuple[Gateway, ...]:
             found.append(
                 Gateway(
                     f"{worker.name} replication",
-                    spec.address_of(host, spec.replication_port(worker.name)),
-                    fleet_addresses(spec),
+                    worker.replication_link,
+                    spec.fleet.host_addresses,
                     layout.replication_socket(worker.name),
                 )
             )

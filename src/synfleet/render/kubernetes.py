@@ -24,8 +24,8 @@ import yaml
 
 from synfleet.errors import FleetError
 from synfleet.layout import COMPOSE, COMPOSE_NGINX_CONFIG_DIR, COMPOSE_NGINX_TEMP_DIR, Layout, TcpLinks
-from synfleet.model.file import FleetSpec
 from synfleet.model.fleet import ROLE_ORDER, Fleet, Role, Service, Worker
+from synfleet.model.schema import FleetSpec
 from synfleet.render.compose import SYNAPSE_IMAGE_GID, SYNAPSE_IMAGE_UID
 from synfleet.render.nginx import NginxLayout, render_nginx, site_of
 from synfleet.render.processes import WORKER_MODULE, synapse_processes

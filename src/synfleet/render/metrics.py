@@ -12,7 +12,7 @@ import yaml
 from synfleet.layout import METRICS_DIR
 from synfleet.metrics.dashboard import DATASOURCE_UID, dashboard
 from synfleet.metrics.targets import Target, scrape_config
-from synfleet.model.file import FleetSpec
+from synfleet.model.schema import FleetSpec
 
 PROMETHEUS_CONFIG = f"{METRICS_DIR}/prometheus.yml"
 DASHBOARD_FILE = f"{METRICS_DIR}/grafana/dashboards/synfleet.json"

@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from synfleet.metrics.targets import NGINX_STATUS_PATH
-from synfleet.model.file import REQUEST_BODY_LIMIT, FleetSpec
+from synfleet.model.schema import FleetSpec
+from synfleet.model.schema.synapse import REQUEST_BODY_LIMIT
 from synfleet.render.templating import render
 from synfleet.routing.plan import RoutingPlan
 from synfleet.routing.table import MEDIA_UPLOAD_PREFIXES, ZONES

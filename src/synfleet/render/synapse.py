@@ -7,9 +7,9 @@ from typing import Any
 import yaml
 
 from synfleet.layout import FEDERATION_CA, SHARED_CONFIG, Layout, log_config_file, worker_config_file
-from synfleet.model.file import FleetSpec
 from synfleet.model.fleet import Role, Service, Stream, Worker
 from synfleet.model.pem import trusted_ca
+from synfleet.model.schema import FleetSpec
 from synfleet.render.processes import WORKER_MODULE
 from synfleet.render.secrets import Secret
 
@@ -64,7 +64,7 @@ def _replication_at(worker: Worker, layout: Layout) -> dict[str, Any]:
     return {"path": layout.replication_socket(worker.name), "mode": layout.replication_socket_mode}
 
 
-def listeners(worker: Worker, layout: Layout, metrics: int | None = None) -> list[dict[str, Any]]:
+def listeners(worker: Worker, layout: Layout) -> list[dict[str, Any]]:
     """The inbound socket or port (requests from nginx; only /health for workers nginx never routes
     to), for instance_map members the replication socket or port, and the metrics port if enabled.
     x_forwarded is explicit: Synapse's default is off on TCP."""
@@ -78,8 +78,8 @@ def listeners(worker: Worker, layout: Layout, metrics: int | None = None) -> lis
     ]
     if worker.in_instance_map:
         result.append({**_replication_at(worker, layout), "type": "http", "resources": [{"names": ["replication"]}]})
-    if metrics is not None:
-        result.append({"type": "metrics", "port": metrics, "bind_addresses": [layout.metrics_bind]})
+    if worker.metrics_port is not None:
+        result.append({"type": "metrics", "port": worker.metrics_port, "bind_addresses": [layout.metrics_bind]})
     return result
 
 
@@ -89,9 +89,8 @@ def _names(workers: tuple[Worker, ...]) -> list[str]:
 
 def _elsewhere(spec: FleetSpec, host: str, process: str) -> str | None:
     """The private address of ``process``'s host when it is not ``host`` (links to it are TCP)."""
-    if not host or spec.host_of(process) == host:
-        return None
-    return spec.hosts[spec.host_of(process)].address
+    placed = spec.fleet.process(process)
+    return None if not host or placed.host == host else placed.address
 
 
 def _instance(spec: FleetSpec, layout: Layout, host: str, worker: Worker) -> dict[str, Any]:
@@ -100,7 +99,7 @@ def _instance(spec: FleetSpec, layout: Layout, host: str, worker: Worker) -> dic
     if layout.tcp:
         return {"host": layout.tcp.hosts[worker.name], "port": layout.tcp.replication_port}
     if address := _elsewhere(spec, host, worker.name):
-        return {"host": address, "port": spec.replication_port(worker.name)}
+        return {"host": address, "port": worker.replication_port}
     return {"path": layout.replication_socket(worker.name)}
 
 
@@ -124,7 +123,7 @@ def homeserver_config(spec: FleetSpec, layout: Layout, secrets: dict[str, str], 
         "media_store_path": f"{layout.data_dir}/media_store",
         "max_upload_size": spec.media.max_upload_bytes,
         "log_config": layout.log_config(fleet.main.name),
-        "listeners": listeners(fleet.main, layout, spec.metrics_port(fleet.main)),
+        "listeners": listeners(fleet.main, layout),
         "database": database_config(spec, layout, secrets, host),
         "redis": redis_config(spec, layout, host),
         "instance_map": {w.name: _instance(spec, layout, host, w) for w in fleet.workers if w.in_instance_map},
@@ -195,13 +194,13 @@ def redis_config(spec: FleetSpec, layout: Layout, host: str = "") -> dict[str, A
     return config
 
 
-def worker_config(worker: Worker, layout: Layout, metrics: int | None) -> dict[str, Any]:
+def worker_config(worker: Worker, layout: Layout) -> dict[str, Any]:
     """One worker's own file, loaded after homeserver.yaml (top-level keys replace shared ones)."""
     config: dict[str, Any] = {
         "worker_app": WORKER_MODULE,
         "worker_name": worker.name,
         "worker_log_config": layout.log_config(worker.name),
-        "worker_listeners": listeners(worker, layout, metrics),
+        "worker_listeners": listeners(worker, layout),
         # Only media workers load the media repository, even when main has none.
         "enable_media_repo": worker.role is Role.MEDIA,
     }
@@ -243,9 +242,9 @@ def render_synapse(spec: FleetSpec, layout: Layout, secrets: dict[str, str], hos
     if (bundle := trusted_ca(spec)) is not None:
         files[FEDERATION_CA] = bundle
     for worker in fleet.workers:
-        if host and spec.host_of(worker.name) != host:
+        if host and worker.host != host:
             continue
         if worker.role is not Role.MAIN:
-            files[worker_config_file(worker.name)] = dump(worker_config(worker, layout, spec.metrics_port(worker)))
+            files[worker_config_file(worker.name)] = dump(worker_config(worker, layout))
         files[log_config_file(worker.name)] = dump(log_config(worker.name, layout, spec.synapse.log_level))
     return files

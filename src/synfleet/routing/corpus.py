@@ -14,7 +14,7 @@ import string
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from synfleet.nginx.harness import Probe
+from synfleet.nginx.binary.harness import Probe
 
 C = "/_matrix/client/v3"
 R0 = "/_matrix/client/r0"

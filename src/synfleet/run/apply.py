@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 from synfleet.errors import SynfleetError, UsageError
 from synfleet.layout import SHARED_CONFIG, log_config_file, worker_config_file
-from synfleet.model.file import FleetSpec
+from synfleet.model.schema import FleetSpec
 from synfleet.render.secrets import ensure_secrets
 from synfleet.routing.corpus import room_keys
 from synfleet.routing.plan import RoutingPlan

@@ -30,8 +30,8 @@ from typing import IO
 
 from synfleet.errors import UsageError
 from synfleet.layout import SECRETS_DIR
-from synfleet.model.file import FleetSpec, parse_fleet
 from synfleet.model.load import FLEET_FILE, load_spec
+from synfleet.model.schema import FleetSpec, parse_fleet
 from synfleet.run.paths import RunPaths, place_run_directory
 from synfleet.run.postgres import client
 from synfleet.run.supervisor import Supervisor

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from synfleet.errors import SynfleetError, UsageError
-from synfleet.model.file import FleetSpec
 from synfleet.model.fleet import Service
 from synfleet.model.pem import check_files
+from synfleet.model.schema import FleetSpec
 from synfleet.render.files import chown_tree, tree_differs, update_tree
 from synfleet.render.secrets import Secret, ensure_secrets
 from synfleet.run.accounts import Account, Accounts, as_root, ensure_accounts
@@ -138,7 +138,7 @@ def runs_postgres(plan: Plan) -> bool:
 
 def fronted(plan: Plan) -> bool:
     """The public nginx runs here."""
-    return not plan.paths.host or plan.spec.host_of(Service.NGINX) == plan.paths.host
+    return not plan.paths.host or plan.spec.fleet.front == plan.paths.host
 
 
 def up(paths: RunPaths, spec: FleetSpec, report: Report, supervisor: Supervisor | None = None) -> float:
@@ -211,7 +211,7 @@ def up(paths: RunPaths, spec: FleetSpec, report: Report, supervisor: Supervisor 
                     paths.postgres_data,
                     plan.spec.database,
                     secrets[Secret.POSTGRES_PASSWORD],
-                    tuple(h.address for h in plan.spec.hosts.values()),
+                    plan.spec.fleet.host_addresses,
                 )
                 load_pending_dump(paths, plan.spec, report)
     except BaseException:

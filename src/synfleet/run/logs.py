@@ -16,8 +16,8 @@ def log_files(paths: RunPaths) -> dict[str, Path]:
     """Each process's log by process name, in start order (with a host, that host's processes);
     nginx's is its access log, or on a host of several without the front, its gateways' log."""
     spec = load_spec(paths.directory)
-    names = [name for name in spec.processes_on(paths.host) if name != Service.NGINX]
-    nginx = paths.access_log if spec.host_of(Service.NGINX) == paths.host else paths.gateway_log
+    names = [name for name in spec.fleet.processes_on(paths.host) if name != Service.NGINX]
+    nginx = paths.access_log if spec.fleet.front == paths.host else paths.gateway_log
     return {**{name: paths.log(name) for name in names}, Service.NGINX.value: nginx}
 
 

@@ -10,8 +10,8 @@ from functools import cached_property
 from pathlib import Path
 
 from synfleet.layout import COMPOSE, Layout, native_layout
-from synfleet.model.file import FleetSpec
-from synfleet.model.fleet import Fleet, Service
+from synfleet.model.fleet import Fleet
+from synfleet.model.schema import FleetSpec
 from synfleet.routing.plan import RoutingPlan
 
 RUN_DIR = "run"
@@ -133,7 +133,7 @@ def place_run_directory(directory: Path, host: str = "") -> Path | None:
 
 def main_paths(directory: Path, spec: FleetSpec) -> RunPaths:
     """The run directory where main runs (on its host, in a fleet on several)."""
-    return RunPaths(directory, spec.host_of("main") if spec.hosts else "")
+    return RunPaths(directory, spec.fleet.main.host)
 
 
 def deployed_plan(paths: RunPaths, fleet: Fleet | FleetSpec) -> RoutingPlan:
@@ -147,8 +147,8 @@ def deployed_plan(paths: RunPaths, fleet: Fleet | FleetSpec) -> RoutingPlan:
     remote: dict[str, str] = {}
     if isinstance(fleet, FleetSpec):
         if fleet.hosts:
-            front = fleet.host_of(Service.NGINX)
-            paths, remote = RunPaths(paths.directory, front), fleet.remote_inbound(front)
+            front = fleet.fleet.front
+            paths, remote = RunPaths(paths.directory, front), fleet.fleet.remote_inbound(front)
         fleet = fleet.fleet
     socket_dir = str(paths.sockets) if paths.supervisor_conf.exists() else COMPOSE.socket_dir
     return RoutingPlan(fleet, socket_dir=socket_dir, remote=remote)

@@ -13,9 +13,9 @@ from pathlib import Path
 
 from synfleet.errors import SynfleetError, UsageError
 from synfleet.layout import SECRETS_DIR
-from synfleet.model.file import FleetSpec, parse_fleet
 from synfleet.model.fleet import Role, Service
-from synfleet.nginx.command import command_line, http2_directive_supported, nginx_version
+from synfleet.model.schema import FleetSpec, parse_fleet
+from synfleet.nginx.binary.command import command_line, http2_directive_supported, nginx_version
 from synfleet.render.deploy import nginx_tls, render_files
 from synfleet.render.files import Rendered
 from synfleet.render.fleet_file import fleet_toml
@@ -70,7 +70,7 @@ def plan_for(paths: RunPaths, spec: FleetSpec) -> Plan:
         raise SynfleetError(
             "Synapse is not installed in this Python: pip install 'synfleet[synapse]' (or run scripts/setup.sh)"
         )
-    here = set(spec.processes_on(paths.host)) if paths.host else set(Service)
+    here = set(spec.fleet.processes_on(paths.host)) if paths.host else set(Service)
     names = ["nginx"]
     if spec.database.local and Service.POSTGRES in here:
         names += ["postgres", "initdb"]
@@ -121,7 +121,7 @@ def _check_python_reachable(path: Path) -> None:
 
 def native_nginx_layout(spec: FleetSpec, paths: RunPaths) -> NginxLayout:
     host = _host(spec.listen.bind)
-    front = not paths.host or spec.host_of(Service.NGINX) == paths.host
+    front = not paths.host or spec.fleet.front == paths.host
     return NginxLayout(
         log_dir=str(paths.logs),
         listen=(f"{host}:{spec.listen.http_port}",) if front else (),
@@ -170,8 +170,8 @@ def native_processes(spec: FleetSpec, paths: RunPaths, binaries: dict[str, str])
     the fleet's account."""
     layout = paths.layout
     account = FLEET_ACCOUNT if as_root() else None
-    here = set(spec.processes_on(paths.host)) if paths.host else None
-    private = spec.hosts[paths.host].address if paths.host else ""  # other hosts reach this one here
+    here = set(spec.fleet.processes_on(paths.host)) if paths.host else None
+    private = spec.fleet.host(paths.host).address if paths.host else ""  # other hosts reach this one here
 
     def runs(name: str) -> bool:
         return here is None or name in here
@@ -279,7 +279,7 @@ def run_files(plan: Plan, secrets: dict[str, str]) -> Rendered:
     the deployment's secrets (for the fleet's account to read)."""
     paths = plan.paths
     files = render_files(plan.spec, paths.layout, native_nginx_layout(plan.spec, paths), secrets, NGINX_DIR, paths.host)
-    if plan.spec.hosts and Service.REDIS in plan.spec.processes_on(paths.host):
+    if plan.spec.hosts and Service.REDIS in plan.spec.fleet.processes_on(paths.host):
         files[REDIS_CONFIG] = f"requirepass {secrets[Secret.REDIS_PASSWORD]}\n"
     files["supervisord.conf"] = supervisor_config(paths, plan.processes)
     files.update(metrics_files(plan.spec, local_metrics(plan.spec, paths.host), grafana=False))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from synfleet.errors import SynfleetError
 from synfleet.layout import SECRETS_DIR
-from synfleet.model.file import Database
+from synfleet.model.schema.storage import Database
 from synfleet.render.hosts import AUTH_METHOD, hba
 from synfleet.render.secrets import Secret
 from synfleet.run.accounts import Account

@@ -21,8 +21,9 @@ from pathlib import Path
 import httpx
 
 from synfleet.errors import SynfleetError, UsageError
-from synfleet.model.file import VERSION_PATTERN, FleetSpec, parse_fleet
 from synfleet.model.load import FLEET_FILE, load_spec
+from synfleet.model.schema import FleetSpec, parse_fleet
+from synfleet.model.schema.synapse import VERSION_PATTERN
 from synfleet.render.deploy import render_deployment
 from synfleet.render.processes import MAIN_SERVICE
 from synfleet.run.apply import restart

@@ -1,0 +1,72 @@
+"""Which Synapse processes the fleet has: worker counts per role, stream writers, and how nginx
+balances room workers."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from synfleet.model.fleet import HTTP_ROLES, SEED_COUNTS, SINGLE_WRITER_STREAMS, Fleet, Role, Stream
+from synfleet.model.schema.values import NAME_PATTERN, Count, Section
+
+
+class Workers(Section):
+    """How many workers of each role; 0 leaves that work to main. The defaults are the seed's."""
+
+    client_sync: Count = SEED_COUNTS[Role.CLIENT_SYNC]
+    rooms: Count = SEED_COUNTS[Role.ROOMS]
+    client_reader: Count = SEED_COUNTS[Role.CLIENT_READER]
+    federation_reader: Count = SEED_COUNTS[Role.FEDERATION_READER]
+    media: Count = SEED_COUNTS[Role.MEDIA]
+    tasks: Count = SEED_COUNTS[Role.TASKS]
+    senders: Count = SEED_COUNTS[Role.SENDER]
+
+    def counts(self) -> dict[Role, int]:
+        return {
+            Role.CLIENT_SYNC: self.client_sync,
+            Role.ROOMS: self.rooms,
+            Role.CLIENT_READER: self.client_reader,
+            Role.FEDERATION_READER: self.federation_reader,
+            Role.MEDIA: self.media,
+            Role.TASKS: self.tasks,
+            Role.SENDER: self.senders,
+        }
+
+
+class Routing(Section):
+    """How nginx balances room workers. Room-blind balancing exists to measure what hashing buys."""
+
+    room_balancing: Literal["consistent_hash", "round_robin", "least_conn"] = "consistent_hash"
+
+
+def check_stream_writers(value: dict[Stream, list[str]]) -> dict[Stream, list[str]]:
+    """Each stream names one or more workers (one for the streams Synapse writes from one process)."""
+    for stream, names in value.items():
+        if not names:
+            raise ValueError(f"{stream.value}: needs at least one worker name (or remove the key)")
+        for name in names:
+            if not NAME_PATTERN.fullmatch(name):
+                raise ValueError(f"{stream.value}: worker name {name!r} may only use a-z, 0-9 and _")
+        if len(set(names)) != len(names):
+            raise ValueError(f"{stream.value}: {names} names a worker twice")
+        if stream in SINGLE_WRITER_STREAMS and len(names) > 1:
+            allowed = ", ".join(sorted(s.value for s in Stream if s not in SINGLE_WRITER_STREAMS))
+            raise ValueError(
+                f"{stream.value}: Synapse allows a single writer for this stream, got {len(names)} "
+                f"({', '.join(names)}); streams with several writers: {allowed}"
+            )
+    return value
+
+
+def check_writers_serve_http(fleet: Fleet, writers: dict[Stream, list[str]]) -> None:
+    """Writers of streams with HTTP endpoints are processes nginx routes to (or dedicated writers)."""
+    for stream, names in writers.items():
+        if stream is Stream.EVENTS:
+            continue
+        for name in names:
+            worker = fleet.worker(name)
+            if not worker.serves_http:
+                raise ValueError(
+                    f"stream_writers.{stream.value}: {name} is a {worker.role.value} worker, which serves no "
+                    "HTTP requests; use a new name for a dedicated writer, or a worker of role "
+                    + ", ".join(sorted(r.value for r in HTTP_ROLES))
+                )
