@@ -42,7 +42,7 @@ from synfleet.model.fleet import Role
 from synfleet.model.load import load_spec
 from synfleet.render.fleet_file import fleet_toml
 from synfleet.render.nginx import access_lines
-from synfleet.render.processes import MAIN_SERVICE
+from synfleet.render.services import MAIN_SERVICE
 from synfleet.routing.plan import RoutingPlan
 from synfleet.system import free_port
 

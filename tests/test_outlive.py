@@ -24,10 +24,10 @@ from conftest import RunningFleet, fleet_under_test, synfleet
 from synfleet.model.schema import FleetSpec
 from synfleet.nginx.binary.command import world_readable_tempdir
 from synfleet.render.fleet_file import fleet_toml
+from synfleet.render.services import Health, HealthKind
 from synfleet.run.health import is_healthy
 from synfleet.run.ownership import holds_listener
 from synfleet.run.paths import RELOCATED_RUNS, RunPaths, place_run_directory
-from synfleet.run.process import Health, HealthKind
 from synfleet.system import free_port
 
 pytestmark = pytest.mark.integration

@@ -18,9 +18,9 @@ from synfleet.lab import CertificateAuthority
 from synfleet.layout import COMPOSE, native_layout, worker_of_server
 from synfleet.model.load import load_spec
 from synfleet.nginx.config import NginxModel
-from synfleet.render.compose import SYNAPSE_IMAGE_GID, SYNAPSE_IMAGE_UID, render_compose
-from synfleet.render.processes import MAIN_SERVICE
+from synfleet.render.compose import render_compose
 from synfleet.render.secrets import Secret
+from synfleet.render.services import MAIN_SERVICE, SYNAPSE_IMAGE_GID, SYNAPSE_IMAGE_UID
 
 
 def rendered_files(directory: Path) -> dict[str, bytes]:

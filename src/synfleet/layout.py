@@ -10,11 +10,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import PurePosixPath
 
+from synfleet.model.ports import CLIENT_PORT, FEDERATION_PORT
+
 #: Where Synapse's configuration goes in a rendered tree (``D/deploy``, ``D/run``).
 SYNAPSE_DIR = "synapse"
 #: Where nginx's configuration and logs go in the compose tree (``D/deploy``).
 DEPLOY_NGINX_CONFIG = "nginx/config"
 DEPLOY_NGINX_LOGS = "nginx/logs"
+#: The PostgreSQL container's environment file (its password among it), in a compose project.
+DEPLOY_POSTGRES_ENV = "env/postgres.env"
 #: The configuration every Synapse process loads first, relative to the config directory.
 SHARED_CONFIG = "homeserver.yaml"
 #: The CA bundle Synapse trusts for outbound federation (fleet.toml federation.trusted_ca), relative
@@ -27,7 +31,8 @@ LOG_CONFIG_DIR = "log"
 SECRETS_DIR = "secrets"
 #: The Prometheus scrape config and Grafana dashboard (``D/deploy/metrics``, ``D/run/metrics``).
 METRICS_DIR = "metrics"
-_INBOUND_PREFIX = "synapse_inbound_"
+#: The start of every inbound socket's name (and of every nginx upstream's).
+INBOUND_PREFIX = "synapse_inbound_"
 
 
 def worker_config_file(worker: str) -> str:
@@ -40,7 +45,7 @@ def log_config_file(worker: str) -> str:
 
 def inbound_socket(socket_dir: str, worker: str) -> str:
     """The socket on which a Synapse process takes requests from nginx (and answers /health)."""
-    return f"{socket_dir}/{_INBOUND_PREFIX}{worker}.sock"
+    return f"{socket_dir}/{INBOUND_PREFIX}{worker}.sock"
 
 
 def worker_of_server(server: str) -> str:
@@ -48,7 +53,7 @@ def worker_of_server(server: str) -> str:
     socket's stem, or host:port."""
     if server.startswith("unix:"):
         stem = PurePosixPath(server[5:]).name.removesuffix(".sock")
-        return stem.removeprefix(_INBOUND_PREFIX)
+        return stem.removeprefix(INBOUND_PREFIX)
     return server
 
 
@@ -146,12 +151,39 @@ COMPOSE = Layout(
 COMPOSE_HOST = replace(COMPOSE, name="compose-host", replication_socket_mode=0o666, metrics_bind="127.0.0.1")
 #: The ports nginx listens on inside its container; compose publishes listen.http_port and
 #: listen.https_port on them.
-COMPOSE_HTTP_PORT = 8008
-COMPOSE_HTTPS_PORT = 8448
+COMPOSE_HTTP_PORT = CLIENT_PORT
+COMPOSE_HTTPS_PORT = FEDERATION_PORT
 #: Where the nginx container reads its configuration.
 COMPOSE_NGINX_CONFIG_DIR = "/etc/nginx"
 #: Where nginx keeps request and response bodies that do not fit in memory: a tmpfs of its container.
 COMPOSE_NGINX_TEMP_DIR = "/var/cache/nginx"
+
+
+#: The layout's name in Kubernetes' pods.
+KUBERNETES = "kubernetes"
+#: Every Synapse process's inbound HTTP (nginx, /health) and replication ports in its pod.
+POD_INBOUND_PORT = 8080
+POD_REPLICATION_PORT = 9093
+
+
+def kubernetes_layout(services: Mapping[str, str]) -> Layout:
+    """In Kubernetes' pods: the compose paths, without sockets; processes linked by TCP, each
+    reached at its own Service (``services``, by worker name); the database password from the
+    environment, never in a ConfigMap."""
+    return Layout(
+        name=KUBERNETES,
+        config_dir=COMPOSE.config_dir,
+        data_dir=COMPOSE.data_dir,
+        secrets_dir=COMPOSE.secrets_dir,
+        socket_dir="",
+        log_dir=None,
+        nginx_log_dir=COMPOSE.nginx_log_dir,
+        tls_certificate=COMPOSE.tls_certificate,
+        tls_key=COMPOSE.tls_key,
+        metrics_bind="0.0.0.0",
+        tcp=TcpLinks(services, POD_INBOUND_PORT, POD_REPLICATION_PORT),
+        database_password_inline=False,
+    )
 
 
 def native_layout(run_dir: str, gateway: bool = False) -> Layout:

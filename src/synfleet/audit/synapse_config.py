@@ -22,12 +22,13 @@ from synfleet.audit.roles import role_from_name
 from synfleet.errors import UsageError
 from synfleet.layout import worker_of_server
 from synfleet.model.fleet import Fleet, Role, Stream, Worker
+from synfleet.model.synapse import Resource
 
 MAIN = "main"
 #: Roles a generic worker's name may give it; anything else that serves HTTP is a client reader.
 NAMED_HTTP_ROLES = frozenset({Role.ROOMS, Role.CLIENT_SYNC, Role.FEDERATION_READER, Role.CLIENT_READER})
 #: Listener resources that mean a process takes requests from nginx.
-SERVED = frozenset({"client", "federation", "media"})
+SERVED = frozenset({Resource.CLIENT, Resource.FEDERATION, Resource.MEDIA})
 
 
 @dataclass(frozen=True)

@@ -38,9 +38,8 @@ from synfleet.nginx.binary.command import test_config, world_readable_tempdir
 from synfleet.nginx.config import NginxModel, socket_gateways
 from synfleet.nginx.upstream import Upstream
 from synfleet.nginx.variables import Map
-from synfleet.render.compose import publish_address
 from synfleet.render.deploy import DEPLOY_DIR, HOSTS_DIR
-from synfleet.render.processes import MAIN_SERVICE
+from synfleet.render.services import MAIN_SERVICE, publish_address
 from synfleet.routing.table import DEFAULT_RULE, ROUTES, Rule
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import sys
 
-from synfleet.render.processes import WORKER_MODULE
+from synfleet.model.synapse import WORKER_MODULE
 
 
 def load(paths: list[str]) -> tuple[bool, str]:

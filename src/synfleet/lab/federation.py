@@ -27,6 +27,7 @@ import httpx
 from synfleet.bench.percentiles import percentile
 from synfleet.lab.ca import CertificateAuthority
 from synfleet.lab.hosts import Host, Lab
+from synfleet.model.ports import CLIENT_PORT, FEDERATION_PORT
 from synfleet.model.profiles import profile_spec
 from synfleet.model.schema import FleetSpec
 from synfleet.nginx.binary.command import world_readable_tempdir
@@ -36,7 +37,7 @@ from synfleet.run.paths import RunPaths
 from synfleet.run.register import register_user
 from synfleet.run.supervisor import Supervisor
 
-HTTPS_PORT = 8448
+HTTPS_PORT = FEDERATION_PORT
 #: Worker counts of each server, over the small profile.
 SHAPES: dict[str, dict[str, int]] = {"a": {"federation_reader": 2, "senders": 2}, "b": {"federation_reader": 1}}
 T = TypeVar("T")
@@ -86,7 +87,7 @@ class Server:
 def server_spec(host: Host, lab: Lab, ca: CertificateAuthority, root: Path, workers: dict[str, int]) -> FleetSpec:
     certificate, key = ca.issue([host.fqdn], root / f"tls-{host.name}")
     data = profile_spec(host.fqdn, "small").model_dump(mode="json")
-    data["listen"].update(bind=host.address, http_port=8008, https_port=HTTPS_PORT)
+    data["listen"].update(bind=host.address, http_port=CLIENT_PORT, https_port=HTTPS_PORT)
     data["tls"].update(enabled=True, certificate=str(certificate), key=str(key))
     data["federation"].update(
         trusted_ca=str(ca.certificate_path), ip_range_whitelist=[str(lab.subnet)], trusted_key_servers=[]

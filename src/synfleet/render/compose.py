@@ -16,12 +16,13 @@ from synfleet.layout import (
     COMPOSE_NGINX_TEMP_DIR,
     DEPLOY_NGINX_CONFIG,
     DEPLOY_NGINX_LOGS,
+    DEPLOY_POSTGRES_ENV,
     SECRETS_DIR,
     SYNAPSE_DIR,
 )
 from synfleet.model.fleet import Service
 from synfleet.model.schema import FleetSpec
-from synfleet.render.hosts import gateways, hba, runs_nginx
+from synfleet.render.hosts import gateways
 from synfleet.render.metrics import (
     DASHBOARD_FILE,
     GRAFANA_DASHBOARDS_DIR,
@@ -30,32 +31,19 @@ from synfleet.render.metrics import (
     PROMETHEUS_CONFIG,
     PROMETHEUS_PORT,
 )
-from synfleet.render.processes import SynapseProcess, synapse_processes
 from synfleet.render.secrets import Secret
+from synfleet.render.services import (
+    CONTAINER_HBA_FILE,
+    HBA_FILE,
+    SYNAPSE_IMAGE_GID,
+    SYNAPSE_IMAGE_UID,
+    Context,
+    Start,
+    compose_test,
+    publish_address,
+    service_table,
+)
 from synfleet.render.templating import render
-
-#: The account Synapse's official image runs as.
-SYNAPSE_IMAGE_UID = SYNAPSE_IMAGE_GID = 991
-
-
-def synapse_entrypoint(process: SynapseProcess, owner: bool) -> list[str]:
-    """A Synapse container's entrypoint: ``python -m <command>`` after removing its sockets and
-    their lock files. Twisted keeps a lock beside each socket naming the listener's pid; a
-    container restarted after a crash runs Synapse with the same pid, finds the lock "held" and
-    cannot listen. Only this service makes these sockets, so what is left of them is stale.
-
-    The ``owner`` (main; on a host without main, that host's first Synapse process) starts as root,
-    to give Synapse's data volume to the image's account first, and becomes that account with the
-    image's gosu (as the image's own entrypoint does). That is not a one-shot service before it:
-    podman-compose makes a dependency of every ``depends_on``, and podman restarts no container
-    whose dependency has exited."""
-    steps = [f"rm -f {' '.join(f'{path} {path}.lock' for path in process.sockets)}"]
-    run = 'exec python -m "$$@"'  # $$ is compose's escape for a literal $
-    if owner:
-        user = f"{SYNAPSE_IMAGE_UID}:{SYNAPSE_IMAGE_GID}"
-        steps.insert(0, f"chown {user} {COMPOSE.data_dir}")
-        run = f'exec gosu {user} python -m "$$@"'
-    return ["sh", "-c", " && ".join([*steps, run]), process.service]
 
 
 def project_name(server_name: str) -> str:
@@ -64,73 +52,12 @@ def project_name(server_name: str) -> str:
     return "synfleet-" + re.sub(r"[^a-z0-9_-]+", "-", server_name.lower()).strip("-")
 
 
-def publish_address(bind: str) -> str:
-    """listen.bind as a compose port mapping takes it (IPv6 in brackets)."""
-    return f"[{bind}]" if ":" in bind else bind
-
-
-#: A host's pg_hba.conf (fleets on several hosts), in its project and in the PostgreSQL container.
-HBA_FILE = "postgres/pg_hba.conf"
-CONTAINER_HBA_FILE = "/etc/synfleet/pg_hba.conf"
-
-
-def _wget(url: str) -> list[str]:
-    insecure = ["--no-check-certificate"] if url.startswith("https:") else []
-    return ["CMD", "wget", "-q", "-O", "/dev/null", *insecure, url]
-
-
-def nginx_healthcheck(spec: FleetSpec, host: str = "") -> list[str]:
-    """A request for /health through nginx, with the image's wget (the slim nginx image has no
-    curl); on HTTPS when plain HTTP only redirects. On a host of a fleet on several hosts, nginx
-    listens on the host's own addresses; where it carries only the links from other hosts, any
-    answer of its first link (which refuses this host's requests) shows that it serves."""
-    scheme, port = ("https", COMPOSE_HTTPS_PORT) if spec.tls.enabled else ("http", COMPOSE_HTTP_PORT)
-    if not host:
-        return _wget(f"{scheme}://127.0.0.1:{port}/health")
-    if spec.fleet.front == host:
-        bind = spec.listen.bind
-        address = "127.0.0.1" if bind in ("0.0.0.0", "::") else publish_address(bind)
-        port = spec.listen.https_port if spec.tls.enabled else spec.listen.http_port
-        return _wget(f"{scheme}://{address}:{port}/health")
-    first = gateways(spec, host, COMPOSE_HOST)[0]
-    return ["CMD-SHELL", f"wget -S -O /dev/null http://{first.listen}/ 2>&1 | grep -q 'HTTP/1.1 '"]
-
-
-def _depends(processes: list[SynapseProcess], process: SynapseProcess, infrastructure: list[str]) -> list[Any]:
+def _depends(starts: list[Start], start: Start, infrastructure: list[str]) -> list[Any]:
     """The first Synapse process of a project (main, where it runs) waits for the project's
     PostgreSQL and Redis; every other one for that first."""
-    if process is processes[0]:
+    if start is starts[0]:
         return [(name, "service_healthy") for name in infrastructure]
-    return [(processes[0].service, "service_healthy")]
-
-
-def _postgres_command(spec: FleetSpec, host: str) -> list[str]:
-    """Only the socket on one host; on a host of several, also its private address, with the
-    pg_hba.conf that admits the fleet's hosts."""
-    command = ["postgres", "-c", f"unix_socket_directories={COMPOSE.socket_dir}"]
-    if not host:
-        return [*command, "-c", "listen_addresses="]
-    return [*command, "-c", f"listen_addresses={spec.fleet.host(host).address}", "-c", f"hba_file={CONTAINER_HBA_FILE}"]
-
-
-def _redis(spec: FleetSpec, host: str) -> dict[str, Any]:
-    """Redis's entrypoint, command and healthcheck: only the socket on one host; on a host of
-    several also its private address, with the generated password (read from the secrets and given
-    on standard input, never on a command line)."""
-    socket = COMPOSE.redis_socket
-    options = ["--unixsocket", socket, "--unixsocketperm", "666", "--save", "", "--appendonly", "no"]
-    if not host:
-        return {
-            "entrypoint": None,
-            "command": ["redis-server", "--port", "0", *options],
-            "health": ["CMD", "redis-cli", "-s", socket, "ping"],
-        }
-    password = f"$$(cat {COMPOSE.secret(Secret.REDIS_PASSWORD)})"
-    return {
-        "entrypoint": ["sh", "-c", f'exec redis-server - "$$@" <<EOF\nrequirepass {password}\nEOF\n', "redis-server"],
-        "command": ["--bind", spec.fleet.host(host).address, "--port", str(spec.redis.port), *options],
-        "health": ["CMD-SHELL", f'REDISCLI_AUTH="{password}" redis-cli -s {socket} ping | grep -q PONG'],
-    }
+    return [(starts[0].name, "service_healthy")]
 
 
 def render_compose(spec: FleetSpec, secrets: dict[str, str], host: str = "") -> dict[str, str]:
@@ -138,22 +65,24 @@ def render_compose(spec: FleetSpec, secrets: dict[str, str], host: str = "") -> 
     with ``host``, the project of that host of a fleet on several hosts: its processes only, every
     container on the host's network."""
     layout = COMPOSE_HOST if host else COMPOSE
-    here = spec.fleet.processes_on(host)  # all of them without [hosts]
-    processes = [p for p in synapse_processes(spec.fleet, layout) if p.name in here]
-    local_postgres, local_redis = Service.POSTGRES in here, Service.REDIS in here
-    infrastructure = [service.value for service in (Service.POSTGRES, Service.REDIS) if service in here]
+    front = spec.fleet.front == host
+    links = gateways(spec, host, COMPOSE_HOST)
+    table = service_table(Context(spec, layout, host, secrets=secrets), front, links[0].listen if links else "")
+    workers = [worker for worker in spec.fleet.workers if worker.name in table]
+    synapse = [table[worker.name] for worker in workers]
+    infrastructure = [service.value for service in (Service.POSTGRES, Service.REDIS) if service in table]
     services = [
         {
-            "service": process.service,
-            "group": spec.fleet.group(process.name),
-            "command": process.arguments,
-            "socket": process.socket,
-            "entrypoint": synapse_entrypoint(process, owner=process is processes[0]),
-            "depends_on": _depends(processes, process, infrastructure),
+            "service": start.name,
+            "group": spec.fleet.group(worker.name),
+            "command": list(start.command),
+            "entrypoint": list(start.entrypoint),
+            "depends_on": _depends(synapse, start, infrastructure),
+            "health": compose_test(start.health),
         }
-        for process in processes
+        for worker, start in zip(workers, synapse, strict=True)
     ]
-    nginx = runs_nginx(spec, host)
+    nginx = table.get(Service.NGINX)
 
     def resources(group: str) -> str:
         limits = spec.resources_for(group)
@@ -176,18 +105,18 @@ def render_compose(spec: FleetSpec, secrets: dict[str, str], host: str = "") -> 
             nginx_config=DEPLOY_NGINX_CONFIG,
             nginx_logs=DEPLOY_NGINX_LOGS,
             processes=services,
-            local_postgres=local_postgres,
-            postgres_command=_postgres_command(spec, host),
+            postgres=table.get(Service.POSTGRES),
+            postgres_env=DEPLOY_POSTGRES_ENV,
             hba=(HBA_FILE, CONTAINER_HBA_FILE) if host else None,
-            local_redis=local_redis,
-            redis=_redis(spec, host),
+            redis=table.get(Service.REDIS),
+            compose_test=compose_test,
             nginx=nginx,
             nginx_depends=services[0]["service"] if services else None,
             resources=resources,
             publish=publish_address(spec.listen.bind),
             project=project_name(spec.server_name) + (f"-{host}" if host else ""),
             nginx_temp_dir=COMPOSE_NGINX_TEMP_DIR,
-            nginx_health=nginx_healthcheck(spec, host) if nginx else [],
+            nginx_health=compose_test(nginx.health, spec.tls.enabled) if nginx else [],
             prometheus_command=prometheus,
             grafana=not host,
             prometheus_config=PROMETHEUS_CONFIG,
@@ -204,14 +133,6 @@ def render_compose(spec: FleetSpec, secrets: dict[str, str], host: str = "") -> 
             "GF_ANALYTICS_REPORTING_ENABLED=false\n"
             "GF_ANALYTICS_CHECK_FOR_UPDATES=false\n"
         )
-    if local_postgres:
-        files["env/postgres.env"] = (
-            f"POSTGRES_USER={spec.database.user}\n"
-            f"POSTGRES_PASSWORD={secrets[Secret.POSTGRES_PASSWORD]}\n"
-            f"POSTGRES_DB={spec.database.name}\n"
-            # Synapse refuses databases whose collation is not C.
-            "POSTGRES_INITDB_ARGS=--encoding=UTF8 --lc-collate=C --lc-ctype=C\n"
-        )
-        if host:
-            files[HBA_FILE] = hba(spec.database, spec.fleet.host_addresses)
+    for start in table.values():
+        files.update(start.files)
     return files

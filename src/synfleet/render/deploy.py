@@ -26,14 +26,14 @@ from synfleet.layout import (
 )
 from synfleet.model.pem import check_files
 from synfleet.model.schema import FleetSpec
-from synfleet.render.compose import SYNAPSE_IMAGE_GID, SYNAPSE_IMAGE_UID, publish_address, render_compose
+from synfleet.render.compose import render_compose
 from synfleet.render.files import Rendered, chown_tree, write_tree
 from synfleet.render.hosts import gateways, local_metrics, runs_nginx
 from synfleet.render.kubernetes import KUBERNETES_DIR, PRIVATE_MANIFESTS, kubernetes_spec, render_kubernetes
 from synfleet.render.metrics import metrics_files
 from synfleet.render.nginx import NginxLayout, NginxTls, render_nginx, site_of
-from synfleet.render.processes import synapse_processes
 from synfleet.render.secrets import ensure_secrets
+from synfleet.render.services import SYNAPSE_IMAGE_GID, SYNAPSE_IMAGE_UID, compose_service, publish_address
 from synfleet.render.synapse import render_synapse
 from synfleet.routing.plan import RoutingPlan
 
@@ -106,7 +106,7 @@ def render_compose_deployment(spec: FleetSpec, secrets: dict[str, str]) -> Rende
         return Rendered(files, directories=tuple(f"{HOSTS_DIR}/{host}/{DEPLOY_NGINX_LOGS}" for host in spec.hosts))
     files = render_files(spec, COMPOSE, compose_nginx_layout(spec), secrets, DEPLOY_NGINX_CONFIG)
     files.update(render_compose(spec, secrets))
-    services = {process.name: process.service for process in synapse_processes(spec.fleet, COMPOSE)}
+    services = {worker.name: compose_service(worker) for worker in spec.fleet.workers}
     files.update(metrics_files(spec, lambda target: services[target.process], grafana=True))
     return Rendered(files, directories=(DEPLOY_NGINX_LOGS,))
 

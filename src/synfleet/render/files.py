@@ -9,14 +9,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from synfleet.errors import UsageError
-from synfleet.layout import SECRETS_DIR, SHARED_CONFIG, SYNAPSE_DIR
+from synfleet.layout import DEPLOY_POSTGRES_ENV, SECRETS_DIR, SHARED_CONFIG, SYNAPSE_DIR
 
 PRIVATE = 0o600
 PUBLIC = 0o644
 
 #: Files holding secrets (the database password), by path relative to the deployment directory;
 #: and every file in a secrets directory.
-PRIVATE_FILES = frozenset({f"{SYNAPSE_DIR}/{SHARED_CONFIG}", "env/postgres.env"})
+PRIVATE_FILES = frozenset({f"{SYNAPSE_DIR}/{SHARED_CONFIG}", DEPLOY_POSTGRES_ENV})
 
 
 @dataclass(frozen=True)

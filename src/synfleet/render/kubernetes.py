@@ -23,27 +23,44 @@ from typing import Any
 import yaml
 
 from synfleet.errors import FleetError
-from synfleet.layout import COMPOSE, COMPOSE_NGINX_CONFIG_DIR, COMPOSE_NGINX_TEMP_DIR, Layout, TcpLinks
+from synfleet.layout import (
+    COMPOSE_NGINX_CONFIG_DIR,
+    COMPOSE_NGINX_TEMP_DIR,
+    POD_INBOUND_PORT,
+    POD_REPLICATION_PORT,
+    Layout,
+    kubernetes_layout,
+)
 from synfleet.model.fleet import ROLE_ORDER, Fleet, Role, Service, Worker
+from synfleet.model.ports import POSTGRES_PORT, REDIS_PORT
 from synfleet.model.schema import FleetSpec
-from synfleet.render.compose import SYNAPSE_IMAGE_GID, SYNAPSE_IMAGE_UID
+from synfleet.model.synapse import WORKER_MODULE
 from synfleet.render.nginx import NginxLayout, render_nginx, site_of
-from synfleet.render.processes import WORKER_MODULE, synapse_processes
 from synfleet.render.secrets import Secret
+from synfleet.render.services import (
+    C_COLLATION,
+    POSTGRES_IMAGE_DATA,
+    SYNAPSE_IMAGE_GID,
+    SYNAPSE_IMAGE_UID,
+    Context,
+    kubernetes_probe,
+    nginx,
+    postgres,
+    redis,
+    synapse,
+)
 from synfleet.render.synapse import render_synapse
 from synfleet.routing.plan import RoutingPlan
 
 #: Where ``synfleet render --target kubernetes`` writes, relative to ``D/deploy``.
 KUBERNETES_DIR = "kubernetes"
 #: Every Synapse process's inbound HTTP (nginx, /health) and replication ports in its pod.
-INBOUND_PORT = 8080
-REPLICATION_PORT = 9093
+INBOUND_PORT = POD_INBOUND_PORT
+REPLICATION_PORT = POD_REPLICATION_PORT
 #: The port of nginx's Service (plain HTTP; 443 too with TLS).
 NGINX_SERVICE_PORT = 80
 NGINX_TLS_SERVICE_PORT = 443
 NGINX_REPLICAS = 2
-#: The pods' view of the world: the compose paths, without sockets.
-KUBERNETES_CONFIG_DIR = COMPOSE.config_dir
 #: The label a StatefulSet gives each pod, naming it.
 POD_NAME_LABEL = "statefulset.kubernetes.io/pod-name"
 #: The environment variable holding the pod's name, from which the command takes its ordinal.
@@ -61,8 +78,6 @@ MEDIA_STORE_SIZE = "50Gi"
 TRIAL_POSTGRES_SIZE = "10Gi"
 #: A StatefulSet's name with "-" and the controller's 10-character revision hash must fit a label.
 MAX_STATEFULSET_NAME = 52
-POSTGRES_PORT = 5432
-REDIS_PORT = 6379
 
 NAME_LABEL = "app.kubernetes.io/name"
 COMPONENT_LABEL = "app.kubernetes.io/component"
@@ -128,24 +143,6 @@ def synapse_groups(fleet: Fleet) -> tuple[Group, ...]:
 def worker_services(fleet: Fleet) -> dict[str, str]:
     """Each Synapse process's own Service (its pod's name), by worker name."""
     return {worker.name: pod for group in synapse_groups(fleet) for pod, worker in group.pods}
-
-
-def kubernetes_layout(fleet: Fleet) -> Layout:
-    """Paths as in compose; processes linked by TCP, each reached at its own Service."""
-    return Layout(
-        name="kubernetes",
-        config_dir=KUBERNETES_CONFIG_DIR,
-        data_dir=COMPOSE.data_dir,
-        secrets_dir=COMPOSE.secrets_dir,
-        socket_dir="",
-        log_dir=None,
-        nginx_log_dir=COMPOSE.nginx_log_dir,
-        tls_certificate=COMPOSE.tls_certificate,
-        tls_key=COMPOSE.tls_key,
-        metrics_bind="0.0.0.0",
-        tcp=TcpLinks(worker_services(fleet), INBOUND_PORT, REPLICATION_PORT),
-        database_password_inline=False,
-    )
 
 
 def routing_plan(fleet: Fleet) -> RoutingPlan:
@@ -227,18 +224,6 @@ def _resources(spec: FleetSpec, group: str) -> dict[str, Any]:
     return {"requests": amount, "limits": dict(amount)}
 
 
-def _probe(check: str | int | list[str], **timing: int) -> dict[str, Any]:
-    """A probe: GET of a path on the "http" port, a TCP connection to a port, or a command."""
-    action: dict[str, Any]
-    if isinstance(check, str):
-        action = {"httpGet": {"path": check, "port": "http"}}
-    elif isinstance(check, int):
-        action = {"tcpSocket": {"port": check}}
-    else:
-        action = {"exec": {"command": check}}
-    return {**action, "timeoutSeconds": 5, **timing}
-
-
 def _port(name: str, number: int) -> dict[str, Any]:
     return {"name": name, "containerPort": number, "protocol": "TCP"}
 
@@ -301,7 +286,7 @@ class KubernetesRender:
 
     @cached_property
     def layout(self) -> Layout:
-        return kubernetes_layout(self.fleet)
+        return kubernetes_layout(worker_services(self.fleet))
 
     @cached_property
     def plan(self) -> RoutingPlan:
@@ -317,11 +302,14 @@ class KubernetesRender:
 
     # -- Synapse --------------------------------------------------------------------------------
 
+    @cached_property
+    def context(self) -> Context:
+        return Context(self.spec, self.layout)
+
     def _command(self, group: Group) -> list[str]:
         layout = self.layout
         if not group.by_ordinal:
-            process = next(p for p in synapse_processes(self.fleet, layout) if p.name == group.workers[0].name)
-            return ["python", "-m", *process.arguments]
+            return list(synapse(self.context, group.workers[0]).command)
         role = group.workers[0].role.value
         # The pod's ordinal is the suffix of its name: synapse-rooms-0 runs rooms1.
         # "$$" is Kubernetes' escape for the shell's "$" (it expands "$(NAME)" itself).
@@ -348,6 +336,7 @@ class KubernetesRender:
             {"name": "secrets", "secret": {"secretName": SECRETS_NAME, "defaultMode": 0o440}},
         ]
         keeps_media = self._media_store(group)
+        health = synapse(self.context, group.workers[0]).health
         if not keeps_media:
             volumes.append({"name": "data", "emptyDir": {}})
         container = {
@@ -360,9 +349,9 @@ class KubernetesRender:
             ],
             "ports": ports,
             # main's first start migrates the database schema: a few minutes before /health answers.
-            "startupProbe": _probe("/health", periodSeconds=5, failureThreshold=120),
-            "readinessProbe": _probe("/health", periodSeconds=5, failureThreshold=2),
-            "livenessProbe": _probe("/health", periodSeconds=10, failureThreshold=6),
+            "startupProbe": kubernetes_probe(health, periodSeconds=5, failureThreshold=120),
+            "readinessProbe": kubernetes_probe(health, periodSeconds=5, failureThreshold=2),
+            "livenessProbe": kubernetes_probe(health, periodSeconds=10, failureThreshold=6),
             "resources": _resources(self.spec, group.resource_group),
             "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
             "volumeMounts": [
@@ -426,6 +415,7 @@ class KubernetesRender:
     def nginx(self, checksum: str) -> list[dict[str, Any]]:
         labels = {NAME_LABEL: "nginx"}
         tls = self.nginx_layout.tls
+        health = nginx(self.context).health  # up when it accepts connections; /health would pass through to main
         ports = [_port("http", int(self.nginx_layout.listen[0]))]
         service_ports = [_service_port("http", NGINX_SERVICE_PORT)]
         mounts: list[dict[str, Any]] = [
@@ -450,9 +440,8 @@ class KubernetesRender:
             "name": "nginx",
             "image": self.spec.images.nginx,
             "ports": ports,
-            # Up when it accepts connections; /health would pass through to main.
-            "readinessProbe": _probe(ports[0]["containerPort"], periodSeconds=5),
-            "livenessProbe": _probe(ports[0]["containerPort"], periodSeconds=10, failureThreshold=6),
+            "readinessProbe": kubernetes_probe(health, periodSeconds=5),
+            "livenessProbe": kubernetes_probe(health, periodSeconds=10, failureThreshold=6),
             "resources": _resources(self.spec, Service.NGINX.value),
             "volumeMounts": mounts,
         }
@@ -495,42 +484,38 @@ class KubernetesRender:
     def trial_postgres(self) -> list[dict[str, Any]]:
         db = self.spec.database
         labels = {NAME_LABEL: Service.POSTGRES.value}
-        ready = ["pg_isready", "-h", "127.0.0.1", "-U", db.user, "-d", db.name]
-        # Every Synapse process may open pool_max connections, and psql needs a few more.
-        connections = max(100, len(self.fleet.workers) * db.pool_max + 10)
+        start = postgres(self.context)
         container = {
             "name": "postgres",
             "image": self.spec.images.postgres,
-            "args": ["-c", f"max_connections={connections}"],
+            "args": list(start.command),
             "env": [
                 {"name": "POSTGRES_USER", "value": db.user},
                 {"name": "POSTGRES_DB", "value": db.name},
                 _secret_env("POSTGRES_PASSWORD", Secret.POSTGRES_PASSWORD),
-                # Synapse refuses databases whose collation is not C.
-                {"name": "POSTGRES_INITDB_ARGS", "value": "--encoding=UTF8 --lc-collate=C --lc-ctype=C"},
+                {"name": "POSTGRES_INITDB_ARGS", "value": C_COLLATION},
                 # A subdirectory: the volume's root may hold lost+found, which initdb refuses.
-                {"name": "PGDATA", "value": "/var/lib/postgresql/data/pgdata"},
+                {"name": "PGDATA", "value": f"{POSTGRES_IMAGE_DATA}/pgdata"},
             ],
             "ports": [_port("postgres", POSTGRES_PORT)],
-            "readinessProbe": _probe(ready, periodSeconds=5),
-            "livenessProbe": _probe(ready, periodSeconds=10, failureThreshold=6),
+            "readinessProbe": kubernetes_probe(start.health, periodSeconds=5),
+            "livenessProbe": kubernetes_probe(start.health, periodSeconds=10, failureThreshold=6),
             "resources": _resources(self.spec, Service.POSTGRES.value),
-            "volumeMounts": [{"name": "data", "mountPath": "/var/lib/postgresql/data"}],
+            "volumeMounts": [{"name": "data", "mountPath": POSTGRES_IMAGE_DATA}],
         }
         claim = _claim(TRIAL_POSTGRES_SIZE)
         return self._trial(Service.POSTGRES.value, labels, container, db.port, POSTGRES_PORT, claim)
 
     def trial_redis(self) -> list[dict[str, Any]]:
         labels = {NAME_LABEL: Service.REDIS.value}
+        start = redis(self.context)
         container = {
             "name": "redis",
             "image": self.spec.images.redis,
-            # Replication needs no persistence: Synapse keeps nothing in Redis that outlives a restart.
-            # Without a password Redis answers only loopback unless told; the NetworkPolicy guards it.
-            "args": ["redis-server", "--save", "", "--appendonly", "no", "--protected-mode", "no"],
+            "args": list(start.command),
             "ports": [_port("redis", REDIS_PORT)],
-            "readinessProbe": _probe(REDIS_PORT, periodSeconds=5),
-            "livenessProbe": _probe(REDIS_PORT, periodSeconds=10, failureThreshold=6),
+            "readinessProbe": kubernetes_probe(start.health, periodSeconds=5),
+            "livenessProbe": kubernetes_probe(start.health, periodSeconds=10, failureThreshold=6),
             "resources": _resources(self.spec, Service.REDIS.value),
         }
         return self._trial(Service.REDIS.value, labels, container, self.spec.redis.port, REDIS_PORT, None)

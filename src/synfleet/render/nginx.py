@@ -11,7 +11,7 @@ from synfleet.metrics.targets import NGINX_STATUS_PATH
 from synfleet.model.schema import FleetSpec
 from synfleet.model.schema.synapse import REQUEST_BODY_LIMIT
 from synfleet.render.templating import render
-from synfleet.routing.plan import RoutingPlan
+from synfleet.routing.plan import RoutingPlan, Variable
 from synfleet.routing.table import MEDIA_UPLOAD_PREFIXES, ZONES
 
 #: A line of the access log in nginx.conf's ``synfleet`` format: the request, its status, the route
@@ -113,5 +113,6 @@ def render_nginx(plan: RoutingPlan, layout: NginxLayout, site: Site, keepalive: 
         "admin_allow": plan.fleet.admin_allow,
         "trusted_proxies": plan.fleet.trusted_proxies,
         "status_path": NGINX_STATUS_PATH,
+        "var": Variable,
     }
     return {name: render(f"nginx/{name}.j2", **context) for name in NGINX_FILES}

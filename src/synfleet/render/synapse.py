@@ -10,7 +10,7 @@ from synfleet.layout import FEDERATION_CA, SHARED_CONFIG, Layout, log_config_fil
 from synfleet.model.fleet import Role, Service, Stream, Worker
 from synfleet.model.pem import trusted_ca
 from synfleet.model.schema import FleetSpec
-from synfleet.render.processes import WORKER_MODULE
+from synfleet.model.synapse import WORKER_MODULE, Resource
 from synfleet.render.secrets import Secret
 
 # Per-user limits that interactive tests and load generators exceed within seconds.
@@ -48,8 +48,10 @@ def dump(data: dict[str, Any]) -> str:
 def inbound_resources(worker: Worker) -> list[str]:
     """Media workers serve the media resource too (with its admin API)."""
     if worker.role is Role.MEDIA:
-        return ["media", "client", "federation"]
-    return ["client", "federation"] if worker.serves_http else ["health"]
+        resources = [Resource.MEDIA, Resource.CLIENT, Resource.FEDERATION]
+    else:
+        resources = [Resource.CLIENT, Resource.FEDERATION] if worker.serves_http else [Resource.HEALTH]
+    return [resource.value for resource in resources]
 
 
 def _inbound_at(worker: Worker, layout: Layout) -> dict[str, Any]:
@@ -77,7 +79,9 @@ def listeners(worker: Worker, layout: Layout) -> list[dict[str, Any]]:
         }
     ]
     if worker.in_instance_map:
-        result.append({**_replication_at(worker, layout), "type": "http", "resources": [{"names": ["replication"]}]})
+        result.append(
+            {**_replication_at(worker, layout), "type": "http", "resources": [{"names": [Resource.REPLICATION.value]}]}
+        )
     if worker.metrics_port is not None:
         result.append({"type": "metrics", "port": worker.metrics_port, "bind_addresses": [layout.metrics_bind]})
     return result

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from functools import cached_property
 
-from synfleet.layout import COMPOSE, inbound_socket
+from synfleet.layout import COMPOSE, INBOUND_PREFIX, inbound_socket
 from synfleet.model.fleet import Fleet, Role, Stream, Worker
 from synfleet.nginx.upstream import Balancing, Upstream
 from synfleet.nginx.variables import Map, MapEntry
@@ -22,8 +23,24 @@ from synfleet.routing.table import DEFAULT_RULE, ROUTES, Key, Rule, Target
 #: by about +-6%. Equal weights keep shares equal; only the evenness improves.
 HASH_WEIGHT = 8
 
+class Variable(StrEnum):
+    """The nginx variables the rendered config computes (in maps.conf), read by its templates, the
+    checks and the access log."""
+
+    BEARER = "$synfleet_bearer"  # the access token
+    USER = "$synfleet_user"  # the user's key
+    ORIGIN = "$synfleet_origin"  # the origin server of a federation request
+    ROOM = "$synfleet_room"  # the room key
+    CONNECTION = "$synfleet_connection"  # the Connection header sent upstream
+    ROUTE = "$synfleet_route"  # the rule a request matched
+    UPSTREAM = "$synfleet_upstream"  # that rule's upstream
+    KEY = "$synfleet_key"  # what hashed upstreams hash on
+
+
 #: The nginx variable hashed upstreams hash on.
-HASH_KEY = "$synfleet_key"
+HASH_KEY = Variable.KEY.value
+#: Every upstream's name begins like the inbound sockets' names (the seed's names).
+UPSTREAM_PREFIX = INBOUND_PREFIX
 
 _GROUP_NAMES = {
     Role.MAIN: "main",
@@ -39,17 +56,23 @@ GROWABLE = (Role.ROOMS, Role.CLIENT_SYNC, Role.CLIENT_READER, Role.FEDERATION_RE
 
 #: The nginx variable each balancing key is computed into.
 KEY_VARIABLES = {
-    Key.ROOM: "$synfleet_room",
-    Key.USER: "$synfleet_user",
-    Key.ORIGIN: "$synfleet_origin",
+    Key.ROOM: Variable.ROOM.value,
+    Key.USER: Variable.USER.value,
+    Key.ORIGIN: Variable.ORIGIN.value,
     Key.NONE: "",
 }
 
 
 def upstream_name(target: Target) -> str:
+    """The upstream of a target's workers: ``synapse_inbound_room_workers``, ``..._typing_writers``."""
     if isinstance(target, Stream):
-        return f"synapse_inbound_{target.value}_writers"
-    return f"synapse_inbound_{_GROUP_NAMES[target]}"
+        return f"{UPSTREAM_PREFIX}{target.value}_writers"
+    return f"{UPSTREAM_PREFIX}{_GROUP_NAMES[target]}"
+
+
+def group_of_upstream(name: str) -> str:
+    """The group an upstream serves, as :func:`upstream_name` named it (``room_workers``)."""
+    return name.removeprefix(UPSTREAM_PREFIX)
 
 
 def group_upstream(
@@ -74,28 +97,28 @@ def group_upstream(
 KEY_MAPS: tuple[Map, ...] = (
     Map(
         "$http_authorization",
-        "$synfleet_bearer",
+        Variable.BEARER,
         (MapEntry("~^Bearer (?P<bearer>[^ ]+)$", "$bearer"),),
         default="$arg_access_token",
         comment="Access token: Authorization header, else the access_token query parameter",
     ),
     Map(
-        "$synfleet_bearer",
-        "$synfleet_user",
+        Variable.BEARER,
+        Variable.USER,
         (MapEntry("", "$remote_addr"), MapEntry("~^syt_(?P<localpart>[^_]+)_", "$localpart")),
-        default="$synfleet_bearer",
+        default=Variable.BEARER,
         comment="User key: the localpart in a Synapse token, else the whole token, else the client",
     ),
     Map(
         "$http_authorization",
-        "$synfleet_origin",
+        Variable.ORIGIN,
         (MapEntry('~^X-Matrix +(?:.*,)? *origin="?(?P<origin>[^",]+)', "$origin"),),
         default="$remote_addr",
         comment="Federation key: the origin server in the X-Matrix header, else the client",
     ),
     Map(
         "$uri",
-        "$synfleet_room",
+        Variable.ROOM,
         (MapEntry("~^/_matrix/.*?/!(?P<room>[^/:]+)", "$room"),),
         default="",
         comment="Room key: the opaque part of the first room ID (decoded $uri: ! and %21 alike)",
@@ -104,7 +127,7 @@ KEY_MAPS: tuple[Map, ...] = (
 
 CONNECTION_MAP = Map(
     "$http_upgrade",
-    "$synfleet_connection",
+    Variable.CONNECTION,
     (MapEntry("", ""),),
     default="upgrade",
     comment='Upstream keepalive: send "Connection: upgrade" only when upgrading, else no header',
@@ -150,7 +173,7 @@ class RoutingPlan:
         entries = tuple(MapEntry(f"~{rule.map_regex}", rule.name) for rule in self.rules)
         return Map(
             "$request_method $uri",
-            "$synfleet_route",
+            Variable.ROUTE,
             entries,
             default=DEFAULT_RULE.name,
             comment="Route: the first matching rule of synfleet's route table",
@@ -160,8 +183,8 @@ class RoutingPlan:
     def upstream_map(self) -> Map:
         entries = tuple(MapEntry(rule.name, self.rule_upstream[rule.name]) for rule in self.rules)
         return Map(
-            "$synfleet_route",
-            "$synfleet_upstream",
+            Variable.ROUTE,
+            Variable.UPSTREAM,
             entries,
             default=upstream_name(Role.MAIN),
             comment="Upstream group of each route",
@@ -172,8 +195,8 @@ class RoutingPlan:
         # Listed for every route; nginx only evaluates it for upstreams that hash.
         entries = tuple(MapEntry(rule.name, KEY_VARIABLES[rule.key]) for rule in self.rules if rule.key is not Key.NONE)
         return Map(
-            "$synfleet_route",
-            "$synfleet_key",
+            Variable.ROUTE,
+            Variable.KEY,
             entries,
             default="",
             comment="Balancing key of each route (used by upstreams with several workers)",

@@ -28,13 +28,13 @@ from synfleet.layout import SHARED_CONFIG, log_config_file, worker_config_file
 from synfleet.model.schema import FleetSpec
 from synfleet.render.secrets import ensure_secrets
 from synfleet.routing.corpus import room_keys
-from synfleet.routing.plan import RoutingPlan
+from synfleet.routing.plan import RoutingPlan, group_of_upstream
 from synfleet.run.accounts import as_root, ensure_accounts
 from synfleet.run.fleet import wait_healthy, write_run_files
 from synfleet.run.paths import NGINX_DIR, RunPaths
 from synfleet.run.plan import Plan, plan_for, run_files, running_spec
 from synfleet.run.postgres import query
-from synfleet.run.process import NativeProcess, Tier
+from synfleet.run.supervised import NativeProcess, Tier
 from synfleet.run.supervisor import Supervisor
 
 Report = Callable[[str], None]
@@ -114,7 +114,7 @@ def _moves(old: RoutingPlan, new: RoutingPlan, rooms: Callable[[], list[str]]) -
     for name, before, after in changed:
         pairs = Counter((before.workers[before.ring.pick(k)], after.workers[after.ring.pick(k)]) for k in keys)
         shares = {pair: n / len(keys) for pair, n in pairs.items() if pair[0] != pair[1]}
-        move = Move(name.removeprefix("synapse_inbound_"), before.workers, after.workers, shares)
+        move = Move(group_of_upstream(name), before.workers, after.workers, shares)
         for room in known:
             source, target = before.worker_for(room[1:]), after.worker_for(room[1:])
             if source != target and source is not None and target is not None:

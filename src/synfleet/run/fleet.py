@@ -26,7 +26,7 @@ from synfleet.run.ownership import stop
 from synfleet.run.paths import RunPaths
 from synfleet.run.plan import Plan, plan_for, run_files, running_processes, running_spec
 from synfleet.run.postgres import ensure_database, init_cluster
-from synfleet.run.process import NativeProcess, Tier
+from synfleet.run.supervised import NativeProcess, Tier
 from synfleet.run.supervisor import Supervisor
 from synfleet.system import Memory, process_tree_memory, require_binary
 

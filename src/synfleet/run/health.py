@@ -6,8 +6,8 @@ import socket
 
 import httpx
 
+from synfleet.render.services import Health, HealthKind
 from synfleet.run.ownership import holds_listener
-from synfleet.run.process import Health, HealthKind
 
 
 def synapse_health(socket_path: str, timeout: float = 2.0) -> bool:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from synfleet.errors import SynfleetError, UsageError
 from synfleet.layout import SECRETS_DIR
-from synfleet.model.fleet import Role, Service
+from synfleet.model.fleet import Service
 from synfleet.model.schema import FleetSpec, parse_fleet
 from synfleet.nginx.binary.command import command_line, http2_directive_supported, nginx_version
 from synfleet.render.deploy import nginx_tls, render_files
@@ -22,17 +22,18 @@ from synfleet.render.fleet_file import fleet_toml
 from synfleet.render.hosts import gateways, local_metrics
 from synfleet.render.metrics import metrics_files
 from synfleet.render.nginx import NginxLayout
-from synfleet.render.processes import synapse_processes
-from synfleet.render.secrets import Secret
+from synfleet.render.services import Context, Native, Start, service_table
 from synfleet.run.accounts import FLEET_ACCOUNT, NGINX_ACCOUNT, as_root
 from synfleet.run.ownership import Running, fleet_processes
 from synfleet.run.paths import NGINX_DIR, RunPaths, blocked_parent
-from synfleet.run.process import Health, HealthKind, NativeProcess, Tier
+from synfleet.run.supervised import NativeProcess, Tier
 from synfleet.run.supervisor import supervisor_config
 from synfleet.system import find_binary, fleet_python, require_binary
 
 #: Redis's settings file on a fleet of several hosts (its password: readable by the fleet's account only).
 REDIS_CONFIG = f"{SECRETS_DIR}/redis.conf"
+#: nginx's configuration in its prefix.
+NGINX_CONF = "nginx.conf"
 #: The fleet file the run directory was last rendered from (by `up` or `apply`).
 APPLIED_FLEET_FILE = "fleet.toml"
 
@@ -42,6 +43,14 @@ class Plan:
     spec: FleetSpec
     paths: RunPaths
     processes: list[NativeProcess]
+    native: Native
+
+
+def native_table(spec: FleetSpec, paths: RunPaths, native: Native, secrets: dict[str, str]) -> dict[str, Start]:
+    """The service table's rows for this machine's share of the fleet (with ``secrets``, their files)."""
+    nginx_layout = native_nginx_layout(spec, paths)
+    gateway = nginx_layout.gateways[0].listen if nginx_layout.gateways else ""
+    return service_table(Context(spec, paths.layout, paths.host, native, secrets), nginx_layout.front, gateway)
 
 
 def check_host(paths: RunPaths, spec: FleetSpec) -> None:
@@ -82,7 +91,10 @@ def plan_for(paths: RunPaths, spec: FleetSpec) -> Plan:
         python = Path(fleet_python())
         for path in (python, python.resolve(), Path(sysconfig.get_paths()["stdlib"]), Path(synapse.origin).parent):
             _check_python_reachable(Path(os.path.realpath(path.parent)) / path.name)
-    return Plan(spec, paths, native_processes(spec, paths, binaries))
+    nginx = command_line(paths.nginx_dir, paths.nginx_dir / NGINX_CONF, paths.nginx_error_log, binary=binaries["nginx"])
+    programs = {**binaries, "python": fleet_python()}
+    native = Native(programs, str(paths.run), str(paths.postgres_data), REDIS_CONFIG, tuple(nginx))
+    return Plan(spec, paths, native_processes(spec, paths, native), native)
 
 
 def running_spec(paths: RunPaths) -> FleetSpec:
@@ -165,112 +177,37 @@ def running_processes(paths: RunPaths) -> list[Running]:
     return sorted(found, key=lambda p: (paths_of[p.executable], p.pid))
 
 
-def native_processes(spec: FleetSpec, paths: RunPaths, binaries: dict[str, str]) -> list[NativeProcess]:
-    """Every process `synfleet up` supervises, in start order. Run as root, all but nginx run as
-    the fleet's account."""
-    layout = paths.layout
+#: The supervisor's start tier of each service; Synapse's processes go by role.
+TIERS = {Service.POSTGRES: Tier.INFRASTRUCTURE, Service.REDIS: Tier.INFRASTRUCTURE, Service.NGINX: Tier.FRONT}
+#: Services that start through :mod:`synfleet.run.launch` (which clears what an earlier run left).
+LAUNCHED = frozenset({Service.POSTGRES, Service.NGINX})
+
+
+def native_processes(spec: FleetSpec, paths: RunPaths, native: Native) -> list[NativeProcess]:
+    """Every process `synfleet up` supervises, in start order, from the service table. Run as
+    root, all but nginx run as the fleet's account."""
     account = FLEET_ACCOUNT if as_root() else None
-    here = set(spec.fleet.processes_on(paths.host)) if paths.host else None
-    private = spec.fleet.host(paths.host).address if paths.host else ""  # other hosts reach this one here
-
-    def runs(name: str) -> bool:
-        return here is None or name in here
-
-    processes: list[NativeProcess] = []
-    if spec.database.local and runs(Service.POSTGRES):
+    processes = []
+    for name, start in native_table(spec, paths, native, {}).items():
+        service = Service(name) if name in tuple(Service) else None
+        tier = TIERS[service] if service else Tier.MAIN if name == spec.fleet.main.name else Tier.WORKERS
+        launch = service in LAUNCHED
         processes.append(
             NativeProcess(
-                Service.POSTGRES.value,
-                Tier.INFRASTRUCTURE,
-                launched(
-                    paths,
-                    account,
-                    binaries["postgres"],
-                    "-D",
-                    str(paths.postgres_data),
-                    "-c",
-                    f"listen_addresses={private}",
-                    "-c",
-                    f"unix_socket_directories={paths.sockets}",
-                    "-c",
-                    "unix_socket_permissions=0700",
-                    "-c",
-                    "max_connections=500",
-                ),
-                Health(HealthKind.POSTGRES, str(paths.sockets), user=spec.database.user),
-                str(paths.log(Service.POSTGRES)),
-                f"{paths.sockets}/.s.PGSQL.5432",
-                stop_signal="INT",  # fast shutdown
-                stop_wait=60,
+                name,
+                tier,
+                launched(paths, account if service is not Service.NGINX else None, *start.command)
+                if launch
+                else list(start.command),
+                start.health,
+                str(paths.nginx_error_log if service is Service.NGINX else paths.log(name)),
+                start.socket,
+                user=None if launch else account,
+                stop_signal=start.stop_signal,
+                stop_wait=start.stop_wait,
+                environment=dict(start.environment),
             )
         )
-    if spec.redis.local and runs(Service.REDIS):
-        # on several hosts: the others connect to the private address, everyone with the password
-        shared = [str(paths.run / REDIS_CONFIG), "--bind", private, "--port", str(spec.redis.port)] if private else []
-        processes.append(
-            NativeProcess(
-                Service.REDIS.value,
-                Tier.INFRASTRUCTURE,
-                [
-                    binaries["redis-server"],
-                    *shared,
-                    *([] if private else ["--port", "0"]),
-                    "--unixsocket",
-                    layout.redis_socket,
-                    "--unixsocketperm",
-                    "700",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                    "--dir",
-                    str(paths.run),
-                ],
-                Health(HealthKind.REDIS, layout.redis_socket),
-                str(paths.log(Service.REDIS)),
-                layout.redis_socket,
-                user=account,
-            )
-        )
-    for process in synapse_processes(spec.fleet, layout):
-        if not runs(process.name):
-            continue
-        processes.append(
-            NativeProcess(
-                process.name,
-                Tier.MAIN if process.role is Role.MAIN else Tier.WORKERS,
-                [fleet_python(), "-m", *process.arguments],
-                Health(HealthKind.HTTP, process.socket),
-                str(paths.log(process.name)),
-                process.socket,
-                user=account,
-                environment={"PYTHONUNBUFFERED": "1"},
-            )
-        )
-    nginx_layout = native_nginx_layout(spec, paths)
-    if nginx_layout.front:
-        health = Health(HealthKind.LISTENER, spec.listen.bind, spec.listen.http_port)
-    elif nginx_layout.gateways:
-        health = Health(HealthKind.LISTENER, private, int(nginx_layout.gateways[0].listen.rsplit(":", 1)[1]))
-    else:
-        return processes  # nothing on this host is reached from another: no nginx
-    processes.append(
-        NativeProcess(
-            Service.NGINX.value,
-            Tier.FRONT,
-            launched(
-                paths,
-                None,
-                *command_line(
-                    paths.nginx_dir, paths.nginx_dir / "nginx.conf", paths.nginx_error_log, binary=binaries["nginx"]
-                ),
-            ),
-            health,
-            str(paths.nginx_error_log),
-            f"{spec.listen.bind}:{spec.listen.http_port}" if nginx_layout.front else nginx_layout.gateways[0].listen,
-            stop_signal="QUIT",
-        )
-    )
     return processes
 
 
@@ -279,8 +216,8 @@ def run_files(plan: Plan, secrets: dict[str, str]) -> Rendered:
     the deployment's secrets (for the fleet's account to read)."""
     paths = plan.paths
     files = render_files(plan.spec, paths.layout, native_nginx_layout(plan.spec, paths), secrets, NGINX_DIR, paths.host)
-    if plan.spec.hosts and Service.REDIS in plan.spec.fleet.processes_on(paths.host):
-        files[REDIS_CONFIG] = f"requirepass {secrets[Secret.REDIS_PASSWORD]}\n"
+    for start in native_table(plan.spec, paths, plan.native, secrets).values():
+        files.update(start.files)
     files["supervisord.conf"] = supervisor_config(paths, plan.processes)
     files.update(metrics_files(plan.spec, local_metrics(plan.spec, paths.host), grafana=False))
     files[APPLIED_FLEET_FILE] = fleet_toml(plan.spec)

@@ -49,8 +49,10 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, NoReturn
 
+from synfleet.model.synapse import APP_MODULES
+
 #: The Synapse programs the fleet runs: main, and every worker.
-PRELOADED = ("synapse.app.homeserver", "synapse.app.generic_worker")
+PRELOADED = APP_MODULES
 #: Synapse's distribution, whose version the preloaded modules are.
 DISTRIBUTION = "matrix-synapse"
 #: How supervisord's pid file tells this start from the plain one.

@@ -19,7 +19,7 @@ from synfleet.run.ownership import Running, identify, stop
 from synfleet.run.paths import RunPaths
 from synfleet.run.preload import MODULE as PRELOAD_MODULE
 from synfleet.run.preload import UNSAFE_EXIT
-from synfleet.run.process import NativeProcess
+from synfleet.run.supervised import NativeProcess
 from synfleet.system import find_binary, fleet_python
 
 

@@ -25,12 +25,12 @@ from synfleet.model.load import FLEET_FILE, load_spec
 from synfleet.model.schema import FleetSpec, parse_fleet
 from synfleet.model.schema.synapse import VERSION_PATTERN
 from synfleet.render.deploy import render_deployment
-from synfleet.render.processes import MAIN_SERVICE
+from synfleet.render.services import MAIN_SERVICE
 from synfleet.run.apply import restart
 from synfleet.run.paths import RunPaths
 from synfleet.run.plan import plan_for, running_spec
 from synfleet.run.postgres import query
-from synfleet.run.process import Tier
+from synfleet.run.supervised import Tier
 from synfleet.run.supervisor import Supervisor
 
 Report = Callable[[str], None]

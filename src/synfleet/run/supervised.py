@@ -1,10 +1,13 @@
-"""The native run's runtime model: each process synfleet supervises, its start tier and its health."""
+"""The native run's runtime model: each process synfleet supervises, its start tier, its health
+check (from the service table, :mod:`synfleet.render.services`) and its log."""
 
 from __future__ import annotations
 
 import shlex
 from dataclasses import dataclass, field
-from enum import IntEnum, StrEnum
+from enum import IntEnum
+
+from synfleet.render.services import Health
 
 
 class Tier(IntEnum):
@@ -20,23 +23,6 @@ class Tier(IntEnum):
     def timeout(self) -> float:
         """Seconds this tier may take to become healthy; main migrates the schema on its first start."""
         return {Tier.INFRASTRUCTURE: 60.0, Tier.MAIN: 300.0, Tier.WORKERS: 300.0, Tier.FRONT: 30.0}[self]
-
-
-class HealthKind(StrEnum):
-    HTTP = "http"  # GET /health on a UNIX socket answers 200
-    POSTGRES = "postgres"  # PostgreSQL accepts a connection on its socket directory
-    REDIS = "redis"  # PING on a UNIX socket answers PONG
-    LISTENER = "listener"  # the supervised process itself holds the listening port (not a left-over)
-
-
-@dataclass(frozen=True)
-class Health:
-    """How to tell a process is ready."""
-
-    kind: HealthKind
-    target: str
-    port: int = 0
-    user: str = ""
 
 
 @dataclass(frozen=True)

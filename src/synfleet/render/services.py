@@ -1,0 +1,365 @@
+"""How each of the fleet's services starts, on every target: the one table of them.
+
+A row per service (PostgreSQL, Redis, each Synapse process, nginx) gives, for the target at hand
+(the native run, a compose project, one host's project of a fleet on several hosts, Kubernetes),
+its command line, its health check and the files it needs, as a :class:`Start`. The native run's
+supervisor, the compose file and the Kubernetes manifests are rendered from these rows; what a
+service needs is written here once (its options, how it is checked), and each target only says
+how it runs a command and asks a health check.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from functools import cache
+from typing import Any
+
+from synfleet.layout import COMPOSE, COMPOSE_HTTP_PORT, COMPOSE_HTTPS_PORT, DEPLOY_POSTGRES_ENV, KUBERNETES, Layout
+from synfleet.model.fleet import Role, Service, Worker
+from synfleet.model.ports import POSTGRES_PORT, REDIS_PORT
+from synfleet.model.schema import FleetSpec
+from synfleet.model.synapse import MAIN_MODULE, WORKER_MODULE
+from synfleet.render.hosts import hba
+from synfleet.render.secrets import Secret
+
+#: main's docker compose service keeps the seed's name.
+MAIN_SERVICE = "synapse"
+#: Redis keeps nothing on disk: Synapse keeps nothing there that outlives a restart.
+REDIS_EPHEMERAL = ("--save", "", "--appendonly", "no")
+#: initdb's arguments for Synapse's database: Synapse refuses a collation other than C.
+C_COLLATION = "--encoding=UTF8 --lc-collate=C --lc-ctype=C"
+#: Where PostgreSQL's official image keeps its cluster.
+POSTGRES_IMAGE_DATA = "/var/lib/postgresql/data"
+
+
+class HealthKind(StrEnum):
+    HTTP = "http"  # GET /health answers 200 (on a UNIX socket, or on the "http" port of a pod)
+    POSTGRES = "postgres"  # PostgreSQL accepts a connection (pg_isready)
+    REDIS = "redis"  # PING answers PONG (or asks for the password, which shows it serves)
+    LISTENER = "listener"  # something listens on an address and port (the process itself, natively)
+
+
+@dataclass(frozen=True)
+class Health:
+    """How to tell a service is ready: ``target`` is a socket, a socket directory or an address."""
+
+    kind: HealthKind
+    target: str
+    port: int = 0
+    user: str = ""
+    database: str = ""
+    password: str = ""  # Redis's, as the check's shell reads it
+
+
+@dataclass(frozen=True)
+class Start:
+    """How one service starts on one target. In a container, ``command`` is the image's command
+    (after ``entrypoint``, when the image's own is replaced); natively, the whole command line."""
+
+    name: str
+    command: tuple[str, ...]
+    health: Health
+    socket: str = ""  # where it listens, for status
+    entrypoint: tuple[str, ...] = ()
+    environment: Mapping[str, str] = field(default_factory=dict)
+    #: Files it needs beside the rendered configs, by path relative to the deployment tree.
+    files: Mapping[str, str] = field(default_factory=dict)
+    stop_signal: str = "TERM"
+    stop_wait: int = 20
+
+
+@dataclass(frozen=True)
+class Native:
+    """What only the native run has: its programs and the paths outside the processes' layout."""
+
+    programs: Mapping[str, str]  # binary by name: python, postgres, redis-server, nginx
+    run_dir: str
+    postgres_data: str
+    redis_config: str  # relative to run_dir
+    nginx_command: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Context:
+    """What every row reads: the fleet, the target's layout, and on several hosts the host whose
+    share is rendered (with its private address)."""
+
+    spec: FleetSpec
+    layout: Layout
+    host: str = ""
+    native: Native | None = None
+    #: The deployment's secrets, for the files that hold one (none: the rows without their files).
+    secrets: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def private(self) -> str:
+        """This host's private address, where the other hosts reach it ("" on one host)."""
+        return self.spec.fleet.host(self.host).address if self.host else ""
+
+    @property
+    def target(self) -> str:
+        return self.layout.name
+
+
+# -- PostgreSQL ---------------------------------------------------------------------------------
+
+
+def postgres_ready(host: str, spec: FleetSpec) -> Health:
+    return Health(HealthKind.POSTGRES, host, user=spec.database.user, database=spec.database.name)
+
+
+def postgres(context: Context) -> Start:
+    """The fleet's own PostgreSQL: on its socket (and, on several hosts, its private address, with
+    the pg_hba.conf that admits the fleet's hosts); a trial pod on Kubernetes."""
+    spec, layout = context.spec, context.layout
+    socket_dir = layout.socket_dir
+    if context.native is not None:
+        options = {
+            "listen_addresses": context.private,
+            "unix_socket_directories": socket_dir,
+            "unix_socket_permissions": "0700",
+            "max_connections": "500",
+        }
+        command = (context.native.programs["postgres"], "-D", context.native.postgres_data, *_settings(options))
+        return Start(
+            Service.POSTGRES.value,
+            command,
+            postgres_ready(socket_dir, spec),
+            f"{socket_dir}/.s.PGSQL.{POSTGRES_PORT}",
+            stop_signal="INT",  # fast shutdown
+            stop_wait=60,
+        )
+    if context.target == KUBERNETES:
+        # Every Synapse process may open pool_max connections, and psql needs a few more.
+        connections = max(100, len(spec.fleet.workers) * spec.database.pool_max + 10)
+        command = tuple(_settings({"max_connections": str(connections)}))
+        return Start(Service.POSTGRES.value, command, postgres_ready("127.0.0.1", spec))
+    options = {"unix_socket_directories": socket_dir, "listen_addresses": context.private}
+    if context.host:
+        options["hba_file"] = CONTAINER_HBA_FILE
+    command = ("postgres", *_settings(options))
+    return Start(Service.POSTGRES.value, command, postgres_ready(socket_dir, spec), files=_postgres_files(context))
+
+
+def _postgres_files(context: Context) -> dict[str, str]:
+    """The official image's settings for its first start (the database, its owner and password, the
+    C collation) and, on several hosts, the pg_hba.conf that admits the fleet's hosts."""
+    if not context.secrets:
+        return {}
+    database = context.spec.database
+    files = {
+        DEPLOY_POSTGRES_ENV: f"POSTGRES_USER={database.user}\n"
+        f"POSTGRES_PASSWORD={context.secrets[Secret.POSTGRES_PASSWORD]}\n"
+        f"POSTGRES_DB={database.name}\n"
+        f"POSTGRES_INITDB_ARGS={C_COLLATION}\n"
+    }
+    if context.host:
+        files[HBA_FILE] = hba(database, context.spec.fleet.host_addresses)
+    return files
+
+
+#: A host's pg_hba.conf (fleets on several hosts), in its project and in the PostgreSQL container.
+HBA_FILE = "postgres/pg_hba.conf"
+CONTAINER_HBA_FILE = "/etc/synfleet/pg_hba.conf"
+
+
+def _settings(options: Mapping[str, str]) -> list[str]:
+    return [argument for name, value in options.items() for argument in ("-c", f"{name}={value}")]
+
+
+# -- Redis --------------------------------------------------------------------------------------
+
+
+def redis(context: Context) -> Start:
+    """The fleet's own Redis: on its socket only, or on several hosts also on its private address
+    with the generated password (natively from a settings file, in a container on standard input,
+    never on a command line); a trial pod on Kubernetes."""
+    layout, private = context.layout, context.private
+    socket = layout.redis_socket
+    if context.target == KUBERNETES:
+        # Without a password Redis answers only loopback unless told; the NetworkPolicy guards it.
+        command = ("redis-server", *REDIS_EPHEMERAL, "--protected-mode", "no")
+        return Start(Service.REDIS.value, command, Health(HealthKind.LISTENER, "", REDIS_PORT))
+    network = ["--bind", private, "--port", str(context.spec.redis.port)] if private else ["--port", "0"]
+    if context.native is not None:
+        native = context.native
+        shared = [f"{native.run_dir}/{native.redis_config}", *network] if private else network
+        program = native.programs["redis-server"]
+        arguments = (*shared, *_redis_socket(socket, "700"), "--dir", native.run_dir)
+        files = {}
+        if private and context.secrets:  # readable by the fleet's account only, like the other secrets
+            files[native.redis_config] = f"requirepass {context.secrets[Secret.REDIS_PASSWORD]}\n"
+        return Start(Service.REDIS.value, (program, *arguments), Health(HealthKind.REDIS, socket), socket, files=files)
+    options = _redis_socket(socket, "666")
+    if not private:
+        health = Health(HealthKind.REDIS, socket)
+        return Start(Service.REDIS.value, ("redis-server", *network, *options), health)
+    password = f"$$(cat {layout.secret(Secret.REDIS_PASSWORD)})"
+    entrypoint = ("sh", "-c", f'exec redis-server - "$$@" <<EOF\nrequirepass {password}\nEOF\n', "redis-server")
+    health = Health(HealthKind.REDIS, socket, password=password)
+    return Start(Service.REDIS.value, (*network, *options), health, entrypoint=entrypoint)
+
+
+def _redis_socket(socket: str, mode: str) -> list[str]:
+    return ["--unixsocket", socket, "--unixsocketperm", mode, *REDIS_EPHEMERAL]
+
+
+# -- Synapse ------------------------------------------------------------------------------------
+
+
+def synapse_arguments(worker: Worker, layout: Layout) -> tuple[str, ...]:
+    """``python -m`` arguments: main's module on the shared config; a worker's on the shared config
+    and its own."""
+    if worker.role is Role.MAIN:
+        return (MAIN_MODULE, "--config-path", layout.shared_config)
+    config = ("--config-path", layout.shared_config, "--config-path", layout.worker_config(worker.name))
+    return (WORKER_MODULE, *config)
+
+
+def synapse_sockets(worker: Worker, layout: Layout) -> tuple[str, ...]:
+    """Every socket a Synapse process listens on, the inbound one (where /health answers) first."""
+    sockets = (layout.inbound_socket(worker.name),)
+    return (*sockets, layout.replication_socket(worker.name)) if worker.in_instance_map else sockets
+
+
+def compose_service(worker: Worker) -> str:
+    """A Synapse process's docker compose service."""
+    return MAIN_SERVICE if worker.role is Role.MAIN else worker.name
+
+
+def synapse(context: Context, worker: Worker, owner: bool = False) -> Start:
+    """A Synapse process. In a container, its entrypoint removes what a crash left of its sockets;
+    the ``owner`` (see :func:`synapse_entrypoint`) gives the data volume to Synapse's account."""
+    layout = context.layout
+    arguments = synapse_arguments(worker, layout)
+    if context.target == KUBERNETES:
+        return Start(worker.name, ("python", "-m", *arguments), Health(HealthKind.HTTP, "/health"))
+    socket = layout.inbound_socket(worker.name)
+    health = Health(HealthKind.HTTP, socket)
+    if context.native is not None:
+        environment = {"PYTHONUNBUFFERED": "1"}
+        command = (context.native.programs["python"], "-m", *arguments)
+        return Start(worker.name, command, health, socket, environment=environment)
+    entrypoint = synapse_entrypoint(synapse_sockets(worker, layout), compose_service(worker), owner)
+    return Start(compose_service(worker), arguments, health, socket, entrypoint=entrypoint)
+
+
+#: The account Synapse's official image runs as.
+SYNAPSE_IMAGE_UID = SYNAPSE_IMAGE_GID = 991
+
+
+def synapse_entrypoint(sockets: tuple[str, ...], service: str, owner: bool) -> tuple[str, ...]:
+    """A Synapse container's entrypoint: ``python -m <command>`` after removing its sockets and
+    their lock files. Twisted keeps a lock beside each socket naming the listener's pid; a
+    container restarted after a crash runs Synapse with the same pid, finds the lock "held" and
+    cannot listen. Only this service makes these sockets, so what is left of them is stale.
+
+    The ``owner`` (main; on a host without main, that host's first Synapse process) starts as root,
+    to give Synapse's data volume to the image's account first, and becomes that account with the
+    image's gosu (as the image's own entrypoint does). That is not a one-shot service before it:
+    podman-compose makes a dependency of every ``depends_on``, and podman restarts no container
+    whose dependency has exited."""
+    steps = [f"rm -f {' '.join(f'{path} {path}.lock' for path in sockets)}"]
+    run = 'exec python -m "$$@"'  # $$ is compose's escape for a literal $
+    if owner:
+        user = f"{SYNAPSE_IMAGE_UID}:{SYNAPSE_IMAGE_GID}"
+        steps.insert(0, f"chown {user} {COMPOSE.data_dir}")
+        run = f'exec gosu {user} python -m "$$@"'
+    return ("sh", "-c", " && ".join([*steps, run]), service)
+
+
+# -- nginx --------------------------------------------------------------------------------------
+
+
+def nginx(context: Context, gateway: str = "") -> Start:
+    """nginx: ready when it listens on the front's HTTP port, or on a host that only carries links
+    from other hosts, on its first link (``gateway``, address:port)."""
+    spec = context.spec
+    listen = spec.listen
+    if context.target == KUBERNETES:
+        return Start(Service.NGINX.value, (), Health(HealthKind.LISTENER, "", COMPOSE_HTTP_PORT))
+    if context.native is not None:
+        if gateway:
+            health = Health(HealthKind.LISTENER, context.private, int(gateway.rsplit(":", 1)[1]))
+        else:
+            health = Health(HealthKind.LISTENER, listen.bind, listen.http_port)
+        socket = gateway or f"{listen.bind}:{listen.http_port}"
+        return Start(Service.NGINX.value, context.native.nginx_command, health, socket, stop_signal="QUIT")
+    if gateway:
+        return Start(Service.NGINX.value, (), Health(HealthKind.LISTENER, gateway))
+    scheme_port = COMPOSE_HTTPS_PORT if spec.tls.enabled else COMPOSE_HTTP_PORT
+    if not context.host:
+        return Start(Service.NGINX.value, (), Health(HealthKind.HTTP, "127.0.0.1", scheme_port))
+    bind = listen.bind
+    address = "127.0.0.1" if bind in ("0.0.0.0", "::") else publish_address(bind)
+    port = listen.https_port if spec.tls.enabled else listen.http_port
+    return Start(Service.NGINX.value, (), Health(HealthKind.HTTP, address, port))
+
+
+def publish_address(bind: str) -> str:
+    """listen.bind as a compose port mapping takes it (IPv6 in brackets)."""
+    return f"[{bind}]" if ":" in bind else bind
+
+
+# -- each target's way of asking a health check ---------------------------------------------------
+
+
+def compose_test(health: Health, tls: bool = False) -> list[str]:
+    """A compose healthcheck's ``test``, with the tools each image has (the slim nginx image has
+    wget, not curl)."""
+    match health.kind:
+        case HealthKind.HTTP if health.target.startswith("/"):
+            return ["CMD", "curl", "-fsS", "--unix-socket", health.target, "http://localhost/health"]
+        case HealthKind.HTTP:
+            scheme = "https" if tls else "http"
+            insecure = ["--no-check-certificate"] if tls else []
+            url = f"{scheme}://{health.target}:{health.port}/health"
+            return ["CMD", "wget", "-q", "-O", "/dev/null", *insecure, url]
+        case HealthKind.POSTGRES:
+            return ["CMD", *_pg_isready(health)]
+        case HealthKind.REDIS if health.password:
+            return ["CMD-SHELL", f'REDISCLI_AUTH="{health.password}" redis-cli -s {health.target} ping | grep -q PONG']
+        case HealthKind.REDIS:
+            return ["CMD", "redis-cli", "-s", health.target, "ping"]
+        case HealthKind.LISTENER:
+            # Any answer of a link (which refuses this host's own requests) shows that nginx serves.
+            return ["CMD-SHELL", f"wget -S -O /dev/null http://{health.target}/ 2>&1 | grep -q 'HTTP/1.1 '"]
+
+
+@cache
+def _pg_isready(health: Health) -> list[str]:
+    """PostgreSQL's own readiness check (one list per check: a pod's probes share it)."""
+    return ["pg_isready", "-h", health.target, "-U", health.user, "-d", health.database]
+
+
+def kubernetes_probe(health: Health, **timing: int) -> dict[str, Any]:
+    """A pod's probe: GET of a path on the "http" port, a TCP connection to a port, or a command."""
+    action: dict[str, Any]
+    match health.kind:
+        case HealthKind.HTTP:
+            action = {"httpGet": {"path": health.target, "port": "http"}}
+        case HealthKind.POSTGRES:
+            action = {"exec": {"command": _pg_isready(health)}}
+        case _:
+            action = {"tcpSocket": {"port": health.port}}
+    return {**action, "timeoutSeconds": 5, **timing}
+
+
+def service_table(context: Context, front: bool, gateway: str = "") -> dict[str, Start]:
+    """The services the fleet runs itself on the context's host (every one on one host), by process
+    name, in start order: infrastructure, main (it migrates the schema), the workers, and nginx when
+    it is the ``front`` or carries the links from other hosts (``gateway``, its first)."""
+    fleet = context.spec.fleet
+    here = set(fleet.processes_on(context.host))
+    rows = {}
+    for service, row in ((Service.POSTGRES, postgres), (Service.REDIS, redis)):
+        if service in here:
+            rows[service.value] = row(context)
+    workers = [worker for worker in fleet.workers if worker.name in here]
+    for worker in workers:
+        rows[worker.name] = synapse(context, worker, owner=worker is workers[0])
+    if front or gateway:
+        rows[Service.NGINX.value] = nginx(context, "" if front else gateway)
+    return rows
