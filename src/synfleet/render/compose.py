@@ -60,18 +60,30 @@ def _depends(starts: list[Start], start: Start, infrastructure: list[str]) -> li
     return [(starts[0].name, "service_healthy")]
 
 
-def render_compose(spec: FleetSpec, secrets: dict[str, str], host: str = "") -> dict[str, str]:
-    """``docker-compose.yml`` and the env files it references, by path relative to the deploy dir;
-    with ``host``, the project of that host of a fleet on several hosts: its processes only, every
-    container on the host's network."""
-    layout = COMPOSE_HOST if host else COMPOSE
-    front = spec.fleet.front == host
-    links = gateways(spec, host, COMPOSE_HOST)
-    table = service_table(Context(spec, layout, host, secrets=secrets), front, links[0].listen if links else "")
+#: Where the project's files go, in the project and in the containers: the same for every project.
+PROJECT_PATHS = {
+    "http_port": COMPOSE_HTTP_PORT,
+    "https_port": COMPOSE_HTTPS_PORT,
+    "nginx_config_dir": COMPOSE_NGINX_CONFIG_DIR,
+    "synapse_dir": SYNAPSE_DIR,
+    "nginx_config": DEPLOY_NGINX_CONFIG,
+    "nginx_logs": DEPLOY_NGINX_LOGS,
+    "postgres_env": DEPLOY_POSTGRES_ENV,
+    "nginx_temp_dir": COMPOSE_NGINX_TEMP_DIR,
+    "prometheus_config": PROMETHEUS_CONFIG,
+    "grafana_provisioning": GRAFANA_PROVISIONING,
+    "grafana_provisioning_dir": GRAFANA_PROVISIONING_DIR,
+    "grafana_dashboards": str(PurePosixPath(DASHBOARD_FILE).parent),
+    "grafana_dashboards_dir": GRAFANA_DASHBOARDS_DIR,
+}
+
+
+def _synapse_services(spec: FleetSpec, table: dict[str, Start]) -> list[dict[str, Any]]:
+    """The project's Synapse services, from their rows of the service table."""
     workers = [worker for worker in spec.fleet.workers if worker.name in table]
     synapse = [table[worker.name] for worker in workers]
     infrastructure = [service.value for service in (Service.POSTGRES, Service.REDIS) if service in table]
-    services = [
+    return [
         {
             "service": start.name,
             "group": spec.fleet.group(worker.name),
@@ -82,6 +94,26 @@ def render_compose(spec: FleetSpec, secrets: dict[str, str], host: str = "") -> 
         }
         for worker, start in zip(workers, synapse, strict=True)
     ]
+
+
+def _grafana_env(secrets: dict[str, str]) -> str:
+    return (
+        f"GF_SECURITY_ADMIN_PASSWORD={secrets[Secret.GRAFANA_ADMIN_PASSWORD]}\n"
+        "GF_USERS_ALLOW_SIGN_UP=false\n"
+        "GF_ANALYTICS_REPORTING_ENABLED=false\n"
+        "GF_ANALYTICS_CHECK_FOR_UPDATES=false\n"
+    )
+
+
+def render_compose(spec: FleetSpec, secrets: dict[str, str], host: str = "") -> dict[str, str]:
+    """``docker-compose.yml`` and the env files it references, by path relative to the deploy dir;
+    with ``host``, the project of that host of a fleet on several hosts: its processes only, every
+    container on the host's network."""
+    layout = COMPOSE_HOST if host else COMPOSE
+    links = gateways(spec, host, COMPOSE_HOST)
+    context = Context(spec, layout, host, secrets=secrets)
+    table = service_table(context, spec.fleet.front == host, links[0].listen if links else "")
+    services = _synapse_services(spec, table)
     nginx = table.get(Service.NGINX)
 
     def resources(group: str) -> str:
@@ -90,49 +122,31 @@ def render_compose(spec: FleetSpec, secrets: dict[str, str], host: str = "") -> 
 
     prometheus = ["--config.file=/etc/prometheus/prometheus.yml", "--storage.tsdb.path=/prometheus"]
     prometheus.append(f"--web.listen-address={'127.0.0.1' if host else ''}:{PROMETHEUS_PORT}")
-    files = {
-        "docker-compose.yml": render(
-            "docker-compose.yml.j2",
-            spec=spec,
-            layout=layout,
-            host_network=bool(host),
-            synapse_user=f"{SYNAPSE_IMAGE_UID}:{SYNAPSE_IMAGE_GID}",
-            secrets_dir=f"{'../../' if host else ''}../{SECRETS_DIR}",
-            http_port=COMPOSE_HTTP_PORT,
-            https_port=COMPOSE_HTTPS_PORT,
-            nginx_config_dir=COMPOSE_NGINX_CONFIG_DIR,
-            synapse_dir=SYNAPSE_DIR,
-            nginx_config=DEPLOY_NGINX_CONFIG,
-            nginx_logs=DEPLOY_NGINX_LOGS,
-            processes=services,
-            postgres=table.get(Service.POSTGRES),
-            postgres_env=DEPLOY_POSTGRES_ENV,
-            hba=(HBA_FILE, CONTAINER_HBA_FILE) if host else None,
-            redis=table.get(Service.REDIS),
-            compose_test=compose_test,
-            nginx=nginx,
-            nginx_depends=services[0]["service"] if services else None,
-            resources=resources,
-            publish=publish_address(spec.listen.bind),
-            project=project_name(spec.server_name) + (f"-{host}" if host else ""),
-            nginx_temp_dir=COMPOSE_NGINX_TEMP_DIR,
-            nginx_health=compose_test(nginx.health, spec.tls.enabled) if nginx else [],
-            prometheus_command=prometheus,
-            grafana=not host,
-            prometheus_config=PROMETHEUS_CONFIG,
-            grafana_provisioning=GRAFANA_PROVISIONING,
-            grafana_provisioning_dir=GRAFANA_PROVISIONING_DIR,
-            grafana_dashboards=str(PurePosixPath(DASHBOARD_FILE).parent),
-            grafana_dashboards_dir=GRAFANA_DASHBOARDS_DIR,
-        )
-    }
+    compose_file = render(
+        "docker-compose.yml.j2",
+        **PROJECT_PATHS,
+        spec=spec,
+        layout=layout,
+        host_network=bool(host),
+        synapse_user=f"{SYNAPSE_IMAGE_UID}:{SYNAPSE_IMAGE_GID}",
+        secrets_dir=f"{'../../' if host else ''}../{SECRETS_DIR}",
+        processes=services,
+        postgres=table.get(Service.POSTGRES),
+        hba=(HBA_FILE, CONTAINER_HBA_FILE) if host else None,
+        redis=table.get(Service.REDIS),
+        compose_test=compose_test,
+        nginx=nginx,
+        nginx_depends=services[0]["service"] if services else None,
+        resources=resources,
+        publish=publish_address(spec.listen.bind),
+        project=project_name(spec.server_name) + (f"-{host}" if host else ""),
+        nginx_health=compose_test(nginx.health, spec.tls.enabled) if nginx else [],
+        prometheus_command=prometheus,
+        grafana=not host,
+    )
+    files = {"docker-compose.yml": compose_file}
     if spec.metrics.enabled and not host:
-        files["env/grafana.env"] = (
-            f"GF_SECURITY_ADMIN_PASSWORD={secrets[Secret.GRAFANA_ADMIN_PASSWORD]}\n"
-            "GF_USERS_ALLOW_SIGN_UP=false\n"
-            "GF_ANALYTICS_REPORTING_ENABLED=false\n"
-            "GF_ANALYTICS_CHECK_FOR_UPDATES=false\n"
-        )
+        files["env/grafana.env"] = _grafana_env(secrets)
     for start in table.values():
         files.update(start.files)
     return files

@@ -325,21 +325,15 @@ class KubernetesRender:
         media = self.fleet.with_role(Role.MEDIA)
         return group.workers[0].role is (Role.MEDIA if media else Role.MAIN)
 
-    def statefulset(self, group: Group, checksum: str) -> dict[str, Any]:
+    def synapse_container(self, group: Group) -> dict[str, Any]:
+        """The one container of a group's pods: its command, the database password from the
+        Secret, its ports, probes on /health, limits, and the config, secrets and data mounts."""
         layout = self.layout
         ports = [_port("http", INBOUND_PORT)]
         if any(w.in_instance_map for w in group.workers):
             ports.append(_port("replication", REPLICATION_PORT))
-        config_items = [{"key": _config_key(path), "path": path} for path in sorted(self.synapse_files)]
-        volumes: list[dict[str, Any]] = [
-            {"name": "config", "configMap": {"name": SYNAPSE_CONFIG_NAME, "items": config_items}},
-            {"name": "secrets", "secret": {"secretName": SECRETS_NAME, "defaultMode": 0o440}},
-        ]
-        keeps_media = self._media_store(group)
         health = synapse(self.context, group.workers[0]).health
-        if not keeps_media:
-            volumes.append({"name": "data", "emptyDir": {}})
-        container = {
+        return {
             "name": "synapse",
             "image": self.spec.synapse_image,
             "command": self._command(group),
@@ -360,6 +354,16 @@ class KubernetesRender:
                 {"name": "data", "mountPath": layout.data_dir},
             ],
         }
+
+    def statefulset(self, group: Group, checksum: str) -> dict[str, Any]:
+        config_items = [{"key": _config_key(path), "path": path} for path in sorted(self.synapse_files)]
+        volumes: list[dict[str, Any]] = [
+            {"name": "config", "configMap": {"name": SYNAPSE_CONFIG_NAME, "items": config_items}},
+            {"name": "secrets", "secret": {"secretName": SECRETS_NAME, "defaultMode": 0o440}},
+        ]
+        keeps_media = self._media_store(group)
+        if not keeps_media:
+            volumes.append({"name": "data", "emptyDir": {}})
         spec: dict[str, Any] = {
             "serviceName": SYNAPSE_HEADLESS,
             "replicas": len(group.workers),
@@ -377,7 +381,7 @@ class KubernetesRender:
                         "fsGroup": SYNAPSE_IMAGE_GID,
                         "seccompProfile": {"type": "RuntimeDefault"},
                     },
-                    "containers": [container],
+                    "containers": [self.synapse_container(group)],
                     "volumes": volumes,
                 },
             },
@@ -412,12 +416,11 @@ class KubernetesRender:
 
     # -- nginx ----------------------------------------------------------------------------------
 
-    def nginx(self, checksum: str) -> list[dict[str, Any]]:
-        labels = {NAME_LABEL: "nginx"}
+    def nginx_pod(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """nginx's container, and its pod's volumes: the config, a cache, with TLS the certificate."""
         tls = self.nginx_layout.tls
         health = nginx(self.context).health  # up when it accepts connections; /health would pass through to main
         ports = [_port("http", int(self.nginx_layout.listen[0]))]
-        service_ports = [_service_port("http", NGINX_SERVICE_PORT)]
         mounts: list[dict[str, Any]] = [
             {"name": "config", "mountPath": COMPOSE_NGINX_CONFIG_DIR, "readOnly": True},
             {"name": "cache", "mountPath": COMPOSE_NGINX_TEMP_DIR},
@@ -428,7 +431,6 @@ class KubernetesRender:
         ]
         if tls is not None:
             ports.append(_port("https", int(tls.listen[0])))
-            service_ports.append(_service_port("https", NGINX_TLS_SERVICE_PORT))
             directory = str(Path(tls.certificate).parent)
             mounts.append({"name": "tls", "mountPath": directory, "readOnly": True})
             items = [
@@ -445,6 +447,14 @@ class KubernetesRender:
             "resources": _resources(self.spec, Service.NGINX.value),
             "volumeMounts": mounts,
         }
+        return container, volumes
+
+    def nginx(self, checksum: str) -> list[dict[str, Any]]:
+        labels = {NAME_LABEL: "nginx"}
+        container, volumes = self.nginx_pod()
+        service_ports = [_service_port("http", NGINX_SERVICE_PORT)]
+        if self.nginx_layout.tls is not None:
+            service_ports.append(_service_port("https", NGINX_TLS_SERVICE_PORT))
         deployment = {
             "apiVersion": "apps/v1",
             "kind": "Deployment",
@@ -481,43 +491,43 @@ class KubernetesRender:
 
     # -- trial services -------------------------------------------------------------------------
 
+    def _trial_container(self, service: Service, image: str, port: int, **extra: Any) -> dict[str, Any]:
+        """A trial service's container from its row of the service table; ``extra`` goes after the
+        arguments (``env``) or at the end (``volumeMounts``)."""
+        start = {Service.POSTGRES: postgres, Service.REDIS: redis}[service](self.context)
+        environment = {"env": extra.pop("env")} if "env" in extra else {}
+        return {
+            "name": service.value,
+            "image": image,
+            "args": list(start.command),
+            **environment,
+            "ports": [_port(service.value, port)],
+            "readinessProbe": kubernetes_probe(start.health, periodSeconds=5),
+            "livenessProbe": kubernetes_probe(start.health, periodSeconds=10, failureThreshold=6),
+            "resources": _resources(self.spec, service.value),
+            **extra,
+        }
+
     def trial_postgres(self) -> list[dict[str, Any]]:
         db = self.spec.database
         labels = {NAME_LABEL: Service.POSTGRES.value}
-        start = postgres(self.context)
-        container = {
-            "name": "postgres",
-            "image": self.spec.images.postgres,
-            "args": list(start.command),
-            "env": [
-                {"name": "POSTGRES_USER", "value": db.user},
-                {"name": "POSTGRES_DB", "value": db.name},
-                _secret_env("POSTGRES_PASSWORD", Secret.POSTGRES_PASSWORD),
-                {"name": "POSTGRES_INITDB_ARGS", "value": C_COLLATION},
-                # A subdirectory: the volume's root may hold lost+found, which initdb refuses.
-                {"name": "PGDATA", "value": f"{POSTGRES_IMAGE_DATA}/pgdata"},
-            ],
-            "ports": [_port("postgres", POSTGRES_PORT)],
-            "readinessProbe": kubernetes_probe(start.health, periodSeconds=5),
-            "livenessProbe": kubernetes_probe(start.health, periodSeconds=10, failureThreshold=6),
-            "resources": _resources(self.spec, Service.POSTGRES.value),
-            "volumeMounts": [{"name": "data", "mountPath": POSTGRES_IMAGE_DATA}],
-        }
+        environment = [
+            {"name": "POSTGRES_USER", "value": db.user},
+            {"name": "POSTGRES_DB", "value": db.name},
+            _secret_env("POSTGRES_PASSWORD", Secret.POSTGRES_PASSWORD),
+            {"name": "POSTGRES_INITDB_ARGS", "value": C_COLLATION},
+            # A subdirectory: the volume's root may hold lost+found, which initdb refuses.
+            {"name": "PGDATA", "value": f"{POSTGRES_IMAGE_DATA}/pgdata"},
+        ]
+        mounts = [{"name": "data", "mountPath": POSTGRES_IMAGE_DATA}]
+        image = self.spec.images.postgres
+        container = self._trial_container(Service.POSTGRES, image, POSTGRES_PORT, env=environment, volumeMounts=mounts)
         claim = _claim(TRIAL_POSTGRES_SIZE)
         return self._trial(Service.POSTGRES.value, labels, container, db.port, POSTGRES_PORT, claim)
 
     def trial_redis(self) -> list[dict[str, Any]]:
         labels = {NAME_LABEL: Service.REDIS.value}
-        start = redis(self.context)
-        container = {
-            "name": "redis",
-            "image": self.spec.images.redis,
-            "args": list(start.command),
-            "ports": [_port("redis", REDIS_PORT)],
-            "readinessProbe": kubernetes_probe(start.health, periodSeconds=5),
-            "livenessProbe": kubernetes_probe(start.health, periodSeconds=10, failureThreshold=6),
-            "resources": _resources(self.spec, Service.REDIS.value),
-        }
+        container = self._trial_container(Service.REDIS, self.spec.images.redis, REDIS_PORT)
         return self._trial(Service.REDIS.value, labels, container, self.spec.redis.port, REDIS_PORT, None)
 
     def _trial(

@@ -157,14 +157,7 @@ def up(paths: RunPaths, spec: FleetSpec, report: Report, supervisor: Supervisor 
             "stop it with `synfleet down` first"
         )
     if not already:
-        if stopped := stop_orphans(paths):
-            report(f"stopped {stopped} processes of the fleet that ran without their supervisor; starting again")
-        listen = plan.spec.listen
-        if fronted(plan):
-            _port_free(listen.bind, listen.http_port, "listen.http_port")
-            if plan.spec.tls.enabled:
-                _port_free(listen.bind, listen.https_port, "listen.https_port")
-        _clear_stale_sockets(paths)
+        _prepare(plan, report)
     secrets = ensure_secrets(paths.directory)
     if already:
         report("the fleet is already running; checking every process")
@@ -175,51 +168,78 @@ def up(paths: RunPaths, spec: FleetSpec, report: Report, supervisor: Supervisor 
                 "what would change, `synfleet apply` changes it"
             )
     else:
-        accounts = ensure_accounts(report) if as_root() else None
-        write_run_files(plan, secrets, accounts)
-        if runs_postgres(plan) and init_cluster(
-            require_binary("initdb"),
-            paths.postgres_data,
-            plan.spec.database,
-            secrets[Secret.POSTGRES_PASSWORD],
-            accounts.fleet if accounts else None,
-            paths.log("initdb"),
-        ):
-            report("created the PostgreSQL cluster")
-        if refused := supervisor.start_daemon(foreground=foreground, preload=plan.spec.synapse.start == "fork"):
-            report(
-                f'[yellow]synapse.start = "fork" refused[/yellow]: {refused}; every Synapse process starts '
-                'its own Python (synapse.start = "exec" says so without this warning)'
-            )
+        _start_supervisor(plan, secrets, supervisor, foreground, report)
     try:
         for tier in Tier:
-            members = [p for p in plan.processes if p.tier is tier]
-            if not members:
-                continue
-            info = supervisor.info()
-            for process in members:
-                if info[process.name].state not in ("RUNNING", "STARTING"):
-                    report(f"starting {process.name}")
-                    supervisor.start(process.name)
-            failed = wait_healthy(supervisor, members, tier.timeout, report)
-            if failed:
-                logs = failure_logs(failed.name, Path(failed.log), paths)
-                raise SynfleetError(f"{failed.name} did not become healthy\n{logs}")
-            if tier is Tier.INFRASTRUCTURE and runs_postgres(plan):
-                ensure_database(
-                    str(paths.sockets),
-                    paths.postgres_data,
-                    plan.spec.database,
-                    secrets[Secret.POSTGRES_PASSWORD],
-                    plan.spec.fleet.host_addresses,
-                )
-                load_pending_dump(paths, plan.spec, report)
+            _start_tier(plan, tier, secrets, supervisor, report)
     except BaseException:
         if not already:
             report("stopping what was started")
             down(paths, lambda _: None)
         raise
     return time.monotonic() - began
+
+
+def _prepare(plan: Plan, report: Report) -> None:
+    """Before a start: stop what a dead supervisor left running, check the front's ports are
+    free, and remove sockets nobody listens on."""
+    if stopped := stop_orphans(plan.paths):
+        report(f"stopped {stopped} processes of the fleet that ran without their supervisor; starting again")
+    listen = plan.spec.listen
+    if fronted(plan):
+        _port_free(listen.bind, listen.http_port, "listen.http_port")
+        if plan.spec.tls.enabled:
+            _port_free(listen.bind, listen.https_port, "listen.https_port")
+    _clear_stale_sockets(plan.paths)
+
+
+def _start_supervisor(
+    plan: Plan, secrets: dict[str, str], supervisor: Supervisor, foreground: bool, report: Report
+) -> None:
+    """Write the run directory, create PostgreSQL's cluster on the first run, start supervisord."""
+    paths = plan.paths
+    accounts = ensure_accounts(report) if as_root() else None
+    write_run_files(plan, secrets, accounts)
+    if runs_postgres(plan) and init_cluster(
+        require_binary("initdb"),
+        paths.postgres_data,
+        plan.spec.database,
+        secrets[Secret.POSTGRES_PASSWORD],
+        accounts.fleet if accounts else None,
+        paths.log("initdb"),
+    ):
+        report("created the PostgreSQL cluster")
+    if refused := supervisor.start_daemon(foreground=foreground, preload=plan.spec.synapse.start == "fork"):
+        report(
+            f'[yellow]synapse.start = "fork" refused[/yellow]: {refused}; every Synapse process starts '
+            'its own Python (synapse.start = "exec" says so without this warning)'
+        )
+
+
+def _start_tier(plan: Plan, tier: Tier, secrets: dict[str, str], supervisor: Supervisor, report: Report) -> None:
+    """Start the tier's processes that do not run yet and wait until all are healthy; after the
+    infrastructure, make sure Synapse's database exists and load a restored dump."""
+    members = [p for p in plan.processes if p.tier is tier]
+    if not members:
+        return
+    info = supervisor.info()
+    for process in members:
+        if info[process.name].state not in ("RUNNING", "STARTING"):
+            report(f"starting {process.name}")
+            supervisor.start(process.name)
+    failed = wait_healthy(supervisor, members, tier.timeout, report)
+    if failed:
+        logs = failure_logs(failed.name, Path(failed.log), plan.paths)
+        raise SynfleetError(f"{failed.name} did not become healthy\n{logs}")
+    if tier is Tier.INFRASTRUCTURE and runs_postgres(plan):
+        ensure_database(
+            str(plan.paths.sockets),
+            plan.paths.postgres_data,
+            plan.spec.database,
+            secrets[Secret.POSTGRES_PASSWORD],
+            plan.spec.fleet.host_addresses,
+        )
+        load_pending_dump(plan.paths, plan.spec, report)
 
 
 #: How each program's left over processes are asked to stop, and how long they get.
