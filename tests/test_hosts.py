@@ -136,4 +136,4 @@ def test_losing_host_c_loses_no_acknowledged_message(hosts: Hosts) -> None:
     assert status.returncode == 0, status.stdout
     sends = [line for line in hosts.access_log() if room[1:] in line["url"] and "/send/" in line["url"]]
     spec = hosts.spec
-    assert sends[-1]["addr"] == spec.address_of("c", spec.inbound_port("rooms2")), sends[-1]
+    assert sends[-1]["addr"] == spec.fleet.worker("rooms2").inbound_link, sends[-1]

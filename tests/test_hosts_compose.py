@@ -46,7 +46,7 @@ class ComposeHosts(Hosts):
         """What `synfleet route` predicts for the compose projects: their socket paths, and the
         other hosts' workers at their addresses."""
         spec = self.spec
-        return RoutingPlan(spec.fleet, socket_dir=COMPOSE.socket_dir, remote=spec.remote_inbound("a"))
+        return RoutingPlan(spec.fleet, socket_dir=COMPOSE.socket_dir, remote=spec.fleet.remote_inbound("a"))
 
     def access_log(self) -> list[dict[str, str]]:
         time.sleep(1.5)  # nginx writes its buffered access log every second

@@ -332,7 +332,7 @@ def test_a_fleet_on_several_hosts_renders_a_compose_project_per_host(tmp_path: P
 
     # each host's Synapse finds the others at their private addresses
     b_config = yaml.safe_load((projects["b"] / "synapse" / "homeserver.yaml").read_text())
-    assert b_config["instance_map"]["main"] == {"host": "10.9.0.2", "port": spec.replication_port("main")}
+    assert b_config["instance_map"]["main"] == {"host": "10.9.0.2", "port": spec.fleet.main.replication_port}
     assert b_config["redis"]["host"] == "10.9.0.2" and b_config["database"]["args"]["host"] == "10.9.0.2"
     assert sorted(p.stem for p in (projects["b"] / "synapse" / "workers").iterdir()) == ["client_sync1", "rooms1"]
     scrape = yaml.safe_load((projects["c"] / "metrics" / "prometheus.yml").read_text())["scrape_configs"][0]
@@ -343,7 +343,7 @@ def test_a_fleet_on_several_hosts_renders_a_compose_project_per_host(tmp_path: P
 
     # a link between hosts that leads nowhere
     conf = projects["b"] / "nginx" / "config" / "nginx.conf"
-    link = f"10.9.0.3:{spec.inbound_port('client_sync1')}"
+    link = f"10.9.0.3:{spec.fleet.worker('client_sync1').inbound_port}"
     conf.write_text(conf.read_text().replace(f"listen {link};", "listen 10.9.0.3:1;"))
     broken = synfleet("check", "--dir", str(tmp_path))
     assert broken.returncode == 1

@@ -155,7 +155,7 @@ def conversation_across_hosts(hosts: Hosts) -> None:
     joined, seen = hosts.client(bob_reads)
     theirs = {event for room, event in sent if room in joined}
     assert len(theirs) == 100 and theirs <= seen
-    b_sync = spec.address_of("b", spec.inbound_port("client_sync1"))
+    b_sync = spec.fleet.worker("client_sync1").inbound_link
     syncs = [line for line in hosts.access_log() if "/sync" in line["url"]]
     assert syncs and all(line["addr"] == b_sync for line in syncs), {line["addr"] for line in syncs}
 
@@ -164,11 +164,12 @@ def outsider_refused(hosts: Hosts) -> None:
     """From host x, not in the fleet: every link answers 403, Redis asks for its password, and
     PostgreSQL has no pg_hba.conf entry for it even with the right password."""
     spec = hosts.spec
+    fleet = spec.fleet
     links = []
     for name in ("main", "client_sync1", "tasks1"):
-        links.append((spec.host_of(name), spec.replication_port(name)))
+        links.append((fleet.host_of(name), fleet.worker(name).replication_port))
     for name in ("client_sync1", "rooms1", "rooms2"):
-        links.append((spec.host_of(name), spec.inbound_port(name)))
+        links.append((fleet.host_of(name), fleet.worker(name).inbound_port))
     password = (hosts.directory / "secrets" / "postgres_password").read_text().strip()
     found: dict[str, Any] = {}
 

@@ -70,9 +70,31 @@ def streams_from_name(name: str) -> frozenset[Stream]:
 def infer_fleet(model: NginxModel, probes: Iterable[Probe], server_name: str = "localhost") -> tuple[Fleet, list[str]]:
     """A fleet whose workers are the config's upstream servers, with roles and streams from their
     names; and, in words, each assumption that took."""
+    roles, streams, named_by = _named_roles(model)
+    routed = _routed(model, probes)
+    guesses = _guess_main_and_media(roles, routed)
+    by_routing, routed_writers = _guess_stream_writers(roles, streams, named_by, routed)
+    names = sorted(roles, key=lambda n: (roles[n] is not Role.MAIN, n))
+    summary = "roles from names: " + "; ".join(
+        f"{role.value}: {', '.join(n for n in names if roles[n] is role)}" for role in _present(roles)
+    )
+    assumptions = [summary, *guesses, *routed_writers, *_named_writers(names, streams, named_by)]
+    if unnamed := sorted(s.value for s in Stream if s not in named_by and s not in by_routing):
+        assumptions.append(
+            f"{', '.join(unnamed)}: written by main (Synapse's default), nothing in the config says otherwise"
+        )
+    workers = tuple(Worker(name, roles[name], frozenset(streams[name])) for name in names)
+    return Fleet(server_name, workers), assumptions
+
+
+def _named_roles(
+    model: NginxModel,
+) -> tuple[dict[str, Role], dict[str, set[Stream]], dict[Stream, set[str]]]:
+    """Each upstream server's role and streams from its own or its upstream's name; and, per
+    stream, the upstreams named after it."""
     roles: dict[str, Role] = {}
     streams: dict[str, set[Stream]] = defaultdict(set)
-    named_by: dict[Stream, set[str]] = defaultdict(set)  # stream -> upstreams named after it
+    named_by: dict[Stream, set[str]] = defaultdict(set)
     for upstream in model.upstreams.values():
         group_role = role_from_name(upstream.name)
         named = streams_from_name(upstream.name)
@@ -81,7 +103,12 @@ def infer_fleet(model: NginxModel, probes: Iterable[Probe], server_name: str = "
         for worker in upstream.workers:
             roles.setdefault(worker, role_from_name(worker) or group_role or Role.CLIENT_READER)
             streams[worker] |= named
-    routed = _routed(model, probes)
+    return roles, streams, named_by
+
+
+def _guess_main_and_media(roles: dict[str, Role], routed: dict[Target, Counter[str]]) -> list[str]:
+    """Main and the media worker, where no server is named so: the server the config sends most
+    of their requests to (main: "main" when it sends none). Adds them to ``roles``."""
     assumptions = []
     if Role.MAIN not in roles.values():
         main, sent = routed[Role.MAIN].most_common(1)[0] if routed[Role.MAIN] else ("main", 0)
@@ -98,9 +125,23 @@ def infer_fleet(model: NginxModel, probes: Iterable[Probe], server_name: str = "
             f"the media worker is {media}: no server is named so, and the config sends {sent} of "
             f"{routed[Role.MEDIA].total()} media requests there"
         )
-    # A stream no name speaks for: its writer is where the config sends most of its requests, if
-    # that is not main. Only requests sent elsewhere than that can then be called wrong.
+    return assumptions
+
+
+def _guess_stream_writers(
+    roles: dict[str, Role],
+    streams: dict[str, set[Stream]],
+    named_by: dict[Stream, set[str]],
+    routed: dict[Target, Counter[str]],
+) -> tuple[set[Stream], list[str]]:
+    """The streams no name speaks for whose writer is taken from routing, and what was assumed.
+
+    Such a stream's writer is where the config sends most of its requests, if that is not main.
+    Only requests sent elsewhere than that can then be called wrong. Adds the writers to
+    ``roles`` and ``streams``.
+    """
     by_routing: set[Stream] = set()
+    assumptions = []
     for stream in [s for s in Stream if s not in named_by and routed[s]]:
         writer, sent = routed[stream].most_common(1)[0]
         if roles.get(writer) is Role.MAIN:
@@ -112,24 +153,16 @@ def infer_fleet(model: NginxModel, probes: Iterable[Probe], server_name: str = "
             f"{stream.value} is written by {writer}: the config sends {sent} of {routed[stream].total()} of its "
             "requests there (Synapse's default writer is main; give --synapse-config to check stream_writers)"
         )
-    names = sorted(roles, key=lambda n: (roles[n] is not Role.MAIN, n))
-    assumptions.insert(
-        0,
-        "roles from names: "
-        + "; ".join(f"{role.value}: {', '.join(n for n in names if roles[n] is role)}" for role in _present(roles)),
-    )
-    for stream in sorted(named_by):
-        writers = sorted(w for w in names if stream in streams[w])
-        assumptions.append(
-            f"{stream.value} is written by {', '.join(writers)}: the upstream "
-            f"{', '.join(sorted(named_by[stream]))} is named after it"
-        )
-    if unnamed := sorted(s.value for s in Stream if s not in named_by and s not in by_routing):
-        assumptions.append(
-            f"{', '.join(unnamed)}: written by main (Synapse's default), nothing in the config says otherwise"
-        )
-    workers = tuple(Worker(name, roles[name], frozenset(streams[name])) for name in names)
-    return Fleet(server_name, workers), assumptions
+    return by_routing, assumptions
+
+
+def _named_writers(names: list[str], streams: dict[str, set[Stream]], named_by: dict[Stream, set[str]]) -> list[str]:
+    """For each stream an upstream is named after: who writes it, and why."""
+    return [
+        f"{stream.value} is written by {', '.join(sorted(w for w in names if stream in streams[w]))}: the upstream "
+        f"{', '.join(sorted(named_by[stream]))} is named after it"
+        for stream in sorted(named_by)
+    ]
 
 
 def _routed(model: NginxModel, probes: Iterable[Probe]) -> dict[Target, Counter[str]]:

@@ -57,61 +57,23 @@ def run_mode(
     """Bring one mode up on a fresh database, load it, measure, bring it down. Its fleet file is
     written too, so that `synfleet status`, `logs` and `route` work on its directory."""
     paths = RunPaths(directory)
-    down(paths, lambda _: None)
-    shutil.rmtree(paths.run, ignore_errors=True)  # a fresh database; secrets stay
-    directory.mkdir(parents=True, exist_ok=True)
-    write_file(directory / FLEET_FILE, fleet_toml(spec))
-    up_seconds = up(paths, spec, lambda _: None)
+    up_seconds = _start_fresh(directory, paths, spec)
     try:
         base_url = f"http://{spec.listen.bind}:{spec.listen.http_port}"
-        bench_users = []
-        for n in range(users):
-            answer = register_user(paths, f"bench{n}", f"pw-{n}-{seed}", admin=False)
-            bench_users.append(BenchUser(answer["user_id"], answer["access_token"]))
-        try:
-            asyncio.run(populate(base_url, bench_users, rooms, seed))
-        except httpx.HTTPError as exc:
-            raise SynfleetError(f"setting up {users} users and {rooms} rooms failed: {exc}") from None
-
-        supervisor = Supervisor(paths)
-        pids = {name: info.pid for name, info in supervisor.info().items() if info.pid}
-        metrics = {w.name: port for w in spec.fleet.workers if (port := w.metrics_port) is not None}
-        db = spec.database
-        password = (paths.secrets / Secret.POSTGRES_PASSWORD).read_text().strip()
-
+        bench_users = _bench_users(paths, base_url, users, rooms, seed)
+        measure = _measurer(paths, spec)
         marks: dict[str, dict[str, Any]] = {}
 
         def snapshot(mark: str) -> None:
-            usage = resource.getrusage(resource.RUSAGE_SELF)
-            marks[mark] = {
-                "cpu": process_tree_cpu(pids),
-                "generator": usage.ru_utime + usage.ru_stime,
-                "xacts": postgres_transactions(str(paths.sockets), db.user, password, db.name),
-                "caches": {process: cache_counters(port) for process, port in metrics.items()},
-            }
+            marks[mark] = measure()
 
         load = Load(base_url, bench_users, seed)
         result = asyncio.run(load.run(warmup, duration, lambda: snapshot("before"), lambda: snapshot("after")))
         before, after = marks["before"], marks["after"]
     finally:
-        rss = {}
-        try:
-            for name, info in Supervisor(paths).info().items():
-                rss[name] = round(memory_kib(info.pid, "VmHWM") / 1024, 1)
-        except OSError:
-            pass
+        rss = _peak_rss_mib(paths)
         down(paths, lambda _: None)
 
-    cpu: dict[str, float] = {}
-    for name, seconds in after["cpu"].items():
-        group = spec.fleet.group(name)
-        cpu[group] = cpu.get(group, 0.0) + seconds - before["cpu"].get(name, 0.0)
-    cpu["generator"] = after["generator"] - before["generator"]
-    caches = {}
-    for name, counters in after["caches"].items():
-        lookups = counters.lookups - before["caches"][name].lookups
-        hits = counters.hits - before["caches"][name].hits
-        caches[name] = round(hits / lookups, 4) if lookups else None
     figures = {
         "up_seconds": round(up_seconds, 1),
         "duration_s": round(result.duration, 1),
@@ -124,9 +86,9 @@ def run_mode(
         },
         "errors": dict(result.errors),
         "requests": result.requests,
-        "cpu_seconds": {k: round(v, 2) for k, v in sorted(cpu.items())},
+        "cpu_seconds": _cpu_seconds(spec, before, after),
         "pg_transactions_per_request": round((after["xacts"] - before["xacts"]) / max(result.requests, 1), 3),
-        "cache_hit_ratio": caches,
+        "cache_hit_ratio": _cache_hit_ratios(before, after),
         "peak_rss_mib": rss,
     }
     report(
@@ -134,6 +96,80 @@ def run_mode(
         f"delivery p50 {figures['delivery_latency_ms']['p50']} ms, errors {sum(result.errors.values())}"
     )
     return figures
+
+
+def _start_fresh(directory: Path, paths: RunPaths, spec: FleetSpec) -> float:
+    """Bring the mode up on a fresh database (its secrets stay), with its fleet file written;
+    the seconds ``up`` took."""
+    down(paths, lambda _: None)
+    shutil.rmtree(paths.run, ignore_errors=True)
+    directory.mkdir(parents=True, exist_ok=True)
+    write_file(directory / FLEET_FILE, fleet_toml(spec))
+    return up(paths, spec, lambda _: None)
+
+
+def _bench_users(paths: RunPaths, base_url: str, users: int, rooms: int, seed: int) -> list[BenchUser]:
+    """Register ``users`` users and put them into ``rooms`` rooms."""
+    bench_users = []
+    for n in range(users):
+        answer = register_user(paths, f"bench{n}", f"pw-{n}-{seed}", admin=False)
+        bench_users.append(BenchUser(answer["user_id"], answer["access_token"]))
+    try:
+        asyncio.run(populate(base_url, bench_users, rooms, seed))
+    except httpx.HTTPError as exc:
+        raise SynfleetError(f"setting up {users} users and {rooms} rooms failed: {exc}") from None
+    return bench_users
+
+
+def _measurer(paths: RunPaths, spec: FleetSpec) -> Callable[[], dict[str, Any]]:
+    """Reads the running fleet's counters: CPU seconds per process and of the load generator,
+    PostgreSQL transactions, and each process's cache lookups and hits."""
+    pids = {name: info.pid for name, info in Supervisor(paths).info().items() if info.pid}
+    metrics = {w.name: port for w in spec.fleet.workers if (port := w.metrics_port) is not None}
+    db = spec.database
+    password = (paths.secrets / Secret.POSTGRES_PASSWORD).read_text().strip()
+
+    def measure() -> dict[str, Any]:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return {
+            "cpu": process_tree_cpu(pids),
+            "generator": usage.ru_utime + usage.ru_stime,
+            "xacts": postgres_transactions(str(paths.sockets), db.user, password, db.name),
+            "caches": {process: cache_counters(port) for process, port in metrics.items()},
+        }
+
+    return measure
+
+
+def _peak_rss_mib(paths: RunPaths) -> dict[str, float]:
+    """Each running process's peak resident memory, in MiB; as far as it can be read."""
+    rss = {}
+    try:
+        for name, info in Supervisor(paths).info().items():
+            rss[name] = round(memory_kib(info.pid, "VmHWM") / 1024, 1)
+    except OSError:
+        pass
+    return rss
+
+
+def _cpu_seconds(spec: FleetSpec, before: dict[str, Any], after: dict[str, Any]) -> dict[str, float]:
+    """CPU seconds between the two marks per worker group, and of the load generator."""
+    cpu: dict[str, float] = {}
+    for name, seconds in after["cpu"].items():
+        group = spec.fleet.group(name)
+        cpu[group] = cpu.get(group, 0.0) + seconds - before["cpu"].get(name, 0.0)
+    cpu["generator"] = after["generator"] - before["generator"]
+    return {k: round(v, 2) for k, v in sorted(cpu.items())}
+
+
+def _cache_hit_ratios(before: dict[str, Any], after: dict[str, Any]) -> dict[str, float | None]:
+    """Per process, the share of cache lookups between the two marks that hit."""
+    caches = {}
+    for name, counters in after["caches"].items():
+        lookups = counters.lookups - before["caches"][name].lookups
+        hits = counters.hits - before["caches"][name].hits
+        caches[name] = round(hits / lookups, 4) if lookups else None
+    return caches
 
 
 def bench(

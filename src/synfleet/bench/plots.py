@@ -81,20 +81,9 @@ def plot_capacity(results: dict[str, Any], path: Path) -> None:
     axes[1].set(title="delivery p99 (ms) per step", xlabel="offered messages/s")
     for mode, model in results["model"].items():
         cores = [row["cores"] for row in model["cores"]]
-        axes[2].plot(
-            cores,
-            [row["this_shape"]["calibrated_per_s"] for row in model["cores"]],
-            "o-",
-            color=colours.get(mode),
-            label=f"{mode} (this shape)",
-        )
-        axes[2].plot(
-            cores,
-            [row["sized_shape"]["calibrated_per_s"] for row in model["cores"]],
-            "s--",
-            color=colours.get(mode),
-            label=f"{mode} (sized)",
-        )
+        for shape, style, label in (("this_shape", "o-", "this shape"), ("sized_shape", "s--", "sized")):
+            capacities = [row[shape]["calibrated_per_s"] for row in model["cores"]]
+            axes[2].plot(cores, capacities, style, color=colours.get(mode), label=f"{mode} ({label})")
         axes[2].plot([model["here"]["cores"]], [model["here"]["measured_median_per_s"]], "k*", markersize=12)
     axes[2].set_xscale("log", base=2)
     axes[2].set_xticks(CORES, [str(c) for c in CORES])

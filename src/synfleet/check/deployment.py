@@ -40,6 +40,7 @@ from synfleet.nginx.upstream import Upstream
 from synfleet.nginx.variables import Map
 from synfleet.render.deploy import DEPLOY_DIR, HOSTS_DIR
 from synfleet.render.services import MAIN_SERVICE, publish_address
+from synfleet.routing.plan import Variable
 from synfleet.routing.table import DEFAULT_RULE, ROUTES, Rule
 
 
@@ -233,7 +234,7 @@ def _nginx_map(model: NginxModel | None, variable: str) -> Map | None:
 def _routes(model: NginxModel | None) -> dict[str, str | None]:
     """Each route the front nginx's ``$synfleet_route`` map gives -> the upstream its
     ``$synfleet_upstream`` map sends it to (None if neither an entry nor a default does)."""
-    route_map, upstream_map = _nginx_map(model, "$synfleet_route"), _nginx_map(model, "$synfleet_upstream")
+    route_map, upstream_map = _nginx_map(model, Variable.ROUTE), _nginx_map(model, Variable.UPSTREAM)
     if route_map is None:
         return {}
     upstreams = {entry.match: entry.value for entry in upstream_map.entries} if upstream_map else {}

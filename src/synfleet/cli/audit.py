@@ -12,7 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from synfleet.audit import audit
-from synfleet.audit.findings import ERROR
+from synfleet.audit.findings import ERROR, AuditReport, Finding
 from synfleet.audit.synapse_config import read_synapse_config
 from synfleet.model.load import load_spec
 from synfleet.nginx.binary.command import version_text
@@ -45,62 +45,74 @@ def audit_command(
 
     Exits 0 without findings, 1 with findings, 2 when the config cannot be read.
     """
-    synapse = read_synapse_config(synapse_files) if synapse_files else None
-    if fleet_dir:
-        spec = load_spec(fleet_dir)
-        report = audit(
-            config,
-            spec.fleet,
-            confirm=not no_confirm,
-            max_upload_bytes=spec.media.max_upload_bytes,
-            socket_dir=RunPaths(fleet_dir).sockets,
-            synapse=synapse,
-        )
-    else:
-        report = audit(config, confirm=not no_confirm, synapse=synapse)
+    report = _audit(config, fleet_dir, synapse_files, confirm=not no_confirm)
     if as_json:
-        click.echo(
-            json.dumps(
-                {
-                    "findings": [f.as_json() for f in report.findings],
-                    "requests": report.requests,
-                    "confirmed_by_nginx": report.confirmed,
-                    "not_asked_by_nginx": report.not_asked,
-                    "assumptions": report.assumptions,
-                },
-                indent=2,
-            )
-        )
+        _print_json(report)
     else:
-        console = Console(highlight=False)
-        for assumption in report.assumptions:
-            console.print(f"[dim]assumed: {escape(assumption)}[/dim]")
-        if report.findings:
-            table = Table(show_lines=True)
-            for column in ("severity", "finding", "what", "fix"):
-                table.add_column(column)
-            for finding in report.findings:
-                example = (
-                    f"\n[dim]{escape(finding.method or '')} {escape(finding.url or '')} -> "
-                    f"{escape(finding.got or '')}[/dim]"
-                    if finding.url
-                    else ""
-                )
-                where = f"\n[dim]{escape(finding.where)}[/dim]" if finding.where and not finding.url else ""
-                severity = "[red]error[/red]" if finding.severity == ERROR else "[yellow]warning[/yellow]"
-                count = f" (x{finding.count})" if finding.count > 1 else ""
-                table.add_row(
-                    severity, finding.kind + count, escape(finding.message) + example + where, escape(finding.fix)
-                )
-            console.print(table)
-        errors = sum(f.severity == ERROR for f in report.findings)
-        console.print(
-            f"{len(report.findings)} findings ({errors} errors) in {config}; {report.requests} requests analysed"
-        )
-        if report.confirmed is not None:
-            not_asked = f"; {report.not_asked} not asked (no stub for their proxy target)" if report.not_asked else ""
-            console.print(
-                f"confirmed with nginx {version_text()}: {report.confirmed} of {report.requests} requests answered "
-                f"as analysed{not_asked}"
-            )
+        _print_report(Console(highlight=False), config, report)
     sys.exit(1 if report.findings else 0)
+
+
+def _audit(config: Path, fleet_dir: Path | None, synapse_files: tuple[Path, ...], confirm: bool) -> AuditReport:
+    """Audit with what the deployment says about itself: its Synapse config, and its fleet file
+    (roles, upload size, sockets) when given."""
+    synapse = read_synapse_config(synapse_files) if synapse_files else None
+    if not fleet_dir:
+        return audit(config, confirm=confirm, synapse=synapse)
+    spec = load_spec(fleet_dir)
+    return audit(
+        config,
+        spec.fleet,
+        confirm=confirm,
+        max_upload_bytes=spec.media.max_upload_bytes,
+        socket_dir=RunPaths(fleet_dir).sockets,
+        synapse=synapse,
+    )
+
+
+def _print_json(report: AuditReport) -> None:
+    click.echo(
+        json.dumps(
+            {
+                "findings": [f.as_json() for f in report.findings],
+                "requests": report.requests,
+                "confirmed_by_nginx": report.confirmed,
+                "not_asked_by_nginx": report.not_asked,
+                "assumptions": report.assumptions,
+            },
+            indent=2,
+        )
+    )
+
+
+def _print_report(console: Console, config: Path, report: AuditReport) -> None:
+    for assumption in report.assumptions:
+        console.print(f"[dim]assumed: {escape(assumption)}[/dim]")
+    if report.findings:
+        console.print(_findings_table(report.findings))
+    errors = sum(f.severity == ERROR for f in report.findings)
+    console.print(f"{len(report.findings)} findings ({errors} errors) in {config}; {report.requests} requests analysed")
+    if report.confirmed is not None:
+        not_asked = f"; {report.not_asked} not asked (no stub for their proxy target)" if report.not_asked else ""
+        console.print(
+            f"confirmed with nginx {version_text()}: {report.confirmed} of {report.requests} requests answered "
+            f"as analysed{not_asked}"
+        )
+
+
+def _findings_table(findings: list[Finding]) -> Table:
+    """One row a finding; under its message, an example request (or, without one, where in the config)."""
+    table = Table(show_lines=True)
+    for column in ("severity", "finding", "what", "fix"):
+        table.add_column(column)
+    for finding in findings:
+        example = (
+            f"\n[dim]{escape(finding.method or '')} {escape(finding.url or '')} -> {escape(finding.got or '')}[/dim]"
+            if finding.url
+            else ""
+        )
+        where = f"\n[dim]{escape(finding.where)}[/dim]" if finding.where and not finding.url else ""
+        severity = "[red]error[/red]" if finding.severity == ERROR else "[yellow]warning[/yellow]"
+        count = f" (x{finding.count})" if finding.count > 1 else ""
+        table.add_row(severity, finding.kind + count, escape(finding.message) + example + where, escape(finding.fix))
+    return table

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from synfleet.bench.capacity import Settings, capacity
 from synfleet.bench.compare import bench
 from synfleet.bench.plots import plot, plot_capacity
 from synfleet.bench.startup import StartupSettings, startup_bench
-from synfleet.cli.options import DIR_OPTION
+from synfleet.cli.options import DIR_OPTION, Decorated
 
 
 def _spread(values: dict[str, float]) -> str:
@@ -88,6 +89,22 @@ def _print_comparison(console: Console, results: dict[str, Any]) -> None:
         console.print(f"{name}: median {values['median']} (min {values['min']}, max {values['max']})")
 
 
+def _options_of(
+    flag: str, *options: tuple[str, float | str, click.ParamType[Any] | None, str]
+) -> Callable[[Decorated], Decorated]:
+    """Options only the bench ``flag`` chooses reads, each (name, default, type, help), listed in
+    this order; each help starts with ``flag``."""
+
+    def decorate(function: Decorated) -> Decorated:
+        for name, default, kind, text in reversed(options):
+            function = click.option(name, default=default, show_default=True, type=kind, help=f"{flag}: {text}")(
+                function
+            )
+        return function
+
+    return decorate
+
+
 @click.command("bench")
 @DIR_OPTION
 @click.option(
@@ -109,60 +126,23 @@ def _print_comparison(console: Console, results: dict[str, Any]) -> None:
     help="Compare synapse.start = fork and exec: time to healthy and memory (PSS) of each profile, "
     "--repeat starts each, then CPU per message and memory after --load-minutes of load.",
 )
-@click.option(
-    "--profiles",
-    default="small,seed",
-    show_default=True,
-    help="--start-up: the profiles to start, comma-separated.",
-)
-@click.option(
-    "--load-minutes",
-    default=10.0,
-    show_default=True,
-    type=click.FloatRange(0, 600),
-    help="--start-up: minutes of load per profile and start (0: none).",
-)
-@click.option(
-    "--rate",
-    default=8.0,
-    show_default=True,
-    type=click.FloatRange(0.1, 100000),
-    help="--start-up: offered msgs/s during the load.",
+@_options_of(
+    "--start-up",
+    ("--profiles", "small,seed", None, "the profiles to start, comma-separated."),
+    ("--load-minutes", 10.0, click.FloatRange(0, 600), "minutes of load per profile and start (0: none)."),
+    ("--rate", 8.0, click.FloatRange(0.1, 100000), "offered msgs/s during the load."),
 )
 @click.option("--users", default=None, type=click.IntRange(2, 1000), help="[default: 20; 40 with --capacity]")
 @click.option("--rooms", default=None, type=click.IntRange(1, 1000), help="[default: 20; 40 with --capacity]")
 @click.option("--duration", default=60.0, show_default=True, type=click.FloatRange(1, 3600), help="Seconds of load.")
 @click.option("--warmup", default=10.0, show_default=True, type=click.FloatRange(0, 600))
-@click.option(
-    "--start-rate",
-    default=10.0,
-    show_default=True,
-    type=click.FloatRange(0.1, 100000),
-    help="--capacity: first offered msgs/s.",
-)
-@click.option(
-    "--factor",
-    default=1.5,
-    show_default=True,
-    type=click.FloatRange(1.05, 10),
-    help="--capacity: rate growth per step.",
-)
-@click.option(
-    "--step-seconds",
-    default=20.0,
-    show_default=True,
-    type=click.FloatRange(1, 3600),
-    help="--capacity: seconds per step.",
-)
-@click.option(
-    "--refine",
-    default=2,
-    show_default=True,
-    type=click.IntRange(0, 6),
-    help="--capacity: steps after the first failure, each halving the gap to the last pass.",
-)
-@click.option(
-    "--max-steps", default=12, show_default=True, type=click.IntRange(1, 100), help="--capacity: steps at most."
+@_options_of(
+    "--capacity",
+    ("--start-rate", 10.0, click.FloatRange(0.1, 100000), "first offered msgs/s."),
+    ("--factor", 1.5, click.FloatRange(1.05, 10), "rate growth per step."),
+    ("--step-seconds", 20.0, click.FloatRange(1, 3600), "seconds per step."),
+    ("--refine", 2, click.IntRange(0, 6), "steps after the first failure, each halving the gap to the last pass."),
+    ("--max-steps", 12, click.IntRange(1, 100), "steps at most."),
 )
 @click.option("--repeat", default=3, show_default=True, type=click.IntRange(1, 20), help="Alternating repetitions.")
 @click.option("--out", type=click.Path(path_type=Path, dir_okay=False), help="Write the results as JSON.")
@@ -199,14 +179,7 @@ def bench_command(
     default_modes = "monolith,fleet" if find_capacity else "monolith,fleet,fleet-roundrobin"
     modes = [m.strip() for m in (compare or default_modes).split(",") if m.strip()]
     if start_up:
-        startup = StartupSettings(
-            profiles=tuple(p.strip() for p in profiles.split(",") if p.strip()),
-            runs=repeat,
-            load_seconds=load_minutes * 60,
-            rate=rate,
-            users=users or 40,
-            rooms=rooms or 40,
-        )
+        startup = _startup_settings(profiles, repeat, load_minutes, rate, users, rooms)
         results = startup_bench(directory, startup, console.print)
         _print_startup(console, results)
     elif find_capacity:
@@ -225,9 +198,33 @@ def bench_command(
     else:
         results = bench(directory, modes, users or 20, rooms or 20, duration, warmup, repeat, console.print)
         _print_comparison(console, results)
+    _write_results(console, results, out, png, plot_capacity if find_capacity else plot)
+
+
+def _startup_settings(
+    profiles: str, repeat: int, load_minutes: float, rate: float, users: int | None, rooms: int | None
+) -> StartupSettings:
+    return StartupSettings(
+        profiles=tuple(p.strip() for p in profiles.split(",") if p.strip()),
+        runs=repeat,
+        load_seconds=load_minutes * 60,
+        rate=rate,
+        users=users or 40,
+        rooms=rooms or 40,
+    )
+
+
+def _write_results(
+    console: Console,
+    results: dict[str, Any],
+    out: Path | None,
+    png: Path | None,
+    draw: Callable[[dict[str, Any], Path], None],
+) -> None:
+    """Write the results as JSON to ``out`` and draw them with ``draw`` into ``png``, where given."""
     if out:
         out.write_text(json.dumps(results, indent=2) + "\n")
         console.print(f"wrote {out}")
     if png:
-        (plot_capacity if find_capacity else plot)(results, png)
+        draw(results, png)
         console.print(f"wrote {png}")

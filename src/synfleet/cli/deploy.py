@@ -12,7 +12,7 @@ from rich.markup import escape
 
 from synfleet.bench.sizing import size_fleet
 from synfleet.check.deployment import check_deployment
-from synfleet.cli.options import DIR_OPTION, make_directory
+from synfleet.cli.options import DIR_OPTION, make_directory, target_option
 from synfleet.errors import FleetError, UsageError
 from synfleet.layout import SECRETS_DIR
 from synfleet.model.load import FLEET_FILE, load_spec
@@ -77,13 +77,12 @@ def init_command(
 
 @click.command("render")
 @DIR_OPTION
-@click.option(
-    "--target",
-    type=click.Choice(["compose", "kubernetes"]),
-    default="compose",
-    show_default=True,
-    help="compose: DIR/deploy for docker compose; kubernetes: manifests in DIR/deploy/kubernetes "
-    "(for kubectl apply -k), with an external PostgreSQL and Redis (database.host, redis.host).",
+@target_option(
+    {
+        "compose": "DIR/deploy for docker compose",
+        "kubernetes": "manifests in DIR/deploy/kubernetes (for kubectl apply -k), with an external PostgreSQL "
+        "and Redis (database.host, redis.host).",
+    }
 )
 @click.option(
     "--trial-services",

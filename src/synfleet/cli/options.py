@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 
 from synfleet.errors import UsageError
+
+Decorated = TypeVar("Decorated", bound=Callable[..., Any])
 
 
 def _directory(context: click.Context, parameter: click.Parameter, value: Path) -> Path:
@@ -32,6 +36,18 @@ HOST_OPTION = click.option(
     metavar="NAME",
     help="In a fleet on several hosts ([hosts] in fleet.toml): the host whose share runs here.",
 )
+
+
+def target_option(targets: dict[str, str]) -> Callable[[Decorated], Decorated]:
+    """``--target``, one of ``targets`` (name: what it is), the first by default; the help
+    describes each."""
+    return click.option(
+        "--target",
+        type=click.Choice(list(targets)),
+        default=next(iter(targets)),
+        show_default=True,
+        help="; ".join(f"{name}: {text}" for name, text in targets.items()),
+    )
 
 
 def make_directory(directory: Path) -> None:

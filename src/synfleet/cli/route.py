@@ -11,7 +11,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from synfleet.cli.options import DIR_OPTION
+from synfleet.cli.options import DIR_OPTION, target_option
 from synfleet.errors import BadRequest, UsageError
 from synfleet.model.fleet import Role
 from synfleet.model.load import load_spec
@@ -23,13 +23,11 @@ from synfleet.routing.evaluate import Decision, evaluate
 from synfleet.routing.plan import GROWABLE, RoutingPlan, upstream_name
 from synfleet.run.paths import RunPaths, deployed_plan
 
-TARGET_OPTION = click.option(
-    "--target",
-    type=click.Choice(["deployed", "kubernetes"]),
-    default="deployed",
-    show_default=True,
-    help="deployed: the native run if `synfleet up` ran in DIR, else compose; kubernetes: the "
-    "manifests of `render --target kubernetes` (workers at their Services).",
+TARGET_OPTION = target_option(
+    {
+        "deployed": "the native run if `synfleet up` ran in DIR, else compose",
+        "kubernetes": "the manifests of `render --target kubernetes` (workers at their Services).",
+    }
 )
 
 

@@ -395,11 +395,17 @@ class NginxModel:
             outcome.status = 500
         if outcome.status is not None:
             return outcome
-        location = outcome.location
         outcome.uri, outcome.args = variables.get("uri"), variables.get("args")
-        if not ignore_access and not self.access_allowed(location, client):
+        if not ignore_access and not self.access_allowed(outcome.location, client):
             outcome.status = 403
             return outcome
+        return self._proxy(outcome, method, variables, client)
+
+    def _proxy(self, outcome: Outcome, method: str, variables: Variables, client: str) -> Outcome:
+        """The proxy phase for the location found: where its ``proxy_pass`` sends the request (the
+        upstream, the balancing key and the worker) and how (HTTP version, Connection header); 404
+        or 405 without a ``proxy_pass``."""
+        location = outcome.location
         proxy = _find(location.block, "proxy_pass") if location else []
         if not proxy:
             outcome.status = 404 if method in ("GET", "HEAD") else 405
