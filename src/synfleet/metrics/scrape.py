@@ -38,14 +38,20 @@ def parse(text: str) -> Scrape:
     return Scrape(samples)
 
 
-def scrape(host: str, port: int, timeout: float = 5.0) -> Scrape | None:
-    """One scrape of a Synapse process's metrics listener; None when it does not answer."""
+def _get(host: str, port: int, path: str, timeout: float) -> str | None:
+    """The text of a GET of ``path``; None when the listener does not answer, or not with 2xx."""
     try:
-        response = httpx.get(f"http://{host}:{port}{METRICS_PATH}", timeout=timeout)
+        response = httpx.get(f"http://{host}:{port}{path}", timeout=timeout)
         response.raise_for_status()
     except httpx.HTTPError:
         return None
-    return parse(response.text)
+    return response.text
+
+
+def scrape(host: str, port: int, timeout: float = 5.0) -> Scrape | None:
+    """One scrape of a Synapse process's metrics listener; None when it does not answer."""
+    text = _get(host, port, METRICS_PATH, timeout)
+    return None if text is None else parse(text)
 
 
 @dataclass(frozen=True)
@@ -60,10 +66,6 @@ _STATUS = re.compile(r"Active connections:\s*(\d+).*?\n\s*\d+\s+\d+\s+(\d+)", re
 
 
 def nginx_status(host: str, port: int, timeout: float = 5.0) -> NginxStatus | None:
-    try:
-        response = httpx.get(f"http://{host}:{port}{NGINX_STATUS_PATH}", timeout=timeout)
-        response.raise_for_status()
-    except httpx.HTTPError:
-        return None
-    match = _STATUS.search(response.text)
+    text = _get(host, port, NGINX_STATUS_PATH, timeout)
+    match = _STATUS.search(text) if text is not None else None
     return NginxStatus(int(match[1]), int(match[2])) if match else None
