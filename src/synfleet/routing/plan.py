@@ -23,6 +23,7 @@ from synfleet.routing.table import DEFAULT_RULE, ROUTES, Key, Rule, Target
 #: by about +-6%. Equal weights keep shares equal; only the evenness improves.
 HASH_WEIGHT = 8
 
+
 class Variable(StrEnum):
     """The nginx variables the rendered config computes (in maps.conf), read by its templates, the
     checks and the access log."""
