@@ -43,7 +43,7 @@ from synfleet.render.services import (
     SYNAPSE_IMAGE_GID,
     SYNAPSE_IMAGE_UID,
     Context,
-    kubernetes_probe,
+    kubernetes_probes,
     nginx,
     postgres,
     redis,
@@ -78,6 +78,12 @@ MEDIA_STORE_SIZE = "50Gi"
 TRIAL_POSTGRES_SIZE = "10Gi"
 #: A StatefulSet's name with "-" and the controller's 10-character revision hash must fit a label.
 MAX_STATEFULSET_NAME = 52
+
+#: The probes of a container that needs no start-up allowance.
+_READY_AND_LIVE: dict[str, Mapping[str, int]] = {
+    "readinessProbe": {"periodSeconds": 5},
+    "livenessProbe": {"periodSeconds": 10, "failureThreshold": 6},
+}
 
 NAME_LABEL = "app.kubernetes.io/name"
 COMPONENT_LABEL = "app.kubernetes.io/component"
@@ -343,9 +349,12 @@ class KubernetesRender:
             ],
             "ports": ports,
             # main's first start migrates the database schema: a few minutes before /health answers.
-            "startupProbe": kubernetes_probe(health, periodSeconds=5, failureThreshold=120),
-            "readinessProbe": kubernetes_probe(health, periodSeconds=5, failureThreshold=2),
-            "livenessProbe": kubernetes_probe(health, periodSeconds=10, failureThreshold=6),
+            **kubernetes_probes(
+                health,
+                startupProbe={"periodSeconds": 5, "failureThreshold": 120},
+                readinessProbe={"periodSeconds": 5, "failureThreshold": 2},
+                livenessProbe={"periodSeconds": 10, "failureThreshold": 6},
+            ),
             "resources": _resources(self.spec, group.resource_group),
             "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
             "volumeMounts": [
@@ -442,8 +451,7 @@ class KubernetesRender:
             "name": "nginx",
             "image": self.spec.images.nginx,
             "ports": ports,
-            "readinessProbe": kubernetes_probe(health, periodSeconds=5),
-            "livenessProbe": kubernetes_probe(health, periodSeconds=10, failureThreshold=6),
+            **kubernetes_probes(health, **_READY_AND_LIVE),
             "resources": _resources(self.spec, Service.NGINX.value),
             "volumeMounts": mounts,
         }
@@ -502,8 +510,7 @@ class KubernetesRender:
             "args": list(start.command),
             **environment,
             "ports": [_port(service.value, port)],
-            "readinessProbe": kubernetes_probe(start.health, periodSeconds=5),
-            "livenessProbe": kubernetes_probe(start.health, periodSeconds=10, failureThreshold=6),
+            **kubernetes_probes(start.health, **_READY_AND_LIVE),
             "resources": _resources(self.spec, service.value),
             **extra,
         }

@@ -13,11 +13,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from functools import cache
 from typing import Any
 
 from synfleet.layout import COMPOSE, COMPOSE_HTTP_PORT, COMPOSE_HTTPS_PORT, DEPLOY_POSTGRES_ENV, KUBERNETES, Layout
-from synfleet.model.fleet import Role, Service, Worker
+from synfleet.model.fleet import Role, Service, Worker, host_port
 from synfleet.model.ports import POSTGRES_PORT, REDIS_PORT
 from synfleet.model.schema import FleetSpec
 from synfleet.model.synapse import MAIN_MODULE, WORKER_MODULE
@@ -34,8 +33,12 @@ C_COLLATION = "--encoding=UTF8 --lc-collate=C --lc-ctype=C"
 POSTGRES_IMAGE_DATA = "/var/lib/postgresql/data"
 
 
+#: What a Synapse process (and nginx, in front of main) answers 200 on when it serves.
+HEALTH_PATH = "/health"
+
+
 class HealthKind(StrEnum):
-    HTTP = "http"  # GET /health answers 200 (on a UNIX socket, or on the "http" port of a pod)
+    HTTP = "http"  # GET /health answers 200: on a UNIX socket (no port), an address and port, a pod's "http" port
     POSTGRES = "postgres"  # PostgreSQL accepts a connection (pg_isready)
     REDIS = "redis"  # PING answers PONG (or asks for the password, which shows it serves)
     LISTENER = "listener"  # something listens on an address and port (the process itself, natively)
@@ -43,7 +46,8 @@ class HealthKind(StrEnum):
 
 @dataclass(frozen=True)
 class Health:
-    """How to tell a service is ready: ``target`` is a socket, a socket directory or an address."""
+    """How to tell a service is ready: ``target`` is a socket, a socket directory or an address
+    (none in a pod, whose probes ask the pod itself)."""
 
     kind: HealthKind
     target: str
@@ -235,7 +239,7 @@ def synapse(context: Context, worker: Worker, owner: bool = False) -> Start:
     layout = context.layout
     arguments = synapse_arguments(worker, layout)
     if context.target == KUBERNETES:
-        return Start(worker.name, ("python", "-m", *arguments), Health(HealthKind.HTTP, "/health"))
+        return Start(worker.name, ("python", "-m", *arguments), Health(HealthKind.HTTP, ""))
     socket = layout.inbound_socket(worker.name)
     health = Health(HealthKind.HTTP, socket)
     if context.native is not None:
@@ -280,15 +284,14 @@ def nginx(context: Context, gateway: str = "") -> Start:
     listen = spec.listen
     if context.target == KUBERNETES:
         return Start(Service.NGINX.value, (), Health(HealthKind.LISTENER, "", COMPOSE_HTTP_PORT))
+    # A host that only carries links from other hosts: its first link, on this host's private address.
+    link = Health(HealthKind.LISTENER, context.private, int(gateway.rsplit(":", 1)[1])) if gateway else None
     if context.native is not None:
-        if gateway:
-            health = Health(HealthKind.LISTENER, context.private, int(gateway.rsplit(":", 1)[1]))
-        else:
-            health = Health(HealthKind.LISTENER, listen.bind, listen.http_port)
+        health = link or Health(HealthKind.LISTENER, listen.bind, listen.http_port)
         socket = gateway or f"{listen.bind}:{listen.http_port}"
         return Start(Service.NGINX.value, context.native.nginx_command, health, socket, stop_signal="QUIT")
-    if gateway:
-        return Start(Service.NGINX.value, (), Health(HealthKind.LISTENER, gateway))
+    if link:
+        return Start(Service.NGINX.value, (), link)
     scheme_port = COMPOSE_HTTPS_PORT if spec.tls.enabled else COMPOSE_HTTP_PORT
     if not context.host:
         return Start(Service.NGINX.value, (), Health(HealthKind.HTTP, "127.0.0.1", scheme_port))
@@ -310,12 +313,12 @@ def compose_test(health: Health, tls: bool = False) -> list[str]:
     """A compose healthcheck's ``test``, with the tools each image has (the slim nginx image has
     wget, not curl)."""
     match health.kind:
-        case HealthKind.HTTP if health.target.startswith("/"):
-            return ["CMD", "curl", "-fsS", "--unix-socket", health.target, "http://localhost/health"]
+        case HealthKind.HTTP if not health.port:
+            return ["CMD", "curl", "-fsS", "--unix-socket", health.target, f"http://localhost{HEALTH_PATH}"]
         case HealthKind.HTTP:
             scheme = "https" if tls else "http"
             insecure = ["--no-check-certificate"] if tls else []
-            url = f"{scheme}://{health.target}:{health.port}/health"
+            url = f"{scheme}://{health.target}:{health.port}{HEALTH_PATH}"
             return ["CMD", "wget", "-q", "-O", "/dev/null", *insecure, url]
         case HealthKind.POSTGRES:
             return ["CMD", *_pg_isready(health)]
@@ -325,26 +328,31 @@ def compose_test(health: Health, tls: bool = False) -> list[str]:
             return ["CMD", "redis-cli", "-s", health.target, "ping"]
         case HealthKind.LISTENER:
             # Any answer of a link (which refuses this host's own requests) shows that nginx serves.
-            return ["CMD-SHELL", f"wget -S -O /dev/null http://{health.target}/ 2>&1 | grep -q 'HTTP/1.1 '"]
+            url = f"http://{host_port(health.target, health.port)}/"
+            return ["CMD-SHELL", f"wget -S -O /dev/null {url} 2>&1 | grep -q 'HTTP/1.1 '"]
 
 
-@cache
 def _pg_isready(health: Health) -> list[str]:
-    """PostgreSQL's own readiness check (one list per check: a pod's probes share it)."""
+    """PostgreSQL's own readiness check."""
     return ["pg_isready", "-h", health.target, "-U", health.user, "-d", health.database]
 
 
-def kubernetes_probe(health: Health, **timing: int) -> dict[str, Any]:
-    """A pod's probe: GET of a path on the "http" port, a TCP connection to a port, or a command."""
-    action: dict[str, Any]
-    match health.kind:
-        case HealthKind.HTTP:
-            action = {"httpGet": {"path": health.target, "port": "http"}}
-        case HealthKind.POSTGRES:
-            action = {"exec": {"command": _pg_isready(health)}}
-        case _:
-            action = {"tcpSocket": {"port": health.port}}
-    return {**action, "timeoutSeconds": 5, **timing}
+def kubernetes_probes(health: Health, **probes: Mapping[str, int]) -> dict[str, dict[str, Any]]:
+    """A pod's probes, by name (``readinessProbe=...``) with their timing: GET /health on the "http"
+    port, a TCP connection to a port, or a command (one list, which the probes share)."""
+    command = _pg_isready(health) if health.kind is HealthKind.POSTGRES else []
+    found = {}
+    for name, timing in probes.items():
+        action: dict[str, Any]
+        match health.kind:
+            case HealthKind.HTTP:
+                action = {"httpGet": {"path": HEALTH_PATH, "port": "http"}}
+            case HealthKind.POSTGRES:
+                action = {"exec": {"command": command}}
+            case _:
+                action = {"tcpSocket": {"port": health.port}}
+        found[name] = {**action, "timeoutSeconds": 5, **timing}
+    return found
 
 
 def service_table(context: Context, front: bool, gateway: str = "") -> dict[str, Start]:

@@ -6,7 +6,7 @@ import socket
 
 import httpx
 
-from synfleet.render.services import Health, HealthKind
+from synfleet.render.services import HEALTH_PATH, Health, HealthKind
 from synfleet.run.ownership import holds_listener
 
 
@@ -14,7 +14,7 @@ def synapse_health(socket_path: str, timeout: float = 2.0) -> bool:
     """GET /health over the process's UNIX socket answers 200."""
     try:
         with httpx.Client(transport=httpx.HTTPTransport(uds=socket_path), timeout=timeout) as client:
-            return client.get("http://localhost/health").status_code == 200
+            return client.get(f"http://localhost{HEALTH_PATH}").status_code == 200
     except httpx.HTTPError:
         return False
 
