@@ -21,13 +21,14 @@ import yaml
 
 from conftest import synfleet
 from synfleet.lab import CertificateAuthority
+from synfleet.layout import POD_INBOUND_PORT, POD_REPLICATION_PORT
 from synfleet.model.fleet import Role
 from synfleet.model.profiles import profile_spec
 from synfleet.model.schema import FleetSpec, read_fleet
 from synfleet.nginx.config import NginxModel
 from synfleet.nginx.ketama import moved
 from synfleet.render.fleet_file import fleet_toml
-from synfleet.render.kubernetes import INBOUND_PORT, REPLICATION_PORT, namespace_name, routing_plan, worker_services
+from synfleet.render.kubernetes import namespace_name, routing_plan, worker_services
 from synfleet.routing.corpus import room_keys
 from synfleet.routing.evaluate import evaluate
 from synfleet.routing.plan import upstream_name
@@ -148,7 +149,7 @@ def test_each_worker_runs_in_one_pod_named_by_its_ordinal(
         assert statefulset["spec"]["selector"]["matchLabels"].items() <= template["metadata"]["labels"].items()
         for probe in ("readinessProbe", "livenessProbe"):
             assert container[probe]["httpGet"] == {"path": "/health", "port": "http"}
-        assert {"name": "http", "containerPort": INBOUND_PORT, "protocol": "TCP"} in container["ports"]
+        assert {"name": "http", "containerPort": POD_INBOUND_PORT, "protocol": "TCP"} in container["ports"]
         for ordinal in range(statefulset["spec"]["replicas"]):
             pod = f"{name}-{ordinal}"
             # Kubernetes turns "$$" into "$"; the shell does the rest.
@@ -174,15 +175,15 @@ def test_each_worker_runs_in_one_pod_named_by_its_ordinal(
     homeserver = yaml.safe_load((config / "homeserver.yaml").read_text())
     for worker, where in homeserver["instance_map"].items():
         service = services[where["host"]]
-        assert where["port"] == REPLICATION_PORT
+        assert where["port"] == POD_REPLICATION_PORT
         assert pods[service["spec"]["selector"]["statefulset.kubernetes.io/pod-name"]] == worker
-        assert REPLICATION_PORT in [p["port"] for p in service["spec"]["ports"]]
+        assert POD_REPLICATION_PORT in [p["port"] for p in service["spec"]["ports"]]
     model = nginx_model(docs, tmp_path / "nginx")
     for upstream in model.upstreams.values():
         for server in upstream.servers:
             host, _, port = server.rpartition(":")
             pod = services[host]["spec"]["selector"]["statefulset.kubernetes.io/pod-name"]
-            assert port == str(INBOUND_PORT) and pod == host, server
+            assert port == str(POD_INBOUND_PORT) and pod == host, server
 
     # The database password is in the Secret, never in a ConfigMap.
     secrets = of_kind(docs, "Secret")["synfleet-secrets"]["data"]
@@ -203,11 +204,14 @@ def test_synapse_talks_tcp_to_external_services(rendered: dict[str, tuple[FleetS
     assert homeserver["database"]["args"]["host"] == "postgres.db.svc.cluster.local"
     assert homeserver["redis"] == {"enabled": True, "host": "redis.db.svc.cluster.local", "port": 6379, "dbid": 0}
     assert homeserver["worker_replication_secret_path"] == "/secrets/worker_replication_secret"
-    assert homeserver["instance_map"]["persister2"] == {"host": "synapse-writer-persister2-0", "port": REPLICATION_PORT}
+    assert homeserver["instance_map"]["persister2"] == {
+        "host": "synapse-writer-persister2-0",
+        "port": POD_REPLICATION_PORT,
+    }
     rooms2 = yaml.safe_load((config / "workers" / "rooms2.yaml").read_text())
     inbound, *rest = rooms2["worker_listeners"]
     assert inbound == {
-        "port": INBOUND_PORT,
+        "port": POD_INBOUND_PORT,
         "bind_addresses": ["0.0.0.0"],
         "type": "http",
         "x_forwarded": True,
@@ -215,7 +219,7 @@ def test_synapse_talks_tcp_to_external_services(rendered: dict[str, tuple[FleetS
     }
     assert [listener["type"] for listener in rest] == ["metrics"]
     typing = yaml.safe_load((config / "workers" / "typing1.yaml").read_text())
-    assert typing["worker_listeners"][1]["port"] == REPLICATION_PORT
+    assert typing["worker_listeners"][1]["port"] == POD_REPLICATION_PORT
     statefulsets = of_kind(docs, "StatefulSet")
     rooms = statefulsets["synapse-rooms"]
     assert rooms["spec"]["replicas"] == 3
@@ -234,11 +238,11 @@ def test_synapse_talks_tcp_to_external_services(rendered: dict[str, tuple[FleetS
     assert policies["synapse-http-from-nginx"]["ingress"] == [
         {
             "from": [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "nginx"}}}],
-            "ports": [{"protocol": "TCP", "port": INBOUND_PORT}],
+            "ports": [{"protocol": "TCP", "port": POD_INBOUND_PORT}],
         }
     ]
     assert policies["synapse-replication-from-synapse"]["ingress"][0]["ports"] == [
-        {"protocol": "TCP", "port": REPLICATION_PORT}
+        {"protocol": "TCP", "port": POD_REPLICATION_PORT}
     ]
 
 
@@ -366,7 +370,7 @@ def test_a_pod_restart_moves_no_room(tmp_path: Path) -> None:
     for key in keys[:500]:
         decision = evaluate(routing_plan(spec.fleet), "GET", f"/_matrix/client/v3/rooms/!{key}/messages")
         assert decision.upstream == ROOMS and decision.worker is not None
-        assert owners[key] == f"{services[decision.worker]}:{INBOUND_PORT}"
+        assert owners[key] == f"{services[decision.worker]}:{POD_INBOUND_PORT}"
 
 
 def test_adding_a_room_worker_moves_about_a_third_of_rooms_from_two(tmp_path: Path) -> None:
@@ -457,7 +461,7 @@ def test_route_and_ring_evaluate_the_kubernetes_upstreams(tmp_path: Path) -> Non
         result = synfleet("route", "--dir", str(tmp_path), "--target", "kubernetes", "--json", "GET", url)
         assert result.returncode == 0, result.stderr
         worker = json.loads(result.stdout)["worker"]
-        assert rooms.worker_for(key) == f"{services[worker]}:{INBOUND_PORT}"
+        assert rooms.worker_for(key) == f"{services[worker]}:{POD_INBOUND_PORT}"
     ring = synfleet("ring", "--dir", str(tmp_path), "--target", "kubernetes", "--keys", "20000")
     assert ring.returncode == 0, ring.stderr
     share = re.search(r"growing 2 -> 3 moves (\d+) of 20000 keys", ring.stdout)

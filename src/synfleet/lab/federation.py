@@ -37,7 +37,6 @@ from synfleet.run.paths import RunPaths
 from synfleet.run.register import register_user
 from synfleet.run.supervisor import Supervisor
 
-HTTPS_PORT = FEDERATION_PORT
 #: Worker counts of each server, over the small profile.
 SHAPES: dict[str, dict[str, int]] = {"a": {"federation_reader": 2, "senders": 2}, "b": {"federation_reader": 1}}
 T = TypeVar("T")
@@ -58,7 +57,7 @@ class Server:
     @property
     def url(self) -> str:
         """By address: programs of this process resolve names outside the lab; the chain is checked."""
-        return f"https://{self.host.address}:{HTTPS_PORT}"
+        return f"https://{self.host.address}:{FEDERATION_PORT}"
 
     def synfleet(self, *args: str, timeout: float = 600) -> str:
         done = self.host.run(
@@ -87,7 +86,7 @@ class Server:
 def server_spec(host: Host, lab: Lab, ca: CertificateAuthority, root: Path, workers: dict[str, int]) -> FleetSpec:
     certificate, key = ca.issue([host.fqdn], root / f"tls-{host.name}")
     data = profile_spec(host.fqdn, "small").model_dump(mode="json")
-    data["listen"].update(bind=host.address, http_port=CLIENT_PORT, https_port=HTTPS_PORT)
+    data["listen"].update(bind=host.address, http_port=CLIENT_PORT, https_port=FEDERATION_PORT)
     data["tls"].update(enabled=True, certificate=str(certificate), key=str(key))
     data["federation"].update(
         trusted_ca=str(ca.certificate_path), ip_range_whitelist=[str(lab.subnet)], trusted_key_servers=[]

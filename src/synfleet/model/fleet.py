@@ -179,10 +179,6 @@ class Fleet:
         """Every host's private address, in the fleet file's order."""
         return tuple(host.address for host in self.hosts)
 
-    def runs(self, service: Service) -> bool:
-        """The fleet runs ``service`` itself (PostgreSQL and Redis may be external)."""
-        return any(s.service is service for s in self.services)
-
     def process(self, name: str) -> Worker | ServiceProcess:
         """A Synapse process or one of the fleet's own services, by name."""
         if name in self._by_name:

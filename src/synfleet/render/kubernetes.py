@@ -54,9 +54,6 @@ from synfleet.routing.plan import RoutingPlan
 
 #: Where ``synfleet render --target kubernetes`` writes, relative to ``D/deploy``.
 KUBERNETES_DIR = "kubernetes"
-#: Every Synapse process's inbound HTTP (nginx, /health) and replication ports in its pod.
-INBOUND_PORT = POD_INBOUND_PORT
-REPLICATION_PORT = POD_REPLICATION_PORT
 #: The port of nginx's Service (plain HTTP; 443 too with TLS).
 NGINX_SERVICE_PORT = 80
 NGINX_TLS_SERVICE_PORT = 443
@@ -153,7 +150,7 @@ def worker_services(fleet: Fleet) -> dict[str, str]:
 
 def routing_plan(fleet: Fleet) -> RoutingPlan:
     """nginx's plan: every worker at ``<its Service>:<inbound port>``, a text no pod restart changes."""
-    remote = {name: f"{service}:{INBOUND_PORT}" for name, service in worker_services(fleet).items()}
+    remote = {name: f"{service}:{POD_INBOUND_PORT}" for name, service in worker_services(fleet).items()}
     return RoutingPlan(fleet, socket_dir="", remote=remote)
 
 
@@ -335,9 +332,9 @@ class KubernetesRender:
         """The one container of a group's pods: its command, the database password from the
         Secret, its ports, probes on /health, limits, and the config, secrets and data mounts."""
         layout = self.layout
-        ports = [_port("http", INBOUND_PORT)]
+        ports = [_port("http", POD_INBOUND_PORT)]
         if any(w.in_instance_map for w in group.workers):
-            ports.append(_port("replication", REPLICATION_PORT))
+            ports.append(_port("replication", POD_REPLICATION_PORT))
         health = synapse(self.context, group.workers[0]).health
         return {
             "name": "synapse",
@@ -407,9 +404,9 @@ class KubernetesRender:
         for pod, worker in group.pods:
             ports = []
             if worker.name in routed:
-                ports.append(_service_port("http", INBOUND_PORT))
+                ports.append(_service_port("http", POD_INBOUND_PORT))
             if worker.in_instance_map:
-                ports.append(_service_port("replication", REPLICATION_PORT))
+                ports.append(_service_port("replication", POD_REPLICATION_PORT))
             if not ports:
                 continue
             labels = {**group.labels, WORKER_LABEL: worker.name}
@@ -630,8 +627,8 @@ class KubernetesRender:
             files[f"{group.name}.yaml"] = objects + self.pod_services(group)
         files["nginx.yaml"] = self.nginx(_checksum(nginx_files))
         files["network-policies.yaml"] = [
-            _policy("synapse-http-from-nginx", synapse_labels, {NAME_LABEL: "nginx"}, INBOUND_PORT),
-            _policy("synapse-replication-from-synapse", synapse_labels, synapse_labels, REPLICATION_PORT),
+            _policy("synapse-http-from-nginx", synapse_labels, {NAME_LABEL: "nginx"}, POD_INBOUND_PORT),
+            _policy("synapse-replication-from-synapse", synapse_labels, synapse_labels, POD_REPLICATION_PORT),
         ]
         if self.trial_services:
             files["trial-postgres.yaml"] = self.trial_postgres()

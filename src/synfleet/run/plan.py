@@ -79,11 +79,11 @@ def plan_for(paths: RunPaths, spec: FleetSpec) -> Plan:
         raise SynfleetError(
             "Synapse is not installed in this Python: pip install 'synfleet[synapse]' (or run scripts/setup.sh)"
         )
-    here = set(spec.fleet.processes_on(paths.host)) if paths.host else set(Service)
+    here = spec.fleet.processes_on(paths.host)  # every process on one host
     names = ["nginx"]
-    if spec.database.local and Service.POSTGRES in here:
+    if Service.POSTGRES in here:
         names += ["postgres", "initdb"]
-    if spec.redis.local and Service.REDIS in here:
+    if Service.REDIS in here:
         names.append("redis-server")
     binaries = {name: require_binary(name) for name in names}
     if as_root():
