@@ -34,6 +34,7 @@ from synfleet.layout import (
 from synfleet.model.fleet import Role
 from synfleet.model.load import load_spec
 from synfleet.model.pem import check_files
+from synfleet.model.synapse import Resource
 from synfleet.nginx.binary.command import test_config, world_readable_tempdir
 from synfleet.nginx.config import NginxModel, socket_gateways
 from synfleet.nginx.upstream import Upstream
@@ -121,12 +122,12 @@ def synapse_load(config_dir: Path, mapping: Mapping[str, str], scratch: Path) ->
 def resources_needed(rule: Rule) -> set[str]:
     """The Synapse listener resources a rule's requests need."""
     if rule.target is Role.MEDIA:
-        return {"media"}
-    needed = set()
+        return {Resource.MEDIA}
+    needed: set[str] = set()
     if "/_matrix/federation" in rule.path or "/_matrix/key" in rule.path:
-        needed.add("federation")
+        needed.add(Resource.FEDERATION)
     if "/_matrix/client" in rule.path or "/_synapse" in rule.path or not needed:
-        needed.add("client")
+        needed.add(Resource.CLIENT)
     return needed
 
 
@@ -182,7 +183,7 @@ def _served(project: Project, synapse: SynapseConfig) -> dict[tuple[str, str], t
             continue
         media = shared_media if process.enable_media_repo is None else process.enable_media_repo
         for socket, names in process.socket_resources.items():
-            with_media = names | {"media"} if media and names & {"client", "federation"} else names
+            with_media = names | {Resource.MEDIA} if media and names & {Resource.CLIENT, Resource.FEDERATION} else names
             served[(project.host, socket)] = (process.name, with_media)
     return served
 
@@ -212,7 +213,7 @@ def _writer_problems(deployment: Deployment, host: str, config: dict[str, Any]) 
                 yield f"{stream} writer {writer} is not in instance_map"
                 continue
             process, names = deployment.serving(host, location)
-            if process != writer or "replication" not in names:
+            if process != writer or Resource.REPLICATION not in names:
                 yield f"{stream} writer {writer} has no replication listener at {location}"
 
 
