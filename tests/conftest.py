@@ -26,6 +26,12 @@ FLEET_TIMEOUT = 600.0
 Runner = Callable[..., subprocess.CompletedProcess[Any]]
 
 
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """A test marked ``prerequisite(missing)`` skips, or with CI=true fails, when ``missing`` is set."""
+    for mark in item.iter_markers("prerequisite"):
+        helpers.require(mark.args[0])
+
+
 def synfleet(
     *args: str,
     directory: Path | None = None,

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import signal
 import time
 import uuid
@@ -81,10 +80,7 @@ class ComposeFleet:
 
 @pytest.fixture(scope="module")
 def podman() -> Podman:
-    if shutil.which("podman") is None:
-        pytest.skip("podman is not installed (scripts/setup.sh installs it)")
-    if os.geteuid() != 0:
-        pytest.skip("the compose test runs rootful podman: run it as root")
+    helpers.require(helpers.podman_reason())
     return Podman.for_this_machine()
 
 
@@ -95,7 +91,7 @@ def fleet(
     profile = request.param
     images = ensure_images(podman)
     if reason := podman.can_start_containers(images.synapse):
-        pytest.skip(f"podman cannot start a container here: {reason}")
+        helpers.require(f"podman cannot start a container here: {reason}")
     directory = tmp_path_factory.mktemp(f"compose-{profile}")
     port = free_port()
     spec = helpers.profile_with(

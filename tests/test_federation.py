@@ -32,7 +32,7 @@ from synfleet.nginx.binary.command import world_readable_tempdir
 from synfleet.routing.evaluate import evaluate
 from synfleet.run.paths import RunPaths, deployed_plan
 
-pytestmark = [pytest.mark.integration, pytest.mark.skipif(bool(unavailable_reason()), reason=str(unavailable_reason()))]
+pytestmark = [pytest.mark.integration, pytest.mark.prerequisite(unavailable_reason())]
 
 PASSWORD = "federation is the point"
 

@@ -27,7 +27,7 @@ from synfleet.nginx.binary.command import world_readable_tempdir
 from synfleet.system import free_port
 from three_hosts import HOSTS, SHARES, Hosts, conversation_across_hosts, outsider_refused, write_fleet
 
-pytestmark = [pytest.mark.integration, pytest.mark.skipif(bool(unavailable_reason()), reason=str(unavailable_reason()))]
+pytestmark = [pytest.mark.integration, pytest.mark.prerequisite(unavailable_reason())]
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ pg_hba.conf), Redis (the password from the secrets) and nginx's links between ho
 from __future__ import annotations
 
 import os
-import shutil
 import time
 import uuid
 from collections.abc import Iterator
@@ -18,6 +17,7 @@ from dataclasses import dataclass, field
 import psycopg2
 import pytest
 
+import helpers
 from conftest import synfleet
 from flows import PASSWORD
 from synfleet.lab import Lab, LabError, unavailable_reason
@@ -31,7 +31,7 @@ from synfleet.routing.plan import RoutingPlan
 from synfleet.system import free_port
 from three_hosts import HOSTS, SHARES, Hosts, conversation_across_hosts, outsider_refused, write_fleet
 
-pytestmark = [pytest.mark.integration, pytest.mark.skipif(bool(unavailable_reason()), reason=str(unavailable_reason()))]
+pytestmark = [pytest.mark.integration, pytest.mark.prerequisite(unavailable_reason())]
 
 
 @dataclass
@@ -71,14 +71,11 @@ class ComposeHosts(Hosts):
 
 @pytest.fixture(scope="module")
 def hosts() -> Iterator[ComposeHosts]:
-    if shutil.which("podman") is None:
-        pytest.skip("podman is not installed (scripts/setup.sh installs it)")
-    if os.geteuid() != 0:
-        pytest.skip("the compose test runs rootful podman: run it as root")
+    helpers.require(helpers.podman_reason())
     podman = Podman.for_this_machine()
     images = ensure_images(podman)
     if reason := podman.can_start_containers(images.synapse):
-        pytest.skip(f"podman cannot start a container here: {reason}")
+        helpers.require(f"podman cannot start a container here: {reason}")
     with world_readable_tempdir("synfleet-hosts-compose-") as directory, Lab([*HOSTS, "x"]) as lab:
         port = free_port()
         write_fleet(lab, directory, port, images=images.model_dump())

@@ -19,15 +19,17 @@ from typing import Any
 import httpx
 import pytest
 
+import helpers
 from conftest import RunningFleet, fleet_under_test
 from synfleet.model.schema.synapse import REQUEST_BODY_LIMIT, Media
+from synfleet.run.accounts import FLEET_ACCOUNT, lookup
 from synfleet.run.paths import RunPaths
 from synfleet.run.register import register_user
 from synfleet.system import require_binary
 
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root: proves what other local accounts cannot do"),
+    pytest.mark.prerequisite(helpers.root_reason("proves what other local accounts cannot do")),
 ]
 
 NOBODY = 65534
@@ -278,3 +280,81 @@ def test_nothing_but_supervisord_and_nginx_runs_as_root(fleet: SecuredFleet) -> 
     assert {"postgres", "redis-server", "nginx", "supervisord"} <= set(users), users
     rooted = {name for name, uids in users.items() if 0 in uids}
     assert rooted == {"supervisord", "nginx"}, users
+
+
+# -- root never acts through what the fleet's account can change -----------------------------------
+
+
+def _as_fleet_account(*command: str) -> subprocess.CompletedProcess[str]:
+    account = lookup(FLEET_ACCOUNT)
+    assert account is not None
+    return subprocess.run(command, capture_output=True, text=True, check=False, preexec_fn=account.switch, cwd="/")
+
+
+def _bait(directory: Path, name: str) -> Path:
+    """A root-owned 0600 file that a link planted by the fleet's account points to."""
+    path = directory / name
+    path.write_text(f"root's own {name}\n")
+    path.chmod(0o600)
+    return path
+
+
+def _unchanged(baits: list[Path]) -> list[str]:
+    """The baits that no longer are root's 0600 files with their first content."""
+    return [
+        f"{bait}: uid {found.st_uid}, mode {found.st_mode & 0o7777:o}, {bait.read_text()!r}"
+        for bait in baits
+        for found in [bait.stat()]
+        if (found.st_uid, found.st_mode & 0o7777, bait.read_text()) != (0, 0o600, f"root's own {bait.name}\n")
+    ]
+
+
+def test_the_fleets_account_cannot_write_where_root_writes(fleet: SecuredFleet) -> None:
+    paths = RunPaths(fleet.directory)
+    own = paths.log("main")
+    assert own.parent == paths.own_logs and own.stat().st_uid == lookup(FLEET_ACCOUNT).uid  # type: ignore[union-attr]
+    for directory in (paths.run, paths.logs, paths.config, paths.secrets, paths.nginx_dir, paths.nginx_dir / "tmp"):
+        assert directory.stat().st_uid == 0, directory
+        planted = _as_fleet_account("ln", "-s", "/etc/shadow", str(directory / "planted"))
+        assert planted.returncode != 0 and "Permission denied" in planted.stderr, directory
+    # It reads what it needs: its config and secrets, by group.
+    assert _as_fleet_account("cat", str(paths.secrets / "signing.key")).returncode == 0
+    assert _as_fleet_account("cat", str(paths.config / "homeserver.yaml")).returncode == 0
+    # nobody else does.
+    for private in (paths.config, paths.secrets, paths.logs, paths.data):
+        assert private.stat().st_mode & 0o007 == 0, private
+
+
+def test_links_planted_by_the_fleets_account_never_steer_root(fleet: SecuredFleet, tmp_path: Path) -> None:
+    """Links the account plants in its data, media and log directories: backup, down, up and apply,
+    run as root, leave each link's target (a root-owned 0600 file) as it was."""
+    paths = RunPaths(fleet.directory)
+    media = paths.data / "media_store" / "local_content" / "planted"
+    assert _as_fleet_account("mkdir", "-p", str(media)).returncode == 0
+    planted = {
+        paths.data / "planted": _bait(tmp_path, "data"),
+        media / "file": _bait(tmp_path, "media"),
+        paths.own_logs / "future_worker.log": _bait(tmp_path, "future-log"),
+        paths.sockets / "planted.sock": _bait(tmp_path, "socket"),
+    }
+    for link, bait in planted.items():
+        made = _as_fleet_account("ln", "-sfn", str(bait), str(link))
+        assert made.returncode == 0, made.stderr
+    baits = list(planted.values())
+    archive = tmp_path / "fleet.backup"
+    assert fleet.synfleet("backup", "--out", str(archive)).returncode == 0
+    assert _unchanged(baits) == []
+    assert b"root's own" not in archive.read_bytes()  # no link's target went into the backup either
+    assert fleet.synfleet("down").returncode == 0
+    # Stopped, main's own log is the account's to replace, with a link to a root file.
+    main_bait = _bait(tmp_path, "main-log")
+    assert _as_fleet_account("ln", "-sfn", str(main_bait), str(paths.log("main"))).returncode == 0
+    fleet.synfleet("up")  # main cannot log through the link: it may fail, root must not give in
+    assert _unchanged([*baits, main_bait]) == []
+    fleet.synfleet("down")
+    assert _as_fleet_account("rm", str(paths.log("main"))).returncode == 0
+    again = fleet.synfleet("up")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert fleet.synfleet("apply").returncode == 0
+    assert _unchanged([*baits, main_bait]) == []
+    assert fleet.request("GET", "/health")[0] == 200

@@ -19,6 +19,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+import helpers
 from conftest import synfleet
 from synfleet.lab import CertificateAuthority
 from synfleet.layout import POD_INBOUND_PORT, POD_REPLICATION_PORT
@@ -294,7 +295,7 @@ def test_synapse_loads_every_process_config(rendered: dict[str, tuple[FleetSpec,
         timeout=120,
     )
     if "Synapse is not installed" in result.stdout:
-        pytest.skip("Synapse is not installed")
+        helpers.require("Synapse is not installed")
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.count('"ok": true') == len(workers) + 1
 
@@ -317,10 +318,10 @@ def _nginx_t(conf_dir: Path, hosts: Path) -> subprocess.CompletedProcess[str]:
 @pytest.mark.parametrize("case", ["seed", "hosts", "seed-trial"])
 def test_nginx_config_passes_nginx_t(rendered: dict[str, tuple[FleetSpec, Path]], case: str, tmp_path: Path) -> None:
     if shutil.which("nginx") is None or shutil.which("unshare") is None:
-        pytest.skip("needs nginx and unshare")
+        helpers.require("needs nginx and unshare")
     probe = subprocess.run(["unshare", "--mount", "--net", "true"], capture_output=True)
     if probe.returncode != 0:
-        pytest.skip(f"cannot make mount and network namespaces here: {probe.stderr.decode().strip()}")
+        helpers.require(f"cannot make mount and network namespaces here: {probe.stderr.decode().strip()}")
     _, tree = rendered[case]
     docs = documents(tree)
     conf = tmp_path / "conf"

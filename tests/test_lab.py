@@ -20,6 +20,7 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+import helpers
 from synfleet.lab import CertificateAuthority, Lab, LabError, unavailable_reason
 from synfleet.lab import hosts as lab_hosts
 from synfleet.lab import netns as lab_netns
@@ -89,9 +90,7 @@ task.react(lambda reactor: defer.ensureDeferred(main(reactor)))
 
 @pytest.fixture
 def netns_available() -> None:
-    reason = unavailable_reason()
-    if reason:
-        pytest.skip(reason)
+    helpers.require(unavailable_reason())
 
 
 @pytest.fixture
@@ -273,7 +272,7 @@ def test_twisted_srv_lookups_get_nxdomain_at_once(lab: Lab) -> None:
 
 @integration
 def test_synapse_srv_resolver_falls_back_to_the_host_name(lab: Lab) -> None:
-    pytest.importorskip("synapse")
+    helpers.require(helpers.synapse_reason())
     done = lab["a"].run(
         [PYTHON, "-c", SYNAPSE_SRV, "_matrix-fed._tcp.b.fed.test"], capture_output=True, text=True, timeout=60
     )

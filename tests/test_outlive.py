@@ -236,7 +236,7 @@ def test_in_the_foreground_a_dead_supervisor_ends_up_for_the_service_manager(fle
     assert fleet.synfleet("status").returncode == 0
 
 
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd-analyze (package systemd)")
+@pytest.mark.prerequisite(None if shutil.which("systemd-analyze") else "needs systemd-analyze (package systemd)")
 def test_the_service_unit_passes_systemd_analyze(tmp_path: Path) -> None:
     printed = synfleet("service", "install", "--print", "--dir", str(tmp_path))
     assert printed.returncode == 0, printed.stderr
@@ -249,7 +249,7 @@ def test_the_service_unit_passes_systemd_analyze(tmp_path: Path) -> None:
     assert verified.returncode == 0, verified.stdout + verified.stderr
 
 
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd-analyze (package systemd)")
+@pytest.mark.prerequisite(None if shutil.which("systemd-analyze") else "needs systemd-analyze (package systemd)")
 def test_a_hosts_share_gets_a_unit_of_its_own(tmp_path: Path) -> None:
     spec = helpers.profile_with("small").model_dump(mode="json")
     spec["hosts"] = {"a": {"address": "10.1.0.2"}, "b": {"address": "10.1.0.3"}}
@@ -279,7 +279,7 @@ def test_service_install_without_systemd_says_so_and_writes_nothing(tmp_path: Pa
     assert after == before
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: the fleet's accounts exist only then")
+@pytest.mark.prerequisite(helpers.root_reason("the fleet's accounts exist only then"))
 def test_a_deployment_out_of_reach_runs_from_var_lib(tmp_path: Path) -> None:
     hidden = tmp_path / "hidden"
     hidden.mkdir(mode=0o700)

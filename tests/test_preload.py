@@ -19,7 +19,7 @@ from synfleet.render.fleet_file import fleet_toml
 from synfleet.run.preload import UNSAFE_EXIT, Preloaded, installed_version
 from synfleet.system import free_port
 
-pytest.importorskip("synapse", reason="Synapse is not installed (pip install 'synfleet[synapse]')")
+pytestmark = pytest.mark.prerequisite(helpers.synapse_reason())
 
 #: Runs in its own Python: preloads, forks three children that each become "a process", and
 #: has each report what it holds; they stay until a line arrives on stdin.

@@ -31,6 +31,10 @@ LOG_CONFIG_DIR = "log"
 SECRETS_DIR = "secrets"
 #: The Prometheus scrape config and Grafana dashboard (``D/deploy/metrics``, ``D/run/metrics``).
 METRICS_DIR = "metrics"
+#: The native run's logs: supervisord's and nginx's (written by root when run as root), and in it
+#: the directory where the fleet's own processes (Synapse, PostgreSQL, Redis) write theirs.
+RUN_LOGS = "logs"
+FLEET_LOGS = "fleet"
 #: The start of every inbound socket's name (and of every nginx upstream's).
 INBOUND_PREFIX = "synapse_inbound_"
 
@@ -155,6 +159,11 @@ COMPOSE_HTTP_PORT = CLIENT_PORT
 COMPOSE_HTTPS_PORT = FEDERATION_PORT
 #: Where the nginx container reads its configuration.
 COMPOSE_NGINX_CONFIG_DIR = "/etc/nginx"
+#: Where a Synapse container finds the rendered Synapse config and the secrets as they are on the
+#: host: mounted read-only, and readable by their owner only. Its entrypoint, as root, copies them
+#: into the container's memory at the layout's config and secrets directories, for Synapse's account.
+COMPOSE_CONFIG_SOURCE = "/synfleet/config"
+COMPOSE_SECRETS_SOURCE = "/synfleet/secrets"
 #: Where nginx keeps request and response bodies that do not fit in memory: a tmpfs of its container.
 COMPOSE_NGINX_TEMP_DIR = "/var/cache/nginx"
 
@@ -197,6 +206,6 @@ def native_layout(run_dir: str, gateway: bool = False) -> Layout:
         data_dir=f"{run_dir}/data",
         secrets_dir=f"{run_dir}/{SECRETS_DIR}",
         socket_dir=f"{run_dir}/sockets",
-        log_dir=f"{run_dir}/logs",
-        nginx_log_dir=f"{run_dir}/logs",
+        log_dir=f"{run_dir}/{RUN_LOGS}/{FLEET_LOGS}",
+        nginx_log_dir=f"{run_dir}/{RUN_LOGS}",
     )

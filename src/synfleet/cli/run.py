@@ -25,7 +25,7 @@ from synfleet.run.apply import apply, plan_change
 from synfleet.run.backup import backup, restore
 from synfleet.run.fleet import ORPHANED, FleetStatus, ProcessStatus, down, status, up
 from synfleet.run.logs import follow, log_files, tail
-from synfleet.run.paths import RunPaths, main_paths, place_run_directory
+from synfleet.run.paths import RunPaths, main_paths, place_run_directory, unplace_run_directory
 from synfleet.run.plan import check_host, one_host
 from synfleet.run.register import register_user
 from synfleet.run.supervisor import Supervisor
@@ -52,7 +52,12 @@ def up_command(directory: Path, host: str, foreground: bool) -> None:
     if moved := place_run_directory(directory, host):
         console.print(f"  {directory} is out of the fleet's accounts' reach: its run directory is {moved}")
     supervisor = Supervisor(paths) if foreground else None
-    seconds = up(paths, spec, lambda line: console.print("  " + line), supervisor)
+    try:
+        seconds = up(paths, spec, lambda line: console.print("  " + line), supervisor)
+    except UsageError:
+        if moved:  # refused before anything was written: leave nothing behind
+            unplace_run_directory(directory, host, moved)
+        raise
     if supervisor is not None and supervisor.process is not None:
         console.print(f"fleet up in {seconds:.1f}s; supervising in the foreground (pid {supervisor.process.pid})")
         sys.exit(supervisor.process.wait() or 0)

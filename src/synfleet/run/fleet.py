@@ -6,6 +6,7 @@ import errno
 import os
 import signal
 import socket
+import stat
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -16,10 +17,11 @@ from synfleet.errors import SynfleetError, UsageError
 from synfleet.model.fleet import Service
 from synfleet.model.pem import check_files
 from synfleet.model.schema import FleetSpec
-from synfleet.render.files import chown_tree, tree_differs, update_tree
+from synfleet.render.files import tree_differs, update_tree
 from synfleet.render.secrets import Secret, ensure_secrets
-from synfleet.run.accounts import Account, Accounts, as_root, ensure_accounts
+from synfleet.run.accounts import Accounts, as_root, ensure_accounts
 from synfleet.run.backup import load_pending_dump
+from synfleet.run.handover import settle
 from synfleet.run.health import is_healthy
 from synfleet.run.logs import failure_logs
 from synfleet.run.ownership import stop
@@ -53,7 +55,7 @@ def _clear_stale_sockets(paths: RunPaths) -> None:
     if not paths.sockets.exists():
         return
     for path in paths.sockets.iterdir():
-        if not path.is_socket():
+        if not stat.S_ISSOCK(path.lstat().st_mode):  # a link there is the fleet's account's, never followed
             continue
         with socket.socket(socket.AF_UNIX) as probe:
             try:
@@ -65,45 +67,11 @@ def _clear_stale_sockets(paths: RunPaths) -> None:
 
 
 def write_run_files(plan: Plan, secrets: dict[str, str], accounts: Accounts | None) -> bool:
-    """Write the run directory's config files and give each part to whoever needs it; True if any
-    file changed."""
-    paths = plan.paths
-    private = (paths.config, paths.secrets, paths.data)
-    for directory in (paths.run, paths.logs, paths.sockets, paths.nginx_dir / "tmp", *private):
-        directory.mkdir(parents=True, exist_ok=True)
-    changed = update_tree(paths.run, run_files(plan, secrets))
-    paths.run.chmod(0o755)
-    for directory in (*private, paths.sockets):
-        directory.chmod(0o700)
-    paths.logs.chmod(0o750)
-    if accounts is not None:
-        _hand_over(plan, accounts)
-    return changed
-
-
-def _chown_tree(top: Path, account: Account, always: bool) -> None:
-    """Give ``top`` and what it holds to ``account``: always, or when ``top`` is someone else's."""
-    if top.exists() and (always or top.stat().st_uid != account.uid):
-        chown_tree(top, account.uid, account.gid)
-
-
-def _hand_over(plan: Plan, accounts: Accounts) -> None:
-    """Run as root: the fleet's account owns its config, secrets, data and sockets; nginx's workers
-    reach the sockets directory by group (set-group-ID, so sockets made there are in that group);
-    the log directory is shared, sticky, so no account can replace another's log."""
-    paths, fleet = plan.paths, accounts.fleet
-    _chown_tree(paths.config, fleet, always=True)
-    _chown_tree(paths.secrets, fleet, always=True)
-    _chown_tree(paths.data, fleet, always=False)
-    _chown_tree(paths.postgres_data, fleet, always=False)  # created by an earlier account
-    os.chown(paths.sockets, fleet.uid, accounts.nginx.gid)
-    paths.sockets.chmod(0o2750)
-    os.chown(paths.logs, 0, fleet.gid)
-    paths.logs.chmod(0o1770)
-    for process in plan.processes:
-        log = Path(process.log)
-        if process.user and log.parent == paths.logs and log.exists():
-            os.chown(log, fleet.uid, fleet.gid)
+    """Make the run directory's directories, each with its owner and mode (see
+    :mod:`synfleet.run.handover`), and write its files: run as root, those holding secrets are
+    readable by the fleet's group. True if any file changed."""
+    settle(plan.paths, accounts)
+    return update_tree(plan.paths.run, run_files(plan, secrets), group=accounts.fleet.gid if accounts else None)
 
 
 def wait_healthy(

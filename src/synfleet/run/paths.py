@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
+from synfleet.errors import UsageError
 from synfleet.layout import COMPOSE, Layout, native_layout
 from synfleet.model.fleet import Fleet
 from synfleet.model.schema import FleetSpec
@@ -52,7 +53,13 @@ class RunPaths:
 
     @property
     def logs(self) -> Path:
+        """supervisord's and nginx's logs: only root writes here when run as root."""
         return Path(self.layout.nginx_log_dir)
+
+    @property
+    def own_logs(self) -> Path:
+        """The logs the fleet's processes write themselves, in a directory of the fleet's account."""
+        return Path(self.layout.log_dir or self.layout.nginx_log_dir)
 
     @property
     def data(self) -> Path:
@@ -81,6 +88,10 @@ class RunPaths:
     def log(self, process: str) -> Path:
         """A process's own log file (Synapse's logging, PostgreSQL's, Redis's)."""
         return Path(self.layout.log_file(process))
+
+    @property
+    def initdb_log(self) -> Path:
+        return self.logs / "initdb.log"
 
     @property
     def nginx_error_log(self) -> Path:
@@ -119,16 +130,41 @@ def blocked_parent(path: Path) -> Path | None:
 def place_run_directory(directory: Path, host: str = "") -> Path | None:
     """Run as root, the fleet's accounts must reach ``D/run``. When ``D`` is out of their reach
     (a clone under /root, say), the run directory goes to /var/lib/synfleet/runs and ``D/run``
-    links there; everything else stays in ``D``. The new place, when it moves now."""
+    links there; everything else stays in ``D``. The new place, when it moves now. A run directory
+    already there belongs to an earlier fleet at the same path (its PostgreSQL cluster among it):
+    it is never taken over, and never removed."""
     link = directory.resolve() / run_dir_name(host)
     if os.geteuid() != 0 or link.exists() or link.is_symlink() or blocked_parent(link) is None:
         return None
-    target = RELOCATED_RUNS / f"{directory.resolve().name}-{hashlib.sha256(str(link).encode()).hexdigest()[:8]}"
-    target.mkdir(parents=True, exist_ok=True)
-    for level in (RELOCATED_RUNS.parent, RELOCATED_RUNS, target):
+    target = relocated(link)
+    if target.exists():
+        raise UsageError(
+            f"{link} is missing, but {target} holds the run directory of an earlier fleet at this path: "
+            f"`ln -s {target} {link}` to run that fleet again, or remove {target} to start a new one"
+        )
+    RELOCATED_RUNS.mkdir(parents=True, exist_ok=True)
+    for level in (RELOCATED_RUNS.parent, RELOCATED_RUNS):
         level.chmod(0o755)
+    target.mkdir(mode=0o755)
+    target.chmod(0o755)
     link.symlink_to(target)
     return target
+
+
+def relocated(link: Path) -> Path:
+    """Where the run directory ``link`` goes when its deployment directory is out of reach."""
+    return RELOCATED_RUNS / f"{link.parent.name}-{hashlib.sha256(str(link).encode()).hexdigest()[:8]}"
+
+
+def unplace_run_directory(directory: Path, host: str, target: Path) -> None:
+    """Undo :func:`place_run_directory` after a refused start that wrote nothing there."""
+    link = directory.resolve() / run_dir_name(host)
+    try:
+        target.rmdir()  # only while empty
+    except OSError:
+        return
+    if link.is_symlink():
+        link.unlink()
 
 
 def main_paths(directory: Path, spec: FleetSpec) -> RunPaths:
