@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import http.client
+import os
+import time
 
 import pytest
 
-from helpers import fleet_case, live_nginx
+from helpers import LiveNginx, fleet_case, live_nginx
 from synfleet.nginx.binary.harness import FORWARDED_HEADER, Probe, send_all
 from synfleet.routing.evaluate import evaluate
+from synfleet.system import process_tree_memory
 
 ADMIN = "/_synapse/admin/v1/users/@alice:example.org"
 
@@ -79,3 +83,65 @@ def test_synapse_gets_the_address_nginx_settled_on_and_nothing_else(case: str, s
         logged = (live.directory / "logs" / "access.log").read_text().split()[0]
     assert response.status == 200
     assert response.getheader(FORWARDED_HEADER) == settled == logged
+
+
+def _socket_of(live: LiveNginx, worker: str) -> str:
+    return next(
+        server.removeprefix("unix:")
+        for upstream in live.plan.upstreams.values()
+        for name, server in zip(upstream.workers, upstream.servers, strict=True)
+        if name == worker
+    )
+
+
+@pytest.mark.integration
+def test_bodies_of_strangers_spool_to_disk_not_to_nginxs_memory() -> None:
+    """200 clients that have not logged in each send /login a 12 MB body (under Synapse's limit), and
+    the worker takes its time: nginx holds every body, in files of its workers', not in RAM."""
+    clients, size = 200, 12 * 1024 * 1024
+    login = "/_matrix/client/v3/login"
+    with live_nginx(fleet_case("seed")) as live:
+        worker = evaluate(live.plan, "POST", login).worker
+        assert worker is not None and live.nginx.process is not None
+        path = _socket_of(live, worker)
+        before = process_tree_memory({"nginx": live.nginx.process.pid})["nginx"].rss
+
+        async def hold() -> tuple[int, list[bytes]]:
+            accepted: list[asyncio.StreamWriter] = []
+
+            async def stall(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+                accepted.append(writer)  # reads nothing, answers nothing
+
+            os.unlink(path)  # the worker's stub gives way to one that never answers
+            server = await asyncio.start_unix_server(stall, path=path)
+            os.chmod(path, 0o666)
+            head = f"POST {login} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {size}\r\n\r\n".encode()
+            body = b"x" * size
+
+            async def send() -> bytes:
+                reader, writer = await asyncio.open_connection("127.0.0.1", live.port)
+                writer.write(head)
+                writer.write(body)
+                await writer.drain()
+                answer = await reader.read()
+                writer.close()
+                return answer
+
+            senders = [asyncio.ensure_future(send()) for _ in range(clients)]
+            deadline = time.monotonic() + 120
+            while len(accepted) < clients and time.monotonic() < deadline:
+                await asyncio.sleep(0.2)
+            held = process_tree_memory({"nginx": live.nginx.process.pid})["nginx"].rss
+            reached = len(accepted)
+            for writer in accepted:
+                writer.close()
+            server.close()
+            answers = await asyncio.gather(*senders)
+            assert reached == clients, f"only {reached} of {clients} bodies reached the worker"
+            return held, answers
+
+        held, answers = asyncio.run(hold())
+    grown = (held - before) // 1024
+    print(f"nginx holding {clients} bodies of {size // 2**20} MiB: {grown} MiB more resident memory")
+    assert all(answer.startswith(b"HTTP/1.1 502") for answer in answers)
+    assert grown < 128, f"nginx holds {grown} MiB for {clients} bodies in flight"
