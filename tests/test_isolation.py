@@ -21,11 +21,14 @@ import pytest
 
 import helpers
 from conftest import RunningFleet, fleet_under_test
+from synfleet.errors import SynfleetError
 from synfleet.model.schema.synapse import REQUEST_BODY_LIMIT, Media
+from synfleet.run import accounts
 from synfleet.run.accounts import FLEET_ACCOUNT, lookup
 from synfleet.run.paths import RunPaths
 from synfleet.run.register import register_user
 from synfleet.system import require_binary
+from test_secrets_private import exposures, secret_values
 
 pytestmark = [
     pytest.mark.integration,
@@ -282,6 +285,18 @@ def test_nothing_but_supervisord_and_nginx_runs_as_root(fleet: SecuredFleet) -> 
     assert rooted == {"supervisord", "nginx"}, users
 
 
+def test_no_secret_in_the_run_directory_is_readable_by_other_accounts(fleet: SecuredFleet) -> None:
+    """While the fleet runs, every file of ``D/run`` that holds a secret (the config with the
+    database password, the copies of the secrets) is readable by its owner, and at most the
+    fleet's group."""
+    account = lookup(FLEET_ACCOUNT)
+    assert account is not None
+    run = RunPaths(fleet.directory).run.resolve()
+    checked, exposed = exposures(run, secret_values(fleet.directory), account.gid)
+    assert not exposed, exposed
+    assert {"synapse/homeserver.yaml", "secrets/signing.key"} <= set(checked), checked
+
+
 # -- root never acts through what the fleet's account can change -----------------------------------
 
 
@@ -358,3 +373,15 @@ def test_links_planted_by_the_fleets_account_never_steer_root(fleet: SecuredFlee
     assert fleet.synfleet("apply").returncode == 0
     assert _unchanged([*baits, main_bait]) == []
     assert fleet.request("GET", "/health")[0] == 200
+
+
+def test_files_go_to_no_account_synfleet_did_not_create() -> None:
+    name = f"sf-other-{secrets.token_hex(3)}"
+    made = subprocess.run(["useradd", "--system", "--shell", "/bin/sh", name], capture_output=True, text=True)
+    assert made.returncode == 0, made.stderr
+    try:
+        with pytest.raises(SynfleetError, match="synfleet did not create it"):
+            accounts._ours(name)
+        accounts._ours(FLEET_ACCOUNT)  # the fleet's own pass
+    finally:
+        subprocess.run(["userdel", name], check=True)
