@@ -103,11 +103,11 @@ def _settle(place: Place, accounts: Accounts | None) -> None:
         uid = accounts.fleet.uid if place.owner is Owner.FLEET else 0
         gid = {"root": 0, "fleet": accounts.fleet.gid, "nginx": accounts.nginx.gid}[place.group]
         mode = place.mode
-        if found is not None and stat.S_ISDIR(found.st_mode) and found.st_uid not in (0, uid):
+        if found is not None and stat.S_ISDIR(found.st_mode) and found.st_uid != uid:
             if place.rendered:  # another account's copy of what is rendered again now
                 remove_tree(path)
                 found = None
-            elif place.owner is Owner.FLEET:
+            elif place.owner is Owner.FLEET:  # made by root (a restore) or by an earlier account
                 give_tree(path, uid, gid)
     if found is None:
         os.mkdir(path, 0o700)
@@ -125,19 +125,20 @@ def remove_tree(path: Path) -> None:
 
 
 def give_tree(top: Path, uid: int, gid: int) -> None:
-    """Hand ``top``, when another account owns it, to ``uid``:``gid``: only the entries that
-    account owns, each through its directory's descriptor and never through a link (a hard link
-    to someone else's file keeps its owner)."""
+    """Hand ``top``, when another account (or root: a restore) made it, to ``uid``:``gid``: the
+    entries that account owns, each through its directory's descriptor, never through a link, and
+    never inside a directory someone else owns (where a hard link to any file could wait)."""
     try:
         previous = os.lstat(top).st_uid
     except FileNotFoundError:
         return
-    if previous in (uid, 0):
+    if previous == uid:
         return
     for _, directories, files, descriptor in os.fwalk(top, follow_symlinks=False):
-        for name in (*directories, *files):
-            if os.lstat(name, dir_fd=descriptor).st_uid == previous:
-                os.chown(name, uid, gid, dir_fd=descriptor, follow_symlinks=False)
+        theirs = {name for name in (*directories, *files) if os.lstat(name, dir_fd=descriptor).st_uid == previous}
+        directories[:] = [name for name in directories if name in theirs]
+        for name in sorted(theirs):
+            os.chown(name, uid, gid, dir_fd=descriptor, follow_symlinks=False)
     with opened(top) as descriptor:
         os.fchown(descriptor, uid, gid)
 
