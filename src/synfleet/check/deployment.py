@@ -40,6 +40,7 @@ from synfleet.nginx.config import NginxModel, socket_gateways
 from synfleet.nginx.upstream import Upstream
 from synfleet.nginx.variables import Map
 from synfleet.render.deploy import DEPLOY_DIR, HOSTS_DIR
+from synfleet.render.files import PRIVATE, write_file
 from synfleet.render.services import MAIN_SERVICE, publish_address
 from synfleet.routing.plan import Variable
 from synfleet.routing.table import DEFAULT_RULE, ROUTES, Rule
@@ -92,15 +93,17 @@ def nginx_test(
 
 
 def synapse_load(config_dir: Path, mapping: Mapping[str, str], scratch: Path) -> Iterator[CheckResult]:
-    """Load main's and each worker's config with Synapse, from a remapped copy."""
+    """Load main's and each worker's config with Synapse, from a remapped copy. The copies are
+    private (the database password is in them), though ``scratch`` is not."""
     copy = scratch / SYNAPSE_DIR
     for path in sorted(p for p in config_dir.rglob("*") if p.is_file()):
         target = copy / path.relative_to(config_dir)
         target.parent.mkdir(parents=True, exist_ok=True)
         if path.suffix == ".yaml":
-            target.write_text(yaml.safe_dump(remap_value(yaml.safe_load(path.read_text()), mapping), sort_keys=False))
+            text = yaml.safe_dump(remap_value(yaml.safe_load(path.read_text()), mapping), sort_keys=False)
         else:  # files the yaml names (the federation CA bundle)
-            target.write_bytes(path.read_bytes())
+            text = path.read_text()
+        write_file(target, text, PRIVATE)
     workers = sorted(str(p) for p in (copy / WORKER_CONFIG_DIR).glob("*.yaml"))
     result = subprocess.run(
         [sys.executable, "-m", "synfleet.check.synapse_loader", str(copy / SHARED_CONFIG), *workers],

@@ -27,13 +27,13 @@ from synfleet.layout import (
 from synfleet.model.pem import check_files
 from synfleet.model.schema import FleetSpec
 from synfleet.render.compose import render_compose
-from synfleet.render.files import Rendered, chown_tree, write_tree
+from synfleet.render.files import Rendered, write_tree
 from synfleet.render.hosts import gateways, local_metrics, runs_nginx
-from synfleet.render.kubernetes import KUBERNETES_DIR, PRIVATE_MANIFESTS, kubernetes_spec, render_kubernetes
+from synfleet.render.kubernetes import KUBERNETES_DIR, kubernetes_spec, render_kubernetes
 from synfleet.render.metrics import metrics_files
 from synfleet.render.nginx import NginxLayout, NginxTls, render_nginx, site_of
 from synfleet.render.secrets import ensure_secrets
-from synfleet.render.services import SYNAPSE_IMAGE_GID, SYNAPSE_IMAGE_UID, compose_service, publish_address
+from synfleet.render.services import SYNAPSE_IMAGE_UID, compose_service, publish_address
 from synfleet.render.synapse import render_synapse
 from synfleet.routing.plan import RoutingPlan
 
@@ -103,12 +103,13 @@ def render_compose_deployment(spec: FleetSpec, secrets: dict[str, str]) -> Rende
     if spec.hosts:
         projects = [(f"{HOSTS_DIR}/{host}/", render_host_project(spec, secrets, host)) for host in spec.hosts]
         files = {prefix + name: text for prefix, project in projects for name, text in project.items()}
-        return Rendered(files, directories=tuple(f"{HOSTS_DIR}/{host}/{DEPLOY_NGINX_LOGS}" for host in spec.hosts))
+        directories = tuple(f"{HOSTS_DIR}/{host}/{DEPLOY_NGINX_LOGS}" for host in spec.hosts)
+        return Rendered(files, secrets, directories)
     files = render_files(spec, COMPOSE, compose_nginx_layout(spec), secrets, DEPLOY_NGINX_CONFIG)
     files.update(render_compose(spec, secrets))
     services = {worker.name: compose_service(worker) for worker in spec.fleet.workers}
     files.update(metrics_files(spec, lambda target: services[target.process], grafana=True))
-    return Rendered(files, directories=(DEPLOY_NGINX_LOGS,))
+    return Rendered(files, secrets, (DEPLOY_NGINX_LOGS,))
 
 
 def render_host_project(spec: FleetSpec, secrets: dict[str, str], host: str) -> dict[str, str]:
@@ -125,13 +126,22 @@ def render_deployment(spec: FleetSpec, directory: Path) -> Path:
     """Render ``directory/deploy`` for docker compose; secrets are created once and kept."""
     check_files(spec)
     secrets = ensure_secrets(directory)
+    reclaim_secrets(directory)
     target = directory / DEPLOY_DIR
     write_tree(target, render_compose_deployment(spec, secrets), keep=(KUBERNETES_DIR,))
-    if os.geteuid() == 0:  # Synapse's containers read their config and the secrets as the image's account
-        projects = [target / HOSTS_DIR / host for host in spec.hosts] or [target]
-        for tree in (*(project / SYNAPSE_DIR for project in projects), directory / SECRETS_DIR):
-            chown_tree(tree, SYNAPSE_IMAGE_UID, SYNAPSE_IMAGE_GID)
     return target
+
+
+def reclaim_secrets(directory: Path) -> None:
+    """Run as root, take back ``D/secrets`` from the Synapse image's account where an older synfleet
+    gave it away: Synapse's containers now read their copies as root (see
+    :func:`synfleet.render.services.synapse_entrypoint`), and that account may be anyone's on this host."""
+    if os.geteuid() != 0:
+        return
+    folder = directory / SECRETS_DIR
+    for path in (folder, *folder.iterdir()):
+        if path.lstat().st_uid == SYNAPSE_IMAGE_UID:
+            os.chown(path, 0, 0, follow_symlinks=False)
 
 
 def render_kubernetes_deployment(spec: FleetSpec, directory: Path, trial_services: bool = False) -> Path:
@@ -147,5 +157,5 @@ def render_kubernetes_deployment(spec: FleetSpec, directory: Path, trial_service
     except OSError as exc:
         raise UsageError(f"{deploy}: cannot create the directory: {exc.strerror}") from None
     target = deploy / KUBERNETES_DIR
-    write_tree(target, Rendered(files, private=PRIVATE_MANIFESTS))
+    write_tree(target, Rendered(files, secrets))
     return target

@@ -1,45 +1,143 @@
-"""Rendered files, and how they reach the disk: atomically, secrets readable by the owner only."""
+"""Rendered files, and how they reach the disk: atomically, and every file that holds a secret
+private from the moment it exists.
+
+Which files are private is decided here, by what they hold (:meth:`Rendered.private`), for every
+renderer alike: a file is created with its final mode and group before a byte of it is written,
+then renamed into place.
+"""
 
 from __future__ import annotations
 
+import base64
+import errno
 import os
+import re
 import shutil
+import stat
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from synfleet.errors import UsageError
-from synfleet.layout import DEPLOY_POSTGRES_ENV, SECRETS_DIR, SHARED_CONFIG, SYNAPSE_DIR
+from synfleet.layout import SECRETS_DIR
 
 PRIVATE = 0o600
+#: A private file that the group it is given may read (the native run's files, read by the fleet's account).
+GROUP_PRIVATE = 0o640
 PUBLIC = 0o644
+PRIVATE_DIRECTORY = 0o700
+GROUP_PRIVATE_DIRECTORY = 0o750
+PUBLIC_DIRECTORY = 0o755
 
-#: Files holding secrets (the database password), by path relative to the deployment directory;
-#: and every file in a secrets directory.
-PRIVATE_FILES = frozenset({f"{SYNAPSE_DIR}/{SHARED_CONFIG}", DEPLOY_POSTGRES_ENV})
+#: A Kubernetes manifest that declares a Secret (the TLS key's, whose value synfleet did not generate).
+_KUBERNETES_SECRET = re.compile(r"(?m)^kind: Secret$")
+
+
+def in_secrets_directory(relative: str) -> bool:
+    """Whether ``relative`` (a path inside a rendered tree) is in a secrets directory."""
+    return SECRETS_DIR in PurePosixPath(relative).parts[:-1]
+
+
+def secret_forms(secrets: Mapping[str, str]) -> tuple[str, ...]:
+    """Each secret value as a file may hold it: as is, and base64-encoded (Kubernetes' Secrets)."""
+    values = [value for value in secrets.values() if value]
+    return (*values, *(base64.b64encode(value.encode()).decode() for value in values))
+
+
+def holds_secret(text: str, forms: tuple[str, ...]) -> bool:
+    """Whether ``text`` holds one of the ``forms`` (:func:`secret_forms`) or declares a Kubernetes Secret."""
+    return any(form in text for form in forms) or bool(_KUBERNETES_SECRET.search(text))
+
+
+def file_mode(private: bool, group: int | None = None) -> int:
+    """A file's mode: private files readable by their owner, or also by ``group`` when given."""
+    if not private:
+        return PUBLIC
+    return PRIVATE if group is None else GROUP_PRIVATE
+
+
+def directory_mode(private: bool, group: int | None = None) -> int:
+    if not private:
+        return PUBLIC_DIRECTORY
+    return PRIVATE_DIRECTORY if group is None else GROUP_PRIVATE_DIRECTORY
 
 
 @dataclass(frozen=True)
 class Rendered:
-    """Files by path relative to the deployment directory, empty directories to create, and files
-    besides :data:`PRIVATE_FILES` that hold secrets."""
+    """Files by path relative to the tree's root, the deployment's ``secrets`` (by name) that decide
+    which of them are private, and empty directories to create."""
 
     files: dict[str, str]
+    secrets: Mapping[str, str]
     directories: tuple[str, ...] = ()
-    private: frozenset[str] = frozenset()
 
-    def mode(self, relative: str) -> int:
-        private = relative in PRIVATE_FILES or relative in self.private or relative.startswith(f"{SECRETS_DIR}/")
-        return PRIVATE if private else PUBLIC
+    def private(self, relative: str) -> bool:
+        """Whether the file at ``relative`` is private: it is in a secrets directory, holds one of
+        the deployment's secrets (as is or base64-encoded), or is a Kubernetes Secret."""
+        return in_secrets_directory(relative) or holds_secret(self.files[relative], secret_forms(self.secrets))
+
+    def mode(self, relative: str, group: int | None = None) -> int:
+        return file_mode(self.private(relative), group)
 
 
-def write_file(path: Path, text: str, mode: int = PUBLIC) -> None:
-    """Write ``text`` to ``path`` atomically: a temp file in the same directory, then rename."""
-    descriptor, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+def _create(path: Path, text: str, mode: int, group: int | None) -> None:
+    """Create ``path`` (which must not exist, nor be a link) with ``mode`` and ``group`` set on
+    its descriptor before ``text`` is written; synced to the disk."""
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, PRIVATE)
     try:
-        with os.fdopen(descriptor, "w") as handle:
-            handle.write(text)
-        os.chmod(temp, mode)
+        _fill(descriptor, text, mode, group)
+    except BaseException:
+        os.close(descriptor)
+        path.unlink(missing_ok=True)
+        raise
+    os.close(descriptor)
+
+
+def _fill(descriptor: int, text: str, mode: int, group: int | None) -> None:
+    """Give a new, empty file its group and mode, then write ``text`` and sync it."""
+    if group is not None:
+        os.fchown(descriptor, -1, group)
+    os.fchmod(descriptor, mode)
+    data = memoryview(text.encode())
+    while data:
+        data = data[os.write(descriptor, data) :]
+    os.fsync(descriptor)
+
+
+def _make_directories(top: Path, relative: PurePosixPath, group: int | None) -> None:
+    """Create ``top/relative`` and what is missing on the way, each with its mode from creation:
+    a secrets directory (and what it holds) private, the others public."""
+    path, private = top, False
+    for part in relative.parts:
+        path, private = path / part, private or part == SECRETS_DIR
+        try:
+            os.mkdir(path, PRIVATE_DIRECTORY)
+        except FileExistsError:
+            if not stat.S_ISDIR(os.lstat(path).st_mode):  # never follow a link planted in the tree
+                raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(path)) from None
+            continue
+        descriptor = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:  # still empty
+            if group is not None:
+                os.fchown(descriptor, -1, group)
+            os.fchmod(descriptor, directory_mode(private, group))
+        finally:
+            os.close(descriptor)
+
+
+def write_file(path: Path, text: str, mode: int = PUBLIC, group: int | None = None) -> None:
+    """Write ``text`` to ``path`` atomically: a temp file in the same directory, made with ``mode``
+    (and, with ``group``, given that group; a private file is then readable by it) before anything
+    is written to it, synced, then renamed over ``path``."""
+    if group is not None and mode == PRIVATE:
+        mode = GROUP_PRIVATE
+    descriptor, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # 0600, O_EXCL|O_NOFOLLOW
+    try:
+        try:
+            _fill(descriptor, text, mode, group)
+        finally:
+            os.close(descriptor)
         os.replace(temp, path)
     except BaseException:
         Path(temp).unlink(missing_ok=True)
@@ -47,20 +145,19 @@ def write_file(path: Path, text: str, mode: int = PUBLIC) -> None:
 
 
 def write_tree(target: Path, rendered: Rendered, keep: tuple[str, ...] = ()) -> None:
-    """Write ``rendered`` to ``target``: build it in a temp dir beside it, then swap it in. What the
-    old tree had at the paths ``keep`` (another target's subtree) moves into the new one."""
+    """Write ``rendered`` to ``target``: build it in a temp dir beside it (private until it is
+    complete), then swap it in. What the old tree had at the paths ``keep`` (another target's
+    subtree) moves into the new one."""
     parent = target.parent
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=parent))
     old: Path | None = None
     try:
-        staging.chmod(0o755)
         for directory in rendered.directories:
-            (staging / directory).mkdir(parents=True, exist_ok=True)
+            _make_directories(staging, PurePosixPath(directory), None)
         for relative, text in sorted(rendered.files.items()):
-            path = staging / relative
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text)
-            path.chmod(rendered.mode(relative))
+            _make_directories(staging, PurePosixPath(relative).parent, None)
+            _create(staging / relative, text, rendered.mode(relative), None)
+        staging.chmod(PUBLIC_DIRECTORY)
         if target.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{target.name}-old-", dir=parent))
             os.replace(target, old / target.name)
@@ -89,21 +186,40 @@ def tree_differs(target: Path, rendered: Rendered) -> bool:
     return False
 
 
-def update_tree(target: Path, rendered: Rendered) -> bool:
-    """Write the files of ``rendered`` under ``target`` that differ, each atomically; True if any did."""
+def update_tree(target: Path, rendered: Rendered, group: int | None = None) -> bool:
+    """Write the files of ``rendered`` under ``target`` that differ, each atomically; True if any
+    did. With ``group``, every file written is in that group, and private ones readable by it
+    (0640). A file with the right text but another mode or group is written again, so that no
+    file is ever loosened in place; that alone does not count as a change."""
     changed = False
+    target.mkdir(parents=True, exist_ok=True)
     for relative, text in sorted(rendered.files.items()):
         path = target / relative
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if path.exists() and path.read_text() == text:
-            continue
-        write_file(path, text, rendered.mode(relative))
-        changed = True
+        _make_directories(target, PurePosixPath(relative).parent, group)
+        mode = rendered.mode(relative, group)
+        current = _current(path)
+        if current is not None and current[0] == text:
+            st = current[1]
+            if stat.S_IMODE(st.st_mode) == mode and (group is None or st.st_gid == group):
+                continue
+        else:
+            changed = True
+        write_file(path, text, mode, group)
     return changed
 
 
-def chown_tree(top: Path, uid: int, gid: int) -> None:
-    """Give ``top`` and everything under it to ``uid``:``gid`` (symlinks themselves, not their targets)."""
-    for root, directories, files in os.walk(top):
-        for name in (root, *(os.path.join(root, entry) for entry in directories + files)):
-            os.chown(name, uid, gid, follow_symlinks=False)
+def _current(path: Path) -> tuple[str, os.stat_result] | None:
+    """The text and status of the regular file at ``path`` (not through a link); None if there is none."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # a link: written over
+            return None
+        raise
+    with os.fdopen(descriptor, "rb") as stream:
+        st = os.fstat(descriptor)
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        return stream.read().decode(errors="replace"), st

@@ -21,10 +21,18 @@ class Secret(StrEnum):
     MACAROON_SECRET_KEY = "macaroon_secret_key"
     FORM_SECRET = "form_secret"
     WORKER_REPLICATION_SECRET = "worker_replication_secret"
-    POSTGRES_PASSWORD = "postgres_password"
+    POSTGRES_PASSWORD = "postgres_password"  # Synapse's role's
+    # The superuser's, which the official PostgreSQL image (compose, a Kubernetes trial) wants; it
+    # logs in on the socket only, as the image's account, never with it.
+    POSTGRES_SUPERUSER_PASSWORD = "postgres_superuser_password"
     REDIS_PASSWORD = "redis_password"  # asked for when Redis takes connections from other hosts
     GRAFANA_ADMIN_PASSWORD = "grafana_admin_password"
     SIGNING_KEY = "signing.key"
+
+
+#: The secrets Synapse reads from files: the only ones its processes are given as files (the
+#: others it needs are in its config; PostgreSQL's, Redis's and Grafana's go only to them).
+SYNAPSE_FILES = (Secret.SIGNING_KEY,)
 
 
 def _signing_key() -> str:
@@ -35,9 +43,11 @@ def _signing_key() -> str:
 
 
 def _write_private(path: Path, text: str) -> None:
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     with os.fdopen(descriptor, "w") as handle:
         handle.write(text)
+        handle.flush()
+        os.fsync(descriptor)
 
 
 def ensure_secrets(directory: Path) -> dict[str, str]:
