@@ -4,33 +4,66 @@ Synapse's processes keep their UNIX sockets on every host. The links between hos
 each host's private address, carried by that host's nginx: a process's inbound requests come from
 the front nginx's host only, its replication requests from the fleet's hosts only (and carry the
 replication secret). PostgreSQL and Redis, on their host, take TCP connections from the fleet's
-hosts, with the generated passwords.
+hosts, with the generated passwords: PostgreSQL for Synapse's role only, to its database (its
+superuser logs in on the socket only, on every target).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from synfleet.layout import COMPOSE_HOST, Layout
 from synfleet.metrics.targets import Target
 from synfleet.model.schema import FleetSpec
-from synfleet.model.schema.storage import Database
+from synfleet.model.schema.storage import POSTGRES_SUPERUSER, Database
 from synfleet.render.nginx import Gateway
 from synfleet.routing.plan import RoutingPlan
 
 AUTH_METHOD = "scram-sha-256"
+#: Synapse's role: it logs in, with its password, and owns its database; no privilege beyond that.
+SYNAPSE_ROLE_OPTIONS = "LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS"
+#: Synapse's database: UTF-8 with the C collation Synapse requires.
+DATABASE_OPTIONS = "ENCODING 'UTF8' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0"
 
 
-def hba(database: Database, hosts: tuple[str, ...] = ()) -> str:
-    """Who may connect, always with the password: the socket; on a fleet of several hosts also its
-    hosts' private addresses, to Synapse's database only."""
+@dataclass(frozen=True)
+class SuperuserLogin:
+    """Who logs in as PostgreSQL's superuser: on the socket only, never with a password, by peer
+    authentication (the connecting process's OS account, as the server sees it). Without a
+    ``map``, the account named like the role (the ``postgres`` account of the official image);
+    with one, the accounts pg_ident.conf maps to ``roles`` (natively: the account that owns the
+    cluster)."""
+
+    roles: tuple[str, ...] = (POSTGRES_SUPERUSER,)
+    map: str = ""
+
+
+#: In a container: the image's own ``postgres`` account.
+IMAGE_SUPERUSER = SuperuserLogin()
+
+
+def hba(
+    database: Database,
+    hosts: tuple[str, ...] = (),
+    superuser: SuperuserLogin = IMAGE_SUPERUSER,
+    anywhere: bool = False,
+) -> str:
+    """Who may connect: PostgreSQL's superuser on the socket only (see :class:`SuperuserLogin`);
+    Synapse's role to Synapse's database only, with its password, on the socket and from the
+    fleet's ``hosts`` (with ``anywhere``, from any address: a pod's, which no one knows in advance)."""
+    peer = f"peer map={superuser.map}" if superuser.map else "peer"
     lines = [
-        "# Rendered by synfleet: password logins on the socket (and from the fleet's hosts) only.",
-        f"local all all {AUTH_METHOD}",
+        "# Rendered by synfleet: PostgreSQL's superuser on the socket only, by peer authentication (no password);",
+        "# Synapse's role to its database only, with its password (on the socket, and from the fleet's hosts).",
+        f"local all {','.join(superuser.roles)} {peer}",
+        f"local {database.name} {database.user} {AUTH_METHOD}",
     ]
     for address in hosts:
         prefix = 128 if ":" in address else 32
         lines.append(f"host {database.name} {database.user} {address}/{prefix} {AUTH_METHOD}")
+    if anywhere:
+        lines.append(f"host {database.name} {database.user} all {AUTH_METHOD}")
     return "\n".join(lines) + "\n"
 
 

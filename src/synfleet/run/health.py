@@ -38,7 +38,7 @@ def is_healthy(health: Health, pid: int, timeout: float = 2.0) -> bool:
             case HealthKind.REDIS:  # one that asks for its password (a fleet on several hosts) is up too
                 return _unix_exchange(health.target, b"PING\r\n", timeout).startswith((b"+PONG", b"-NOAUTH"))
             case HealthKind.POSTGRES:
-                return postgres_ready(health.target, health.user)
+                return postgres_ready(health.target, health.user, health.database)
             case HealthKind.LISTENER:
                 with socket.create_connection((health.target, health.port), timeout=timeout):
                     return holds_listener(pid, health.port)
@@ -46,13 +46,13 @@ def is_healthy(health: Health, pid: int, timeout: float = 2.0) -> bool:
         return False
 
 
-def postgres_ready(socket_dir: str, user: str) -> bool:
+def postgres_ready(socket_dir: str, user: str, database: str) -> bool:
     """The server takes connections. As with pg_isready, a server that asks for the password (which
-    this check does not send) is ready."""
+    this check does not send) is ready: it does for Synapse's role, to Synapse's database."""
     import psycopg2
 
     try:
-        psycopg2.connect(host=socket_dir, dbname="postgres", user=user, connect_timeout=2).close()
+        psycopg2.connect(host=socket_dir, dbname=database, user=user, connect_timeout=2).close()
     except psycopg2.OperationalError as exc:
         return "password" in str(exc)
     return True

@@ -9,6 +9,10 @@ from pydantic import Field, model_validator
 from synfleet.model.ports import POSTGRES_PORT, REDIS_PORT
 from synfleet.model.schema.values import Port, Section
 
+#: The superuser of the fleet's own PostgreSQL (initdb's, as the official image names it): it logs
+#: in on the socket only, as the account that owns the cluster; Synapse's role is another.
+POSTGRES_SUPERUSER = "postgres"
+
 
 class Database(Section):
     """PostgreSQL. An empty host means the fleet's own server (a UNIX socket)."""
@@ -29,6 +33,15 @@ class Database(Section):
     def _pool(self) -> Self:
         if self.pool_min > self.pool_max:
             raise ValueError(f"pool_min ({self.pool_min}) must not exceed pool_max ({self.pool_max})")
+        return self
+
+    @model_validator(mode="after")
+    def _not_the_superuser(self) -> Self:
+        if self.local and self.user == POSTGRES_SUPERUSER:
+            raise ValueError(
+                f"user {self.user!r} is the superuser of the fleet's own PostgreSQL, which Synapse never "
+                "logs in as: choose another name for Synapse's role (the default is 'synapse')"
+            )
         return self
 
 

@@ -1,15 +1,19 @@
 #!/bin/bash
-# First start: create the cluster in $PGDATA with $POSTGRES_USER, $POSTGRES_PASSWORD and
-# $POSTGRES_INITDB_ARGS, and the database $POSTGRES_DB; then run PostgreSQL as `postgres`.
+# First start, as the official image does it: create the cluster in $PGDATA with the superuser
+# $POSTGRES_USER (password $POSTGRES_PASSWORD) and $POSTGRES_INITDB_ARGS; start a server on the
+# socket only, with the command's own settings (its pg_hba.conf among them); create $POSTGRES_DB
+# and run /docker-entrypoint-initdb.d/*.sql and *.sh, connecting as $POSTGRES_USER to the image's
+# socket directory; stop it. Then run PostgreSQL as `postgres`.
 set -euo pipefail
 [ "${1:0:1}" = "-" ] && set -- postgres "$@"
 if [ "$1" != postgres ]; then
     exec "$@"
 fi
 if [ "$(id -u)" = 0 ]; then
-    mkdir -p "$PGDATA"
-    chown -R postgres: "$PGDATA"
+    mkdir -p "$PGDATA" /var/run/postgresql
+    chown -R postgres: "$PGDATA" /var/run/postgresql
     chmod 700 "$PGDATA"
+    chmod 3775 /var/run/postgresql
     exec setpriv --reuid=postgres --regid=postgres --init-groups "$0" "$@"
 fi
 if [ ! -s "$PGDATA/PG_VERSION" ]; then
@@ -17,20 +21,26 @@ if [ ! -s "$PGDATA/PG_VERSION" ]; then
         echo "docker-entrypoint: POSTGRES_PASSWORD is not set" >&2
         exit 1
     fi
-    user=${POSTGRES_USER:-postgres}
-    # for psql, when the command's pg_hba.conf asks for passwords on the socket too
-    export PGPASSWORD="${PGPASSWORD:-$POSTGRES_PASSWORD}"
-    database=${POSTGRES_DB:-$user}
-    initdb --username="$user" --pwfile=<(printf '%s\n' "$POSTGRES_PASSWORD") ${POSTGRES_INITDB_ARGS:-}
+    export POSTGRES_USER=${POSTGRES_USER:-postgres}
+    export POSTGRES_DB=${POSTGRES_DB:-$POSTGRES_USER}
+    # shellcheck disable=SC2086 # the arguments are words, as the official image splits them
+    initdb --username="$POSTGRES_USER" --pwfile=<(printf '%s\n' "$POSTGRES_PASSWORD") ${POSTGRES_INITDB_ARGS:-}
     printf 'host all all all %s\n' "${POSTGRES_HOST_AUTH_METHOD:-scram-sha-256}" >>"$PGDATA/pg_hba.conf"
-    # A server only this script reaches, with the command's own settings.
-    init_socket=$(mktemp -d)
-    pg_ctl -D "$PGDATA" -w -o "$(printf '%q ' "${@:2}" -c listen_addresses= -c unix_socket_directories="$init_socket")" start
-    if [ "$database" != postgres ]; then
-        psql -X -v ON_ERROR_STOP=1 --host="$init_socket" --username="$user" --dbname=postgres \
-            -c "CREATE DATABASE \"$database\""
+    # for psql, when pg_hba.conf asks for passwords on the socket too
+    export PGPASSWORD="${PGPASSWORD:-$POSTGRES_PASSWORD}"
+    pg_ctl -D "$PGDATA" -w -o "$(printf '%q ' "${@:2}" -c listen_addresses= -p 5432)" start
+    psql=(psql -v ON_ERROR_STOP=1 --username "$POSTGRES_USER" --no-password --no-psqlrc)
+    if [ "$POSTGRES_DB" != postgres ]; then
+        "${psql[@]}" --dbname postgres --set db="$POSTGRES_DB" <<<'CREATE DATABASE :"db";'
     fi
+    for file in /docker-entrypoint-initdb.d/*; do
+        case "$file" in
+            *.sql) echo "$0: running $file"; "${psql[@]}" --dbname "$POSTGRES_DB" -f "$file" ;;
+            *.sh) echo "$0: running $file"; if [ -x "$file" ]; then "$file"; else . "$file"; fi ;;
+            *) [ -e "$file" ] && echo "$0: ignoring $file" ;;
+        esac
+    done
     pg_ctl -D "$PGDATA" -m fast -w stop
-    rmdir "$init_socket"
+    unset PGPASSWORD
 fi
 exec "$@"
