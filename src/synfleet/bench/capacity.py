@@ -38,6 +38,7 @@ from synfleet.routing.evaluate import evaluate
 from synfleet.run.fleet import down, up
 from synfleet.run.paths import RunPaths, deployed_plan
 from synfleet.run.register import register_user
+from synfleet.run.served import forget_served
 from synfleet.run.supervisor import Supervisor
 from synfleet.system import free_port, free_ports, process_tree_cpu
 
@@ -198,6 +199,7 @@ def run_capacity_mode(
     paths = RunPaths(directory)
     down(paths, lambda _: None)
     shutil.rmtree(paths.run, ignore_errors=True)
+    forget_served(directory)  # a throwaway fleet: its key may start over on a new database
     directory.mkdir(parents=True, exist_ok=True)
     write_file(directory / FLEET_FILE, fleet_toml(spec))
     up_seconds = up(paths, spec, lambda _: None)

@@ -22,6 +22,7 @@ from synfleet.bench.load import BenchUser, Load, populate
 from synfleet.bench.measure import cache_counters, postgres_transactions
 from synfleet.bench.percentiles import percentile
 from synfleet.errors import SynfleetError, UsageError
+from synfleet.layout import SECRETS_DIR
 from synfleet.model.load import FLEET_FILE, load_spec
 from synfleet.model.schema import FleetSpec
 from synfleet.render.files import write_file
@@ -30,6 +31,7 @@ from synfleet.render.secrets import Secret
 from synfleet.run.fleet import down, up
 from synfleet.run.paths import RunPaths
 from synfleet.run.register import register_user
+from synfleet.run.served import forget_served
 from synfleet.run.supervisor import Supervisor
 from synfleet.system import free_port, free_ports, memory_kib, process_tree_cpu
 
@@ -103,6 +105,7 @@ def _start_fresh(directory: Path, paths: RunPaths, spec: FleetSpec) -> float:
     the seconds ``up`` took."""
     down(paths, lambda _: None)
     shutil.rmtree(paths.run, ignore_errors=True)
+    forget_served(directory)  # a throwaway fleet: its key may start over on a new database
     directory.mkdir(parents=True, exist_ok=True)
     write_file(directory / FLEET_FILE, fleet_toml(spec))
     return up(paths, spec, lambda _: None)
@@ -127,7 +130,7 @@ def _measurer(paths: RunPaths, spec: FleetSpec) -> Callable[[], dict[str, Any]]:
     pids = {name: info.pid for name, info in Supervisor(paths).info().items() if info.pid}
     metrics = {w.name: port for w in spec.fleet.workers if (port := w.metrics_port) is not None}
     db = spec.database
-    password = (paths.secrets / Secret.POSTGRES_PASSWORD).read_text().strip()
+    password = (paths.directory / SECRETS_DIR / Secret.POSTGRES_PASSWORD).read_text().strip()
 
     def measure() -> dict[str, Any]:
         usage = resource.getrusage(resource.RUSAGE_SELF)
