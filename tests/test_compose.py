@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psycopg2
 import pytest
 
 import helpers
@@ -33,6 +34,7 @@ from flows import (
     send_stream,
     socket_healthy,
 )
+from postgres_roles import POSTGRES_SUPERUSER, check_least_privilege
 from synfleet.lab.compose import ComposeProject
 from synfleet.lab.images import SERVICES, ensure_images
 from synfleet.lab.podman import Podman
@@ -157,6 +159,17 @@ def test_killed_room_worker_container_is_restarted_and_nothing_acknowledged_is_l
     )
     assert failures == 0 and len(acknowledged) == 120
     check_serves_again(fleet, room, victim)
+
+
+def test_synapse_role_owns_its_database_and_nothing_more(fleet: ComposeFleet) -> None:
+    """Synapse's role, with its password, on the sockets volume: its own database and nothing beyond.
+    The superuser takes only the PostgreSQL image's own account: not root, not with its password."""
+    database, secrets = load_spec(fleet.directory).database, fleet.directory / "secrets"
+    sockets = str(fleet.project.volume_path("sockets"))
+    check_least_privilege(sockets, database, (secrets / "postgres_password").read_text().strip())
+    password = (secrets / "postgres_superuser_password").read_text().strip()
+    with pytest.raises(psycopg2.OperationalError, match="Peer authentication failed"):
+        psycopg2.connect(host=sockets, user=POSTGRES_SUPERUSER, password=password, dbname="postgres").close()
 
 
 def test_down_then_up_keeps_users_and_rooms(fleet: ComposeFleet) -> None:

@@ -256,11 +256,28 @@ def test_trial_services_run_in_the_namespace(rendered: dict[str, tuple[FleetSpec
     postgres = statefulsets["postgres"]["spec"]
     assert postgres["replicas"] == 1 and postgres["volumeClaimTemplates"]
     env = {e["name"]: e for e in postgres["template"]["spec"]["containers"][0]["env"]}
-    assert env["POSTGRES_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
-        "name": "synfleet-secrets",
-        "key": "postgres_password",
+    # The image's superuser is postgres (its password, which the image wants, is a secret of its
+    # own); Synapse's role is made by the first start's script, with Synapse's password.
+    assert env["POSTGRES_USER"] == {"name": "POSTGRES_USER", "value": "postgres"} and "POSTGRES_DB" not in env
+    secret_keys = {name: e["valueFrom"]["secretKeyRef"] for name, e in env.items() if "valueFrom" in e}
+    assert secret_keys == {
+        "POSTGRES_PASSWORD": {"name": "synfleet-secrets", "key": "postgres_superuser_password"},
+        "SYNFLEET_DATABASE_PASSWORD": {"name": "synfleet-secrets", "key": "postgres_password"},
     }
     assert "--lc-collate=C" in env["POSTGRES_INITDB_ARGS"]["value"]
+    config = of_kind(docs, "ConfigMap")["postgres-config"]["data"]
+    rules = [line.split() for line in config["pg_hba.conf"].splitlines() if not line.startswith("#")]
+    assert rules == [
+        ["local", "all", "postgres", "peer"],
+        ["local", "synapse", "synapse", "scram-sha-256"],
+        ["host", "synapse", "synapse", "all", "scram-sha-256"],
+    ]
+    assert 'CREATE ROLE "synapse" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE' in config["synfleet-initdb.sql"]
+    assert 'CREATE DATABASE "synapse" OWNER "synapse"' in config["synfleet-initdb.sql"]
+    container = postgres["template"]["spec"]["containers"][0]
+    assert "hba_file=/etc/synfleet/pg_hba.conf" in container["args"]
+    mounts = {m["mountPath"] for m in container["volumeMounts"]}
+    assert {"/etc/synfleet", "/docker-entrypoint-initdb.d"} <= mounts
     assert statefulsets["redis"]["spec"]["replicas"] == 1
     services = of_kind(docs, "Service")
     assert (

@@ -21,6 +21,7 @@ from synfleet.nginx.config import NginxModel
 from synfleet.render.compose import render_compose
 from synfleet.render.secrets import Secret
 from synfleet.render.services import MAIN_SERVICE, SYNAPSE_IMAGE_GID, SYNAPSE_IMAGE_UID
+from synfleet.render.synapse import database_config
 
 
 def rendered_files(directory: Path) -> dict[str, bytes]:
@@ -62,14 +63,19 @@ def test_render_check_and_rerender(tmp_path: Path, fleet: str) -> None:
     # No one-shot service: podman would restart nothing that depends on one after it exited.
     assert not [name for name, service in services.items() if service.get("restart") == "no"]
     assert "--lc-collate=C" in (deploy / "env" / "postgres.env").read_text()
-    # Synapse never runs as root; it owns its data volume, and (rendered as root) what it reads.
+    # Synapse never runs as root: each container starts as root only to copy its config and the
+    # secrets into its memory for the image's account (main's also gives it the data volume), then
+    # becomes that account. What they read stays the renderer's own: no account here is given it.
     image_user = f"{SYNAPSE_IMAGE_UID}:{SYNAPSE_IMAGE_GID}"
-    assert all(services[process]["user"] == image_user for process in workers)
-    entrypoint = " ".join(services["synapse"]["entrypoint"])
-    assert f"chown {image_user} /data" in entrypoint and f"exec gosu {image_user} python -m" in entrypoint
-    if os.geteuid() == 0:
-        readable = [deploy / "synapse" / "homeserver.yaml", tmp_path / "secrets" / "signing.key"]
-        assert all((p.stat().st_uid, p.stat().st_gid) == (SYNAPSE_IMAGE_UID, SYNAPSE_IMAGE_GID) for p in readable)
+    for process in ["synapse", *workers]:
+        entrypoint = " ".join(services[process]["entrypoint"])
+        assert f"chown -R {image_user} /config /secrets" in entrypoint, process
+        assert entrypoint.endswith(f'exec gosu {image_user} python -m "$$@" {process}'), process
+        assert "./synapse:/synfleet/config:ro" in services[process]["volumes"], process
+        assert services[process]["tmpfs"] == ["/config", "/secrets"], process
+    assert f"chown {image_user} /data" in " ".join(services["synapse"]["entrypoint"])
+    for path in (deploy / "synapse" / "homeserver.yaml", tmp_path / "secrets" / "signing.key"):
+        assert (path.stat().st_uid, stat.S_IMODE(path.stat().st_mode)) == (os.geteuid(), 0o600), path
 
     secrets_before = rendered_files(tmp_path / "secrets")
     before = rendered_files(deploy)
@@ -203,7 +209,9 @@ def test_compose_images_publishing_and_entrypoints(tmp_path: Path) -> None:
     assert rooms == [
         "sh",
         "-c",
-        'rm -f /sockets/synapse_inbound_rooms1.sock /sockets/synapse_inbound_rooms1.sock.lock && exec python -m "$$@"',
+        "rm -f /sockets/synapse_inbound_rooms1.sock /sockets/synapse_inbound_rooms1.sock.lock"
+        " && chmod 700 /config /secrets && cp -R /synfleet/config/. /config && cp /synfleet/secrets/signing.key /secrets/"
+        ' && chown -R 991:991 /config /secrets && exec gosu 991:991 python -m "$$@"',
         "rooms1",
     ]
     main = default[MAIN_SERVICE]
@@ -348,3 +356,32 @@ def test_a_fleet_on_several_hosts_renders_a_compose_project_per_host(tmp_path: P
     broken = synfleet("check", "--dir", str(tmp_path))
     assert broken.returncode == 1
     assert f"no Synapse listener at {link}" in broken.stdout.replace("\n", "")
+
+
+def test_compose_postgresql_keeps_its_superuser_to_its_own_account() -> None:
+    """The official image's superuser is postgres, on the socket only, as the image's account (the
+    password the image wants is a secret of its own, for nothing else); its first start creates
+    Synapse's role, which owns Synapse's database and logs in with Synapse's password only."""
+    spec = profile_with("small")
+    secrets = {name.value: f"secret-{name.value}" for name in Secret}
+    files = render_compose(spec, secrets)
+    postgres = yaml.safe_load(files["docker-compose.yml"])["services"]["postgres"]
+    assert "hba_file=/etc/synfleet/pg_hba.conf" in postgres["command"]
+    assert "unix_socket_directories=/sockets,/var/run/postgresql" in postgres["command"]
+    assert "./postgres/pg_hba.conf:/etc/synfleet/pg_hba.conf:ro" in postgres["volumes"]
+    script = "./postgres/synfleet-initdb.sql:/docker-entrypoint-initdb.d/synfleet-initdb.sql:ro"
+    assert script in postgres["volumes"]
+    environment = dict(line.split("=", 1) for line in files["env/postgres.env"].splitlines())
+    assert environment["POSTGRES_USER"] == "postgres" and "POSTGRES_DB" not in environment
+    assert environment["POSTGRES_PASSWORD"] == secrets[Secret.POSTGRES_SUPERUSER_PASSWORD]
+    assert environment["SYNFLEET_DATABASE_PASSWORD"] == secrets[Secret.POSTGRES_PASSWORD]
+    rules = [line.split() for line in files["postgres/pg_hba.conf"].splitlines() if not line.startswith("#")]
+    assert rules == [["local", "all", "postgres", "peer"], ["local", "synapse", "synapse", "scram-sha-256"]]
+    sql = files["postgres/synfleet-initdb.sql"]
+    assert "\\getenv synapse_password SYNFLEET_DATABASE_PASSWORD\n" in sql
+    assert 'CREATE ROLE "synapse" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS' in sql
+    assert 'CREATE DATABASE "synapse" OWNER "synapse"' in sql
+    assert not any(value in sql for value in secrets.values())
+    # Synapse logs in as its own role only.
+    database = database_config(spec, COMPOSE, secrets)["args"]
+    assert (database["user"], database["password"]) == ("synapse", secrets[Secret.POSTGRES_PASSWORD])

@@ -368,9 +368,10 @@ def backup_command(directory: Path, out: Path | None) -> None:
 @click.command("restore")
 @click.argument("archive", type=click.Path(path_type=Path))
 @DIR_OPTION
-@click.option("--force", is_flag=True, help="Replace the stopped fleet (its database and media) in D.")
+@click.option("--force", is_flag=True, help="Replace the stopped fleet in D (kept beside it as D.replaced-<time>).")
 def restore_command(archive: Path, directory: Path, force: bool) -> None:
-    """Rebuild a fleet in D from a `synfleet backup` archive, checked whole before anything is written."""
+    """Rebuild a fleet in D from a `synfleet backup` archive, checked whole before anything is written,
+    staged beside D and swapped in whole."""
     console = Console(highlight=False)
     restore(archive, directory, force, lambda line: console.print("  " + escape(line)))
 

@@ -9,11 +9,13 @@ from typing import Any
 
 from synfleet.layout import (
     COMPOSE,
+    COMPOSE_CONFIG_SOURCE,
     COMPOSE_HOST,
     COMPOSE_HTTP_PORT,
     COMPOSE_HTTPS_PORT,
     COMPOSE_NGINX_CONFIG_DIR,
     COMPOSE_NGINX_TEMP_DIR,
+    COMPOSE_SECRETS_SOURCE,
     DEPLOY_NGINX_CONFIG,
     DEPLOY_NGINX_LOGS,
     DEPLOY_POSTGRES_ENV,
@@ -34,7 +36,9 @@ from synfleet.render.metrics import (
 from synfleet.render.secrets import Secret
 from synfleet.render.services import (
     CONTAINER_HBA_FILE,
+    CONTAINER_INITDB_DIR,
     HBA_FILE,
+    INITDB_SCRIPT,
     SYNAPSE_IMAGE_GID,
     SYNAPSE_IMAGE_UID,
     Context,
@@ -129,10 +133,13 @@ def render_compose(spec: FleetSpec, secrets: dict[str, str], host: str = "") -> 
         layout=layout,
         host_network=bool(host),
         synapse_user=f"{SYNAPSE_IMAGE_UID}:{SYNAPSE_IMAGE_GID}",
+        config_source=COMPOSE_CONFIG_SOURCE,
+        secrets_source=COMPOSE_SECRETS_SOURCE,
         secrets_dir=f"{'../../' if host else ''}../{SECRETS_DIR}",
         processes=services,
         postgres=table.get(Service.POSTGRES),
-        hba=(HBA_FILE, CONTAINER_HBA_FILE) if host else None,
+        hba=(HBA_FILE, CONTAINER_HBA_FILE),
+        initdb=(INITDB_SCRIPT, f"{CONTAINER_INITDB_DIR}/{PurePosixPath(INITDB_SCRIPT).name}"),
         redis=table.get(Service.REDIS),
         compose_test=compose_test,
         nginx=nginx,

@@ -17,7 +17,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import yaml
@@ -34,15 +34,22 @@ from synfleet.layout import (
 from synfleet.model.fleet import ROLE_ORDER, Fleet, Role, Service, Worker
 from synfleet.model.ports import POSTGRES_PORT, REDIS_PORT
 from synfleet.model.schema import FleetSpec
+from synfleet.model.schema.storage import POSTGRES_SUPERUSER
 from synfleet.model.synapse import WORKER_MODULE
+from synfleet.render.hosts import hba
 from synfleet.render.nginx import NginxLayout, render_nginx, site_of
-from synfleet.render.secrets import Secret
+from synfleet.render.secrets import SYNAPSE_FILES, Secret
 from synfleet.render.services import (
     C_COLLATION,
+    CONTAINER_HBA_FILE,
+    CONTAINER_INITDB_DIR,
+    DATABASE_PASSWORD_VARIABLE,
+    INITDB_SCRIPT,
     POSTGRES_IMAGE_DATA,
     SYNAPSE_IMAGE_GID,
     SYNAPSE_IMAGE_UID,
     Context,
+    initdb_script,
     kubernetes_probes,
     nginx,
     postgres,
@@ -68,6 +75,8 @@ SECRETS_NAME = "synfleet-secrets"
 TLS_SECRET_NAME = "nginx-tls"
 SYNAPSE_CONFIG_NAME = "synapse-config"
 NGINX_CONFIG_NAME = "nginx-config"
+#: The trial PostgreSQL's pg_hba.conf and first-start script.
+POSTGRES_CONFIG_NAME = "postgres-config"
 #: The headless Service every Synapse StatefulSet names as its governing service.
 SYNAPSE_HEADLESS = "synapse"
 #: What a volume claim asks for: the media store, and a trial's PostgreSQL.
@@ -248,6 +257,11 @@ def _pdb(name: str, labels: Mapping[str, str]) -> dict[str, Any]:
     }
 
 
+def _config_volume(name: str, key: str) -> dict[str, Any]:
+    """A volume of one key of the trial PostgreSQL's ConfigMap, as a file of that name."""
+    return {"name": name, "configMap": {"name": POSTGRES_CONFIG_NAME, "items": [{"key": key, "path": key}]}}
+
+
 def _claim(size: str) -> dict[str, Any]:
     return {
         "metadata": {"name": "data"},
@@ -363,9 +377,10 @@ class KubernetesRender:
 
     def statefulset(self, group: Group, checksum: str) -> dict[str, Any]:
         config_items = [{"key": _config_key(path), "path": path} for path in sorted(self.synapse_files)]
+        secret_items = [{"key": str(name), "path": str(name)} for name in SYNAPSE_FILES]
         volumes: list[dict[str, Any]] = [
             {"name": "config", "configMap": {"name": SYNAPSE_CONFIG_NAME, "items": config_items}},
-            {"name": "secrets", "secret": {"secretName": SECRETS_NAME, "defaultMode": 0o440}},
+            {"name": "secrets", "secret": {"secretName": SECRETS_NAME, "defaultMode": 0o440, "items": secret_items}},
         ]
         keeps_media = self._media_store(group)
         if not keeps_media:
@@ -513,21 +528,40 @@ class KubernetesRender:
         }
 
     def trial_postgres(self) -> list[dict[str, Any]]:
+        """PostgreSQL's official image: its superuser on the pod's socket only, as the image's
+        account (the password the image wants is never used); on its first start, Synapse's role
+        and database (:func:`~synfleet.render.services.initdb_script`). Synapse's role logs in from
+        any pod's address, with its password; the NetworkPolicy admits Synapse's pods only."""
         db = self.spec.database
         labels = {NAME_LABEL: Service.POSTGRES.value}
         environment = [
-            {"name": "POSTGRES_USER", "value": db.user},
-            {"name": "POSTGRES_DB", "value": db.name},
-            _secret_env("POSTGRES_PASSWORD", Secret.POSTGRES_PASSWORD),
+            {"name": "POSTGRES_USER", "value": POSTGRES_SUPERUSER},
+            _secret_env("POSTGRES_PASSWORD", Secret.POSTGRES_SUPERUSER_PASSWORD),
+            _secret_env(DATABASE_PASSWORD_VARIABLE, Secret.POSTGRES_PASSWORD),
             {"name": "POSTGRES_INITDB_ARGS", "value": C_COLLATION},
             # A subdirectory: the volume's root may hold lost+found, which initdb refuses.
             {"name": "PGDATA", "value": f"{POSTGRES_IMAGE_DATA}/pgdata"},
         ]
-        mounts = [{"name": "data", "mountPath": POSTGRES_IMAGE_DATA}]
+        hba_file, script = PurePosixPath(CONTAINER_HBA_FILE), PurePosixPath(INITDB_SCRIPT).name
+        config = {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": _meta(POSTGRES_CONFIG_NAME, labels),
+            "data": {hba_file.name: hba(db, anywhere=True), script: initdb_script(db)},
+        }
+        volumes = [
+            _config_volume("hba", hba_file.name),
+            _config_volume("initdb", script),
+        ]
+        mounts = [
+            {"name": "data", "mountPath": POSTGRES_IMAGE_DATA},
+            {"name": "hba", "mountPath": str(hba_file.parent), "readOnly": True},
+            {"name": "initdb", "mountPath": CONTAINER_INITDB_DIR, "readOnly": True},
+        ]
         image = self.spec.images.postgres
         container = self._trial_container(Service.POSTGRES, image, POSTGRES_PORT, env=environment, volumeMounts=mounts)
         claim = _claim(TRIAL_POSTGRES_SIZE)
-        return self._trial(Service.POSTGRES.value, labels, container, db.port, POSTGRES_PORT, claim)
+        return [config, *self._trial(Service.POSTGRES.value, labels, container, db.port, POSTGRES_PORT, claim, volumes)]
 
     def trial_redis(self) -> list[dict[str, Any]]:
         labels = {NAME_LABEL: Service.REDIS.value}
@@ -542,15 +576,16 @@ class KubernetesRender:
         port: int,
         target: int,
         claim: dict[str, Any] | None,
+        volumes: list[dict[str, Any]] | None = None,
     ) -> list[dict[str, Any]]:
+        pod: dict[str, Any] = {"enableServiceLinks": False, "containers": [container]}
+        if volumes:
+            pod["volumes"] = volumes
         spec: dict[str, Any] = {
             "serviceName": name,
             "replicas": 1,
             "selector": {"matchLabels": labels},
-            "template": {
-                "metadata": {"labels": {**labels, **PART_OF}},
-                "spec": {"enableServiceLinks": False, "containers": [container]},
-            },
+            "template": {"metadata": {"labels": {**labels, **PART_OF}}, "spec": pod},
         }
         if claim:
             spec["volumeClaimTemplates"] = [claim]
@@ -634,10 +669,6 @@ class KubernetesRender:
             files["trial-postgres.yaml"] = self.trial_postgres()
             files["trial-redis.yaml"] = self.trial_redis()
         return files
-
-
-#: Files that hold secrets, written readable by the owner only.
-PRIVATE_MANIFESTS = frozenset({"secrets.yaml", "nginx-tls.yaml"})
 
 
 def render_kubernetes(

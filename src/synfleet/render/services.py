@@ -15,13 +15,23 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from synfleet.layout import COMPOSE, COMPOSE_HTTP_PORT, COMPOSE_HTTPS_PORT, DEPLOY_POSTGRES_ENV, KUBERNETES, Layout
+from synfleet.layout import (
+    COMPOSE,
+    COMPOSE_CONFIG_SOURCE,
+    COMPOSE_HTTP_PORT,
+    COMPOSE_HTTPS_PORT,
+    COMPOSE_SECRETS_SOURCE,
+    DEPLOY_POSTGRES_ENV,
+    KUBERNETES,
+    Layout,
+)
 from synfleet.model.fleet import Role, Service, Worker, host_port
 from synfleet.model.ports import POSTGRES_PORT, REDIS_PORT
 from synfleet.model.schema import FleetSpec
+from synfleet.model.schema.storage import POSTGRES_SUPERUSER, Database
 from synfleet.model.synapse import MAIN_MODULE, WORKER_MODULE
-from synfleet.render.hosts import hba
-from synfleet.render.secrets import Secret
+from synfleet.render.hosts import AUTH_METHOD, DATABASE_OPTIONS, SYNAPSE_ROLE_OPTIONS, hba
+from synfleet.render.secrets import SYNAPSE_FILES, Secret
 
 #: main's docker compose service keeps the seed's name.
 MAIN_SERVICE = "synapse"
@@ -31,6 +41,8 @@ REDIS_EPHEMERAL = ("--save", "", "--appendonly", "no")
 C_COLLATION = "--encoding=UTF8 --lc-collate=C --lc-ctype=C"
 #: Where PostgreSQL's official image keeps its cluster.
 POSTGRES_IMAGE_DATA = "/var/lib/postgresql/data"
+#: Where the official image's own clients (its first-start setup) find the server's socket.
+POSTGRES_IMAGE_SOCKETS = "/var/run/postgresql"
 
 
 #: What a Synapse process (and nginx, in front of main) answers 200 on when it serves.
@@ -115,8 +127,9 @@ def postgres_ready(host: str, spec: FleetSpec) -> Health:
 
 
 def postgres(context: Context) -> Start:
-    """The fleet's own PostgreSQL: on its socket (and, on several hosts, its private address, with
-    the pg_hba.conf that admits the fleet's hosts); a trial pod on Kubernetes."""
+    """The fleet's own PostgreSQL: on its socket (and, on several hosts, its private address), with
+    the pg_hba.conf that admits Synapse's role only (natively written by `up`, see
+    :mod:`synfleet.run.postgres`); a trial pod on Kubernetes."""
     spec, layout = context.spec, context.layout
     socket_dir = layout.socket_dir
     if context.native is not None:
@@ -138,35 +151,59 @@ def postgres(context: Context) -> Start:
     if context.target == KUBERNETES:
         # Every Synapse process may open pool_max connections, and psql needs a few more.
         connections = max(100, len(spec.fleet.workers) * spec.database.pool_max + 10)
-        command = tuple(_settings({"max_connections": str(connections)}))
+        command = tuple(_settings({"max_connections": str(connections), "hba_file": CONTAINER_HBA_FILE}))
         return Start(Service.POSTGRES.value, command, postgres_ready("127.0.0.1", spec))
-    options = {"unix_socket_directories": socket_dir, "listen_addresses": context.private}
-    if context.host:
-        options["hba_file"] = CONTAINER_HBA_FILE
+    # The image's own socket too: its first-start setup connects there (in the container only).
+    sockets = f"{socket_dir},{POSTGRES_IMAGE_SOCKETS}"
+    options = {"unix_socket_directories": sockets, "listen_addresses": context.private, "hba_file": CONTAINER_HBA_FILE}
     command = ("postgres", *_settings(options))
     return Start(Service.POSTGRES.value, command, postgres_ready(socket_dir, spec), files=_postgres_files(context))
 
 
 def _postgres_files(context: Context) -> dict[str, str]:
-    """The official image's settings for its first start (the database, its owner and password, the
-    C collation) and, on several hosts, the pg_hba.conf that admits the fleet's hosts."""
+    """The official image's settings for its first start (its superuser's password, Synapse's
+    password for :func:`initdb_script`, the C collation), that script, and the pg_hba.conf that
+    admits Synapse's role (on several hosts, from the fleet's hosts) and keeps the superuser to the
+    image's own account (see :func:`~synfleet.render.hosts.hba`)."""
     if not context.secrets:
         return {}
     database = context.spec.database
-    files = {
-        DEPLOY_POSTGRES_ENV: f"POSTGRES_USER={database.user}\n"
-        f"POSTGRES_PASSWORD={context.secrets[Secret.POSTGRES_PASSWORD]}\n"
-        f"POSTGRES_DB={database.name}\n"
-        f"POSTGRES_INITDB_ARGS={C_COLLATION}\n"
+    environment = {
+        "POSTGRES_USER": POSTGRES_SUPERUSER,
+        "POSTGRES_PASSWORD": context.secrets[Secret.POSTGRES_SUPERUSER_PASSWORD],
+        DATABASE_PASSWORD_VARIABLE: context.secrets[Secret.POSTGRES_PASSWORD],
+        "POSTGRES_INITDB_ARGS": C_COLLATION,
     }
-    if context.host:
-        files[HBA_FILE] = hba(database, context.spec.fleet.host_addresses)
-    return files
+    return {
+        DEPLOY_POSTGRES_ENV: "".join(f"{name}={value}\n" for name, value in environment.items()),
+        HBA_FILE: hba(database, context.spec.fleet.host_addresses if context.host else ()),
+        INITDB_SCRIPT: initdb_script(database),
+    }
 
 
-#: A host's pg_hba.conf (fleets on several hosts), in its project and in the PostgreSQL container.
+def initdb_script(database: Database) -> str:
+    """What the official image runs on its first start, as its superuser, after creating the
+    cluster: Synapse's role, with its password from :data:`DATABASE_PASSWORD_VARIABLE` (psql 15's
+    ``\\getenv``: the script holds no secret, and no command line shows it) and no privilege beyond
+    logging in, and Synapse's database, owned by it."""
+    return (
+        "-- Rendered by synfleet: Synapse's role and its database, owned by it; nothing more.\n"
+        "\\set ON_ERROR_STOP on\n"
+        f"\\getenv synapse_password {DATABASE_PASSWORD_VARIABLE}\n"
+        f"SET password_encryption = '{AUTH_METHOD}';\n"
+        f"CREATE ROLE \"{database.user}\" {SYNAPSE_ROLE_OPTIONS} PASSWORD :'synapse_password';\n"
+        f'CREATE DATABASE "{database.name}" OWNER "{database.user}" {DATABASE_OPTIONS};\n'
+    )
+
+
+#: The pg_hba.conf of a project, in it and in the PostgreSQL container.
 HBA_FILE = "postgres/pg_hba.conf"
 CONTAINER_HBA_FILE = "/etc/synfleet/pg_hba.conf"
+#: :func:`initdb_script`, in the project and where the official image runs it on its first start.
+INITDB_SCRIPT = "postgres/synfleet-initdb.sql"
+CONTAINER_INITDB_DIR = "/docker-entrypoint-initdb.d"
+#: Synapse's password, in the PostgreSQL container's environment (for :func:`initdb_script`).
+DATABASE_PASSWORD_VARIABLE = "SYNFLEET_DATABASE_PASSWORD"
 
 
 def _settings(options: Mapping[str, str]) -> list[str]:
@@ -200,8 +237,11 @@ def redis(context: Context) -> Start:
     if not private:
         health = Health(HealthKind.REDIS, socket)
         return Start(Service.REDIS.value, ("redis-server", *network, *options), health)
+    # Read as root (the secrets are their owner's only), then the image's entrypoint drops to its own
+    # account; "-" (the settings on standard input) comes last, after the options that entrypoint adds.
     password = f"$$(cat {layout.secret(Secret.REDIS_PASSWORD)})"
-    entrypoint = ("sh", "-c", f'exec redis-server - "$$@" <<EOF\nrequirepass {password}\nEOF\n', "redis-server")
+    script = f'exec docker-entrypoint.sh redis-server "$$@" - <<EOF\nrequirepass {password}\nEOF\n'
+    entrypoint = ("sh", "-c", script, "redis-server")
     health = Health(HealthKind.REDIS, socket, password=password)
     return Start(Service.REDIS.value, (*network, *options), health, entrypoint=entrypoint)
 
@@ -255,22 +295,33 @@ SYNAPSE_IMAGE_UID = SYNAPSE_IMAGE_GID = 991
 
 
 def synapse_entrypoint(sockets: tuple[str, ...], service: str, owner: bool) -> tuple[str, ...]:
-    """A Synapse container's entrypoint: ``python -m <command>`` after removing its sockets and
-    their lock files. Twisted keeps a lock beside each socket naming the listener's pid; a
-    container restarted after a crash runs Synapse with the same pid, finds the lock "held" and
-    cannot listen. Only this service makes these sockets, so what is left of them is stale.
+    """A Synapse container's entrypoint, started as root: ``python -m <command>`` as the image's
+    account (with the image's gosu, as the image's own entrypoint does), after
 
-    The ``owner`` (main; on a host without main, that host's first Synapse process) starts as root,
-    to give Synapse's data volume to the image's account first, and becomes that account with the
-    image's gosu (as the image's own entrypoint does). That is not a one-shot service before it:
-    podman-compose makes a dependency of every ``depends_on``, and podman restarts no container
-    whose dependency has exited."""
-    steps = [f"rm -f {' '.join(f'{path} {path}.lock' for path in sockets)}"]
-    run = 'exec python -m "$$@"'  # $$ is compose's escape for a literal $
+    - removing its sockets and their lock files. Twisted keeps a lock beside each socket naming
+      the listener's pid; a container restarted after a crash runs Synapse with the same pid, finds
+      the lock "held" and cannot listen. Only this service makes these sockets, so what is left of
+      them is stale;
+    - copying the Synapse config and the secrets, which on the host are readable by their owner
+      only (mounted read-only at :data:`COMPOSE_CONFIG_SOURCE` and :data:`COMPOSE_SECRETS_SOURCE`),
+      into the container's memory for the image's account alone: no account of the host is given
+      them, whoever it is there;
+    - for the ``owner`` (main; on a host without main, that host's first Synapse process), giving
+      Synapse's data volume to the image's account. That is not a one-shot service before it:
+      podman-compose makes a dependency of every ``depends_on``, and podman restarts no container
+      whose dependency has exited."""
+    user = f"{SYNAPSE_IMAGE_UID}:{SYNAPSE_IMAGE_GID}"
+    private = f"{COMPOSE.config_dir} {COMPOSE.secrets_dir}"
+    steps = [
+        f"rm -f {' '.join(f'{path} {path}.lock' for path in sockets)}",
+        f"chmod 700 {private}",
+        f"cp -R {COMPOSE_CONFIG_SOURCE}/. {COMPOSE.config_dir}",
+        *(f"cp {COMPOSE_SECRETS_SOURCE}/{name} {COMPOSE.secrets_dir}/" for name in SYNAPSE_FILES),
+        f"chown -R {user} {private}",
+    ]
     if owner:
-        user = f"{SYNAPSE_IMAGE_UID}:{SYNAPSE_IMAGE_GID}"
-        steps.insert(0, f"chown {user} {COMPOSE.data_dir}")
-        run = f'exec gosu {user} python -m "$$@"'
+        steps.append(f"chown {user} {COMPOSE.data_dir}")
+    run = f'exec gosu {user} python -m "$$@"'  # $$ is compose's escape for a literal $
     return ("sh", "-c", " && ".join([*steps, run]), service)
 
 

@@ -28,6 +28,7 @@ from synfleet.run.ownership import stop
 from synfleet.run.paths import RunPaths
 from synfleet.run.plan import Plan, plan_for, run_files, running_processes, running_spec
 from synfleet.run.postgres import ensure_database, init_cluster
+from synfleet.run.served import record_served, refuse_empty_database, refuse_new_cluster
 from synfleet.run.supervised import NativeProcess, Tier
 from synfleet.run.supervisor import Supervisor
 from synfleet.system import Memory, process_tree_memory, require_binary
@@ -145,6 +146,7 @@ def up(paths: RunPaths, spec: FleetSpec, report: Report, supervisor: Supervisor 
             report("stopping what was started")
             down(paths, lambda _: None)
         raise
+    record_served(plan)
     return time.monotonic() - began
 
 
@@ -166,15 +168,17 @@ def _start_supervisor(
 ) -> None:
     """Write the run directory, create PostgreSQL's cluster on the first run, start supervisord."""
     paths = plan.paths
+    if runs_postgres(plan):
+        refuse_new_cluster(paths)  # none for a signing key that has served, unless a restored dump waits
     accounts = ensure_accounts(report) if as_root() else None
     write_run_files(plan, secrets, accounts)
     if runs_postgres(plan) and init_cluster(
         require_binary("initdb"),
         paths.postgres_data,
         plan.spec.database,
-        secrets[Secret.POSTGRES_PASSWORD],
+        plan.spec.fleet.host_addresses,
         accounts.fleet if accounts else None,
-        paths.log("initdb"),
+        paths.initdb_log,
     ):
         report("created the PostgreSQL cluster")
     if refused := supervisor.start_daemon(foreground=foreground, preload=plan.spec.synapse.start == "fork"):
@@ -200,13 +204,15 @@ def _start_tier(plan: Plan, tier: Tier, secrets: dict[str, str], supervisor: Sup
         logs = failure_logs(failed.name, Path(failed.log), plan.paths)
         raise SynfleetError(f"{failed.name} did not become healthy\n{logs}")
     if tier is Tier.INFRASTRUCTURE and runs_postgres(plan):
-        ensure_database(
+        refuse_empty_database(plan.paths, plan.spec)
+        for change in ensure_database(
             str(plan.paths.sockets),
             plan.paths.postgres_data,
             plan.spec.database,
             secrets[Secret.POSTGRES_PASSWORD],
             plan.spec.fleet.host_addresses,
-        )
+        ):
+            report(change)
         load_pending_dump(plan.paths, plan.spec, report)
 
 

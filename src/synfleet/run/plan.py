@@ -22,6 +22,7 @@ from synfleet.render.fleet_file import fleet_toml
 from synfleet.render.hosts import gateways, local_metrics
 from synfleet.render.metrics import metrics_files
 from synfleet.render.nginx import NginxLayout
+from synfleet.render.secrets import SYNAPSE_FILES
 from synfleet.render.services import Context, Native, Start, service_table
 from synfleet.run.accounts import FLEET_ACCOUNT, NGINX_ACCOUNT, as_root
 from synfleet.run.ownership import Running, fleet_processes
@@ -221,5 +222,5 @@ def run_files(plan: Plan, secrets: dict[str, str]) -> Rendered:
     files["supervisord.conf"] = supervisor_config(paths, plan.processes)
     files.update(metrics_files(plan.spec, local_metrics(plan.spec, paths.host), grafana=False))
     files[APPLIED_FLEET_FILE] = fleet_toml(plan.spec)
-    files.update({f"{SECRETS_DIR}/{name}": f"{value}\n" for name, value in secrets.items()})
-    return Rendered(files)
+    files.update({f"{SECRETS_DIR}/{name}": f"{secrets[name]}\n" for name in SYNAPSE_FILES if name in secrets})
+    return Rendered(files, secrets)
