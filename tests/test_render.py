@@ -17,11 +17,12 @@ from helpers import copy_fleet_case, fleet_case, profile_with, prometheus_tool
 from synfleet.lab import CertificateAuthority
 from synfleet.layout import COMPOSE, native_layout, worker_of_server
 from synfleet.model.load import load_spec
+from synfleet.model.schema import FleetSpec
 from synfleet.nginx.config import NginxModel
 from synfleet.render.compose import render_compose
-from synfleet.render.secrets import Secret
+from synfleet.render.secrets import SYNAPSE_FILES, Secret
 from synfleet.render.services import MAIN_SERVICE, SYNAPSE_IMAGE_GID, SYNAPSE_IMAGE_UID
-from synfleet.render.synapse import database_config
+from synfleet.render.synapse import database_config, render_synapse
 
 
 def rendered_files(directory: Path) -> dict[str, bytes]:
@@ -210,7 +211,9 @@ def test_compose_images_publishing_and_entrypoints(tmp_path: Path) -> None:
         "sh",
         "-c",
         "rm -f /sockets/synapse_inbound_rooms1.sock /sockets/synapse_inbound_rooms1.sock.lock"
-        " && chmod 700 /config /secrets && cp -R /synfleet/config/. /config && cp /synfleet/secrets/signing.key /secrets/"
+        " && chmod 700 /config /secrets && cp -R /synfleet/config/. /config && cp "
+        + " ".join(f"/synfleet/secrets/{name}" for name in SYNAPSE_FILES)
+        + " /secrets/"
         ' && chown -R 991:991 /config /secrets && exec gosu 991:991 python -m "$$@"',
         "rooms1",
     ]
@@ -385,3 +388,25 @@ def test_compose_postgresql_keeps_its_superuser_to_its_own_account() -> None:
     # Synapse logs in as its own role only.
     database = database_config(spec, COMPOSE, secrets)["args"]
     assert (database["user"], database["password"]) == ("synapse", secrets[Secret.POSTGRES_PASSWORD])
+
+
+@pytest.mark.parametrize("several_hosts", [False, True])
+def test_synapse_is_given_as_files_exactly_the_secrets_its_config_names(several_hosts: bool) -> None:
+    """The native run and the containers copy only :data:`SYNAPSE_FILES` for Synapse: every secret
+    file its config names must be among them (else Synapse cannot start), and nothing else is."""
+    spec = profile_with("small")
+    if several_hosts:
+        data = spec.model_dump(mode="json")
+        data["hosts"] = {"a": {"address": "10.1.0.2"}, "b": {"address": "10.1.0.3"}}
+        data["placement"] = {"default": "a", "rooms": "b"}
+        spec = FleetSpec.model_validate(data)
+    layout = native_layout("/srv/fleet/run", gateway=several_hosts)
+    secrets = {str(name): f"value-of-{name}" for name in Secret}
+    named = {
+        Path(value).name
+        for text in render_synapse(spec, layout, secrets).values()
+        for value in re.findall(r"\S+", text)
+        if value.startswith(f"{layout.secrets_dir}/")
+    }
+    assert named <= set(SYNAPSE_FILES)
+    assert Secret.SIGNING_KEY in named and (Secret.REDIS_PASSWORD in named) == several_hosts

@@ -30,9 +30,17 @@ class Secret(StrEnum):
     SIGNING_KEY = "signing.key"
 
 
-#: The secrets Synapse reads from files: the only ones its processes are given as files (the
-#: others it needs are in its config; PostgreSQL's, Redis's and Grafana's go only to them).
-SYNAPSE_FILES = (Secret.SIGNING_KEY,)
+#: The secrets Synapse reads from files (its config names them as ``*_path``): the only ones its
+#: processes are given as files. The database password is in its config; PostgreSQL's superuser's
+#: and Grafana's go only to those services.
+SYNAPSE_FILES = (
+    Secret.SIGNING_KEY,
+    Secret.MACAROON_SECRET_KEY,
+    Secret.FORM_SECRET,
+    Secret.REGISTRATION_SHARED_SECRET,
+    Secret.WORKER_REPLICATION_SECRET,
+    Secret.REDIS_PASSWORD,
+)
 
 
 def _signing_key() -> str:

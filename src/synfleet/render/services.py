@@ -316,7 +316,7 @@ def synapse_entrypoint(sockets: tuple[str, ...], service: str, owner: bool) -> t
         f"rm -f {' '.join(f'{path} {path}.lock' for path in sockets)}",
         f"chmod 700 {private}",
         f"cp -R {COMPOSE_CONFIG_SOURCE}/. {COMPOSE.config_dir}",
-        *(f"cp {COMPOSE_SECRETS_SOURCE}/{name} {COMPOSE.secrets_dir}/" for name in SYNAPSE_FILES),
+        f"cp {' '.join(f'{COMPOSE_SECRETS_SOURCE}/{name}' for name in SYNAPSE_FILES)} {COMPOSE.secrets_dir}/",
         f"chown -R {user} {private}",
     ]
     if owner:
