@@ -5,14 +5,13 @@
 3. Consistency: stream writers reachable over replication, every upstream socket served by a
    listener with the resources its routes need, every route pointing at an existing upstream, a
    compose service with a healthcheck for every process.
+4. The route table against Synapse's own registrations (:mod:`synfleet.check.endpoints`): every
+   endpoint a process registers is routed to a process that registers it.
 """
 
 from __future__ import annotations
 
-import json
 import re
-import subprocess
-import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,8 @@ from typing import Any
 import yaml
 
 from synfleet.audit.synapse_config import MAIN, SynapseConfig, read_synapse_config
+from synfleet.check.child import json_lines
+from synfleet.check.endpoints import Proof, load_registrations, prove, rendered_writers
 from synfleet.errors import UsageError
 from synfleet.layout import (
     COMPOSE,
@@ -31,10 +32,11 @@ from synfleet.layout import (
     SYNAPSE_DIR,
     WORKER_CONFIG_DIR,
 )
-from synfleet.model.fleet import Role
+from synfleet.model.fleet import Fleet, Role
 from synfleet.model.load import load_spec
 from synfleet.model.pem import check_files
-from synfleet.model.synapse import Resource
+from synfleet.model.schema import FleetSpec
+from synfleet.model.synapse import Resource, process_name
 from synfleet.nginx.binary.command import test_config, world_readable_tempdir
 from synfleet.nginx.config import NginxModel, socket_gateways
 from synfleet.nginx.upstream import Upstream
@@ -42,7 +44,7 @@ from synfleet.nginx.variables import Map
 from synfleet.render.deploy import DEPLOY_DIR, HOSTS_DIR
 from synfleet.render.files import PRIVATE, write_file
 from synfleet.render.services import MAIN_SERVICE, publish_address
-from synfleet.routing.plan import Variable
+from synfleet.routing.plan import RoutingPlan, Variable
 from synfleet.routing.table import DEFAULT_RULE, ROUTES, Rule
 
 
@@ -92,9 +94,9 @@ def nginx_test(
     )
 
 
-def synapse_load(config_dir: Path, mapping: Mapping[str, str], scratch: Path) -> Iterator[CheckResult]:
-    """Load main's and each worker's config with Synapse, from a remapped copy. The copies are
-    private (the database password is in them), though ``scratch`` is not."""
+def synapse_copy(config_dir: Path, mapping: Mapping[str, str], scratch: Path) -> Path:
+    """A copy of ``config_dir`` in ``scratch`` with paths remapped, for Synapse to load. The copies
+    are private (the database password is in them), though ``scratch`` is not."""
     copy = scratch / SYNAPSE_DIR
     for path in sorted(p for p in config_dir.rglob("*") if p.is_file()):
         target = copy / path.relative_to(config_dir)
@@ -104,17 +106,16 @@ def synapse_load(config_dir: Path, mapping: Mapping[str, str], scratch: Path) ->
         else:  # files the yaml names (the federation CA bundle)
             text = path.read_text()
         write_file(target, text, PRIVATE)
+    return copy
+
+
+def synapse_load(config_dir: Path, mapping: Mapping[str, str], scratch: Path) -> Iterator[CheckResult]:
+    """Load main's and each worker's config with Synapse, from a remapped copy."""
+    copy = synapse_copy(config_dir, mapping, scratch)
     workers = sorted(str(p) for p in (copy / WORKER_CONFIG_DIR).glob("*.yaml"))
-    result = subprocess.run(
-        [sys.executable, "-m", "synfleet.check.synapse_loader", str(copy / SHARED_CONFIG), *workers],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=600,
-    )
-    lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    lines, error = json_lines("synfleet.check.synapse_loader", str(copy / SHARED_CONFIG), *workers)
     if not lines:
-        yield CheckResult("synapse config", False, (result.stderr.strip().splitlines() or ["no output"])[-1])
+        yield CheckResult("synapse config", False, error)
     for line in lines:
         if line["process"] == "*":
             yield CheckResult("synapse config", False, line["error"] + ": pip install 'synfleet[synapse]'")
@@ -210,13 +211,13 @@ def _writer_problems(deployment: Deployment, host: str, config: dict[str, Any]) 
     instance_map = config.get("instance_map") or {}
     for stream, writers in (config.get("stream_writers") or {}).items():
         for writer in writers if isinstance(writers, list) else [writers]:
-            entry = instance_map.get(writer, {})
+            entry = instance_map.get(process_name(writer), {})
             location = entry.get("path") or (f"{entry['host']}:{entry['port']}" if "host" in entry else None)
             if location is None:
                 yield f"{stream} writer {writer} is not in instance_map"
                 continue
             process, names = deployment.serving(host, location)
-            if process != writer or Resource.REPLICATION not in names:
+            if process != process_name(writer) or Resource.REPLICATION not in names:
                 yield f"{stream} writer {writer} has no replication listener at {location}"
 
 
@@ -312,6 +313,48 @@ def consistency(projects: list[Project]) -> Iterator[CheckResult]:
         yield check(deployment)
 
 
+def scratch_mapping(spec: FleetSpec, directory: Path, root: Path) -> dict[str, str]:
+    """The container paths of a rendered deployment -> where a check's copies use them, in ``root``."""
+    mapping = {
+        COMPOSE.socket_dir: str(root / "sockets"),
+        COMPOSE.data_dir: str(root / "data"),
+        COMPOSE.config_dir: str(root / SYNAPSE_DIR),
+        COMPOSE.secrets_dir: str((directory / SECRETS_DIR).resolve()),
+        COMPOSE.nginx_log_dir: str(root / "nginx-logs"),
+        COMPOSE_NGINX_TEMP_DIR: str(root / "nginx-temp"),
+    }
+    if spec.tls.enabled:
+        mapping[COMPOSE.tls_certificate] = spec.tls.certificate
+        mapping[COMPOSE.tls_key] = spec.tls.key
+    return mapping
+
+
+ENDPOINTS_CHECK = "every endpoint Synapse registers is routed to a process that serves it"
+
+
+def endpoint_proof(
+    fleet: Fleet, copies: Sequence[Path], extra: Sequence[Path] = (), rules: tuple[Rule, ...] = ROUTES
+) -> Proof:
+    """The route table (``rules``) proven on remapped copies of the rendered Synapse files (the
+    first holds main's homeserver.yaml; on several hosts, one per host), with ``extra`` settings
+    loaded last."""
+    shared = copies[0] / SHARED_CONFIG
+    workers = sorted(path for copy in copies for path in (copy / WORKER_CONFIG_DIR).glob("*.yaml"))
+    registrations = load_registrations(shared, workers, extra)
+    return prove(RoutingPlan(fleet, rules=rules), registrations, rendered_writers(shared))
+
+
+def endpoints_served(fleet: Fleet, copies: Sequence[Path], rules: tuple[Rule, ...] = ROUTES) -> CheckResult:
+    """:func:`endpoint_proof` as a check: one line naming every endpoint sent where it cannot be
+    served. Endpoints that main serves though a worker could are counted, not failed (a newer
+    Synapse may let workers serve more)."""
+    try:
+        proof = endpoint_proof(fleet, copies, rules=rules)
+    except UsageError as exc:
+        return CheckResult(ENDPOINTS_CHECK, False, str(exc))
+    return CheckResult(ENDPOINTS_CHECK, not proof.failures, "; ".join(proof.failures) or proof.summary())
+
+
 def check_deployment(directory: Path) -> Iterator[CheckResult]:
     """Every check of ``directory/deploy`` (each host's project on several hosts), as results
     (failures included, never raised)."""
@@ -332,20 +375,11 @@ def check_deployment(directory: Path) -> Iterator[CheckResult]:
     projects = projects or [Project("", deploy, workers, front=True)]
     if not all((project.path / "docker-compose.yml").exists() for project in projects):
         raise UsageError(f"{deploy}: nothing rendered; run `synfleet render --dir {directory}` first")
+    copies: list[Path] = []
     with world_readable_tempdir("synfleet-check-") as scratch:
         for project in projects:
             root = scratch / project.host  # each project's own copies
-            mapping = {
-                COMPOSE.socket_dir: str(root / "sockets"),
-                COMPOSE.data_dir: str(root / "data"),
-                COMPOSE.config_dir: str(root / SYNAPSE_DIR),
-                COMPOSE.secrets_dir: str((directory / SECRETS_DIR).resolve()),
-                COMPOSE.nginx_log_dir: str(root / "nginx-logs"),
-                COMPOSE_NGINX_TEMP_DIR: str(root / "nginx-temp"),
-            }
-            if spec.tls.enabled:
-                mapping[COMPOSE.tls_certificate] = spec.tls.certificate
-                mapping[COMPOSE.tls_key] = spec.tls.key
+            mapping = scratch_mapping(spec, directory, root)
             root.mkdir(exist_ok=True)
             results = []
             if project.nginx_conf.exists():  # a host that no other host reaches runs no nginx
@@ -353,4 +387,10 @@ def check_deployment(directory: Path) -> Iterator[CheckResult]:
                 results.append(nginx_test(conf, mapping, root, spec.fleet.host_addresses))
             results += synapse_load(project.path / SYNAPSE_DIR, mapping, root)
             yield from (CheckResult(project.label(r.name), r.ok, r.detail) for r in results)
+            copy = root / SYNAPSE_DIR
+            if MAIN in project.processes:  # main's homeserver.yaml first
+                copies.insert(0, copy)
+            else:
+                copies.append(copy)
         yield from consistency(projects)
+        yield endpoints_served(spec.fleet, copies)
