@@ -14,7 +14,17 @@ from synfleet.routing.corpus import Corpus, legacy_room_id, v12_room_id
 from synfleet.routing.evaluate import evaluate
 from synfleet.routing.table import ROUTES
 
-FLEETS = ("seed", "one_room_worker", "seven_rooms_two_of_each", "dedicated_writers", "monolith_locked_admin")
+FLEETS = (
+    "seed",
+    "one_room_worker",
+    "seven_rooms_two_of_each",
+    "dedicated_writers",
+    "monolith_locked_admin",
+    "initial_sync_pool",
+    "all_dedicated_writers",
+)
+#: Fleets whose corpus must exercise every rule they have in force.
+EVERY_RULE = ("seed", "initial_sync_pool")
 
 
 @pytest.mark.integration
@@ -52,9 +62,12 @@ def test_python_and_nginx_pick_the_same_worker(fleet_name: str) -> None:
     print("  by rule:", dict(sorted(routes.items())))
     print("  by worker:", dict(sorted(workers.items())))
     assert not mismatches, "\n".join(mismatches[:20])
-    if fleet_name == "seed":
-        unused = {rule.name for rule in ROUTES} - set(routes)
+    if fleet_name in EVERY_RULE:
+        unused = {rule.name for rule in live.plan.active} - set(routes)
         assert not unused, f"the corpus never exercised {sorted(unused)}"
+    if fleet_name == "initial_sync_pool":
+        assert len(live.plan.active) == len(ROUTES)
+        assert {"initial_sync1", "initial_sync2", "client_sync1", "client_sync2"} <= set(workers)
     if fleet_name == "seven_rooms_two_of_each":
         assert {f"rooms{i}" for i in range(1, 8)} <= set(workers), "room requests did not spread"
 

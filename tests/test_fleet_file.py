@@ -9,7 +9,7 @@ import pytest
 
 from conftest import synfleet
 from helpers import CONFIGS
-from synfleet.bench.sizing import load_costs, size_fleet
+from synfleet.bench.sizing import initial_sync_pool, load_costs, size_fleet
 from synfleet.model.fleet import Role, Stream
 from synfleet.model.profiles import PROFILES, profile_spec
 from synfleet.model.schema import parse_fleet
@@ -108,10 +108,29 @@ def test_init_cores_sizes_the_fleet_from_the_measurements(tmp_path: Path) -> Non
         assert spec.workers.model_dump() == {key: sizing.workers.get(key, 0) for key in spec.workers.model_dump()}
         assert f"sized for {cores} cores" in text and all(f"#   - {reason}" in text for reason in sizing.reasons)
         counts[cores] = spec.workers.model_dump()
-    assert {k: v for k, v in counts[2].items() if v} == {k: v for k, v in data["shapes"][best]["workers"].items() if v}
+    pool, why = initial_sync_pool(data)
+    assert all(counts[cores]["initial_sync"] == pool for cores in counts) and why.startswith(f"initial_sync = {pool}")
+    shape = {k: v for k, v in counts[2].items() if v and k != "initial_sync"}
+    assert shape == {k: v for k, v in data["shapes"][best]["workers"].items() if v}
     assert counts[1] == counts[2]
     for role in ("client_sync", "rooms", "tasks"):
         assert 1 <= counts[4][role] <= counts[16][role]
     assert sum(counts[16].values()) > sum(counts[4].values())
     both = synfleet("init", "--dir", str(tmp_path / "x"), "--server-name", "a.org", "--cores", "4", "--profile", "seed")
     assert both.returncode == 2 and "--cores or --profile" in both.stderr and not (tmp_path / "x").exists()
+
+
+def test_initial_sync_pool_follows_the_measurement() -> None:
+    """A pool when a burst of initial syncs outlasts the delivery service level and the pool measured
+    the faster live delivery; none when the burst fits, or sharing measured faster."""
+    measured = {
+        "rooms": 50,
+        "initial_sync_cpu_s": 0.2,
+        "incremental_sync_cpu_s": 0.004,
+        "delivery_p99_ms": {"shared": 3000.0, "pool": 900.0},
+    }
+    assert initial_sync_pool({"initial_sync": measured})[0] == 1
+    assert initial_sync_pool({"initial_sync": {**measured, "initial_sync_cpu_s": 0.05}})[0] == 0
+    slower = {**measured, "delivery_p99_ms": {"shared": 900.0, "pool": 3000.0}}
+    assert initial_sync_pool({"initial_sync": slower})[0] == 0
+    assert initial_sync_pool({}) == (0, "initial_sync = 0: costs.json has no initial-sync measurement")

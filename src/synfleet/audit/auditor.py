@@ -224,7 +224,8 @@ class Auditor:
             probes = [
                 Probe("GET", "/_matrix/client/v3/sync?timeout=30000&since=s1", (("Authorization", f"Bearer {token}"),)),
                 Probe("GET", f"/_matrix/client/v3/sync?since=s2&access_token={token}"),
-                Probe("GET", "/_matrix/client/r0/sync", (("Authorization", f"Bearer {token}"),)),
+                # Incremental syncs only: an initial-sync pool rightly takes the user's syncs without since.
+                Probe("GET", "/_matrix/client/r0/sync?since=s3", (("Authorization", f"Bearer {token}"),)),
             ]
             outcomes = [self.outcome(p) for p in probes]
             workers = {o.worker for o in outcomes}

@@ -22,7 +22,7 @@ from synfleet.audit.roles import role_from_name
 from synfleet.errors import UsageError
 from synfleet.layout import worker_of_server
 from synfleet.model.fleet import Fleet, Role, Stream, Worker
-from synfleet.model.synapse import Resource
+from synfleet.model.synapse import Resource, process_name
 
 MAIN = "main"
 #: Roles a generic worker's name may give it; anything else that serves HTTP is a client reader.
@@ -58,7 +58,7 @@ class SynapseConfig:
         for stream in Stream:
             names = configured.get(stream.value) or [MAIN]
             for name in [names] if isinstance(names, str) else names:
-                written.setdefault(str(name), set()).add(stream)
+                written.setdefault(process_name(str(name)), set()).add(stream)
         return written
 
     def fleet(self) -> tuple[Fleet, list[str]]:

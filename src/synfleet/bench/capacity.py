@@ -18,7 +18,6 @@ import random
 import shutil
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,7 +36,7 @@ from synfleet.render.fleet_file import fleet_toml
 from synfleet.routing.evaluate import evaluate
 from synfleet.run.fleet import down, up
 from synfleet.run.paths import RunPaths, deployed_plan
-from synfleet.run.register import register_user
+from synfleet.run.register import register_users
 from synfleet.run.served import forget_served
 from synfleet.run.supervisor import Supervisor
 from synfleet.system import free_port, free_ports, process_tree_cpu
@@ -95,12 +94,7 @@ def generator_warning(step: StepFigures) -> str | None:
 
 
 def _register(paths: RunPaths, count: int, prefix: str) -> list[Member]:
-    def one(n: int) -> Member:
-        answer = register_user(paths, f"{prefix}{n}", f"pw-{prefix}-{n}", admin=False)
-        return Member(answer["user_id"], answer["access_token"])
-
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        return list(pool.map(one, range(count)))
+    return [Member(user, token) for user, token in register_users(paths, prefix, count)]
 
 
 def _send_path(room_id: str) -> str:

@@ -6,6 +6,11 @@ or fewer the machine saturates before any one process does, and every process ad
 work for each event, so the shape that measured best there is taken. With more cores the cost
 model sizes the roles that carry the messages: each gets enough processes that none is busier than
 the model's limit when the whole machine is.
+
+Whether a machine gets an initial-sync pool comes from what the initial-sync bench measured
+(``initial_sync`` in ``costs.json``, see :mod:`synfleet.bench.initial_sync`): the CPU an initial sync
+of a large account costs, and the live clients' delivery p99 during a burst of them with and without
+the pool. See :func:`initial_sync_pool`.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from synfleet.bench.capacity import DELIVERY_P99_MS
 from synfleet.bench.compare import spread
 from synfleet.bench.model import BUSY_LIMIT, SIZED_ROLES, Costs, predict, process_counts, role_need
 from synfleet.errors import UsageError
@@ -23,6 +29,8 @@ from synfleet.model.schema.workers import Workers
 
 COSTS_FILE = Path(__file__).with_name("costs.json")
 SMALL_MACHINE_CORES = 2
+#: How many initial syncs a burst has (clients restarting at once), as the initial-sync bench ran it.
+INITIAL_SYNC_BURST = 30
 
 
 @dataclass(frozen=True)
@@ -49,6 +57,36 @@ def _counts_key(role: Role) -> str:
     return WORKERS_KEY[role]
 
 
+def initial_sync_pool(data: dict[str, Any]) -> tuple[int, str]:
+    """The initial-sync workers a machine gets, and why. A burst of initial syncs holds the process
+    that serves them for ``burst x CPU per initial sync``. If that fits in the delivery service level,
+    the sync workers absorb bursts and no pool is needed. Otherwise one worker takes them (they are
+    sticky per user: a burst is mostly one account's), if the measurement showed that the pool kept
+    live delivery faster than sharing client_sync did."""
+    measured = data.get("initial_sync")
+    if not measured:
+        return 0, "initial_sync = 0: costs.json has no initial-sync measurement"
+    burst = INITIAL_SYNC_BURST * measured["initial_sync_cpu_s"]
+    shared, pool = measured["delivery_p99_ms"]["shared"], measured["delivery_p99_ms"]["pool"]
+    figures = (
+        f"{INITIAL_SYNC_BURST} initial syncs of a {measured['rooms']}-room account cost {burst:.1f} s CPU "
+        f"({measured['initial_sync_cpu_s'] * 1000:.0f} ms each, an incremental sync "
+        f"{measured['incremental_sync_cpu_s'] * 1000:.1f} ms)"
+    )
+    if burst * 1000 <= DELIVERY_P99_MS:
+        return 0, f"initial_sync = 0: {figures}, within the {DELIVERY_P99_MS / 1000:.0f} s delivery service level"
+    verdict = f"live delivery p99 during such bursts measured {pool:.0f} ms with the pool, {shared:.0f} ms without"
+    if pool >= shared:
+        return 0, f"initial_sync = 0: {figures}, but {verdict}"
+    return 1, f"initial_sync = 1: {figures}, more than the {DELIVERY_P99_MS / 1000:.0f} s service level; {verdict}"
+
+
+def _with_initial_sync(sizing: Sizing, data: dict[str, Any]) -> Sizing:
+    count, reason = initial_sync_pool(data)
+    workers = {**sizing.workers, _counts_key(Role.INITIAL_SYNC): count}
+    return Sizing(sizing.cores, workers, [*sizing.reasons, reason], sizing.predicted_per_s)
+
+
 def _small_machine(cores: int, data: dict[str, Any]) -> Sizing:
     measured = data["capacity_on_2_cores"]
     best = max(data["shapes"], key=lambda name: measured[name]["median"])
@@ -67,7 +105,7 @@ def size_fleet(cores: int, data: dict[str, Any] | None = None) -> Sizing:
         raise UsageError(f"--cores must be at least 1, got {cores}")
     data = data or load_costs()
     if cores <= SMALL_MACHINE_CORES:
-        return _small_machine(cores, data)
+        return _with_initial_sync(_small_machine(cores, data), data)
     costs = Costs.from_json(data["costs"])
     machine = predict(costs, {}, cores, with_generator=False).capacity
     workers = {Role.MEDIA.value: 1}
@@ -98,7 +136,7 @@ def size_fleet(cores: int, data: dict[str, Any] | None = None) -> Sizing:
     predicted = predict(costs, process_counts(fleet), cores, with_generator=False)
     if main and predicted.limit == Role.MAIN.value:
         reasons.append(f"main saturates first, at {predicted.capacity:.0f} msgs/s: more cores do not help this load")
-    return Sizing(cores, workers, reasons, predicted.capacity)
+    return _with_initial_sync(Sizing(cores, workers, reasons, predicted.capacity), data)
 
 
 def _workers_of(processes: dict[str, int]) -> dict[str, int]:
@@ -139,7 +177,10 @@ def main() -> None:
     for item in args.results:
         name, _, file = item.partition("=")
         shapes.setdefault(name, []).append(json.loads(Path(file).read_text()))
-    args.out.write_text(json.dumps(costs_from_results(shapes, args.costs_from), indent=2) + "\n")
+    data = costs_from_results(shapes, args.costs_from)
+    if args.out.exists() and "initial_sync" in (kept := load_costs(args.out)):
+        data["initial_sync"] = kept["initial_sync"]  # measured by the initial-sync test, not by these runs
+    args.out.write_text(json.dumps(data, indent=2) + "\n")
     print(f"wrote {args.out}")
 
 

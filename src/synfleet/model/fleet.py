@@ -22,6 +22,7 @@ class Role(StrEnum):
 
     MAIN = "main"
     CLIENT_SYNC = "client_sync"
+    INITIAL_SYNC = "initial_sync"
     ROOMS = "rooms"
     CLIENT_READER = "client_reader"
     FEDERATION_READER = "federation_reader"
@@ -52,6 +53,11 @@ class Stream(StrEnum):
 WORKER_FORWARDED_STREAMS = frozenset({Stream.DEVICE_LISTS})
 
 
+#: Streams that main and every process loading the media repository write: the media admin API's
+#: quarantine endpoints record each change in them where they run, and main's background update
+#: records media quarantined before the stream existed (Synapse 1.152+, checked on 1.163).
+MEDIA_REPOSITORY_STREAMS = frozenset({Stream.QUARANTINED_MEDIA_CHANGES})
+
 #: Streams that Synapse allows only one writer for.
 SINGLE_WRITER_STREAMS = frozenset(
     {Stream.TYPING, Stream.TO_DEVICE, Stream.ACCOUNT_DATA, Stream.PRESENCE, Stream.PUSH_RULES}
@@ -62,6 +68,7 @@ HTTP_ROLES = frozenset(
     {
         Role.MAIN,
         Role.CLIENT_SYNC,
+        Role.INITIAL_SYNC,
         Role.ROOMS,
         Role.CLIENT_READER,
         Role.FEDERATION_READER,
@@ -217,6 +224,18 @@ class Fleet:
     def writers(self, stream: Stream) -> tuple[Worker, ...]:
         return tuple(w for w in self.workers if stream in w.streams)
 
+    @property
+    def media_repository(self) -> tuple[Worker, ...]:
+        """The processes that load the media repository and serve its admin API: the media
+        workers, else main."""
+        return self.with_role(Role.MEDIA) or (self.main,)
+
+    @property
+    def media_stream_writers(self) -> tuple[str, ...]:
+        """Who must write :data:`MEDIA_REPOSITORY_STREAMS`: main and the media workers (the
+        default :func:`build_fleet` gives)."""
+        return (self.main.name, *(w.name for w in self.with_role(Role.MEDIA)))
+
     def group(self, process: str) -> str:
         """The group a process belongs to for resource limits and figures: a service's own name,
         ``main``, or a worker's role."""
@@ -227,13 +246,15 @@ class Fleet:
     def grown(self, role: Role, extra: int) -> Fleet:
         """This fleet with ``extra`` more workers of ``role``, named like the existing ones."""
         count = len(self.with_role(role))
-        added = tuple(Worker(f"{role.value}{count + i}", role) for i in range(1, extra + 1))
+        streams = MEDIA_REPOSITORY_STREAMS if role is Role.MEDIA else frozenset()
+        added = tuple(Worker(f"{role.value}{count + i}", role, streams) for i in range(1, extra + 1))
         return replace(self, workers=self.workers + added)
 
 
 #: The order roles appear in a fleet (and in rendered files).
 ROLE_ORDER = (
     Role.CLIENT_SYNC,
+    Role.INITIAL_SYNC,
     Role.CLIENT_READER,
     Role.FEDERATION_READER,
     Role.MEDIA,
@@ -269,9 +290,10 @@ def build_fleet(
     """A fleet from worker counts per role (named ``<role>1``..``<role>N``) and stream writers.
 
     Streams absent from ``writers`` keep the seed's defaults: the first sync worker writes
-    :data:`SYNC_WRITER_STREAMS`, tasks workers persist events (sharded by room), the rest stay on
-    main. A writer name that is not one of the numbered workers becomes a dedicated stream writer.
-    The first tasks worker runs background tasks; every tasks worker sends pushes.
+    :data:`SYNC_WRITER_STREAMS`, tasks workers persist events (sharded by room), main and the
+    media workers write :data:`MEDIA_REPOSITORY_STREAMS`, the rest stay on main. A writer name
+    that is not one of the numbered workers becomes a dedicated stream writer. The first tasks
+    worker runs background tasks; every tasks worker sends pushes.
     """
     writers = dict(writers or {})
     syncs = [f"{Role.CLIENT_SYNC.value}{i}" for i in range(1, counts.get(Role.CLIENT_SYNC, 0) + 1)]
@@ -281,6 +303,9 @@ def build_fleet(
             writers[stream] = [syncs[0]]
     if Stream.EVENTS not in writers and tasks:
         writers[Stream.EVENTS] = tasks
+    media = [f"{Role.MEDIA.value}{i}" for i in range(1, counts.get(Role.MEDIA, 0) + 1)]
+    for stream in MEDIA_REPOSITORY_STREAMS - writers.keys():
+        writers[stream] = ["main", *media]
     streams_of: dict[str, set[Stream]] = {}
     for stream, names in writers.items():
         for name in names:

@@ -22,3 +22,18 @@ class Resource(StrEnum):
     HEALTH = "health"
     KEYS = "keys"
     METRICS = "metrics"
+
+
+#: Main in Synapse's lists of instances (``stream_writers``, ``run_background_tasks_on``, ...):
+#: Synapse calls the main process ``master``, and renames its ``instance_map`` entry ``main`` so.
+MAIN_INSTANCE = "master"
+
+
+def instance_name(process: str) -> str:
+    """A process (``main`` or a worker's name) as Synapse's lists of instances name it."""
+    return MAIN_INSTANCE if process == "main" else process
+
+
+def process_name(instance: str) -> str:
+    """The process an entry of Synapse's lists of instances names (``master``: main)."""
+    return "main" if instance == MAIN_INSTANCE else instance

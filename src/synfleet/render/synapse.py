@@ -10,7 +10,7 @@ from synfleet.layout import FEDERATION_CA, SHARED_CONFIG, Layout, log_config_fil
 from synfleet.model.fleet import Role, Service, Stream, Worker
 from synfleet.model.pem import trusted_ca
 from synfleet.model.schema import FleetSpec
-from synfleet.model.synapse import WORKER_MODULE, Resource
+from synfleet.model.synapse import WORKER_MODULE, Resource, instance_name
 from synfleet.render.secrets import Secret
 
 # Per-user limits that interactive tests and load generators exceed within seconds.
@@ -88,7 +88,7 @@ def listeners(worker: Worker, layout: Layout) -> list[dict[str, Any]]:
 
 
 def _names(workers: tuple[Worker, ...]) -> list[str]:
-    return [w.name for w in workers]
+    return [instance_name(w.name) for w in workers]
 
 
 def _elsewhere(spec: FleetSpec, host: str, process: str) -> str | None:

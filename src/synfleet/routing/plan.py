@@ -46,6 +46,7 @@ UPSTREAM_PREFIX = INBOUND_PREFIX
 _GROUP_NAMES = {
     Role.MAIN: "main",
     Role.CLIENT_SYNC: "client_syncs",
+    Role.INITIAL_SYNC: "initial_syncs",
     Role.ROOMS: "room_workers",
     Role.CLIENT_READER: "client_readers",
     Role.FEDERATION_READER: "federation_readers",
@@ -53,7 +54,7 @@ _GROUP_NAMES = {
 }
 
 #: Roles whose upstream can grow by adding workers (``synfleet ring``).
-GROWABLE = (Role.ROOMS, Role.CLIENT_SYNC, Role.CLIENT_READER, Role.FEDERATION_READER, Role.MEDIA)
+GROWABLE = (Role.ROOMS, Role.CLIENT_SYNC, Role.INITIAL_SYNC, Role.CLIENT_READER, Role.FEDERATION_READER, Role.MEDIA)
 
 #: The nginx variable each balancing key is computed into.
 KEY_VARIABLES = {
@@ -120,11 +121,29 @@ KEY_MAPS: tuple[Map, ...] = (
     Map(
         "$uri",
         Variable.ROOM,
-        (MapEntry("~^/_matrix/.*?/!(?P<room>[^/:]+)", "$room"),),
+        (MapEntry("~^/_(?:matrix|synapse/admin)/.*?/!(?P<room>[^/:]+)", "$room"),),
         default="",
         comment="Room key: the opaque part of the first room ID (decoded $uri: ! and %21 alike)",
     ),
 )
+
+
+def arg_variable(name: str) -> str:
+    """The nginx variable that says whether a request has the query argument ``name``."""
+    return f"$synfleet_arg_{name}"
+
+
+def arg_map(name: str) -> Map:
+    """``-`` when the request lacks the query argument ``name`` (``$arg_<name>`` empty), else
+    ``name``: a token without spaces, so that the route map can test it before ``$uri``."""
+    return Map(
+        f"$arg_{name}",
+        arg_variable(name),
+        (MapEntry("", "-"),),
+        default=name,
+        comment=f"Whether the request has the query argument {name} (routes that require its absence)",
+    )
+
 
 CONNECTION_MAP = Map(
     "$http_upgrade",
@@ -146,11 +165,15 @@ class RoutingPlan:
     remote: Mapping[str, str] = field(default_factory=dict)
     upstreams: dict[str, Upstream] = field(init=False)
     rule_upstream: dict[str, str] = field(init=False)
+    #: The rules in force: ``rules`` without the optional ones whose target has no worker here.
+    active: tuple[Rule, ...] = field(init=False)
 
     def __post_init__(self) -> None:
+        active = tuple(rule for rule in self.rules if not rule.optional or self.serving(rule.target))
+        object.__setattr__(self, "active", active)
         upstreams: dict[str, Upstream] = {}
         rule_upstream: dict[str, str] = {}
-        for rule in (*self.rules, DEFAULT_RULE):
+        for rule in (*active, DEFAULT_RULE):
             workers = self.serving(rule.target) or (self.fleet.main,)
             target = rule.target if workers != (self.fleet.main,) else Role.MAIN
             name = upstream_name(target)
@@ -170,10 +193,18 @@ class RoutingPlan:
         return self.fleet.with_role(target)
 
     @cached_property
+    def query_args(self) -> tuple[str, ...]:
+        """The query arguments some rule in force tests, in the order the route map reads them."""
+        return tuple(sorted({arg for rule in self.active for arg in rule.without_args}))
+
+    @cached_property
     def route_map(self) -> Map:
-        entries = tuple(MapEntry(f"~{rule.map_regex}", rule.name) for rule in self.rules)
+        # Each tested argument is a token between the method and $uri: both have fixed forms there,
+        # while $uri may hold spaces and anything else after decoding.
+        args = self.query_args
+        entries = tuple(MapEntry(f"~{rule.map_regex_over(args)}", rule.name) for rule in self.active)
         return Map(
-            "$request_method $uri",
+            " ".join(["$request_method", *map(arg_variable, args), "$uri"]),
             Variable.ROUTE,
             entries,
             default=DEFAULT_RULE.name,
@@ -182,7 +213,7 @@ class RoutingPlan:
 
     @cached_property
     def upstream_map(self) -> Map:
-        entries = tuple(MapEntry(rule.name, self.rule_upstream[rule.name]) for rule in self.rules)
+        entries = tuple(MapEntry(rule.name, self.rule_upstream[rule.name]) for rule in self.active)
         return Map(
             Variable.ROUTE,
             Variable.UPSTREAM,
@@ -194,7 +225,9 @@ class RoutingPlan:
     @cached_property
     def key_map(self) -> Map:
         # Listed for every route; nginx only evaluates it for upstreams that hash.
-        entries = tuple(MapEntry(rule.name, KEY_VARIABLES[rule.key]) for rule in self.rules if rule.key is not Key.NONE)
+        entries = tuple(
+            MapEntry(rule.name, KEY_VARIABLES[rule.key]) for rule in self.active if rule.key is not Key.NONE
+        )
         return Map(
             Variable.ROUTE,
             Variable.KEY,
@@ -205,10 +238,11 @@ class RoutingPlan:
 
     @property
     def maps(self) -> tuple[Map, ...]:
-        return (*KEY_MAPS, CONNECTION_MAP, self.route_map, self.upstream_map, self.key_map)
+        arg_maps = tuple(arg_map(name) for name in self.query_args)
+        return (*KEY_MAPS, CONNECTION_MAP, *arg_maps, self.route_map, self.upstream_map, self.key_map)
 
     def rule(self, name: str) -> Rule:
-        return next(r for r in (*self.rules, DEFAULT_RULE) if r.name == name)
+        return next(r for r in (*self.active, DEFAULT_RULE) if r.name == name)
 
     def grown(self, role: Role, extra: int) -> RoutingPlan:
         """This plan with ``extra`` more workers of ``role``."""

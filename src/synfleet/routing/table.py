@@ -2,12 +2,15 @@
 
 Rules are tried in order against ``"<METHOD> <uri>"`` (``$uri``: decoded and normalised) and the
 first match wins. Order encodes precedence: main-only endpoints, then stream writers (typing,
-receipts, ... must reach their writer even though their paths name a room), then media, then every
-endpoint that names a room and that a generic worker serves, then sync, federation and the other
-generic-worker endpoints. Anything else goes to main.
+receipts, ... must reach their writer even though their paths name a room), then media (and the
+admin endpoints generic workers serve, before the rest of the admin API), then every endpoint that
+names a room and that a generic worker serves, then sync, federation and the other generic-worker
+endpoints. Anything else goes to main.
 
 Sources: Synapse's ``docs/workers.md`` (generic worker and stream writer endpoints) and the
-servlets Synapse registers on main only.
+servlets Synapse registers on each process. :mod:`synfleet.check.endpoints` proves the table
+against the installed Synapse's registrations: every endpoint goes to a process that registers it,
+and a MAIN rule that keeps endpoints a worker registers says why (``reason``).
 """
 
 from __future__ import annotations
@@ -53,24 +56,47 @@ FED_V12 = "/_matrix/federation/v[12]"
 
 @dataclass(frozen=True)
 class Rule:
-    """One route: requests whose method is in ``methods`` (empty: any) and whose ``$uri`` matches
-    ``path`` (anchored at the start) go to ``target``, balanced on ``key``."""
+    """One route: requests whose method is in ``methods`` (empty: any), whose ``$uri`` matches
+    ``path`` (anchored at the start) and whose query has none of ``without_args`` go to ``target``,
+    balanced on ``key``.
+
+    An ``optional`` rule is left out of a fleet that has no worker for its target, so that its
+    requests go to the next rule that matches them instead of to main: a pool that takes part of
+    another pool's requests when the fleet has one."""
 
     name: str
     path: str
     target: Target
     key: Key = Key.NONE
     methods: frozenset[str] = ANY_METHOD
+    #: Query arguments the request must not have (nginx's ``$arg_<name>`` empty: absent or empty).
+    without_args: frozenset[str] = frozenset()
+    optional: bool = False
+    #: Why a MAIN rule keeps endpoints that a worker registers (the endpoint proof lists them).
+    reason: str = ""
 
     @property
     def map_regex(self) -> str:
         """The regex for nginx's ``map "$request_method $uri"``; Python's ``re`` reads it alike."""
+        return self.map_regex_over(())
+
+    def map_regex_over(self, args: tuple[str, ...]) -> str:
+        """The regex for a map over ``"$request_method <token per argument> $uri"``: one token per
+        query argument in ``args``, ``-`` when the request lacks it, else the argument's name."""
         methods = "|".join(sorted(self.methods)) if self.methods else "[A-Z_-]+"
-        return f"^(?:{methods}) {self.path}"
+        tokens = "".join("- " if arg in self.without_args else "[^ ]+ " for arg in args)
+        return f"^(?:{methods}) {tokens}{self.path}"
 
 
-def _rule(name: str, path: str, target: Target, key: Key = Key.NONE, methods: frozenset[str] = ANY_METHOD) -> Rule:
-    return Rule(name=name, path=path, target=target, key=key, methods=methods)
+def _rule(
+    name: str,
+    path: str,
+    target: Target,
+    key: Key = Key.NONE,
+    methods: frozenset[str] = ANY_METHOD,
+    reason: str = "",
+) -> Rule:
+    return Rule(name=name, path=path, target=target, key=key, methods=methods, reason=reason)
 
 
 MAIN, SYNC, ROOMS = Role.MAIN, Role.CLIENT_SYNC, Role.ROOMS
@@ -90,9 +116,25 @@ ROUTES: tuple[Rule, ...] = (
     _rule("main_login_token", f"{CLIENT}/login/get_token$", MAIN),
     _rule("main_refresh", f"{CLIENT}/refresh$", MAIN),
     _rule("main_rendezvous", "/_matrix/client/(?:unstable/org.matrix.msc4108|v1)/rendezvous", MAIN),
-    _rule("main_sso", f"(?:{CLIENT}/login/(?:sso/redirect|cas/)|/_synapse/client/)", MAIN),
-    # A worker registers it but answers 500 (Synapse 1.163): only main can look up OpenID tokens.
-    _rule("main_federation_openid", f"{FED}/openid/userinfo$", MAIN),
+    _rule(
+        "main_sso",
+        f"(?:{CLIENT}/login/(?:sso/redirect|cas/)|/_synapse/client/(?:pick_idp|pick_username/|new_user_consent"
+        "|sso_register|oidc/|saml2/|password_reset/))",
+        MAIN,
+        reason="SSO sessions live in one process's memory: every step of a login must reach the same one",
+    ),
+    _rule(
+        "main_health",
+        "/health$",
+        MAIN,
+        reason="every process answers it; through nginx it reports main, which all the others need",
+    ),
+    _rule(
+        "main_federation_openid",
+        f"{FED}/openid/userinfo$",
+        MAIN,
+        reason="a worker registers it but answers 500: only main looks up OpenID tokens",
+    ),
     # --- stream writers: before any room rule, their paths name rooms too
     _rule("stream_typing", f"{CLIENT}/rooms/{SEGMENT}/typing(?:/|$)", Stream.TYPING, Key.USER),
     _rule("stream_to_device", f"{CLIENT_R0}/sendToDevice/", Stream.TO_DEVICE, Key.USER),
@@ -113,7 +155,8 @@ ROUTES: tuple[Rule, ...] = (
     _rule(
         "stream_device_lists",
         f"(?:{CLIENT_R0}/(?:delete_devices$|keys/upload)|{CLIENT}/(?:devices(?:/|$)"
-        "|keys/(?:device_signing|signatures)/upload$))",
+        "|keys/(?:device_signing|signatures)/upload$)"
+        "|/_matrix/client/unstable/org.matrix.msc3814.v1/dehydrated_device(?:/|$))",
         Stream.DEVICE_LISTS,
         Key.USER,
     ),
@@ -125,6 +168,16 @@ ROUTES: tuple[Rule, ...] = (
     ),
     # --- media repository (client, legacy and federation prefixes) and media admin
     _rule("media", "/_(?:matrix/(?:media|client/v1/media|federation/v1/media)|synapse/media)/", MEDIA, Key.USER),
+    # Quarantine records each change in the quarantined_media_changes stream on the process that
+    # serves it: only processes with the media repository serve it, and those the model makes the
+    # stream's writers (media workers, main without them: Fleet.media_repository).
+    _rule(
+        "media_quarantine",
+        "/_synapse/admin/v1/(?:media/(?:un)?quarantine/|quarantine_media/"
+        f"|room/{SEGMENT}/media/quarantine$|user/{SEGMENT}/media/quarantine$)",
+        MEDIA,
+        Key.USER,
+    ),
     _rule(
         "media_admin",
         "/_synapse/admin/v1/(?:purge_media_cache$|media/|quarantine_media/"
@@ -132,31 +185,69 @@ ROUTES: tuple[Rule, ...] = (
         MEDIA,
         Key.USER,
     ),
-    # --- the rest of the admin API is main's (after the media admin paths above)
+    # --- the admin endpoints generic workers serve: one room's details (and its deletion), a user's
+    # account (reading only); the rest of the admin API is main's
+    _rule("rooms_admin", f"/_synapse/admin/v1/rooms/{ROOM}$", ROOMS, Key.ROOM),
+    _rule("client_reader_admin", f"/_synapse/admin/v2/users/{SEGMENT}$", READER, Key.USER, READ),
     _rule("main_admin", "/_synapse/admin/", MAIN),
     # --- requests naming a room that generic workers serve: one room, one worker
     _rule(
         "rooms_client",
         f"{CLIENT}/rooms/{ROOM}/(?:joined_members$|members$|state$|state/|messages$|context/|event/"
         "|relations/|threads$|hierarchy$|timestamp_to_event$|aliases|initialSync$|redact/|send/"
-        "|(?:join|invite|leave|ban|unban|kick)$)",
+        "|(?:join|invite|leave|ban|unban|kick)(?:/[^/]+)?$)",
         ROOMS,
         Key.ROOM,
     ),
-    _rule("rooms_join", f"{CLIENT}/(?:join|knock)/{ROOM}$", ROOMS, Key.ROOM),
-    _rule("rooms_summary", f"/_matrix/client/unstable/im.nheko.summary/summary/{ROOM}$", ROOMS, Key.ROOM),
+    _rule("rooms_aliases", f"/_matrix/client/unstable/org.matrix.msc2432/rooms/{ROOM}/aliases$", ROOMS, Key.ROOM),
+    _rule("rooms_join", f"{CLIENT}/(?:join|knock)/{ROOM}(?:/[^/]+)?$", ROOMS, Key.ROOM),
+    _rule(
+        "rooms_summary",
+        f"/_matrix/client/(?:unstable/im.nheko.summary/(?:summary/{ROOM}$|rooms/{ROOM}/summary$)"
+        f"|v1/room_summary/{ROOM}$)",
+        ROOMS,
+        Key.ROOM,
+    ),
     _rule(
         "rooms_federation",
         f"(?:{FED}/(?:state|state_ids|backfill|get_missing_events|make_join|make_leave|make_knock"
         f"|send_knock|event_auth|timestamp_to_event|exchange_third_party_invite|hierarchy)"
-        f"|{FED_V12}/(?:send_join|send_leave|invite))/{ROOM}",
+        f"|{FED_V12}/(?:send_join|send_leave|invite))/{ROOM}"
+        f"|/_matrix/federation/unstable/rooms/{ROOM}/complexity$",
         ROOMS,
         Key.ROOM,
     ),
-    # --- sync, sticky per user
+    # --- sync, sticky per user. Initial syncs (no since; sliding sync's first request has no pos)
+    # build a whole account's state from scratch: with an initial-sync pool, a burst of them does not
+    # hold up live sync. Without one, they are syncs like the others.
+    Rule(
+        "initial_sync",
+        "/_matrix/client/(?:r0|v3|unstable)/sync$",
+        Role.INITIAL_SYNC,
+        Key.USER,
+        READ,
+        without_args=frozenset({"since"}),
+        optional=True,
+    ),
+    Rule(
+        "initial_sliding_sync",
+        "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync$",
+        Role.INITIAL_SYNC,
+        Key.USER,
+        frozenset({"POST"}),
+        without_args=frozenset({"pos"}),
+        optional=True,
+    ),
+    Rule(
+        "initial_sync_legacy",
+        "/_matrix/client/(?:api/v1|r0|v3|unstable)/initialSync$",
+        Role.INITIAL_SYNC,
+        Key.USER,
+        optional=True,
+    ),
     _rule(
         "sync",
-        "/_matrix/client/(?:(?:r0|v3)/sync|(?:api/v1|r0|v3)/(?:events|initialSync)"
+        "/_matrix/client/(?:(?:r0|v3|unstable)/sync|(?:api/v1|r0|v3|unstable)/(?:events|initialSync)"
         "|unstable/org.matrix.simplified_msc3575/sync)$",
         SYNC,
         Key.USER,
@@ -167,28 +258,35 @@ ROUTES: tuple[Rule, ...] = (
         "federation_reader",
         f"(?:{FED}/(?:version$|event/|state/|state_ids/|backfill/|get_missing_events/|publicRooms"
         "|query/|make_join/|make_leave/|make_knock/|send_knock/|event_auth/|timestamp_to_event/"
-        "|exchange_third_party_invite/|user/devices/|user/keys/(?:query|claim)$|hierarchy/)"
-        f"|{FED_V12}/(?:send_join|send_leave|invite)/|/_matrix/key/v2/(?:query|server))",
+        "|exchange_third_party_invite/|user/devices/|user/keys/(?:query|claim)$|hierarchy/|3pid/onbind$)"
+        f"|{FED_V12}/(?:send_join|send_leave|invite)/|/_matrix/key/v2/(?:query|server)"
+        "|/_matrix/federation/unstable/org.matrix.msc3720/query/account_status$)",
         FED_READER,
         Key.ORIGIN,
     ),
     # --- the other generic-worker client endpoints
     _rule(
         "client_reader",
-        f"(?:{CLIENT}/(?:createRoom$|publicRooms$|account/(?:3pid|whoami|deactivate)$|voip/turnServer$"
+        f"(?:{CLIENT}/(?:createRoom(?:/[^/]+)?$|publicRooms$|events/[^/]+$|account/(?:3pid|whoami|deactivate)$|voip/turnServer$"
         "|joined_rooms$|search$|user/[^/]+/filter(?:/|$)|directory/room/|capabilities$|notifications$"
         "|keys/(?:query|changes|claim)$|room_keys/|login$|register(?:/available)?$|password_policy$"
         "|join/|knock/|profile/|user_directory/search$|rooms/[^/]+/(?:joined_members$|members$"
         "|state|messages$|context/|event/|relations/|threads$|hierarchy$|timestamp_to_event$|aliases"
         "|redact/|send/|(?:join|invite|leave|ban|unban|kick)$))"
-        "|/_matrix/client/versions$|/_matrix/client/v1/register/m.login.registration_token/validity$"
-        "|/_matrix/client/unstable/im.nheko.summary/summary/)",
+        "|/_matrix/client/versions$|/_matrix/client/(?:v1|unstable)/register/m.login.registration_token/validity$"
+        "|/_matrix/client/(?:unstable/im.nheko.summary/(?:summary|rooms)/|v1/room_summary/)"
+        "|/_matrix/client/(?:v1|unstable)/appservice/[^/]+/ping$"
+        "|/_matrix/client/unstable/org.matrix.msc4140/delayed_events/[^/]+/restart$"
+        "|/_matrix/client/unstable/org.matrix.msc3720/account_status$"
+        "|/_matrix/client/unstable/org.matrix.msc2432/rooms/[^/]+/aliases$"
+        "|/_synapse/client/(?:unsubscribe|media_upload_limit_exceeded)$|/.well-known/matrix/)",
         READER,
         Key.USER,
     ),
     _rule(
         "client_reader_get",
-        f"(?:{CLIENT}/pushrules/|/_matrix/client/unstable/org.matrix.msc4140/delayed_events)",
+        f"(?:{CLIENT}/pushrules/|/_matrix/client/unstable/(?:org.matrix.msc4140/delayed_events"
+        "|io.element.msc4308/thread_subscriptions$))",
         READER,
         Key.USER,
         READ,

@@ -4,9 +4,10 @@ The fleet file the run directory was rendered from is kept in it (``run/fleet.to
 are rendered, and what differs decides the plan:
 
 - a worker added or removed, whose shared Synapse config (``homeserver.yaml``) stays the same, as
-  for room workers, client readers and media workers: start the new worker and wait until it is
-  healthy, reload nginx gracefully, then stop the removed worker (nginx has stopped sending to it).
-  No other process restarts.
+  for room workers and client readers (not media workers: each writes quarantined_media_changes,
+  so they are in ``stream_writers``): start the new worker and wait until it is healthy, reload
+  nginx gracefully, then stop the removed worker (nginx has stopped sending to it). No other
+  process restarts.
 - a process whose own files changed (its worker or log config): restart it alone, one at a time.
 - a changed ``homeserver.yaml`` (``instance_map``, stream writers, event persisters, federation
   senders...): Synapse wants every process restarted, and no process may run the old config while

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import secrets
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -54,3 +56,15 @@ def register_user(
     if data.get("errcode") == "M_USER_IN_USE":
         raise UsageError(f"user {localpart!r} already exists")
     raise SynfleetError(f"registration failed: {data.get('errcode', response.status_code)}: {data.get('error', '')}")
+
+
+def register_users(paths: RunPaths, prefix: str, count: int) -> list[tuple[str, str]]:
+    """``count`` users ``<prefix>0`` ... with random passwords (load generators' accounts), four
+    at a time: each one's user ID and access token."""
+
+    def one(n: int) -> tuple[str, str]:
+        answer = register_user(paths, f"{prefix}{n}", f"pw-{prefix}-{n}-{secrets.token_hex(4)}", admin=False)
+        return answer["user_id"], answer["access_token"]
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        return list(pool.map(one, range(count)))

@@ -21,7 +21,13 @@ from synfleet.model.schema.resources import Resources, check_resource_groups
 from synfleet.model.schema.storage import Database, Redis
 from synfleet.model.schema.synapse import Media, Synapse
 from synfleet.model.schema.values import Section, check_server_name
-from synfleet.model.schema.workers import Routing, Workers, check_stream_writers, check_writers_serve_http
+from synfleet.model.schema.workers import (
+    Routing,
+    Workers,
+    check_media_writers,
+    check_stream_writers,
+    check_writers_serve_http,
+)
 
 
 class FleetSpec(Section):
@@ -63,6 +69,7 @@ class FleetSpec(Section):
     def _across_sections(self) -> Self:
         count = len(self.fleet.workers)
         check_writers_serve_http(self.fleet, self.stream_writers)
+        check_media_writers(self.fleet, self.stream_writers)
         self.metrics.check_ports(count)
         check_transport_ports(self, count)
         check_placement(self)

@@ -5,7 +5,15 @@ from __future__ import annotations
 
 from typing import Literal
 
-from synfleet.model.fleet import HTTP_ROLES, SEED_COUNTS, SINGLE_WRITER_STREAMS, Fleet, Role, Stream
+from synfleet.model.fleet import (
+    HTTP_ROLES,
+    MEDIA_REPOSITORY_STREAMS,
+    SEED_COUNTS,
+    SINGLE_WRITER_STREAMS,
+    Fleet,
+    Role,
+    Stream,
+)
 from synfleet.model.schema.values import NAME_PATTERN, Count, Section
 
 
@@ -13,6 +21,9 @@ class Workers(Section):
     """How many workers of each role; 0 leaves that work to main. The defaults are the seed's."""
 
     client_sync: Count = SEED_COUNTS[Role.CLIENT_SYNC]
+    #: Initial syncs (GET /sync without since) on a pool of their own, so that a burst of them does
+    #: not hold up live sync; 0: they stay with client_sync.
+    initial_sync: Count = 0
     rooms: Count = SEED_COUNTS[Role.ROOMS]
     client_reader: Count = SEED_COUNTS[Role.CLIENT_READER]
     federation_reader: Count = SEED_COUNTS[Role.FEDERATION_READER]
@@ -23,6 +34,7 @@ class Workers(Section):
     def counts(self) -> dict[Role, int]:
         return {
             Role.CLIENT_SYNC: self.client_sync,
+            Role.INITIAL_SYNC: self.initial_sync,
             Role.ROOMS: self.rooms,
             Role.CLIENT_READER: self.client_reader,
             Role.FEDERATION_READER: self.federation_reader,
@@ -70,3 +82,16 @@ def check_writers_serve_http(fleet: Fleet, writers: dict[Stream, list[str]]) -> 
                     "HTTP requests; use a new name for a dedicated writer, or a worker of role "
                     + ", ".join(sorted(r.value for r in HTTP_ROLES))
                 )
+
+
+def check_media_writers(fleet: Fleet, writers: dict[Stream, list[str]]) -> None:
+    """A media repository stream's writers include main (Synapse's background update there writes
+    it) and every process the media admin API's quarantine endpoints reach (they write it where
+    they run, else answer 500)."""
+    for stream in sorted(MEDIA_REPOSITORY_STREAMS & writers.keys()):
+        if missing := [name for name in fleet.media_stream_writers if name not in writers[stream]]:
+            raise ValueError(
+                f"stream_writers.{stream.value}: leaves out {', '.join(missing)}; the quarantine admin "
+                "endpoints write this stream on every media worker (on main without one) and main's "
+                f"background updates write it too: list at least {', '.join(fleet.media_stream_writers)}"
+            )
