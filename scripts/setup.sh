@@ -2,21 +2,41 @@
 # Installs what synfleet needs on a Debian or Ubuntu machine: nginx, PostgreSQL and Redis from the
 # distribution (and for the tests iproute2 and dnsmasq for the multi-host lab, podman, runc and
 # debootstrap for the compose run, Prometheus's binaries for the metrics test), and synfleet with
-# Synapse in a virtualenv at .venv. Safe to run again.
+# Synapse in a virtualenv at .venv (with the test, development and bench tools). Safe to run again.
+#
+# --runtime-only: only what a fleet needs to run (nginx, PostgreSQL, Redis, synfleet with Synapse),
+# none of the test, development and bench tools.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+runtime_only=false
+for argument in "$@"; do
+    case $argument in
+        --runtime-only) runtime_only=true ;;
+        -h | --help)
+            echo "usage: scripts/setup.sh [--runtime-only]"
+            exit 0
+            ;;
+        *)
+            echo "setup: error: unknown option $argument (usage: scripts/setup.sh [--runtime-only])" >&2
+            exit 2
+            ;;
+    esac
+done
 
 missing=()
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 command -v redis-server >/dev/null || missing+=(redis-server)
-command -v ip >/dev/null || [ -x /usr/sbin/ip ] || missing+=(iproute2)
-command -v dnsmasq >/dev/null || [ -x /usr/sbin/dnsmasq ] || missing+=(dnsmasq-base)
-command -v systemd-analyze >/dev/null || missing+=(systemd)  # checks `synfleet service` units
-# The compose test: podman with runc, and debootstrap for its locally built images.
-command -v podman >/dev/null || missing+=(podman)
-command -v runc >/dev/null || [ -x /usr/sbin/runc ] || missing+=(runc)
-command -v debootstrap >/dev/null || [ -x /usr/sbin/debootstrap ] || missing+=(debootstrap)
+if ! $runtime_only; then
+    command -v ip >/dev/null || [ -x /usr/sbin/ip ] || missing+=(iproute2)
+    command -v dnsmasq >/dev/null || [ -x /usr/sbin/dnsmasq ] || missing+=(dnsmasq-base)
+    command -v systemd-analyze >/dev/null || missing+=(systemd)  # checks `synfleet service` units
+    # The compose test: podman with runc, and debootstrap for its locally built images.
+    command -v podman >/dev/null || missing+=(podman)
+    command -v runc >/dev/null || [ -x /usr/sbin/runc ] || missing+=(runc)
+    command -v debootstrap >/dev/null || [ -x /usr/sbin/debootstrap ] || missing+=(debootstrap)
+fi
 if [ ${#missing[@]} -gt 0 ]; then
     echo "setup: installing ${missing[*]}"
     sudo=""
@@ -61,8 +81,14 @@ if [ ! -x .venv/bin/python ]; then
         exit 1
     fi
 fi
-echo "setup: installing synfleet, Synapse and test tools into .venv"
 .venv/bin/python -m pip install -q --upgrade pip
+if $runtime_only; then
+    echo "setup: installing synfleet and Synapse into .venv"
+    .venv/bin/python -m pip install -q -e '.[synapse]'
+    echo "setup: done (.venv/bin/synfleet; without the test tools)"
+    exit 0
+fi
+echo "setup: installing synfleet, Synapse and test tools into .venv"
 .venv/bin/python -m pip install -q -e '.[synapse,test,dev,bench]'
 # Prometheus, for the metrics test: the binaries of Debian's package unpacked into the virtualenv.
 # Installing the package would start a system-wide Prometheus on port 9090.

@@ -1,14 +1,22 @@
-"""What several test modules use: fixture cases, fleets of a profile, and real nginx on a rendered
-routing config with stub workers on its sockets."""
+"""What several test modules use: fixture cases, fleets of a profile, real nginx on a rendered
+routing config with stub workers on its sockets, and synfleet run on a terminal of a given width."""
 
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import json
 import os
 import platform
+import pty
+import re
+import select
 import shutil
+import struct
+import subprocess
 import sys
+import termios
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -166,3 +174,43 @@ def descriptors(pid: int, target: str) -> list[int]:
         except OSError:
             continue
     return found
+
+
+#: Variables that make rich treat any output as a terminal; a test of what a pipe or a terminal
+#: gets must not inherit them.
+_TERMINAL_OVERRIDES = ("TTY_COMPATIBLE", "TTY_INTERACTIVE", "FORCE_COLOR", "NO_COLOR", "COLUMNS", "LINES")
+
+
+def columns_env(columns: int) -> dict[str, str]:
+    """This process's environment with ``COLUMNS=columns`` and none of rich's terminal overrides."""
+    env = {k: v for k, v in os.environ.items() if k not in _TERMINAL_OVERRIDES}
+    env["COLUMNS"] = str(columns)
+    return env
+
+
+def synfleet_in_terminal(*args: str, columns: int, timeout: float = 60) -> str:
+    """What ``synfleet *args`` prints on a terminal ``columns`` wide (a pseudo-terminal), colours
+    and line ends (CR LF) taken out."""
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 50, columns, 0, 0))
+    with subprocess.Popen(
+        [sys.executable, "-m", "synfleet", *args],
+        stdin=subprocess.DEVNULL,
+        stdout=follower,
+        stderr=follower,
+        env=columns_env(columns),
+    ) as process:
+        os.close(follower)
+        chunks, deadline = [], time.monotonic() + timeout
+        while select.select([leader], [], [], max(0.0, deadline - time.monotonic()))[0]:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # EIO: every holder of the terminal closed it
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        process.wait(max(1.0, deadline - time.monotonic()))
+    os.close(leader)
+    text = b"".join(chunks).decode(errors="replace").replace("\r\n", "\n")
+    return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07", "", text)

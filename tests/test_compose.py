@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -193,3 +195,32 @@ def test_images_are_built_once(podman: Podman) -> None:
     before = ids()
     assert ensure_images(podman).model_dump().items() >= images.items()
     assert ids() == before
+
+
+def test_lab_compose_names_the_project_as_its_compose_file_does(podman: Podman, tmp_path: Path) -> None:
+    """`python -m synfleet.lab.compose --dir D` starts the project under the compose file's name,
+    so its volumes are where the README's `user add --socket` example looks: synfleet-<server
+    name, dots as dashes>_sockets (not D's directory name)."""
+    images = ensure_images(podman)
+    if reason := podman.can_start_containers(images.synapse):
+        helpers.require(f"podman cannot start a container here: {reason}")
+    server_name = f"names-{uuid.uuid4().hex[:8]}.test"
+    project = ComposeProject(tmp_path / "deploy", "synfleet-" + server_name.replace(".", "-"), podman)
+    spec = helpers.profile_with("small", server_name, listen={"http_port": free_port()}, images=images.model_dump())
+    (tmp_path / "fleet.toml").write_text(fleet_toml(spec))
+    synfleet("render", "--dir", str(tmp_path), check=True)
+    lab = [sys.executable, "-m", "synfleet.lab.compose", "--dir", str(tmp_path)]
+    try:
+        started = subprocess.run(lab, capture_output=True, text=True, timeout=900)
+        assert started.returncode == 0, started.stdout + started.stderr
+        assert started.stdout.startswith(f"{project.name}: every healthcheck passed"), started.stdout
+        volumes = podman.check("volume", "ls", "--format", "{{.Name}}").split()
+        assert f"{project.name}_sockets" in volumes
+        assert not [volume for volume in volumes if volume.startswith(f"{tmp_path.name}_")]
+        stopped = subprocess.run([*lab, "--down"], capture_output=True, text=True, timeout=300)
+        assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+        assert project.containers() == {}
+    finally:
+        project.remove()
+    made = [podman.check(kind, "ls", "--format", "{{.Name}}").split() for kind in ("volume", "network")]
+    assert not [name for names in made for name in names if name.startswith(f"{project.name}_")]

@@ -41,7 +41,9 @@ from synfleet.metrics.scrape import scrape
 from synfleet.model.load import load_spec
 from synfleet.render.nginx import access_lines
 from synfleet.routing.plan import RoutingPlan
+from synfleet.run.fleet import ProcessStatus, status
 from synfleet.run.paths import RunPaths, deployed_plan
+from synfleet.run.supervisor import Supervisor
 from synfleet.system import free_port, free_ports
 
 pytestmark = pytest.mark.integration
@@ -232,6 +234,57 @@ def test_status_json_has_the_tables_figures(fleet: Fleet) -> None:
     assert data["total_rss_bytes"] == sum(p["rss_bytes"] for p in processes.values())
     assert data["total_pss_bytes"] == sum(p["pss_bytes"] for p in processes.values())
     assert data["supervisor"]["pid"] and data["supervisor"]["pss_bytes"] > 0
+
+
+def test_status_and_top_into_a_pipe_print_every_name_and_socket_whole(fleet: Fleet) -> None:
+    """Redirected, as from cron or ssh: at any COLUMNS no cell is cut."""
+    narrow = helpers.columns_env(40)
+    table = fleet.synfleet("status", env=narrow)
+    assert table.returncode == 0, table.stdout + table.stderr
+    rows = {
+        cells[1]: cells
+        for line in table.stdout.splitlines()
+        if len(cells := [c.strip() for c in line.split("│")]) == 10
+    }
+    for process in json.loads(fleet.synfleet("status", "--json").stdout)["processes"]:
+        assert process["name"] in rows, (process["name"], table.stdout)
+        assert rows[process["name"]][8] == (process["socket"] or ""), (process, table.stdout)
+    top = fleet.synfleet("top", "--count", "1", "--interval", "1", env=narrow)
+    assert top.returncode == 0, top.stdout + top.stderr
+    for worker in fleet.plan.fleet.workers:
+        assert re.search(rf"│ {worker.name}\s+│ {fleet.plan.fleet.group(worker.name)}\s+│\s+\d+%", top.stdout), (
+            top.stdout
+        )
+
+
+@pytest.mark.parametrize("columns", [40, 200])
+def test_up_names_the_next_commands_on_one_line(fleet: Fleet, columns: int) -> None:
+    """On a terminal of any width and into a pipe (`up` on the running fleet checks it and says the same)."""
+    directory = fleet.directory
+    hint = f"next: synfleet user add NAME --password ... --dir {directory}; stop with: synfleet down --dir {directory}"
+    terminal = helpers.synfleet_in_terminal("up", "--dir", str(fleet.directory), columns=columns, timeout=300)
+    piped = fleet.synfleet("up", env=helpers.columns_env(columns)).stdout
+    for output in (terminal, piped):
+        assert hint in [line.strip() for line in output.splitlines()], output
+
+
+def test_a_started_process_that_answers_its_health_check_is_running(fleet: Fleet) -> None:
+    """supervisord says STARTING for a few seconds after a start (startsecs) even when the process
+    already answers its health check: status shows it running then, not starting and healthy."""
+    paths, spec = RunPaths(fleet.directory), load_spec(fleet.directory)
+    supervisor = Supervisor(paths)
+    supervisor.stop("nginx")
+    supervisor.start("nginx")
+
+    def nginx() -> ProcessStatus:
+        return next(row for row in status(paths, spec).processes if row.name == "nginx")
+
+    deadline = time.monotonic() + 60
+    while not (row := nginx()).healthy and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert (row.state, row.healthy) == ("RUNNING", True), row
+    while supervisor.info()["nginx"].state != "RUNNING" and time.monotonic() < deadline:
+        time.sleep(0.2)  # as the other tests found it
 
 
 def test_down_then_up_keeps_users_and_rooms(fleet: Fleet) -> None:

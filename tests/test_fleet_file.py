@@ -12,7 +12,7 @@ from helpers import CONFIGS
 from synfleet.bench.sizing import initial_sync_pool, load_costs, size_fleet
 from synfleet.model.fleet import Role, Stream
 from synfleet.model.profiles import PROFILES, profile_spec
-from synfleet.model.schema import parse_fleet
+from synfleet.model.schema import parse_fleet, parse_fleet_file
 from synfleet.render.fleet_file import fleet_file_text
 
 BAD_FLEETS = sorted(p.name for p in (CONFIGS / "bad_fleets").iterdir())
@@ -34,6 +34,60 @@ def test_route_reports_a_bad_fleet_file_too(tmp_path: Path) -> None:
     shutil.copy(CONFIGS / "bad_fleets" / "negative_count" / "fleet.toml", tmp_path / "fleet.toml")
     result = synfleet("route", "--dir", str(tmp_path), "GET", "/")
     assert result.returncode == 2 and "workers.rooms" in result.stderr
+
+
+def senders_fleet(workers: str = "sender", placement: str = "sender", resources: str = "sender") -> str:
+    """A fleet on two hosts whose federation senders are counted, placed on host b and limited
+    under the given names."""
+    return (
+        f'server_name = "example.org"\n[workers]\n{workers} = 3\n'
+        '[hosts.a]\naddress = "10.0.0.1"\n[hosts.b]\naddress = "10.0.0.2"\n'
+        f'[placement]\ndefault = "a"\n{placement} = "b"\n'
+        f'[resources.{resources}]\nmemory = "256m"\ncpus = 0.5\n'
+    )
+
+
+@pytest.mark.parametrize(
+    "old_in", [("workers",), ("placement",), ("resources",), ("workers", "placement", "resources")], ids="+".join
+)
+def test_the_sender_group_has_one_name_and_takes_the_old_one_with_a_warning(
+    tmp_path: Path, old_in: tuple[str, ...]
+) -> None:
+    """[workers], [placement] and [resources] name the federation senders `sender`, the role's name;
+    `senders` gives the same fleet and one warning line that says what to write instead."""
+    new, old = tmp_path / "new", tmp_path / "old"
+    for directory, names in ((new, {}), (old, dict.fromkeys(old_in, "senders"))):
+        directory.mkdir()
+        (directory / "fleet.toml").write_text(senders_fleet(**names))
+    spec = parse_fleet(senders_fleet())
+    assert [w.name for w in spec.fleet.workers if w.role is Role.SENDER] == ["sender1", "sender2", "sender3"]
+    assert spec.fleet.processes_on("b") == ["sender1", "sender2", "sender3"]
+    assert spec.resources_for("sender").memory == "256m"
+    keys = ", ".join(f"{table}.senders" for table in old_in)
+    warning = f"{keys}: senders is the old name of the sender group; write sender instead"
+    assert parse_fleet_file(senders_fleet(**dict.fromkeys(old_in, "senders")), "f.toml") == (
+        spec,
+        [f"f.toml: {warning}"],
+    )
+    rendered = {directory: synfleet("render", "--dir", str(directory)) for directory in (new, old)}
+    assert rendered[new].returncode == 0 and rendered[new].stderr == "", rendered[new].stderr
+    assert rendered[old].returncode == 0, rendered[old].stderr
+    assert rendered[old].stderr == f"synfleet: warning: {old}/fleet.toml: {warning}\n"
+    assert rendered[old].stdout == rendered[new].stdout.replace(str(new), str(old))
+    compose = "deploy/hosts/b/docker-compose.yml"
+    assert (old / compose).read_text() == (new / compose).read_text()
+    assert 'deploy: {"resources": {"limits": {"memory": "256m", "cpus": "0.5"}}}' in (new / compose).read_text()
+
+
+def test_a_process_named_senders_is_placed_by_its_name() -> None:
+    """A dedicated stream writer may be named senders: [placement] then places that process."""
+    text = (
+        senders_fleet().replace("[placement]\n", '[placement]\nsenders = "b"\n')
+        + '[stream_writers]\ntyping = ["senders"]\n'
+    )
+    spec, warnings = parse_fleet_file(text)
+    assert warnings == [] and spec.fleet.worker("senders").role is Role.STREAM_WRITER
+    assert spec.fleet.processes_on("b") == ["sender1", "sender2", "sender3", "senders"]
 
 
 @pytest.mark.parametrize("profile", PROFILES)

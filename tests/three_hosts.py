@@ -28,7 +28,7 @@ from synfleet.run.postgres import query
 
 HOSTS = ("a", "b", "c")
 WORKERS = {"client_sync": 1, "rooms": 2, "tasks": 1, "client_reader": 0, "federation_reader": 0, "media": 0}
-WORKERS["senders"] = 0
+WORKERS["sender"] = 0
 PLACEMENT = {"default": "a", "rooms": ["b", "c"], "client_sync": "b", "tasks": "c"}
 ROOMS = "synapse_inbound_room_workers"
 #: What each host runs.

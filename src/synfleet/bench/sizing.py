@@ -122,7 +122,7 @@ def size_fleet(cores: int, data: dict[str, Any] | None = None) -> Sizing:
         )
     workers[_counts_key(Role.SENDER)] = 1
     reasons.append(
-        "senders = 1: the bench has no other server; each sender reads every event, so more senders only add "
+        "sender = 1: the bench has no other server; each sender reads every event, so more senders only add "
         "work until federation traffic needs them"
     )
     for role in (Role.CLIENT_READER, Role.FEDERATION_READER):

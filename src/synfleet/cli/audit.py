@@ -14,6 +14,8 @@ from rich.table import Table
 from synfleet.audit import audit
 from synfleet.audit.findings import ERROR, AuditReport, Finding
 from synfleet.audit.synapse_config import read_synapse_config
+from synfleet.cli.options import print_fleet_warnings
+from synfleet.cli.output import output_console
 from synfleet.model.load import load_spec
 from synfleet.nginx.binary.command import version_text
 from synfleet.run.paths import RunPaths
@@ -49,7 +51,7 @@ def audit_command(
     if as_json:
         _print_json(report)
     else:
-        _print_report(Console(highlight=False), config, report)
+        _print_report(output_console(), config, report)
     sys.exit(1 if report.findings else 0)
 
 
@@ -60,6 +62,7 @@ def _audit(config: Path, fleet_dir: Path | None, synapse_files: tuple[Path, ...]
     if not fleet_dir:
         return audit(config, confirm=confirm, synapse=synapse)
     spec = load_spec(fleet_dir)
+    print_fleet_warnings(fleet_dir)
     return audit(
         config,
         spec.fleet,

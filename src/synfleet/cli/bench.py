@@ -16,6 +16,7 @@ from synfleet.bench.compare import bench
 from synfleet.bench.plots import plot, plot_capacity
 from synfleet.bench.startup import StartupSettings, startup_bench
 from synfleet.cli.options import DIR_OPTION, Decorated
+from synfleet.cli.output import output_console
 
 
 def _spread(values: dict[str, float]) -> str:
@@ -171,7 +172,7 @@ def bench_command(
     """Measure the fleet against a monolith (and room-blind balancing) on this machine: at one
     closed-loop load, or with --capacity the highest rate each sustains; or with --start-up how
     each way of starting Synapse does."""
-    console = Console(highlight=False)
+    console = output_console()
     if start_up and find_capacity:
         raise click.UsageError("--start-up and --capacity are separate benches: choose one")
     if start_up and png:

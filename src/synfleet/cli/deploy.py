@@ -7,12 +7,12 @@ from pathlib import Path
 
 import click
 from click.core import ParameterSource
-from rich.console import Console
 from rich.markup import escape
 
 from synfleet.bench.sizing import size_fleet
 from synfleet.check.deployment import check_deployment
 from synfleet.cli.options import DIR_OPTION, make_directory, target_option
+from synfleet.cli.output import output_console
 from synfleet.errors import FleetError, UsageError
 from synfleet.layout import SECRETS_DIR
 from synfleet.model.load import FLEET_FILE, load_spec
@@ -122,7 +122,7 @@ def render_command(directory: Path, target: str, trial_services: bool) -> None:
 @DIR_OPTION
 def check_command(directory: Path) -> None:
     """Validate DIR/deploy with nginx -t, Synapse's own config loader and synfleet's consistency checks."""
-    console = Console(highlight=False)
+    console = output_console()
     failures = 0
     for result in check_deployment(directory):
         mark = "[green]ok[/green]  " if result.ok else "[red]FAIL[/red]"

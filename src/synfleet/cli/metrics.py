@@ -6,12 +6,13 @@ import time
 from pathlib import Path
 
 import click
-from rich.console import Console, Group
+from rich.console import Group
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
 from synfleet.cli.options import DIR_OPTION, HOST_OPTION
+from synfleet.cli.output import output_console, stdout_is_terminal
 from synfleet.errors import UsageError
 from synfleet.metrics.top import Row, Sample, nginx_rate, rows, sample
 from synfleet.model.load import load_spec
@@ -73,16 +74,15 @@ def top_command(directory: Path, host: str, interval: float, count: int | None) 
             "the running fleet has no metrics listeners: set `enabled = true` under [metrics] in "
             f"{directory}/fleet.toml and run `synfleet apply --dir {directory}`"
         )
-    console = Console(highlight=False)
-    if not console.is_terminal:  # a pipe or a file: room for the longest process and job names
-        console = Console(highlight=False, width=120)
+    console = output_console()
+    terminal = stdout_is_terminal()
     before = sample(spec, host)
     if not any(before.processes.values()):
         raise UsageError(
             f"no process of the fleet answers on its metrics port: is it running? (synfleet status --dir {directory})"
         )
-    remaining = count if count is not None else (None if console.is_terminal else 1)
-    live = Live(console=console, auto_refresh=False) if console.is_terminal else None
+    remaining = count if count is not None else (None if terminal else 1)
+    live = Live(console=console, auto_refresh=False) if terminal else None
     try:
         if live:
             live.start()

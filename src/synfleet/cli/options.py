@@ -9,13 +9,21 @@ from typing import Any, TypeVar
 import click
 
 from synfleet.errors import UsageError
+from synfleet.model.load import fleet_file_warnings
 
 Decorated = TypeVar("Decorated", bound=Callable[..., Any])
+
+
+def print_fleet_warnings(directory: Path) -> None:
+    """Say on stderr, once per command, what the deployment's fleet file should write otherwise."""
+    for warning in fleet_file_warnings(directory):
+        click.echo(f"synfleet: warning: {warning}", err=True)
 
 
 def _directory(context: click.Context, parameter: click.Parameter, value: Path) -> Path:
     if value.exists() and not value.is_dir():
         raise click.BadParameter(f"{value} is not a directory", context, parameter)
+    print_fleet_warnings(value)
     return value
 
 

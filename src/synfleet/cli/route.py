@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from synfleet.cli.options import DIR_OPTION, target_option
+from synfleet.cli.output import output_console
 from synfleet.errors import BadRequest, UsageError
 from synfleet.model.fleet import Role
 from synfleet.model.load import load_spec
@@ -132,7 +133,7 @@ def route_command(
     if as_json:
         click.echo(json.dumps(decision.as_json(), sort_keys=True))
     else:
-        Console(highlight=False).print(_table(decision))
+        output_console().print(_table(decision))
 
 
 @click.command("ring")
@@ -167,7 +168,7 @@ def ring_command(directory: Path, group: str, key_count: int, grow: int, target:
     if before is None:
         raise UsageError(f"the fleet has no {group} workers")
     keys = room_keys(key_count)
-    console = Console(highlight=False)
+    console = output_console()
     _print_spread(console, before, keys, f"{len(before.workers)} {group} workers")
     if grow:
         # On Kubernetes a new worker is reached at its pod's Service, like the others.

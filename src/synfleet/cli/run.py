@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import NoReturn
 
 import click
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from synfleet.cli.options import DIR_OPTION, HOST_OPTION, make_directory
+from synfleet.cli.output import output_console, print_line, reporter
 from synfleet.errors import FleetError, UsageError
 from synfleet.layout import SECRETS_DIR
 from synfleet.model.fleet import Service
@@ -44,16 +44,16 @@ from synfleet.system import Memory
 def up_command(directory: Path, host: str, foreground: bool) -> None:
     """Start PostgreSQL, Redis, Synapse main and workers, and nginx here; return when all are healthy.
     In a fleet on several hosts, --host NAME starts that host's share."""
-    console = Console(highlight=False)
+    console = output_console()
     make_directory(directory)  # a new deployment directory runs the default fleet
     spec = load_spec(directory)
     paths = RunPaths(directory, host)
     check_host(paths, spec)
     if moved := place_run_directory(directory, host):
-        console.print(f"  {directory} is out of the fleet's accounts' reach: its run directory is {moved}")
+        print_line(console, f"  {directory} is out of the fleet's accounts' reach: its run directory is {moved}")
     supervisor = Supervisor(paths) if foreground else None
     try:
-        seconds = up(paths, spec, lambda line: console.print("  " + line), supervisor)
+        seconds = up(paths, spec, reporter(console), supervisor)
     except UsageError:
         if moved:  # refused before anything was written: leave nothing behind
             unplace_run_directory(directory, host, moved)
@@ -63,14 +63,16 @@ def up_command(directory: Path, host: str, foreground: bool) -> None:
         sys.exit(supervisor.process.wait() or 0)
     if host and spec.fleet.front != host:
         console.print(f"host {host} up in {seconds:.1f}s: {', '.join(spec.fleet.processes_on(host))}")
-        console.print(f"  stop with: synfleet down --dir {directory} --host {host}")
+        print_line(console, f"  stop with: synfleet down --dir {directory} --host {host}")
         return
-    console.print(
+    print_line(
+        console,
         f"fleet up in {seconds:.1f}s: http://{spec.listen.bind}:{spec.listen.http_port}/ "
-        f"(server name {spec.server_name})"
+        f"(server name {spec.server_name})",
     )
-    console.print(
-        f"  next: synfleet user add NAME --password ... --dir {directory}; stop with: synfleet down --dir {directory}"
+    print_line(
+        console,
+        f"  next: synfleet user add NAME --password ... --dir {directory}; stop with: synfleet down --dir {directory}",
     )
 
 
@@ -79,7 +81,7 @@ def up_command(directory: Path, host: str, foreground: bool) -> None:
 @HOST_OPTION
 def down_command(directory: Path, host: str) -> None:
     """Stop everything `up` started (with --host, that host's share); sockets are removed, data is kept."""
-    console = Console(highlight=False)
+    console = output_console()
     paths = RunPaths(directory, host)
     if not paths.run.exists():  # nothing to stop here: say so, or which host was meant
         try:
@@ -115,16 +117,17 @@ def status_command(directory: Path, host: str, as_json: bool) -> None:
     rows = fleet.processes
     if as_json:
         _print_status_json(directory, spec.server_name, host, fleet)
-    console = Console(highlight=False)
+    console = output_console()
     if not rows:
-        console.print("the fleet is not running (start it with: synfleet up)")
+        print_line(console, "the fleet is not running (start it with: synfleet up)")
         sys.exit(3)
     if all(row.state == ORPHANED for row in rows):
         for row in rows:
             console.print(f"  {row.pid:>7}  {escape(row.name)}  {_mib(row.memory.rss)} RSS")
-        console.print(
+        print_line(
+            console,
             f"[red]{len(rows)} processes of the fleet run without their supervisor[/red] (it died): "
-            f"`synfleet up --dir {directory}` brings the fleet back under supervision, `synfleet down` stops them"
+            f"`synfleet up --dir {directory}` brings the fleet back under supervision, `synfleet down` stops them",
         )
         sys.exit(1)
     table = Table(title=f"host {host} ({spec.fleet.host(host).address})" if host else None)
@@ -181,7 +184,7 @@ def _print_placement(directory: Path, spec: FleetSpec, as_json: bool) -> None:
     for name, address, processes, running, healthy in hosts:
         here = f"running, {healthy} of {len(processes)} healthy" if running else "-"
         table.add_row(name, address, ", ".join(processes), here)
-    Console(highlight=False).print(table)
+    output_console().print(table)
     click.echo("each host's own: synfleet status --host NAME (on that host)")
 
 
@@ -294,7 +297,7 @@ def user_add_command(directory: Path, name: str, password: str, admin: bool, soc
 @click.option("--dry-run", is_flag=True, help="Print the plan (and the rooms that move) and change nothing.")
 def apply_command(directory: Path, dry_run: bool) -> None:
     """Bring the running fleet to what fleet.toml says, restarting only what must restart."""
-    console = Console(highlight=False)
+    console = output_console()
     paths = RunPaths(directory)
     spec = load_spec(directory)
     one_host(
@@ -308,7 +311,7 @@ def apply_command(directory: Path, dry_run: bool) -> None:
     if dry_run or change.empty:
         return
     began = time.monotonic()
-    apply(paths, change, lambda line: console.print("  " + line))
+    apply(paths, change, reporter(console))
     console.print(f"applied in {time.monotonic() - began:.1f}s")
 
 
@@ -322,10 +325,7 @@ def apply_command(directory: Path, dry_run: bool) -> None:
 @click.option("--force", is_flag=True, help="Restart on the same release, or (compose) allow an older one.")
 def upgrade_command(directory: Path, version: str | None, force: bool) -> None:
     """Move the fleet to another Synapse release: main migrates alone, then the workers start."""
-    console = Console(highlight=False)
-
-    def report(line: str) -> None:
-        console.print("  " + line)
+    console = output_console()
 
     if version is None:
         one_host(
@@ -334,9 +334,9 @@ def upgrade_command(directory: Path, version: str | None, force: bool) -> None:
             "`synfleet down --host NAME` on each and `synfleet up --host NAME` on main's host first (it "
             "migrates the database), then on the others",
         )
-        upgrade_native(RunPaths(directory), force, report)
+        upgrade_native(RunPaths(directory), force, reporter(console))
         return
-    for command in upgrade_compose(directory, version, force, report):
+    for command in upgrade_compose(directory, version, force, reporter(console)):
         click.echo(command)
 
 
@@ -349,7 +349,7 @@ def upgrade_command(directory: Path, version: str | None, force: bool) -> None:
 )
 def backup_command(directory: Path, out: Path | None) -> None:
     """Write the running fleet (database, media, signing key, secrets, fleet.toml) to one archive."""
-    console = Console(highlight=False)
+    console = output_console()
     spec = load_spec(directory)
     one_host(
         spec,
@@ -362,7 +362,7 @@ def backup_command(directory: Path, out: Path | None) -> None:
         out.parent.mkdir(mode=0o700, exist_ok=True)
     elif not out.parent.is_dir():
         raise UsageError(f"--out: {out.parent} is not a directory")
-    backup(directory, out, lambda line: console.print("  " + escape(line)))
+    backup(directory, out, reporter(console, markup=False))
 
 
 @click.command("restore")
@@ -372,8 +372,8 @@ def backup_command(directory: Path, out: Path | None) -> None:
 def restore_command(archive: Path, directory: Path, force: bool) -> None:
     """Rebuild a fleet in D from a `synfleet backup` archive, checked whole before anything is written,
     staged beside D and swapped in whole."""
-    console = Console(highlight=False)
-    restore(archive, directory, force, lambda line: console.print("  " + escape(line)))
+    console = output_console()
+    restore(archive, directory, force, reporter(console, markup=False))
 
 
 @click.group("service")

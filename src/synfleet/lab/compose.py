@@ -7,8 +7,9 @@ healthcheck run``) until it passes. podman before 4.6 also ignores ``condition: 
 in ``depends_on``: processes that start before what they need exit and are restarted by their
 restart policy, and the fleet converges.
 
-``python -m synfleet.lab.compose --dir D`` starts ``D/deploy`` (after ``synfleet render``), waits for
-it and prints how long that took; ``--down`` stops it.
+``python -m synfleet.lab.compose --dir D`` starts ``D/deploy`` (after ``synfleet render``) under the
+project name its compose file gives (``name:``, as ``docker compose up`` there would), waits for it
+and prints how long that took; ``--down`` stops it.
 """
 
 from __future__ import annotations
@@ -41,6 +42,13 @@ class Container:
     state: str
     restarts: int
     pid: int
+
+
+def declared_name(deploy: Path) -> str:
+    """The project name the compose file in ``deploy`` gives itself (``name:``): the prefix of its
+    containers, volumes and network."""
+    data = yaml.safe_load((deploy / COMPOSE_FILE).read_text())
+    return str(data["name"])
 
 
 @dataclass
@@ -156,7 +164,9 @@ class ComposeProject:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m synfleet.lab.compose", description=__doc__.split("\n\n")[0])
     parser.add_argument("--dir", type=Path, default=Path("."), help="the fleet directory (with deploy/)")
-    parser.add_argument("--project", default="", help="compose project name (default: the directory's name)")
+    parser.add_argument(
+        "--project", default="", help="compose project name (default: the compose file's, synfleet-<server name>)"
+    )
     parser.add_argument("--down", action="store_true", help="stop the project (volumes are kept)")
     args = parser.parse_args(argv)
     deploy = args.dir.resolve() / DEPLOY_DIR
@@ -166,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     try:
-        project = ComposeProject(deploy, args.project or args.dir.resolve().name, Podman.for_this_machine())
+        project = ComposeProject(deploy, args.project or declared_name(deploy), Podman.for_this_machine())
         if args.down:
             project.down()
             return 0

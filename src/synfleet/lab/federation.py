@@ -38,7 +38,7 @@ from synfleet.run.register import register_user
 from synfleet.run.supervisor import Supervisor
 
 #: Worker counts of each server, over the small profile.
-SHAPES: dict[str, dict[str, int]] = {"a": {"federation_reader": 2, "senders": 2}, "b": {"federation_reader": 1}}
+SHAPES: dict[str, dict[str, int]] = {"a": {"federation_reader": 2, "sender": 2}, "b": {"federation_reader": 1}}
 T = TypeVar("T")
 
 

@@ -338,7 +338,7 @@ def standard_fleet(
     federation_reader: int = SEED_COUNTS[Role.FEDERATION_READER],
     media: int = SEED_COUNTS[Role.MEDIA],
     tasks: int = SEED_COUNTS[Role.TASKS],
-    senders: int = SEED_COUNTS[Role.SENDER],
+    sender: int = SEED_COUNTS[Role.SENDER],
     dedicated_writers: Iterable[Stream] = (),
 ) -> Fleet:
     """A fleet laid out like the seed, with adjustable counts; each stream in ``dedicated_writers``
@@ -350,7 +350,7 @@ def standard_fleet(
         Role.FEDERATION_READER: federation_reader,
         Role.MEDIA: media,
         Role.TASKS: tasks,
-        Role.SENDER: senders,
+        Role.SENDER: sender,
     }
     return build_fleet(server_name, counts, {s: [f"{s.value}_writer"] for s in dedicated_writers})
 

@@ -11,7 +11,7 @@ from synfleet.model.schema import FleetSpec
 PROFILES: dict[str, dict[str, Any]] = {
     "seed": {},
     "small": {
-        "workers": {"rooms": 2, "client_reader": 0, "federation_reader": 0, "senders": 1},
+        "workers": {"rooms": 2, "client_reader": 0, "federation_reader": 0, "sender": 1},
         "synapse": {"log_level": "WARNING", "gc_thresholds": [10000, 50, 50]},
     },
     "monolith": {
@@ -22,7 +22,7 @@ PROFILES: dict[str, dict[str, Any]] = {
             "federation_reader": 0,
             "media": 0,
             "tasks": 0,
-            "senders": 0,
+            "sender": 0,
         },
     },
 }

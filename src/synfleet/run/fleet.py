@@ -281,9 +281,17 @@ class FleetStatus:
         return sum((row.memory for row in self.processes), Memory())
 
 
+def _state(supervised: str, healthy: bool) -> str:
+    """A process's state as status shows it: supervisord's, except that a process it still calls
+    STARTING (for startsecs after each start) runs once it answers its health check, as `up` and
+    `apply` count it."""
+    return "RUNNING" if supervised == "STARTING" and healthy else supervised
+
+
 def status(paths: RunPaths, spec: FleetSpec) -> FleetStatus:
     """Every process of the native run of ``spec``; none when the fleet is not running. Without
-    a supervisor, the processes that still run (orphans), in state ORPHANED."""
+    a supervisor, the processes that still run (orphans), in state ORPHANED. A started process that
+    answers its health check is RUNNING (see :func:`_state`)."""
     plan = plan_for(paths, spec)
     supervisor = Supervisor(plan.paths)
     if not supervisor.running():
@@ -307,14 +315,15 @@ def status(paths: RunPaths, spec: FleetSpec) -> FleetStatus:
         if entry is None:
             continue
         running = process.name in live
+        healthy = running and is_healthy(process.health, entry.pid)
         result.append(
             ProcessStatus(
                 process.name,
-                entry.state,
+                _state(entry.state, healthy),
                 entry.pid,
                 now - entry.started if running else 0.0,
                 memory.get(process.name, Memory()),
-                running and is_healthy(process.health, entry.pid),
+                healthy,
                 os.path.relpath(process.socket, plan.paths.run) if process.socket.startswith("/") else process.socket,
             )
         )

@@ -6,6 +6,6 @@ valid. The file is resolved into the model once (:attr:`FleetSpec.fleet`).
 """
 
 from synfleet.model.schema.fleet import FleetSpec
-from synfleet.model.schema.parse import parse_fleet, read_fleet
+from synfleet.model.schema.parse import parse_fleet, parse_fleet_file, read_fleet, read_fleet_file
 
-__all__ = ["FleetSpec", "parse_fleet", "read_fleet"]
+__all__ = ["FleetSpec", "parse_fleet", "parse_fleet_file", "read_fleet", "read_fleet_file"]

@@ -16,9 +16,14 @@ from synfleet.model.fleet import (
 )
 from synfleet.model.schema.values import NAME_PATTERN, Count, Section
 
+#: Group names the fleet file once took, and the name to write instead ([workers], [placement] and
+#: [resources] name a group of workers by its role).
+OLD_GROUP_NAMES = {"senders": Role.SENDER.value}
+
 
 class Workers(Section):
-    """How many workers of each role; 0 leaves that work to main. The defaults are the seed's."""
+    """How many workers of each role, keyed by the role's name; 0 leaves that work to main. The
+    defaults are the seed's."""
 
     client_sync: Count = SEED_COUNTS[Role.CLIENT_SYNC]
     #: Initial syncs (GET /sync without since) on a pool of their own, so that a burst of them does
@@ -29,7 +34,7 @@ class Workers(Section):
     federation_reader: Count = SEED_COUNTS[Role.FEDERATION_READER]
     media: Count = SEED_COUNTS[Role.MEDIA]
     tasks: Count = SEED_COUNTS[Role.TASKS]
-    senders: Count = SEED_COUNTS[Role.SENDER]
+    sender: Count = SEED_COUNTS[Role.SENDER]
 
     def counts(self) -> dict[Role, int]:
         return {
@@ -40,7 +45,7 @@ class Workers(Section):
             Role.FEDERATION_READER: self.federation_reader,
             Role.MEDIA: self.media,
             Role.TASKS: self.tasks,
-            Role.SENDER: self.senders,
+            Role.SENDER: self.sender,
         }
 
 
