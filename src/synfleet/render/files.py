@@ -81,7 +81,7 @@ class Rendered:
         return file_mode(self.private(relative), group)
 
 
-def _create(path: Path, text: str, mode: int, group: int | None) -> None:
+def create_file(path: Path, text: str, mode: int = PRIVATE, group: int | None = None) -> None:
     """Create ``path`` (which must not exist, nor be a link) with ``mode`` and ``group`` set on
     its descriptor before ``text`` is written; synced to the disk."""
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, PRIVATE)
@@ -126,6 +126,16 @@ def _make_directories(top: Path, relative: PurePosixPath, group: int | None) -> 
             os.close(descriptor)
 
 
+def sync(path: Path) -> None:
+    """Flush the file or directory ``path`` itself (not what a link there points to) to disk: a
+    directory's, so that a rename in it lasts."""
+    descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
 def write_file(path: Path, text: str, mode: int = PUBLIC, group: int | None = None) -> None:
     """Write ``text`` to ``path`` atomically: a temp file in the same directory, made with ``mode``
     (and, with ``group``, given that group; a private file is then readable by it) before anything
@@ -156,7 +166,7 @@ def write_tree(target: Path, rendered: Rendered, keep: tuple[str, ...] = ()) -> 
             _make_directories(staging, PurePosixPath(directory), None)
         for relative, text in sorted(rendered.files.items()):
             _make_directories(staging, PurePosixPath(relative).parent, None)
-            _create(staging / relative, text, rendered.mode(relative), None)
+            create_file(staging / relative, text, rendered.mode(relative))
         staging.chmod(PUBLIC_DIRECTORY)
         if target.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{target.name}-old-", dir=parent))
@@ -197,7 +207,7 @@ def update_tree(target: Path, rendered: Rendered, group: int | None = None) -> b
         path = target / relative
         _make_directories(target, PurePosixPath(relative).parent, group)
         mode = rendered.mode(relative, group)
-        current = _current(path)
+        current = current_file(path)
         if current is not None and current[0] == text:
             st = current[1]
             if stat.S_IMODE(st.st_mode) == mode and (group is None or st.st_gid == group):
@@ -208,7 +218,7 @@ def update_tree(target: Path, rendered: Rendered, group: int | None = None) -> b
     return changed
 
 
-def _current(path: Path) -> tuple[str, os.stat_result] | None:
+def current_file(path: Path) -> tuple[str, os.stat_result] | None:
     """The text and status of the regular file at ``path`` (not through a link); None if there is none."""
     try:
         descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import os
 import secrets
 import string
 from enum import StrEnum
@@ -11,6 +10,7 @@ from pathlib import Path
 
 from synfleet.errors import UsageError
 from synfleet.layout import SECRETS_DIR
+from synfleet.render.files import create_file
 
 
 class Secret(StrEnum):
@@ -50,14 +50,6 @@ def _signing_key() -> str:
     return f"ed25519 {version} {seed}\n"
 
 
-def _write_private(path: Path, text: str) -> None:
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    with os.fdopen(descriptor, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(descriptor)
-
-
 def ensure_secrets(directory: Path) -> dict[str, str]:
     """Create any missing secret under ``directory/secrets``; return all of them by name."""
     folder = directory / SECRETS_DIR
@@ -67,7 +59,7 @@ def ensure_secrets(directory: Path) -> dict[str, str]:
         for name in Secret:
             path = folder / name
             if not path.exists():
-                _write_private(path, _signing_key() if name is Secret.SIGNING_KEY else secrets.token_urlsafe(32) + "\n")
+                create_file(path, _signing_key() if name is Secret.SIGNING_KEY else secrets.token_urlsafe(32) + "\n")
             values[name] = path.read_text().strip()
     except OSError as exc:
         raise UsageError(f"{folder}: cannot write secrets: {exc.strerror}") from None

@@ -19,7 +19,6 @@ A cluster made by an earlier synfleet, whose superuser was Synapse's role, is co
 
 from __future__ import annotations
 
-import errno
 import importlib
 import os
 import pwd
@@ -34,7 +33,7 @@ from typing import Any
 from synfleet.errors import SynfleetError
 from synfleet.layout import SECRETS_DIR
 from synfleet.model.schema.storage import POSTGRES_SUPERUSER, Database
-from synfleet.render.files import PRIVATE, write_file
+from synfleet.render.files import PRIVATE, current_file, write_file
 from synfleet.render.hosts import AUTH_METHOD, DATABASE_OPTIONS, SYNAPSE_ROLE_OPTIONS, SuperuserLogin, hba
 from synfleet.render.secrets import Secret
 from synfleet.run.accounts import Account, as_root, run_as
@@ -99,15 +98,9 @@ def _write_access_files(data: Path, files: dict[str, str]) -> bool:
     changed = False
     for name, text in files.items():
         path = data / name
-        try:
-            descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-        except OSError as error:
-            if error.errno not in (errno.ENOENT, errno.ELOOP):
-                raise SynfleetError(f"{path}: cannot be read: {error.strerror}") from None
-        else:
-            with os.fdopen(descriptor, "rb") as stream:
-                if stat.S_ISREG(os.fstat(descriptor).st_mode) and stream.read() == text.encode():
-                    continue
+        current = current_file(path)
+        if current is not None and current[0] == text:
+            continue
         write_file(path, text, PRIVATE)
         changed = True
     return changed

@@ -11,13 +11,13 @@ back; removing the signing key (`up` makes a new one) starts a new homeserver.
 from __future__ import annotations
 
 import hashlib
-import os
 import time
 from pathlib import Path
 
 from synfleet.errors import UsageError
 from synfleet.layout import SECRETS_DIR
 from synfleet.model.schema import FleetSpec
+from synfleet.render.files import PRIVATE, sync, write_file
 from synfleet.render.secrets import Secret
 from synfleet.run.backup import holds_synapse, pending_dump
 from synfleet.run.paths import RunPaths
@@ -57,19 +57,8 @@ def record_served(plan: Plan) -> None:
     if key is None or served_since(directory) or not any(p.tier is Tier.MAIN for p in plan.processes):
         return
     record = directory / SECRETS_DIR / SERVED
-    partial = record.with_name(f".{SERVED}.{os.getpid()}")
-    partial.unlink(missing_ok=True)
-    descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    with os.fdopen(descriptor, "w") as stream:
-        stream.write(f"{key} {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n")
-        stream.flush()
-        os.fsync(stream.fileno())
-    partial.replace(record)
-    folder = os.open(record.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
+    write_file(record, f"{key} {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n", PRIVATE)
+    sync(record.parent)
 
 
 def forget_served(directory: Path) -> None:

@@ -48,6 +48,7 @@ from synfleet.errors import SynfleetError, UsageError
 from synfleet.layout import SECRETS_DIR
 from synfleet.model.load import FLEET_FILE
 from synfleet.render.deploy import DEPLOY_DIR
+from synfleet.render.files import sync
 from synfleet.run.faults import crash_point
 from synfleet.run.paths import RELOCATED_RUNS, RUN_DIR, RunPaths, place_run_directory
 
@@ -93,7 +94,7 @@ def staging(directory: Path) -> Iterator[Swap]:
     directory.parent.mkdir(parents=True, exist_ok=True)
     swap, journal = _create(directory)
     try:
-        _fsync(directory.parent)
+        sync(directory.parent)
         place_run_directory(swap.staged)
         RunPaths(swap.staged).run.mkdir(exist_ok=True)
         yield swap
@@ -156,7 +157,7 @@ def swap_in(swap: Swap, report: Report) -> Path | None:
     crash_point("staged")
     if not directory.exists():
         os.rename(swap.staged, directory)
-        _fsync(directory.parent)
+        sync(directory.parent)
         return _finish(swap)
     try:
         _exchange(swap.staged, directory)
@@ -174,7 +175,7 @@ def swap_in(swap: Swap, report: Report) -> Path | None:
     else:
         crash_point("exchanged")
         os.rename(swap.staged, swap.replaced)
-    _fsync(directory.parent)
+    sync(directory.parent)
     crash_point("set-aside")
     return _finish(swap)
 
@@ -187,22 +188,22 @@ def _finish(swap: Swap) -> Path | None:
     try:
         if swap.staged.is_dir() and not os.path.lexists(swap.staged / JOURNAL):
             os.rename(swap.staged, replaced)
-            _fsync(directory.parent)
+            sync(directory.parent)
         kept: Path | None = None
         if replaced.is_dir():
             for name in sorted(os.listdir(replaced)):
                 if not belongs_to_fleet(name) and not os.path.lexists(directory / name):
                     os.rename(replaced / name, directory / name)
-            _fsync(replaced)
-            _fsync(directory)
+            sync(replaced)
+            sync(directory)
             crash_point("carried-over")
             if os.listdir(replaced):
                 kept = replaced
             else:
                 replaced.rmdir()
         (directory / JOURNAL).unlink(missing_ok=True)
-        _fsync(directory)
-        _fsync(directory.parent)
+        sync(directory)
+        sync(directory.parent)
     except OSError as error:
         raise SynfleetError(
             f"{directory} holds the restored fleet, but moving {error.filename} failed: {error.strerror}; "
@@ -233,7 +234,7 @@ def finish_interrupted(directory: Path, report: Report) -> None:
                 continue
             if not directory.exists() and swap.replaced.is_dir():  # killed between the two renames
                 os.rename(staged, directory)
-                _fsync(directory.parent)
+                sync(directory.parent)
                 kept = _finish(swap)
                 report(f"finished the restore into {directory} that was interrupted; kept {kept}")
             else:
@@ -298,14 +299,6 @@ def sync_tree(top: Path) -> None:
         for name in files:
             path = Path(root, name)
             if stat.S_ISREG(os.lstat(path).st_mode):
-                _fsync(path)
-        _fsync(Path(root))
-    _fsync(top.parent)
-
-
-def _fsync(path: Path) -> None:
-    descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
+                sync(path)
+        sync(Path(root))
+    sync(top.parent)
