@@ -26,6 +26,8 @@ done
 
 missing=()
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
+# nginx's stream module carries the TLS links between the hosts of a fleet on several.
+[ -e /usr/lib/nginx/modules/ngx_stream_module.so ] || missing+=(libnginx-mod-stream)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 command -v redis-server >/dev/null || missing+=(redis-server)
 if ! $runtime_only; then
@@ -106,4 +108,13 @@ if [ ! -x .venv/bin/prometheus ]; then
     cp "$scratch/root/usr/bin/prometheus" "$scratch/root/usr/bin/promtool" .venv/bin/
     rm -rf "$scratch"
 fi
+# --- checkov, for the Kubernetes manifests' test: a virtualenv of its own, since it pins versions of
+# packages Synapse needs too.
+checkov_version=3.3.30
+if ! .venv-checkov/bin/checkov --version 2>/dev/null | grep -qx "$checkov_version"; then
+    echo "setup: installing checkov $checkov_version into .venv-checkov"
+    .venv/bin/python -m venv --clear .venv-checkov
+    .venv-checkov/bin/python -m pip install -q "checkov==$checkov_version"
+fi
+# --- end of checkov
 echo "setup: done (.venv/bin/synfleet)"

@@ -13,19 +13,38 @@ import asyncio
 import json
 import os
 import signal
+import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+from cryptography import x509
 from nio import AsyncClient
 
 from flows import PASSWORD, login
 from synfleet.lab import Lab, unavailable_reason
 from synfleet.lab.netns import pids
 from synfleet.nginx.binary.command import world_readable_tempdir
+from synfleet.pki.fleet import Installed
+from synfleet.run.paths import RunPaths
 from synfleet.system import free_port
-from three_hosts import HOSTS, SHARES, Hosts, conversation_across_hosts, outsider_refused, write_fleet
+from three_hosts import (
+    HOSTS,
+    SHARES,
+    Hosts,
+    conversation_across_hosts,
+    foreign_identity,
+    link_plan,
+    outsider_refused,
+    probe_links,
+    refused,
+    sealed_conversation,
+    server_of,
+    write_fleet,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.prerequisite(unavailable_reason())]
 
@@ -43,8 +62,9 @@ def hosts() -> Iterator[Hosts]:
                 assert up.returncode == 0, f"up --host {host}:\n{up.stdout}{up.stderr}"
                 started.append(host)
                 print(up.stdout)
-            for user in ("alice", "bob"):
-                added = fleet.synfleet("a", "user", "add", user, "--password", PASSWORD)
+            for user in ("alice", "bob", "admin"):
+                admin = ["--admin"] if user == "admin" else []
+                added = fleet.synfleet("a", "user", "add", user, "--password", PASSWORD, *admin)
                 assert added.returncode == 0, added.stderr
             yield fleet
         finally:
@@ -74,6 +94,144 @@ def test_conversation_routing_and_replication_across_hosts(hosts: Hosts) -> None
 
 def test_outsider_is_refused_by_every_link(hosts: Hosts) -> None:
     outsider_refused(hosts)
+
+
+def test_a_conversation_crosses_the_network_sealed(hosts: Hosts) -> None:
+    sealed_conversation(hosts)
+
+
+def _admin_token(hosts: Hosts) -> str:
+    async def token() -> str:
+        admin = await login(hosts, "admin")
+        await admin.close()
+        return str(admin.access_token)
+
+    return str(hosts.client(token))
+
+
+def test_links_take_only_their_peers_certificate(hosts: Hosts) -> None:
+    """As root on the front's host, with the fleet's certificates: the front's passes inbound links
+    (an admin request is served) and no replication link; a host's passes replication links and no
+    inbound link; replication and metrics paths are refused on inbound links even with the front's."""
+    room = hosts.room_on("rooms1")
+    tls = RunPaths(hosts.directory, "a").layout.secret
+    identities = {
+        "front": [tls(Installed.FRONT.certificate), tls(Installed.FRONT.key)],
+        "host": [tls(Installed.HOST.certificate), tls(Installed.HOST.key)],
+    }
+    paths = [f"/_synapse/admin/v1/rooms/{room}", "/_synapse/replication/ping", "/_synapse/metrics"]
+    plan = link_plan(hosts, _admin_token(hosts), identities, paths=paths)
+    del plan["redis"], plan["postgres"]
+    found = probe_links(hosts, "a", plan)
+    inbound = {
+        f"{hosts.address_of(n)}:{hosts.spec.fleet.worker(n).inbound_port}" for n in ("client_sync1", "rooms1", "rooms2")
+    }
+    for name, answer in found.items():
+        link, _, rest = name.partition("/")
+        path, who = "/" + rest.split(" tls ")[0], rest.split(" tls ")[-1]
+        if " plain" in name:
+            assert answer.startswith("HTTP/1.1 400"), (name, answer)
+        elif link in inbound and who == "front":
+            expected = "HTTP/1.1 200" if path.startswith("/_synapse/admin") else "HTTP/1.1 403"
+            assert answer.startswith(expected), (name, answer)
+        elif link in inbound or who == "front":
+            assert answer.startswith("HTTP/1.1 403"), (name, answer)
+        else:  # a host on a replication link: Synapse's replication listener answers
+            assert not answer.startswith(("HTTP/1.1 400", "HTTP/1.1 403", "error")), (name, answer)
+
+
+def test_a_local_account_on_the_front_host_gets_nowhere(hosts: Hosts) -> None:
+    """``nobody`` on host a, holding an admin's token and the right passwords: no link, Redis or
+    PostgreSQL takes it, with no certificate, another CA's, or the front's (it cannot read its
+    key); nginx's relays on host a are out of its reach."""
+    paths = RunPaths(hosts.directory, "a")
+    tls = paths.layout.secret
+    relays = [str(p) for d in (paths.layout.relay_dir, paths.layout.inbound_relay_dir) for p in Path(d).glob("*.sock")]
+    assert len(relays) >= 5, relays
+    identities = {
+        "none": None,
+        "impostor": foreign_identity(hosts.spec, hosts.directory / "impostor"),
+        "front's": [tls(Installed.FRONT.certificate), tls(Installed.FRONT.key)],
+        "host's": [tls(Installed.HOST.certificate), tls(Installed.HOST.key)],
+    }
+    room = hosts.room_on("rooms2")
+    plan = link_plan(hosts, _admin_token(hosts), identities, paths=[f"/_synapse/admin/v1/rooms/{room}"], sockets=relays)
+    found = probe_links(hosts, "a", plan, account="nobody")
+    assert len(found) == 4 * (6 + 2) + 6 + 1 + len(relays)
+    assert not refused(found), refused(found)
+
+
+def _served_issuer(hosts: Hosts, process: str) -> str:
+    """The issuer of the certificate ``process``'s inbound link presents, as seen from host a."""
+    port = hosts.spec.fleet.worker(process).inbound_port
+
+    async def issuer() -> str:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+        with (
+            socket.create_connection((hosts.address_of(process), port), timeout=5) as raw,
+            context.wrap_socket(raw) as conn,
+        ):
+            der = conn.getpeercert(binary_form=True)
+        assert der
+        return x509.load_der_x509_certificate(der).issuer.rfc4514_string()
+
+    return str(hosts.client(issuer))
+
+
+def test_certificates_rotate_under_sends_with_none_lost(hosts: Hosts) -> None:
+    """The CA replaced in its three steps (a new CA trusted beside the old, every certificate anew
+    from it, the old CA retired), each installed on every host, while messages are sent to a room
+    on host c: none fails, none is lost, and host c presents a certificate of the new CA."""
+    room = hosts.room_on("rooms2")
+    before = _served_issuer(hosts, "rooms2")
+    acknowledged: list[str] = []
+    failed: list[str] = []
+    stop = threading.Event()
+
+    async def stream() -> None:
+        alice = await login(hosts, "alice")
+        try:
+            i = 0
+            while not stop.is_set():
+                answer = await alice.room_send(room, "m.room.message", {"msgtype": "m.text", "body": f"rotate {i}"})
+                (acknowledged if hasattr(answer, "event_id") else failed).append(
+                    getattr(answer, "event_id", str(answer))
+                )
+                i += 1
+                await asyncio.sleep(0.05)
+        finally:
+            await alice.close()
+
+    sender = threading.Thread(target=lambda: hosts.client(stream))
+    sender.start()
+    try:
+        for step in (["--new-ca"], [], ["--retire"]):
+            rotated = hosts.synfleet("a", "certs", "rotate", *step)
+            assert rotated.returncode == 0, rotated.stdout + rotated.stderr
+            for host in HOSTS:
+                installed = hosts.synfleet(host, "certs", "install", "--host", host)
+                assert installed.returncode == 0, installed.stdout + installed.stderr
+                time.sleep(1)
+        time.sleep(2)
+    finally:
+        stop.set()
+        sender.join(120)
+    after = _served_issuer(hosts, "rooms2")
+    listing = hosts.synfleet("a", "certs")
+    print(f"\n[three hosts] rotation: {len(acknowledged)} sends acknowledged, {len(failed)} failed\n{listing.stdout}")
+    assert not failed, failed[:3]
+    assert before != after and after in listing.stdout.replace("\n", "")
+
+    async def present() -> set[str]:
+        alice = await login(hosts, "alice")
+        try:
+            page = await alice.room_messages(room, limit=len(acknowledged) + 50)
+            return {e.event_id for e in page.chunk}
+        finally:
+            await alice.close()
+
+    assert len(acknowledged) > 50 and not set(acknowledged) - hosts.client(present)
 
 
 def test_losing_host_c_loses_no_acknowledged_message(hosts: Hosts) -> None:
@@ -135,5 +293,4 @@ def test_losing_host_c_loses_no_acknowledged_message(hosts: Hosts) -> None:
     status = hosts.synfleet("c", "status", "--host", "c")
     assert status.returncode == 0, status.stdout
     sends = [line for line in hosts.access_log() if room[1:] in line["url"] and "/send/" in line["url"]]
-    spec = hosts.spec
-    assert sends[-1]["addr"] == spec.fleet.worker("rooms2").inbound_link, sends[-1]
+    assert sends[-1]["addr"] == server_of(hosts.plan, "rooms2"), sends[-1]

@@ -24,8 +24,9 @@ from synfleet.lab import Lab, LabError, unavailable_reason
 from synfleet.lab.compose import ComposeProject
 from synfleet.lab.images import ensure_images
 from synfleet.lab.podman import Podman
-from synfleet.layout import COMPOSE, inbound_socket
+from synfleet.layout import COMPOSE, COMPOSE_HOST, inbound_socket
 from synfleet.nginx.binary.command import world_readable_tempdir
+from synfleet.render.hosts import front_servers
 from synfleet.render.nginx import access_lines
 from synfleet.routing.plan import RoutingPlan
 from synfleet.system import free_port
@@ -46,7 +47,7 @@ class ComposeHosts(Hosts):
         """What `synfleet route` predicts for the compose projects: their socket paths, and the
         other hosts' workers at their addresses."""
         spec = self.spec
-        return RoutingPlan(spec.fleet, socket_dir=COMPOSE.socket_dir, remote=spec.fleet.remote_inbound("a"))
+        return RoutingPlan(spec.fleet, socket_dir=COMPOSE.socket_dir, remote=front_servers(spec, COMPOSE_HOST))
 
     def access_log(self) -> list[dict[str, str]]:
         time.sleep(1.5)  # nginx writes its buffered access log every second

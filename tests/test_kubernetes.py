@@ -1,5 +1,7 @@
-"""`synfleet render --target kubernetes`: manifests the API server's schemas accept, an nginx config
-real nginx accepts, worker names from pod ordinals, and rooms that stay on their worker."""
+"""`synfleet render --target kubernetes`: manifests the API server's schemas accept and checkov
+passes, pods that run unprivileged with only their own secrets, NetworkPolicies that admit exactly
+the fleet's links, an nginx config real nginx accepts, worker names from pod ordinals, and rooms
+that stay on their worker."""
 
 from __future__ import annotations
 
@@ -12,6 +14,8 @@ import shutil
 import stat
 import subprocess
 import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +33,15 @@ from synfleet.model.schema import FleetSpec, read_fleet
 from synfleet.nginx.config import NginxModel
 from synfleet.nginx.ketama import moved
 from synfleet.render.fleet_file import fleet_toml
-from synfleet.render.kubernetes import namespace_name, routing_plan, worker_services
+from synfleet.render.kubernetes import (
+    CHECKOV_SKIPS,
+    PROMETHEUS_FILE,
+    SCRATCH_DIR,
+    namespace_name,
+    routing_plan,
+    worker_services,
+)
+from synfleet.render.secrets import Secret
 from synfleet.routing.corpus import room_keys
 from synfleet.routing.evaluate import evaluate
 from synfleet.routing.plan import upstream_name
@@ -39,6 +51,22 @@ KUBERNETES_VERSION = "1.33"
 EXTERNAL = {"database": {"host": "postgres.db.svc.cluster.local"}, "redis": {"host": "redis.db.svc.cluster.local"}}
 DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 DNS_1035 = re.compile(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?")
+
+
+#: checkov in a virtualenv of its own beside the project's (scripts/setup.sh makes it): it pins
+#: versions of packages Synapse needs too.
+CHECKOV = Path(__file__).parents[1] / ".venv-checkov" / "bin" / "checkov"
+CHECKOV_MISSING = None if CHECKOV.exists() else f"checkov is not installed at {CHECKOV} (scripts/setup.sh installs it)"
+#: Each pod's image's own account (uid, gid), by its app.kubernetes.io/name.
+ACCOUNTS = {"synapse": (991, 991), "nginx": (101, 101), "postgres": (70, 70), "redis": (999, 1000)}
+#: What each pod writes: every other path is its image's, read-only.
+WRITABLE = {
+    "synapse": {"/data", "/tmp"},
+    "nginx": {"/var/cache/nginx", "/tmp"},
+    "postgres": {"/var/lib/postgresql/data", "/var/run/postgresql", "/tmp"},
+    "redis": {"/data"},
+}
+PINNED = "@sha256:" + "0" * 64
 
 
 def spec_of(profile: str, **sections: dict[str, Any]) -> FleetSpec:
@@ -65,6 +93,17 @@ CASES: dict[str, tuple[FleetSpec, bool]] = {
     "hosts": (spec_of("seed", **EXTERNAL, **HOSTS_FLEET), False),
     "seed-trial": (spec_of("seed"), True),
     "monolith-trial": (spec_of("monolith"), True),
+    # Images pinned by digest, metrics scraped from a namespace of another label.
+    "pinned-trial": (
+        spec_of(
+            "small",
+            images={
+                name: f"registry.example.org/{name}:1{PINNED}" for name in ("synapse", "nginx", "postgres", "redis")
+            },
+            metrics={"enabled": True, "kubernetes_scraper_namespace": "team=observability"},
+        ),
+        True,
+    ),
 }
 
 
@@ -108,7 +147,17 @@ def nginx_model(docs: list[dict[str, Any]], directory: Path) -> NginxModel:
 
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[FleetSpec, Path]]:
-    return {name: (spec, render(tmp_path_factory.mktemp(name), spec, trial)) for name, (spec, trial) in CASES.items()}
+    """Every case rendered into a directory of its own under one root (which checkov reads)."""
+    root = tmp_path_factory.mktemp("fleets")
+    return {name: (spec, render(root / name, spec, trial)) for name, (spec, trial) in CASES.items()}
+
+
+def pod_templates(docs: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Each workload's pod template, with its app.kubernetes.io/name."""
+    for doc in docs:
+        if doc["kind"] in ("StatefulSet", "Deployment"):
+            template = doc["spec"]["template"]
+            yield template["metadata"]["labels"]["app.kubernetes.io/name"], template
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -118,12 +167,13 @@ def test_every_manifest_validates_against_the_api_schemas(
     spec, tree = rendered[case]
     kustomization = yaml.safe_load((tree / "kustomization.yaml").read_text())
     assert sorted(kustomization["resources"]) == sorted(
-        p.name for p in tree.iterdir() if p.name != "kustomization.yaml"
+        p.name for p in tree.iterdir() if p.is_file() and p.name != "kustomization.yaml"
     )
     assert kustomization["namespace"] == namespace_name(spec.server_name) == "synfleet-example-org"
     docs = documents(tree)
     for doc in docs:
         kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+        assert doc["kind"] == "Namespace" or doc["metadata"]["namespace"] == kustomization["namespace"]
         name = doc["metadata"]["name"]
         assert DNS_LABEL.fullmatch(name), name
         if doc["kind"] == "Service":
@@ -186,12 +236,22 @@ def test_each_worker_runs_in_one_pod_named_by_its_ordinal(
             pod = services[host]["spec"]["selector"]["statefulset.kubernetes.io/pod-name"]
             assert port == str(POD_INBOUND_PORT) and pod == host, server
 
-    # The database password is in the Secret, never in a ConfigMap.
+    # The database password is in the Secret, never in a ConfigMap. The Secret holds what some pod
+    # is given: never Grafana's password, PostgreSQL's superuser's only for the trial pod.
     secrets = of_kind(docs, "Secret")["synfleet-secrets"]["data"]
     directory = tree.parent.parent
     for name, value in secrets.items():
         assert base64.b64decode(value).decode() == (directory / "secrets" / name).read_text().strip()
-    assert sorted(secrets) == sorted(p.name for p in (directory / "secrets").iterdir())
+    trial = "postgres" in of_kind(docs, "StatefulSet")
+    assert set(secrets) == {
+        Secret.SIGNING_KEY,
+        Secret.MACAROON_SECRET_KEY,
+        Secret.FORM_SECRET,
+        Secret.REGISTRATION_SHARED_SECRET,
+        Secret.WORKER_REPLICATION_SECRET,
+        Secret.POSTGRES_PASSWORD,
+        *([Secret.POSTGRES_SUPERUSER_PASSWORD] if trial else []),
+    }
     password = base64.b64decode(secrets["postgres_password"]).decode()
     assert all(password not in text for cm in of_kind(docs, "ConfigMap").values() for text in cm["data"].values())
     assert "password" not in homeserver["database"]["args"]
@@ -290,31 +350,79 @@ def test_trial_services_run_in_the_namespace(rendered: dict[str, tuple[FleetSpec
     assert sorted(volumes) == ["postgres", "synapse-main"]
 
 
-def test_synapse_loads_every_process_config(rendered: dict[str, tuple[FleetSpec, Path]], tmp_path: Path) -> None:
-    """Synapse's own config classes accept each pod's config (its paths moved under a temp dir)."""
-    _, tree = rendered["hosts"]
-    docs = documents(tree)
-    config = config_map_files(docs, "synapse-config", tmp_path / "config")
-    secrets = tmp_path / "secrets"
-    secrets.mkdir()
-    for name, value in of_kind(docs, "Secret")["synfleet-secrets"]["data"].items():
-        (secrets / name).write_bytes(base64.b64decode(value))
+def pod_secrets(template: dict[str, Any]) -> set[str]:
+    """The secrets a pod is given: its secret volume's items and the secret keys of its environment."""
+    spec = template["spec"]
+    items = {i["key"] for v in spec.get("volumes", []) if "secret" in v for i in v["secret"].get("items", [])}
+    env = [e for c in spec["containers"] for e in c.get("env", []) if "secretKeyRef" in e.get("valueFrom", {})]
+    return items | {e["valueFrom"]["secretKeyRef"]["key"] for e in env}
+
+
+def pod_view(docs: list[dict[str, Any]], statefulset: str, directory: Path) -> Path:
+    """``directory`` as a pod of ``statefulset`` sees /config and /secrets (its secret volume's
+    items only), with the configs' paths moved there."""
+    template = of_kind(docs, "StatefulSet")[statefulset]["spec"]["template"]
+    config = config_map_files(docs, "synapse-config", directory / "config")
+    (directory / "secrets").mkdir()
+    data = of_kind(docs, "Secret")["synfleet-secrets"]["data"]
+    for volume in template["spec"]["volumes"]:
+        for item in volume.get("secret", {}).get("items", []):
+            (directory / "secrets" / item["path"]).write_bytes(base64.b64decode(data[item["key"]]))
     for path in config.rglob("*.yaml"):
         text = path.read_text()
         for mount in ("config", "secrets", "data"):
-            text = text.replace(f" /{mount}/", f" {tmp_path}/{mount}/")
+            text = text.replace(f" /{mount}/", f" {directory}/{mount}/")
         path.write_text(text)
-    workers = sorted(str(p) for p in (config / "workers").glob("*.yaml"))
+    return config
+
+
+def load_synapse(config: Path, *workers: Path) -> dict[str, dict[str, Any]]:
+    """Synapse's own config classes on main's config and each worker's: each process's result."""
     result = subprocess.run(
-        [sys.executable, "-m", "synfleet.check.synapse_loader", str(config / "homeserver.yaml"), *workers],
+        [sys.executable, "-m", "synfleet.check.synapse_loader", str(config / "homeserver.yaml"), *map(str, workers)],
         capture_output=True,
         text=True,
         timeout=120,
     )
     if "Synapse is not installed" in result.stdout:
         helpers.require("Synapse is not installed")
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.count('"ok": true') == len(workers) + 1
+    loaded = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(loaded) == len(workers) + 1, result.stdout + result.stderr
+    return {entry["process"]: entry for entry in loaded}
+
+
+@pytest.mark.parametrize("case", ["hosts", "seed-trial"])
+def test_each_synapse_pod_has_only_the_secrets_its_process_reads(
+    rendered: dict[str, tuple[FleetSpec, Path]], case: str, tmp_path: Path
+) -> None:
+    """Main's pod has the registration shared secret and the form secret, which workers' files
+    unset; no Synapse pod has PostgreSQL's superuser's password. Synapse's config classes load
+    each process's config with only what its pod mounts, and main's not with a worker's."""
+    _, tree = rendered[case]
+    docs = documents(tree)
+    statefulsets = of_kind(docs, "StatefulSet")
+    shared = {Secret.SIGNING_KEY, Secret.MACAROON_SECRET_KEY, Secret.WORKER_REPLICATION_SECRET}
+    for name, statefulset in statefulsets.items():
+        if name in ("postgres", "redis"):
+            continue
+        main_only = {Secret.REGISTRATION_SHARED_SECRET, Secret.FORM_SECRET} if name == "synapse-main" else set()
+        assert pod_secrets(statefulset["spec"]["template"]) == {*shared, *main_only, Secret.POSTGRES_PASSWORD}, name
+    if "postgres" in statefulsets:
+        assert pod_secrets(statefulsets["postgres"]["spec"]["template"]) == {
+            Secret.POSTGRES_SUPERUSER_PASSWORD,
+            Secret.POSTGRES_PASSWORD,
+        }
+        assert not pod_secrets(statefulsets["redis"]["spec"]["template"])
+    assert not any(pod_secrets(template) for app, template in pod_templates(docs) if app == "nginx")
+
+    main = pod_view(docs, "synapse-main", tmp_path / "main")
+    assert load_synapse(main)["main"]["ok"]
+    worker_group = next(name for name in statefulsets if name.startswith("synapse-") and name != "synapse-main")
+    view = pod_view(docs, worker_group, tmp_path / "worker")
+    workers = sorted((view / "workers").glob("*.yaml"))
+    loaded = load_synapse(view, *workers)
+    assert all(loaded[path.stem]["ok"] for path in workers), loaded
+    assert not loaded["main"]["ok"] and "secret" in loaded["main"]["error"], loaded["main"]
 
 
 def _nginx_t(conf_dir: Path, hosts: Path) -> subprocess.CompletedProcess[str]:
@@ -354,6 +462,237 @@ def test_nginx_config_passes_nginx_t(rendered: dict[str, tuple[FleetSpec, Path]]
     # Without the Services' names nginx refuses the config: the test resolves what it checks.
     hosts.write_text("127.0.0.1 localhost\n")
     assert _nginx_t(conf, hosts).returncode != 0
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_every_pod_runs_unprivileged_with_a_read_only_root(
+    rendered: dict[str, tuple[FleetSpec, Path]], case: str
+) -> None:
+    """Every pod: its image's own account, never root; the runtime's seccomp profile; no service
+    account token; its container gains no privilege, keeps no capability, and writes only emptyDirs
+    or its claim, at exactly the paths its process writes."""
+    _, tree = rendered[case]
+    docs = documents(tree)
+    seen = set()
+    for doc in docs:
+        if doc["kind"] not in ("StatefulSet", "Deployment"):
+            continue
+        template, claims = doc["spec"]["template"], doc["spec"].get("volumeClaimTemplates", [])
+        app = template["metadata"]["labels"]["app.kubernetes.io/name"]
+        seen.add(app)
+        pod = template["spec"]
+        assert pod["automountServiceAccountToken"] is False
+        uid, gid = ACCOUNTS[app]
+        assert pod["securityContext"] == {
+            "runAsNonRoot": True,
+            "runAsUser": uid,
+            "runAsGroup": gid,
+            "fsGroup": gid,
+            "fsGroupChangePolicy": "OnRootMismatch",
+            "seccompProfile": {"type": "RuntimeDefault"},
+        }
+        (container,) = pod["containers"]
+        assert container["securityContext"] == {
+            "allowPrivilegeEscalation": False,
+            "privileged": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+        }
+        writable_volumes = {v["name"] for v in pod["volumes"] if "emptyDir" in v} | {
+            c["metadata"]["name"] for c in claims
+        }
+        writable = {m["mountPath"] for m in container["volumeMounts"] if not m.get("readOnly")}
+        assert writable == WRITABLE[app], (doc["metadata"]["name"], writable)
+        assert all(m["name"] in writable_volumes for m in container["volumeMounts"] if not m.get("readOnly"))
+    assert {"synapse", "nginx"} <= seen
+
+    # nginx, not root, listens above 1024; its Service keeps 80 (and 443) by the ports' names. Its
+    # pid file and temporary files are in its writable volumes.
+    nginx = of_kind(docs, "Deployment")["nginx"]["spec"]["template"]["spec"]["containers"][0]
+    ports = {p["name"]: p["containerPort"] for p in nginx["ports"]}
+    assert all(number > 1024 for number in ports.values())
+    service = {p["port"]: p["targetPort"] for p in of_kind(docs, "Service")["nginx"]["spec"]["ports"]}
+    assert service.get(80) == "http" and set(service.values()) <= set(ports)
+    conf = of_kind(docs, "ConfigMap")["nginx-config"]["data"]["nginx.conf"]
+    written = re.findall(r"^\s*(?:pid|\w+_temp_path)\s+(\S+);", conf, re.MULTILINE)
+    assert f"{SCRATCH_DIR}/nginx.pid" in written and len(written) == 6, written
+    assert all(any(path.startswith(f"{d}/") for d in WRITABLE["nginx"]) for path in written), written
+
+
+# -- NetworkPolicies: a small evaluator of the parts the manifests use ---------------------------
+
+
+@dataclass(frozen=True)
+class Peer:
+    """A connection's end: a pod (its labels, its namespace's labels), or an address outside the
+    cluster (no labels at all)."""
+
+    labels: dict[str, str] = field(default_factory=dict)
+    namespace: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def pod(self) -> bool:
+        return bool(self.labels)
+
+
+def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    matched = all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items())
+    for expression in selector.get("matchExpressions", []):
+        assert expression["operator"] == "In", expression
+        matched = matched and labels.get(expression["key"]) in expression["values"]
+    return matched
+
+
+def peer_matches(entry: dict[str, Any], peer: Peer, namespace: dict[str, str]) -> bool:
+    assert set(entry) <= {"podSelector", "namespaceSelector"}, entry  # no ipBlock
+    if not peer.pod:
+        return False
+    if "namespaceSelector" in entry:
+        in_namespace = selects(entry["namespaceSelector"], peer.namespace)
+    else:
+        in_namespace = peer.namespace == namespace
+    return in_namespace and selects(entry.get("podSelector", {}), peer.labels)
+
+
+def admits(policies: list[dict[str, Any]], pod: Peer, direction: str, other: Peer, protocol: str, port: int) -> bool:
+    """Whether the policies let ``pod`` take (Ingress) or open (Egress) this connection with ``other``."""
+    selecting = [p["spec"] for p in policies if selects(p["spec"]["podSelector"], pod.labels)]
+    if not any(direction in spec["policyTypes"] for spec in selecting):
+        return True  # not isolated
+    for spec in selecting:
+        for rule in spec.get(direction.lower(), []):
+            peers = rule.get("from" if direction == "Ingress" else "to")
+            if peers is not None and not any(peer_matches(e, other, pod.namespace) for e in peers):
+                continue
+            if any(p["protocol"] == protocol and p["port"] == port for p in rule["ports"]):
+                return True
+    return False
+
+
+def connects(policies: list[dict[str, Any]], source: Peer, target: Peer, protocol: str, port: int) -> bool:
+    """Both ends' policies admit the connection (an end outside the fleet's namespace has none)."""
+    egress = (
+        not source.pod
+        or source.namespace != FLEET_NAMESPACE
+        or admits(policies, source, "Egress", target, protocol, port)
+    )
+    ingress = (
+        not target.pod
+        or target.namespace != FLEET_NAMESPACE
+        or admits(policies, target, "Ingress", source, protocol, port)
+    )
+    return egress and ingress
+
+
+FLEET_NAMESPACE = {"kubernetes.io/metadata.name": "synfleet-example-org"}
+
+
+@pytest.mark.parametrize("case", ["hosts", "seed-trial", "pinned-trial"])
+def test_network_policies_admit_exactly_the_fleets_links(
+    rendered: dict[str, tuple[FleetSpec, Path]], case: str
+) -> None:
+    """Every connection between the fleet's pods, the cluster's DNS, a scraper's namespace, another
+    namespace and the internet, on every port that matters: the allowed ones are exactly those listed."""
+    spec, tree = rendered[case]
+    docs = documents(tree)
+    policies = list(of_kind(docs, "NetworkPolicy").values())
+    default_deny = of_kind(docs, "NetworkPolicy")["default-deny"]["spec"]
+    assert default_deny == {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}
+    trial = CASES[case][1]
+    metrics = spec.metrics.enabled
+    scraper_namespace = spec.metrics.scraper_namespace_labels
+    pods = {
+        "nginx": Peer({"app.kubernetes.io/name": "nginx"}, FLEET_NAMESPACE),
+        "synapse": Peer(
+            {"app.kubernetes.io/name": "synapse", "app.kubernetes.io/component": "synapse-main"}, FLEET_NAMESPACE
+        ),
+        "postgres": Peer({"app.kubernetes.io/name": "postgres"}, FLEET_NAMESPACE),
+        "redis": Peer({"app.kubernetes.io/name": "redis"}, FLEET_NAMESPACE),
+        "dns": Peer({"k8s-app": "kube-dns"}, {"kubernetes.io/metadata.name": "kube-system"}),
+        "scraper": Peer({"app": "prometheus"}, scraper_namespace),
+        "other": Peer({"app": "prometheus"}, {"kubernetes.io/metadata.name": "default"}),
+        "internet": Peer(),
+    }
+    metrics_ports = [w.metrics_port for w in spec.fleet.workers if w.metrics_port is not None]
+    nginx_ports = [8008] + ([8448] if spec.tls.enabled else [])
+    ports = {("UDP", 53), ("TCP", 53), ("TCP", 80), ("TCP", 443), ("TCP", 8448), ("TCP", 8008), ("TCP", 8080)}
+    ports |= {("TCP", 9093), ("TCP", 5432), ("TCP", 6379), ("TCP", spec.metrics.nginx_status_port)}
+    ports |= {("TCP", port) for port in metrics_ports}
+    allowed = {
+        (source, target, protocol, port)
+        for source in pods
+        for target in pods
+        for protocol, port in ports
+        if connects(policies, pods[source], pods[target], protocol, port)
+        and (pods[source].namespace == FLEET_NAMESPACE or pods[target].namespace == FLEET_NAMESPACE)
+    }
+    expected = {("nginx", "synapse", "TCP", 8080), ("synapse", "synapse", "TCP", 9093)}
+    expected |= {(s, "dns", protocol, 53) for s in ("nginx", "synapse") for protocol in ("UDP", "TCP")}
+    expected |= {(s, "nginx", "TCP", port) for s in ("scraper", "other", "internet", "dns") for port in nginx_ports}
+    # Federation and other outbound HTTPS: any address, even a pod elsewhere.
+    expected |= {("synapse", t, "TCP", port) for t in ("internet", "dns", "scraper", "other") for port in (443, 8448)}
+    if trial:
+        expected |= {("synapse", "postgres", "TCP", 5432), ("synapse", "redis", "TCP", 6379)}
+    else:  # external: their ports at any address
+        expected |= {("synapse", t, "TCP", p) for t in ("internet", "dns", "scraper", "other") for p in (5432, 6379)}
+    if metrics:
+        expected |= {("scraper", "synapse", "TCP", port) for port in metrics_ports}
+        expected |= {("scraper", "nginx", "TCP", spec.metrics.nginx_status_port)}
+    assert allowed == expected, (sorted(allowed - expected), sorted(expected - allowed))
+
+
+def test_metrics_are_scraped_from_the_named_namespace(
+    rendered: dict[str, tuple[FleetSpec, Path]], tmp_path: Path
+) -> None:
+    """With [metrics], a Prometheus configuration beside the manifests scrapes every Synapse pod by
+    its name under the headless Service, on the ports the policy opens to the scraper's namespace;
+    promtool accepts it."""
+    spec, tree = rendered["pinned-trial"]
+    docs = documents(tree)
+    policy = of_kind(docs, "NetworkPolicy")["synapse-metrics-from-scraper"]["spec"]["ingress"][0]
+    assert policy["from"] == [{"namespaceSelector": {"matchLabels": {"team": "observability"}}}]
+    config = yaml.safe_load((tree / PROMETHEUS_FILE).read_text())
+    (job,) = config["scrape_configs"]
+    targets = {t["labels"]["instance"]: t["targets"][0] for t in job["static_configs"]}
+    services = worker_services(spec.fleet)
+    assert sorted(targets) == sorted(w.name for w in spec.fleet.workers)
+    for worker in spec.fleet.workers:
+        assert targets[worker.name] == f"{services[worker.name]}.synapse.synfleet-example-org.svc:{worker.metrics_port}"
+    assert sorted(p["port"] for p in policy["ports"]) == sorted(int(t.rpartition(":")[2]) for t in targets.values())
+    assert not (rendered["seed"][1] / PROMETHEUS_FILE).exists()
+    promtool = shutil.which("promtool", path=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}")
+    if promtool is None:
+        helpers.require("promtool is not installed (scripts/setup.sh puts it in .venv/bin)")
+    check = subprocess.run([promtool, "check", "config", str(tree / PROMETHEUS_FILE)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+@pytest.fixture(scope="module")
+def checkov(rendered: dict[str, tuple[FleetSpec, Path]]) -> dict[str, Any]:
+    """checkov's results over every case's manifests, in one run."""
+    root = next(iter(rendered.values()))[1].parents[2]
+    command = [str(CHECKOV), "-d", str(root), "--framework", "kubernetes", "--skip-download", "-o", "json"]
+    result = subprocess.run(
+        command, capture_output=True, text=True, timeout=300, env={**os.environ, "LOG_LEVEL": "ERROR"}
+    )
+    report: dict[str, Any] = json.loads(result.stdout)
+    return report
+
+
+@pytest.mark.prerequisite(CHECKOV_MISSING)
+def test_checkov_passes_every_manifest(checkov: dict[str, Any], rendered: dict[str, tuple[FleetSpec, Path]]) -> None:
+    """No check fails; a skipped one is skipped by the object's annotation, with its reason from
+    CHECKOV_SKIPS; images pinned by digest need no skip for their pull policy and digest."""
+    results = checkov["results"]
+    failed = [(r["check_id"], r["resource"], r["file_path"]) for r in results.get("failed_checks", [])]
+    assert not failed
+    assert checkov["summary"]["passed"] > 1000 and checkov["summary"]["parsing_errors"] == 0
+    assert {r["file_path"].split("/")[1] for r in results["passed_checks"]} == set(rendered)
+    skipped = results.get("skipped_checks", [])
+    for result in skipped:
+        assert result["check_result"]["suppress_comment"] == CHECKOV_SKIPS[result["check_id"]], result["check_id"]
+    pinned = {r["check_id"] for r in skipped if r["file_path"].startswith("/pinned-trial/")}
+    assert pinned == {"CKV_K8S_40", "CKV_K8S_35"}
 
 
 ROOMS = upstream_name(Role.ROOMS)
@@ -418,6 +757,8 @@ def test_a_tls_fleet_gets_its_certificate_as_a_secret(tmp_path: Path) -> None:
     assert base64.b64decode(tls["data"]["tls.key"]) == Path(key).read_bytes()
     assert stat.S_IMODE((tree / "nginx-tls.yaml").stat().st_mode) == 0o600
     assert [p["port"] for p in of_kind(docs, "Service")["nginx"]["spec"]["ports"]] == [80, 443]
+    front = of_kind(docs, "NetworkPolicy")["nginx-from-anywhere"]["spec"]["ingress"]
+    assert front == [{"ports": [{"protocol": "TCP", "port": 8008}, {"protocol": "TCP", "port": 8448}]}]
     nginx_conf = of_kind(docs, "ConfigMap")["nginx-config"]["data"]["nginx.conf"]
     assert "ssl_certificate /etc/ssl/synfleet/fullchain.pem;" in nginx_conf
 

@@ -334,17 +334,30 @@ def test_a_fleet_on_several_hosts_renders_a_compose_project_per_host(tmp_path: P
     assert "listen_addresses=10.9.0.2" in a["postgres"]["command"]
     assert "./postgres/pg_hba.conf:/etc/synfleet/pg_hba.conf:ro" in a["postgres"]["volumes"]
     hba = (projects["a"] / "postgres" / "pg_hba.conf").read_text()
-    assert [line.split()[3] for line in hba.splitlines() if line.startswith("host ")] == [
+    assert [line.split()[3] for line in hba.splitlines() if line.startswith("hostssl ")] == [
         "10.9.0.2/32",
         "10.9.0.3/32",
         "10.9.0.4/32",
     ]
-    assert a["redis"]["command"][:2] == ["--bind", "10.9.0.2"] and "/secrets/redis_password" in str(a["redis"])
+    assert a["redis"]["command"][:5] == ["--port", "0", "--bind", "10.9.0.2", "--tls-port"]
+    assert "/secrets/redis_password" in str(a["redis"]) and "--tls-auth-clients" in a["redis"]["command"]
 
-    # each host's Synapse finds the others at their private addresses
+    # each host's Synapse reaches the others through its nginx's relays (TLS), PostgreSQL with TLS
     b_config = yaml.safe_load((projects["b"] / "synapse" / "homeserver.yaml").read_text())
-    assert b_config["instance_map"]["main"] == {"host": "10.9.0.2", "port": spec.fleet.main.replication_port}
-    assert b_config["redis"]["host"] == "10.9.0.2" and b_config["database"]["args"]["host"] == "10.9.0.2"
+    assert b_config["instance_map"]["main"] == {"path": "/sockets/replication_main.sock"}
+    assert b_config["redis"]["path"] == "/sockets/redis.sock"
+    database = b_config["database"]["args"]
+    assert database["host"] == "10.9.0.2" and database["sslmode"] == "verify-full"
+    b_nginx = (projects["b"] / "nginx" / "config" / "nginx.conf").read_text()
+    assert "listen unix:/sockets/replication_main.sock;" in b_nginx and "proxy_pass 10.9.0.2:" in b_nginx
+    assert sorted(p.name for p in (projects["b"] / "secrets" / "tls").iterdir()) == [
+        "database.key",
+        "database.pem",
+        "host.key",
+        "host.pem",
+        "trust.pem",
+    ]
+    assert all(p.stat().st_mode & 0o077 == 0 for p in (projects["b"] / "secrets" / "tls").iterdir())
     assert sorted(p.stem for p in (projects["b"] / "synapse" / "workers").iterdir()) == ["client_sync1", "rooms1"]
     scrape = yaml.safe_load((projects["c"] / "metrics" / "prometheus.yml").read_text())["scrape_configs"][0]
     assert {e["labels"]["instance"]: e["targets"][0].split(":")[0] for e in scrape["static_configs"]} == {
@@ -355,10 +368,10 @@ def test_a_fleet_on_several_hosts_renders_a_compose_project_per_host(tmp_path: P
     # a link between hosts that leads nowhere
     conf = projects["b"] / "nginx" / "config" / "nginx.conf"
     link = f"10.9.0.3:{spec.fleet.worker('client_sync1').inbound_port}"
-    conf.write_text(conf.read_text().replace(f"listen {link};", "listen 10.9.0.3:1;"))
+    conf.write_text(conf.read_text().replace(f"listen {link} ssl;", "listen 10.9.0.3:1 ssl;"))
     broken = synfleet("check", "--dir", str(tmp_path))
     assert broken.returncode == 1
-    assert f"no Synapse listener at {link}" in broken.stdout.replace("\n", "")
+    assert f"(relayed to {link})" in broken.stdout.replace("\n", "")
 
 
 def test_compose_postgresql_keeps_its_superuser_to_its_own_account() -> None:

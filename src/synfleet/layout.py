@@ -35,6 +35,11 @@ METRICS_DIR = "metrics"
 #: the directory where the fleet's own processes (Synapse, PostgreSQL, Redis) write theirs.
 RUN_LOGS = "logs"
 FLEET_LOGS = "fleet"
+#: nginx's prefix in the native run directory, and in it the directories of its relays to other
+#: hosts: one the fleet's account reaches, one only nginx's workers reach.
+NGINX_DIR = "nginx"
+RELAY_DIR = "links"
+INBOUND_RELAY_DIR = "inbound"
 #: The start of every inbound socket's name (and of every nginx upstream's).
 INBOUND_PREFIX = "synapse_inbound_"
 
@@ -103,6 +108,10 @@ class Layout:
     metrics_bind: str = "127.0.0.1"  # where Synapse's metrics listeners bind (fleet.toml [metrics])
     tcp: TcpLinks | None = None
     database_password_inline: bool = True
+    #: On a fleet on several hosts, where nginx's relays to the other hosts listen: those Synapse's
+    #: processes call (replication, Redis), and those only nginx calls (inbound requests from the front).
+    relay_dir: str = ""
+    inbound_relay_dir: str = ""
 
     def inbound_socket(self, worker: str) -> str:
         return inbound_socket(self.socket_dir, worker)
@@ -113,6 +122,19 @@ class Layout:
     @property
     def redis_socket(self) -> str:
         return f"{self.socket_dir}/redis.sock"
+
+    def replication_relay(self, worker: str) -> str:
+        """Where this host's processes reach ``worker``'s replication listener on another host."""
+        return f"{self.relay_dir}/replication_{worker}.sock"
+
+    @property
+    def redis_relay(self) -> str:
+        """Where this host's processes reach Redis on another host."""
+        return f"{self.relay_dir}/redis.sock"
+
+    def inbound_relay(self, worker: str) -> str:
+        """Where the front's nginx reaches ``worker``'s inbound listener on another host."""
+        return f"{self.inbound_relay_dir}/{INBOUND_PREFIX}{worker}.sock"
 
     def secret(self, name: str) -> str:
         return f"{self.secrets_dir}/{name}"
@@ -152,7 +174,14 @@ COMPOSE = Layout(
 #: Inside the docker compose containers of one host of a fleet on several hosts: every container is
 #: on the host's network (nginx, PostgreSQL and Redis listen on its private address), so Synapse's
 #: metrics listeners bind the loopback only; nginx's gateways connect to replication sockets too.
-COMPOSE_HOST = replace(COMPOSE, name="compose-host", replication_socket_mode=0o666, metrics_bind="127.0.0.1")
+COMPOSE_HOST = replace(
+    COMPOSE,
+    name="compose-host",
+    replication_socket_mode=0o666,
+    metrics_bind="127.0.0.1",
+    relay_dir=COMPOSE.socket_dir,
+    inbound_relay_dir=COMPOSE.socket_dir,
+)
 #: The ports nginx listens on inside its container; compose publishes listen.http_port and
 #: listen.https_port on them.
 COMPOSE_HTTP_PORT = CLIENT_PORT
@@ -208,4 +237,6 @@ def native_layout(run_dir: str, gateway: bool = False) -> Layout:
         socket_dir=f"{run_dir}/sockets",
         log_dir=f"{run_dir}/{RUN_LOGS}/{FLEET_LOGS}",
         nginx_log_dir=f"{run_dir}/{RUN_LOGS}",
+        relay_dir=f"{run_dir}/{NGINX_DIR}/{RELAY_DIR}",
+        inbound_relay_dir=f"{run_dir}/{NGINX_DIR}/{INBOUND_RELAY_DIR}",
     )

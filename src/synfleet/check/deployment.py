@@ -37,10 +37,11 @@ from synfleet.model.load import load_spec
 from synfleet.model.pem import check_files
 from synfleet.model.schema import FleetSpec
 from synfleet.model.synapse import Resource, process_name
-from synfleet.nginx.binary.command import test_config, world_readable_tempdir
-from synfleet.nginx.config import NginxModel, socket_gateways
+from synfleet.nginx.binary.command import stream_module, test_config, world_readable_tempdir
+from synfleet.nginx.config import NginxModel, socket_gateways, socket_relays
 from synfleet.nginx.upstream import Upstream
 from synfleet.nginx.variables import Map
+from synfleet.pki.fleet import TLS_DIR
 from synfleet.render.deploy import DEPLOY_DIR, HOSTS_DIR
 from synfleet.render.files import PRIVATE, write_file
 from synfleet.render.services import MAIN_SERVICE, publish_address
@@ -77,13 +78,17 @@ def nginx_test(
     conf_dir: Path, mapping: Mapping[str, str], scratch: Path, addresses: tuple[str, ...] = ()
 ) -> CheckResult:
     """``nginx -t`` on a remapped copy of ``conf_dir``; its listeners on ``addresses`` (the private
-    addresses of a fleet's hosts, which this machine may not have) on the loopback instead."""
+    addresses of a fleet's hosts, which this machine may not have) on the loopback instead. The
+    stream module, built into the official image, is loaded when this machine's nginx has it as a
+    dynamic module."""
     copy = scratch / "nginx"
     copy.mkdir()
     loopback = re.compile(rf"\blisten ({'|'.join(re.escape(publish_address(a)) for a in addresses) or '(?!)'}):")
     for path in conf_dir.iterdir():
-        text = remap_text(path.read_text(), mapping)
-        (copy / path.name).write_text(loopback.sub("listen 127.0.0.1:", text))
+        text = loopback.sub("listen 127.0.0.1:", remap_text(path.read_text(), mapping))
+        if path.name == "nginx.conf" and re.search(r"(?m)^stream \{", text) and "load_module" not in text:
+            text = "".join(f"load_module {module};\n" for module in filter(None, [stream_module()])) + text
+        (copy / path.name).write_text(text)
     for directory in mapping.values():
         if not Path(directory).suffix:
             Path(directory).mkdir(parents=True, exist_ok=True)
@@ -163,14 +168,22 @@ class Deployment:
     nginx: dict[str, NginxModel]  # by host, of the hosts that run nginx
     served: dict[tuple[str, str], tuple[str, frozenset[str]]]  # (host, socket) -> process, resources
     links: dict[str, tuple[str, str]]  # gateway address -> (host, socket)
+    relays: dict[tuple[str, str], str]  # (host, relay socket) -> the gateway address it carries to
 
     @property
     def front(self) -> str:
         return next(project.host for project in self.projects if project.front)
 
+    def describe(self, host: str, location: str) -> str:
+        """``location`` as a message names it: with the address a relay of ``host`` carries it to."""
+        relayed = self.relays.get((host, location))
+        return f"{location} (relayed to {relayed})" if relayed else location
+
     def serving(self, host: str, location: str) -> tuple[str | None, frozenset[str]]:
-        """The process, and its resources, that a socket path, or an address:port of another host,
-        leads to from ``host``; (None, none) if no process listens there."""
+        """The process, and its resources, that a socket path (a process's, or nginx's relay to
+        another host), or an address:port of another host, leads to from ``host``; (None, none) if
+        no process listens there."""
+        location = self.relays.get((host, location), location)
         reached = (host, location) if location.startswith("/") else self.links.get(location)
         return self.served.get(reached, (None, frozenset())) if reached else (None, frozenset())
 
@@ -194,7 +207,7 @@ def _served(project: Project, synapse: SynapseConfig) -> dict[tuple[str, str], t
 
 def read_deployment(projects: Sequence[Project]) -> Deployment:
     """Every project's Synapse config (homeserver.yaml and its workers' files) and nginx config."""
-    synapse, nginx, served, links = {}, {}, {}, {}
+    synapse, nginx, served, links, relays = {}, {}, {}, {}, {}
     for project in projects:
         synapse_dir = project.path / SYNAPSE_DIR
         workers = sorted((synapse_dir / WORKER_CONFIG_DIR).glob("*.yaml"))
@@ -204,7 +217,9 @@ def read_deployment(projects: Sequence[Project]) -> Deployment:
             nginx[project.host] = NginxModel.load(project.nginx_conf)
             for address, socket in socket_gateways(nginx[project.host].http).items():
                 links[address] = (project.host, socket)
-    return Deployment(tuple(projects), synapse, nginx, served, links)
+            for socket, address in socket_relays(nginx[project.host].stream).items():
+                relays[(project.host, socket)] = address
+    return Deployment(tuple(projects), synapse, nginx, served, links, relays)
 
 
 def _writer_problems(deployment: Deployment, host: str, config: dict[str, Any]) -> Iterator[str]:
@@ -218,7 +233,7 @@ def _writer_problems(deployment: Deployment, host: str, config: dict[str, Any]) 
                 continue
             process, names = deployment.serving(host, location)
             if process != process_name(writer) or Resource.REPLICATION not in names:
-                yield f"{stream} writer {writer} has no replication listener at {location}"
+                yield f"{stream} writer {writer} has no replication listener at {deployment.describe(host, location)}"
 
 
 def stream_writers_reachable(deployment: Deployment) -> CheckResult:
@@ -259,10 +274,11 @@ def _route_problems(
     for server in (s.removeprefix("unix:") for s in upstreams[upstream].servers):
         process, names = deployment.serving(deployment.front, server)
         missing = resources_needed(RULES[route]) - names
+        where = deployment.describe(deployment.front, server)
         if process is None:
-            problems.append(f"{upstream}: no Synapse listener at {server}")
+            problems.append(f"{upstream}: no Synapse listener at {where}")
         elif missing:
-            problems.append(f"route {route}: {process} at {server} lacks resource(s) {', '.join(sorted(missing))}")
+            problems.append(f"route {route}: {process} at {where} lacks resource(s) {', '.join(sorted(missing))}")
     return problems
 
 
@@ -313,13 +329,16 @@ def consistency(projects: list[Project]) -> Iterator[CheckResult]:
         yield check(deployment)
 
 
-def scratch_mapping(spec: FleetSpec, directory: Path, root: Path) -> dict[str, str]:
-    """The container paths of a rendered deployment -> where a check's copies use them, in ``root``."""
+def scratch_mapping(spec: FleetSpec, directory: Path, root: Path, project: Path | None = None) -> dict[str, str]:
+    """The container paths of a rendered deployment -> where a check's copies use them, in ``root``
+    (a host's certificates for the links between hosts: in its ``project``)."""
+    project_tls = (project or directory) / SECRETS_DIR / TLS_DIR
     mapping = {
         COMPOSE.socket_dir: str(root / "sockets"),
         COMPOSE.data_dir: str(root / "data"),
         COMPOSE.config_dir: str(root / SYNAPSE_DIR),
         COMPOSE.secrets_dir: str((directory / SECRETS_DIR).resolve()),
+        f"{COMPOSE.secrets_dir}/{TLS_DIR}": str(project_tls),
         COMPOSE.nginx_log_dir: str(root / "nginx-logs"),
         COMPOSE_NGINX_TEMP_DIR: str(root / "nginx-temp"),
     }
@@ -379,7 +398,7 @@ def check_deployment(directory: Path) -> Iterator[CheckResult]:
     with world_readable_tempdir("synfleet-check-") as scratch:
         for project in projects:
             root = scratch / project.host  # each project's own copies
-            mapping = scratch_mapping(spec, directory, root)
+            mapping = scratch_mapping(spec, directory, root, project.path)
             root.mkdir(exist_ok=True)
             results = []
             if project.nginx_conf.exists():  # a host that no other host reaches runs no nginx

@@ -10,6 +10,7 @@ import click
 from synfleet import __version__
 from synfleet.cli.audit import audit_command
 from synfleet.cli.bench import bench_command
+from synfleet.cli.certs import certs_group
 from synfleet.cli.deploy import check_command, init_command, render_command
 from synfleet.cli.metrics import top_command
 from synfleet.cli.route import ring_command, route_command
@@ -49,6 +50,7 @@ for command in (
     backup_command,
     restore_command,
     service_group,
+    certs_group,
     route_command,
     ring_command,
     audit_command,

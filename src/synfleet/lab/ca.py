@@ -1,9 +1,7 @@
 """A private certificate authority for a lab: one CA certificate that every host trusts, and server
 certificates it issues for host names (e.g. a Synapse federation listener's ``tls_certificate_path``).
 
-Keys are ECDSA P-256: quick to make, accepted by OpenSSL, Twisted and Synapse. Certificates carry what a
-strict verifier (OpenSSL's X509_STRICT, Python 3.13's default) asks for: subjectAltName, key identifiers,
-key usage, and the serverAuth extended key usage on server certificates. Files are written whole (a
+Keys and certificates are made as :mod:`synfleet.pki.certificates` makes them. Files are written whole (a
 temporary file renamed into place): certificates mode 0644, so an unprivileged account that runs a server
 can read them, keys mode 0600. Whoever else must read them also needs to be able to enter the directory.
 """
@@ -11,7 +9,6 @@ can read them, keys mode 0600. Whoever else must read them also needs to be able
 from __future__ import annotations
 
 import datetime
-import ipaddress
 import os
 import tempfile
 from collections.abc import Sequence
@@ -19,18 +16,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import NameOID
 
 from synfleet.lab.errors import LabError
+from synfleet.pki.certificates import SERVER, authority, certificate_pem, issue, key_pem, new_key
 
 CA_CERTIFICATE = "ca.pem"
 CA_KEY = "ca.key"
 CERTIFICATE_MODE = 0o644
 KEY_MODE = 0o600
-#: Certificates start this long before they are made, so a clock a little behind still accepts them.
-BACKDATE = datetime.timedelta(minutes=5)
 
 
 @dataclass(frozen=True)
@@ -55,25 +51,11 @@ class CertificateAuthority:
     ) -> CertificateAuthority:
         """Make a new CA in ``directory`` (created if missing): ``ca.pem`` and ``ca.key``."""
         directory = Path(directory)
-        key = ec.generate_private_key(ec.SECP256R1())
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-        now = datetime.datetime.now(datetime.UTC)
-        certificate = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - BACKDATE)
-            .not_valid_after(now + valid_for)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(_key_usage(certificate_signing=True), critical=True)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-            .sign(key, hashes.SHA256())
-        )
+        key = new_key()
+        certificate = authority(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]), key, valid_for)
         directory.mkdir(parents=True, exist_ok=True)
-        _write(directory / CA_KEY, _key_pem(key), KEY_MODE)
-        _write(directory / CA_CERTIFICATE, certificate.public_bytes(serialization.Encoding.PEM), CERTIFICATE_MODE)
+        _write(directory / CA_KEY, key_pem(key), KEY_MODE)
+        _write(directory / CA_CERTIFICATE, certificate_pem(certificate), CERTIFICATE_MODE)
         return cls(directory, certificate, key)
 
     @classmethod
@@ -101,57 +83,15 @@ class CertificateAuthority:
         if not names:
             raise LabError("a certificate needs at least one name")
         directory = Path(directory)
-        key = ec.generate_private_key(ec.SECP256R1())
-        now = datetime.datetime.now(datetime.UTC)
-        certificate = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
-            .issuer_name(self.certificate.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - BACKDATE)
-            .not_valid_after(min(now + valid_for, self.certificate.not_valid_after_utc))
-            .add_extension(x509.SubjectAlternativeName([_general_name(name) for name in names]), critical=False)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(_key_usage(certificate_signing=False), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()), critical=False)
-            .sign(self.key, hashes.SHA256())
-        )
+        key = new_key()
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])])
+        certificate = issue(self.certificate, self.key, subject, key, names, (SERVER,), valid_for)
         directory.mkdir(parents=True, exist_ok=True)
         certificate_path = directory / f"{names[0]}.pem"
         key_path = directory / f"{names[0]}.key"
-        _write(key_path, _key_pem(key), KEY_MODE)
-        _write(certificate_path, certificate.public_bytes(serialization.Encoding.PEM), CERTIFICATE_MODE)
+        _write(key_path, key_pem(key), KEY_MODE)
+        _write(certificate_path, certificate_pem(certificate), CERTIFICATE_MODE)
         return certificate_path, key_path
-
-
-def _general_name(name: str) -> x509.GeneralName:
-    try:
-        return x509.IPAddress(ipaddress.ip_address(name))
-    except ValueError:
-        return x509.DNSName(name)
-
-
-def _key_usage(certificate_signing: bool) -> x509.KeyUsage:
-    return x509.KeyUsage(
-        digital_signature=not certificate_signing,
-        content_commitment=False,
-        key_encipherment=False,
-        data_encipherment=False,
-        key_agreement=False,
-        key_cert_sign=certificate_signing,
-        crl_sign=certificate_signing,
-        encipher_only=False,
-        decipher_only=False,
-    )
-
-
-def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
 
 
 def _write(path: Path, data: bytes, mode: int) -> None:

@@ -206,11 +206,6 @@ class Fleet:
         names = [s.service.value for s in self.services if s.host == host]
         return names + [w.name for w in self.workers if w.host == host]
 
-    def remote_inbound(self, viewpoint: str) -> dict[str, str]:
-        """The Synapse processes on other hosts than ``viewpoint``, each with the address:port
-        where that host takes its inbound requests; empty on one host."""
-        return {w.name: w.inbound_link for w in self.workers if self.hosts and w.host != viewpoint}
-
     @property
     def main(self) -> Worker:
         return next(w for w in self.workers if w.role is Role.MAIN)

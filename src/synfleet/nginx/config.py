@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -210,6 +210,19 @@ def socket_gateways(http: list[Directive]) -> dict[str, str]:
     return found
 
 
+def socket_relays(stream: list[Directive]) -> dict[str, str]:
+    """The servers of a ``stream`` block that listen on a UNIX socket and pass each connection to
+    one address: that socket's path -> the address:port."""
+    found = {}
+    for server in _find(stream, "server"):
+        block = server.get("block", [])
+        passes = [d["args"][0] for d in _find(block, "proxy_pass")]
+        for listen in _find(block, "listen"):
+            if listen["args"][0].startswith("unix:") and len(passes) == 1:
+                found[listen["args"][0].removeprefix("unix:")] = passes[0]
+    return found
+
+
 def _rewritten(target: str, args: str) -> tuple[str, str]:
     """($uri, $args) after a rewrite to ``target``: arguments it names come first, then the
     request's own, unless ``target`` ends with ``?``."""
@@ -274,6 +287,7 @@ class NginxModel:
     http: list[Directive]
     server: list[Directive]
     locations: list[Location]
+    stream: list[Directive] = field(default_factory=list)
 
     @classmethod
     def load(cls, conf: Path) -> NginxModel:
@@ -314,7 +328,8 @@ class NginxModel:
             )
             for d in _find(server, "location")
         ]
-        return cls(maps, upstreams, http, server, locations)
+        stream: list[Directive] = next((d.get("block", []) for d in top if d["directive"] == "stream"), [])
+        return cls(maps, upstreams, http, server, locations, stream)
 
     def select_location(self, uri: str) -> tuple[Location | None, dict[str, str]]:
         """nginx's order: exact, longest prefix (stop at ^~), regexes in order, the longest prefix."""

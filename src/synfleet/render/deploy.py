@@ -26,9 +26,10 @@ from synfleet.layout import (
 )
 from synfleet.model.pem import check_files
 from synfleet.model.schema import FleetSpec
+from synfleet.pki.fleet import host_files
 from synfleet.render.compose import render_compose
 from synfleet.render.files import Rendered, write_tree
-from synfleet.render.hosts import gateways, local_metrics, runs_nginx
+from synfleet.render.hosts import front_servers, gateways, link_tls, local_metrics, relays, runs_nginx
 from synfleet.render.kubernetes import KUBERNETES_DIR, kubernetes_spec, render_kubernetes
 from synfleet.render.metrics import metrics_files
 from synfleet.render.nginx import NginxLayout, NginxTls, render_nginx, site_of
@@ -76,6 +77,8 @@ def compose_nginx_layout(spec: FleetSpec, host: str = "") -> NginxLayout:
         tls=tls if front else None,
         status_listen=status if spec.metrics.enabled else None,
         gateways=gateways(spec, host, COMPOSE_HOST),
+        relays=relays(spec, host, COMPOSE_HOST),
+        links=link_tls(spec, COMPOSE_HOST),
         front=front,
     )
 
@@ -90,18 +93,21 @@ def render_files(
 ) -> dict[str, str]:
     """nginx (into ``nginx_dir``) and Synapse files for one layout, by path relative to the
     deployment's root; with ``host``, that host's share of a fleet on several hosts."""
-    remote = spec.fleet.remote_inbound(spec.fleet.front)
-    plan = RoutingPlan(spec.fleet, socket_dir=layout.socket_dir, remote=remote)
+    plan = RoutingPlan(spec.fleet, socket_dir=layout.socket_dir, remote=front_servers(spec, layout))
     files = {f"{nginx_dir}/{name}": text for name, text in render_nginx(plan, nginx_layout, site_of(spec)).items()}
     synapse = render_synapse(spec, layout, secrets, host)
     files.update({f"{SYNAPSE_DIR}/{name}": text for name, text in synapse.items()})
     return files
 
 
-def render_compose_deployment(spec: FleetSpec, secrets: dict[str, str]) -> Rendered:
-    """The compose project; on several hosts, one per host in ``hosts/<name>``."""
+def render_compose_deployment(spec: FleetSpec, secrets: dict[str, str], directory: Path) -> Rendered:
+    """The compose project; on several hosts, one per host in ``hosts/<name>``, each with its
+    certificates for the links between hosts (from ``directory``'s fleet CA) in ``secrets/tls``."""
     if spec.hosts:
-        projects = [(f"{HOSTS_DIR}/{host}/", render_host_project(spec, secrets, host)) for host in spec.hosts]
+        projects = [
+            (f"{HOSTS_DIR}/{host}/", render_host_project(spec, secrets, host) | _project_tls(directory, spec, host))
+            for host in spec.hosts
+        ]
         files = {prefix + name: text for prefix, project in projects for name, text in project.items()}
         directories = tuple(f"{HOSTS_DIR}/{host}/{DEPLOY_NGINX_LOGS}" for host in spec.hosts)
         return Rendered(files, secrets, directories)
@@ -110,6 +116,10 @@ def render_compose_deployment(spec: FleetSpec, secrets: dict[str, str]) -> Rende
     services = {worker.name: compose_service(worker) for worker in spec.fleet.workers}
     files.update(metrics_files(spec, lambda target: services[target.process], grafana=True))
     return Rendered(files, secrets, (DEPLOY_NGINX_LOGS,))
+
+
+def _project_tls(directory: Path, spec: FleetSpec, host: str) -> dict[str, str]:
+    return {f"{SECRETS_DIR}/{name}": text for name, text in host_files(directory, spec, host).items()}
 
 
 def render_host_project(spec: FleetSpec, secrets: dict[str, str], host: str) -> dict[str, str]:
@@ -125,10 +135,10 @@ def render_host_project(spec: FleetSpec, secrets: dict[str, str], host: str) -> 
 def render_deployment(spec: FleetSpec, directory: Path) -> Path:
     """Render ``directory/deploy`` for docker compose; secrets are created once and kept."""
     check_files(spec)
-    secrets = ensure_secrets(directory)
+    secrets = ensure_secrets(directory, spec)
     reclaim_secrets(directory)
     target = directory / DEPLOY_DIR
-    write_tree(target, render_compose_deployment(spec, secrets), keep=(KUBERNETES_DIR,))
+    write_tree(target, render_compose_deployment(spec, secrets, directory), keep=(KUBERNETES_DIR,))
     return target
 
 

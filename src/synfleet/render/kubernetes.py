@@ -7,6 +7,11 @@ Service of its own, selecting its one pod: nginx's upstream ``server`` text, and
 it, outlive the pod, and nginx's consistent hash (ketama over that text) keeps every room on its
 worker. Processes talk TCP (see :class:`~synfleet.layout.TcpLinks`); PostgreSQL and Redis are
 external, or single-pod StatefulSets for a trial.
+
+Every pod runs as its image's own account with a read-only root filesystem (emptyDirs where it
+writes), no capability, no service account token; it is given only the secrets its process reads.
+NetworkPolicies deny every connection but the fleet's own links, DNS, clients to nginx,
+Synapse's outbound federation, and a scraper's namespace to the metrics ports.
 """
 
 from __future__ import annotations
@@ -14,8 +19,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -28,9 +33,12 @@ from synfleet.layout import (
     COMPOSE_NGINX_TEMP_DIR,
     POD_INBOUND_PORT,
     POD_REPLICATION_PORT,
+    SHARED_CONFIG,
     Layout,
     kubernetes_layout,
+    worker_config_file,
 )
+from synfleet.metrics.targets import scrape_config
 from synfleet.model.fleet import ROLE_ORDER, Fleet, Role, Service, Worker
 from synfleet.model.ports import POSTGRES_PORT, REDIS_PORT
 from synfleet.model.schema import FleetSpec
@@ -46,6 +54,7 @@ from synfleet.render.services import (
     DATABASE_PASSWORD_VARIABLE,
     INITDB_SCRIPT,
     POSTGRES_IMAGE_DATA,
+    POSTGRES_IMAGE_SOCKETS,
     SYNAPSE_IMAGE_GID,
     SYNAPSE_IMAGE_UID,
     Context,
@@ -84,6 +93,57 @@ MEDIA_STORE_SIZE = "50Gi"
 TRIAL_POSTGRES_SIZE = "10Gi"
 #: A StatefulSet's name with "-" and the controller's 10-character revision hash must fit a label.
 MAX_STATEFULSET_NAME = 52
+#: The Prometheus configuration that scrapes the Synapse pods (not a manifest: for the scraper).
+PROMETHEUS_FILE = "prometheus/prometheus.yml"
+
+#: Where a container writes scratch files (an emptyDir: the root filesystem is read-only); nginx
+#: keeps its pid file there.
+SCRATCH_DIR = "/tmp"
+NGINX_PID_FILE = f"{SCRATCH_DIR}/nginx.pid"
+#: Redis's working directory in its image (nothing is kept there: see REDIS_EPHEMERAL).
+REDIS_IMAGE_WORKDIR = "/data"
+
+#: Of Synapse's secret files, those only main reads: shared-secret registration (the admin API's
+#: register endpoint is main's) and the form secret (the consent pages are main's). Each worker's
+#: file unsets their paths, and its pod is not given them.
+MAIN_ONLY_SECRETS = (Secret.REGISTRATION_SHARED_SECRET, Secret.FORM_SECRET)
+
+
+@dataclass(frozen=True)
+class Account:
+    """The account a pod runs as: its image's own, never root."""
+
+    uid: int
+    gid: int
+
+
+SYNAPSE_ACCOUNT = Account(SYNAPSE_IMAGE_UID, SYNAPSE_IMAGE_GID)
+#: The official images' accounts: nginx's "nginx", and the alpine images' "postgres" and "redis".
+#: Any of them runs as another uid too (the Debian-based PostgreSQL image by its nss_wrapper).
+SERVICE_ACCOUNTS = {
+    Service.NGINX: Account(101, 101),
+    Service.POSTGRES: Account(70, 70),
+    Service.REDIS: Account(999, 1000),
+}
+
+#: The cluster's DNS servers, which nginx (its upstreams' Service names) and Synapse ask.
+KUBE_DNS = {
+    "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+    "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}},
+}
+DNS_PORT = 53
+#: Where Synapse opens connections outside the fleet (federation, push gateways, key servers):
+#: HTTPS and Matrix's federation port, at any address.
+OUTBOUND_PORTS = (443, 8448)
+
+#: The checkov checks some objects fail by design, with the reason each such object names in a
+#: ``checkov.io/skipN`` annotation (checkov splits it at "=", so a reason has none).
+CHECKOV_SKIPS = {
+    "CKV_K8S_40": "runs as its image's own account, whose uid is below 10000 and owns the image's files",
+    "CKV_K8S_43": "the image is the fleet file's [images] reference by tag; pin it there with @sha256:",
+    "CKV_K8S_15": "IfNotPresent keeps a node's copy of a tag; pin the image with @sha256: in [images] instead",
+    "CKV_K8S_35": "libpq and the PostgreSQL image's first start read the password from the environment only",
+}
 
 #: The probes of a container that needs no start-up allowance.
 _READY_AND_LIVE: dict[str, Mapping[str, int]] = {
@@ -189,7 +249,11 @@ def kubernetes_spec(spec: FleetSpec, trial_services: bool) -> FleetSpec:
 
 
 class _Dumper(yaml.SafeDumper):
-    """YAML with multi-line strings (the config files in ConfigMaps) as readable ``|`` blocks."""
+    """YAML with multi-line strings (the config files in ConfigMaps) as readable ``|`` blocks, and
+    a value used twice written twice (no anchors, which some tools do not follow)."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
 
 
 def _string(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
@@ -269,23 +333,101 @@ def _claim(size: str) -> dict[str, Any]:
     }
 
 
-def _policy(name: str, target: Mapping[str, str], source: Mapping[str, str], port: int) -> dict[str, Any]:
-    """Pods ``target`` take connections on ``port`` only from pods ``source`` (of the namespace)."""
+def _scratch(name: str, path: str, memory: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A volume and its mount for a path a process writes: an emptyDir, in memory where it holds
+    only small files (memory counts against the container's limit)."""
+    return {"name": name, "emptyDir": {"medium": "Memory"} if memory else {}}, {"name": name, "mountPath": path}
+
+
+def _pod_spec(
+    account: Account, container: dict[str, Any], volumes: list[dict[str, Any]], **extra: Any
+) -> dict[str, Any]:
+    """A pod of one container run as ``account`` (whose group owns the pod's volumes): the runtime's
+    seccomp profile, no service account token, no Service environment variables; the container
+    gains no privilege, keeps no capability and writes only to its volumes. ``extra`` are more
+    fields of the pod's spec."""
+    hardened = {
+        **container,
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "privileged": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+    }
+    security = {
+        "runAsNonRoot": True,
+        "runAsUser": account.uid,
+        "runAsGroup": account.gid,
+        "fsGroup": account.gid,
+        # A volume already owned by the group (a media store, a database) is not walked on each start.
+        "fsGroupChangePolicy": "OnRootMismatch",
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    return {
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": security,
+        **extra,
+        "containers": [hardened],
+        "volumes": volumes,
+    }
+
+
+def _workload_meta(name: str, labels: Mapping[str, str], image: str, *skipped: str) -> dict[str, Any]:
+    """A workload's metadata, naming the checkov checks it fails by design (:data:`CHECKOV_SKIPS`):
+    ``skipped``, a uid below 10000 (every image's account), and for an image without a digest
+    the two that ask for one."""
+    checks = ["CKV_K8S_40", *skipped]
+    if "@sha256:" not in image:
+        checks += ["CKV_K8S_43", "CKV_K8S_15"]
+    annotations = {f"checkov.io/skip{n}": f"{check}={CHECKOV_SKIPS[check]}" for n, check in enumerate(checks, 1)}
+    return {**_meta(name, labels), "annotations": annotations}
+
+
+def _selector(labels: Mapping[str, str]) -> dict[str, Any]:
+    return {"matchLabels": dict(labels)}
+
+
+def _tcp(*ports: int) -> list[dict[str, Any]]:
+    return [{"protocol": "TCP", "port": port} for port in ports]
+
+
+def _allow(
+    name: str, pods: dict[str, Any], direction: str, peers: list[dict[str, Any]], ports: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """A NetworkPolicy: the pods ``pods`` selects take (``Ingress``) or open (``Egress``)
+    connections on ``ports`` from or to ``peers``, any address when there are none."""
+    rule: dict[str, Any] = {("from" if direction == "Ingress" else "to"): peers} if peers else {}
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
         "metadata": _meta(name, {}),
-        "spec": {
-            "podSelector": {"matchLabels": dict(target)},
-            "policyTypes": ["Ingress"],
-            "ingress": [
-                {
-                    "from": [{"podSelector": {"matchLabels": dict(source)}}],
-                    "ports": [{"protocol": "TCP", "port": port}],
-                }
-            ],
-        },
+        "spec": {"podSelector": pods, "policyTypes": [direction], direction.lower(): [{**rule, "ports": ports}]},
     }
+
+
+def _link(
+    source: str, pods: Mapping[str, str], target: str, peers: Mapping[str, str], port: int
+) -> list[dict[str, Any]]:
+    """Pods ``pods`` connect to pods ``peers`` of the namespace on ``port``: the egress of the one
+    (``<source>-to-<target>``) and the ingress of the other (``<target>-from-<source>``)."""
+    return [
+        _allow(f"{source}-to-{target}", _selector(pods), "Egress", [{"podSelector": _selector(peers)}], _tcp(port)),
+        _allow(f"{target}-from-{source}", _selector(peers), "Ingress", [{"podSelector": _selector(pods)}], _tcp(port)),
+    ]
+
+
+def _strings(data: Any) -> Iterator[str]:
+    """Every string value in parsed YAML."""
+    if isinstance(data, str):
+        yield data
+    elif isinstance(data, dict):
+        for value in data.values():
+            yield from _strings(value)
+    elif isinstance(data, list):
+        for value in data:
+            yield from _strings(value)
 
 
 @dataclass(frozen=True)
@@ -301,6 +443,10 @@ class KubernetesRender:
     def fleet(self) -> Fleet:
         return self.spec.fleet
 
+    @property
+    def namespace(self) -> str:
+        return namespace_name(self.spec.server_name)
+
     @cached_property
     def layout(self) -> Layout:
         return kubernetes_layout(worker_services(self.fleet))
@@ -311,7 +457,18 @@ class KubernetesRender:
 
     @cached_property
     def synapse_files(self) -> dict[str, str]:
-        return render_synapse(self.spec, self.layout, dict(self.secrets))
+        """Synapse's files; each worker's also unsets the shared config's paths of
+        :data:`MAIN_ONLY_SECRETS` (Synapse reads every secret file its config names)."""
+        files = render_synapse(self.spec, self.layout, dict(self.secrets))
+        shared = yaml.safe_load(files[SHARED_CONFIG])
+        main_only = {self.layout.secret(name) for name in MAIN_ONLY_SECRETS}
+        unset = {key: None for key, value in shared.items() if isinstance(value, str) and value in main_only}
+        for worker in self.fleet.workers:
+            if worker.role is not Role.MAIN:
+                files[worker_config_file(worker.name)] += "# main's only, not in this worker's pod\n" + yaml.safe_dump(
+                    unset, sort_keys=False
+                )
+        return files
 
     @cached_property
     def nginx_files(self) -> dict[str, str]:
@@ -322,6 +479,20 @@ class KubernetesRender:
     @cached_property
     def context(self) -> Context:
         return Context(self.spec, self.layout)
+
+    def process_secrets(self, worker: Worker) -> tuple[Secret, ...]:
+        """The secret files ``worker``'s process reads: those its config names (the shared file,
+        then for a worker its own, whose keys replace the shared ones)."""
+        config = yaml.safe_load(self.synapse_files[SHARED_CONFIG])
+        if worker.role is not Role.MAIN:
+            config.update(yaml.safe_load(self.synapse_files[worker_config_file(worker.name)]))
+        named = set(_strings(config))
+        return tuple(name for name in SYNAPSE_FILES if self.layout.secret(name) in named)
+
+    def group_secrets(self, group: Group) -> tuple[Secret, ...]:
+        """The secret files the pods of ``group`` are given: what their processes read."""
+        needed = {name for worker in group.workers for name in self.process_secrets(worker)}
+        return tuple(name for name in SYNAPSE_FILES if name in needed)
 
     def _command(self, group: Group) -> list[str]:
         layout = self.layout
@@ -344,7 +515,8 @@ class KubernetesRender:
 
     def synapse_container(self, group: Group) -> dict[str, Any]:
         """The one container of a group's pods: its command, the database password from the
-        Secret, its ports, probes on /health, limits, and the config, secrets and data mounts."""
+        Secret, its ports, probes on /health, limits, and the config, secrets, data and scratch
+        mounts."""
         layout = self.layout
         ports = [_port("http", POD_INBOUND_PORT)]
         if any(w.in_instance_map for w in group.workers):
@@ -367,24 +539,27 @@ class KubernetesRender:
                 livenessProbe={"periodSeconds": 10, "failureThreshold": 6},
             ),
             "resources": _resources(self.spec, group.resource_group),
-            "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
             "volumeMounts": [
                 {"name": "config", "mountPath": layout.config_dir, "readOnly": True},
                 {"name": "secrets", "mountPath": layout.secrets_dir, "readOnly": True},
                 {"name": "data", "mountPath": layout.data_dir},
+                # Twisted spools large request bodies (media uploads) to temporary files: on disk.
+                _scratch("tmp", SCRATCH_DIR)[1],
             ],
         }
 
     def statefulset(self, group: Group, checksum: str) -> dict[str, Any]:
         config_items = [{"key": _config_key(path), "path": path} for path in sorted(self.synapse_files)]
-        secret_items = [{"key": str(name), "path": str(name)} for name in SYNAPSE_FILES]
+        secret_items = [{"key": str(name), "path": str(name)} for name in self.group_secrets(group)]
         volumes: list[dict[str, Any]] = [
             {"name": "config", "configMap": {"name": SYNAPSE_CONFIG_NAME, "items": config_items}},
             {"name": "secrets", "secret": {"secretName": SECRETS_NAME, "defaultMode": 0o440, "items": secret_items}},
+            _scratch("tmp", SCRATCH_DIR)[0],
         ]
         keeps_media = self._media_store(group)
         if not keeps_media:
             volumes.append({"name": "data", "emptyDir": {}})
+        pod = _pod_spec(SYNAPSE_ACCOUNT, self.synapse_container(group), volumes)
         spec: dict[str, Any] = {
             "serviceName": SYNAPSE_HEADLESS,
             "replicas": len(group.workers),
@@ -393,23 +568,12 @@ class KubernetesRender:
             "selector": {"matchLabels": group.labels},
             "template": {
                 "metadata": {"labels": {**group.labels, **PART_OF}, "annotations": {CONFIG_CHECKSUM: checksum}},
-                "spec": {
-                    "enableServiceLinks": False,
-                    "securityContext": {
-                        "runAsNonRoot": True,
-                        "runAsUser": SYNAPSE_IMAGE_UID,
-                        "runAsGroup": SYNAPSE_IMAGE_GID,
-                        "fsGroup": SYNAPSE_IMAGE_GID,
-                        "seccompProfile": {"type": "RuntimeDefault"},
-                    },
-                    "containers": [self.synapse_container(group)],
-                    "volumes": volumes,
-                },
+                "spec": pod,
             },
         }
         if keeps_media:
             spec["volumeClaimTemplates"] = [_claim(MEDIA_STORE_SIZE)]
-        metadata = _meta(group.name, group.labels)
+        metadata = _workload_meta(group.name, group.labels, self.spec.synapse_image, "CKV_K8S_35")
         return {"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": metadata, "spec": spec}
 
     def pod_services(self, group: Group) -> list[dict[str, Any]]:
@@ -435,23 +599,43 @@ class KubernetesRender:
             )
         return services
 
+    def prometheus(self) -> str:
+        """A Prometheus configuration scraping every Synapse pod at its name under the headless
+        Service (``synapse-main-0.synapse.<namespace>.svc``), for a Prometheus in a namespace that
+        ``metrics.kubernetes_scraper_namespace`` selects."""
+        pods = worker_services(self.fleet)
+        config = scrape_config(
+            self.spec, lambda target: f"{pods[target.process]}.{SYNAPSE_HEADLESS}.{self.namespace}.svc"
+        )
+        return "# Rendered by synfleet from fleet.toml: the scrape config of its Synapse pods.\n" + yaml.safe_dump(
+            config, sort_keys=False
+        )
+
     # -- nginx ----------------------------------------------------------------------------------
 
+    @property
+    def nginx_ports(self) -> dict[str, int]:
+        """nginx's container ports by name: "http", and "https" with TLS (above 1024: it is not root)."""
+        tls = self.nginx_layout.tls
+        ports = {"http": int(self.nginx_layout.listen[0])}
+        if tls is not None:
+            ports["https"] = int(tls.listen[0])
+        return ports
+
     def nginx_pod(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        """nginx's container, and its pod's volumes: the config, a cache, with TLS the certificate."""
+        """nginx's container, and its pod's volumes: the config, a cache for bodies, scratch for its
+        pid file, with TLS the certificate. Its logs go to the image's links to the container's output."""
         tls = self.nginx_layout.tls
         health = nginx(self.context).health  # up when it accepts connections; /health would pass through to main
-        ports = [_port("http", int(self.nginx_layout.listen[0]))]
+        cache, cache_mount = _scratch("cache", COMPOSE_NGINX_TEMP_DIR)
+        scratch, scratch_mount = _scratch("tmp", SCRATCH_DIR, memory=True)
         mounts: list[dict[str, Any]] = [
             {"name": "config", "mountPath": COMPOSE_NGINX_CONFIG_DIR, "readOnly": True},
-            {"name": "cache", "mountPath": COMPOSE_NGINX_TEMP_DIR},
+            cache_mount,
+            scratch_mount,
         ]
-        volumes: list[dict[str, Any]] = [
-            {"name": "config", "configMap": {"name": NGINX_CONFIG_NAME}},
-            {"name": "cache", "emptyDir": {}},
-        ]
+        volumes: list[dict[str, Any]] = [{"name": "config", "configMap": {"name": NGINX_CONFIG_NAME}}, cache, scratch]
         if tls is not None:
-            ports.append(_port("https", int(tls.listen[0])))
             directory = str(Path(tls.certificate).parent)
             mounts.append({"name": "tls", "mountPath": directory, "readOnly": True})
             items = [
@@ -462,7 +646,7 @@ class KubernetesRender:
         container = {
             "name": "nginx",
             "image": self.spec.images.nginx,
-            "ports": ports,
+            "ports": [_port(name, number) for name, number in self.nginx_ports.items()],
             **kubernetes_probes(health, **_READY_AND_LIVE),
             "resources": _resources(self.spec, Service.NGINX.value),
             "volumeMounts": mounts,
@@ -475,29 +659,24 @@ class KubernetesRender:
         service_ports = [_service_port("http", NGINX_SERVICE_PORT)]
         if self.nginx_layout.tls is not None:
             service_ports.append(_service_port("https", NGINX_TLS_SERVICE_PORT))
+        # Replicas on different nodes where there are several: a node loss leaves one.
+        spread = {
+            "maxSkew": 1,
+            "topologyKey": "kubernetes.io/hostname",
+            "whenUnsatisfiable": "ScheduleAnyway",
+            "labelSelector": {"matchLabels": labels},
+        }
+        pod = _pod_spec(SERVICE_ACCOUNTS[Service.NGINX], container, volumes, topologySpreadConstraints=[spread])
         deployment = {
             "apiVersion": "apps/v1",
             "kind": "Deployment",
-            "metadata": _meta("nginx", labels),
+            "metadata": _workload_meta("nginx", labels, self.spec.images.nginx),
             "spec": {
                 "replicas": NGINX_REPLICAS,
                 "selector": {"matchLabels": labels},
                 "template": {
                     "metadata": {"labels": {**labels, **PART_OF}, "annotations": {CONFIG_CHECKSUM: checksum}},
-                    "spec": {
-                        "enableServiceLinks": False,
-                        # Replicas on different nodes where there are several: a node loss leaves one.
-                        "topologySpreadConstraints": [
-                            {
-                                "maxSkew": 1,
-                                "topologyKey": "kubernetes.io/hostname",
-                                "whenUnsatisfiable": "ScheduleAnyway",
-                                "labelSelector": {"matchLabels": labels},
-                            }
-                        ],
-                        "containers": [container],
-                        "volumes": volumes,
-                    },
+                    "spec": pod,
                 },
             },
         }
@@ -549,61 +728,130 @@ class KubernetesRender:
             "metadata": _meta(POSTGRES_CONFIG_NAME, labels),
             "data": {hba_file.name: hba(db, anywhere=True), script: initdb_script(db)},
         }
-        volumes = [
-            _config_volume("hba", hba_file.name),
-            _config_volume("initdb", script),
-        ]
+        # Its socket and lock file, and what its first start's tools write.
+        sockets, sockets_mount = _scratch("sockets", POSTGRES_IMAGE_SOCKETS, memory=True)
+        scratch, scratch_mount = _scratch("tmp", SCRATCH_DIR, memory=True)
+        volumes = [_config_volume("hba", hba_file.name), _config_volume("initdb", script), sockets, scratch]
         mounts = [
             {"name": "data", "mountPath": POSTGRES_IMAGE_DATA},
             {"name": "hba", "mountPath": str(hba_file.parent), "readOnly": True},
             {"name": "initdb", "mountPath": CONTAINER_INITDB_DIR, "readOnly": True},
+            sockets_mount,
+            scratch_mount,
         ]
         image = self.spec.images.postgres
         container = self._trial_container(Service.POSTGRES, image, POSTGRES_PORT, env=environment, volumeMounts=mounts)
         claim = _claim(TRIAL_POSTGRES_SIZE)
-        return [config, *self._trial(Service.POSTGRES.value, labels, container, db.port, POSTGRES_PORT, claim, volumes)]
+        return [config, *self._trial(Service.POSTGRES, image, container, db.port, POSTGRES_PORT, claim, volumes)]
 
     def trial_redis(self) -> list[dict[str, Any]]:
-        labels = {NAME_LABEL: Service.REDIS.value}
-        container = self._trial_container(Service.REDIS, self.spec.images.redis, REDIS_PORT)
-        return self._trial(Service.REDIS.value, labels, container, self.spec.redis.port, REDIS_PORT, None)
+        image = self.spec.images.redis
+        workdir, workdir_mount = _scratch("data", REDIS_IMAGE_WORKDIR, memory=True)
+        container = self._trial_container(Service.REDIS, image, REDIS_PORT, volumeMounts=[workdir_mount])
+        return self._trial(Service.REDIS, image, container, self.spec.redis.port, REDIS_PORT, None, [workdir])
 
     def _trial(
         self,
-        name: str,
-        labels: dict[str, str],
+        service: Service,
+        image: str,
         container: dict[str, Any],
         port: int,
         target: int,
         claim: dict[str, Any] | None,
-        volumes: list[dict[str, Any]] | None = None,
+        volumes: list[dict[str, Any]],
     ) -> list[dict[str, Any]]:
-        pod: dict[str, Any] = {"enableServiceLinks": False, "containers": [container]}
-        if volumes:
-            pod["volumes"] = volumes
+        name = service.value
+        labels = {NAME_LABEL: name}
+        # PostgreSQL's first start reads both passwords from its environment.
+        skipped = ["CKV_K8S_35"] if service is Service.POSTGRES else []
         spec: dict[str, Any] = {
             "serviceName": name,
             "replicas": 1,
             "selector": {"matchLabels": labels},
-            "template": {"metadata": {"labels": {**labels, **PART_OF}}, "spec": pod},
+            "template": {
+                "metadata": {"labels": {**labels, **PART_OF}},
+                "spec": _pod_spec(SERVICE_ACCOUNTS[service], container, volumes),
+            },
         }
         if claim:
             spec["volumeClaimTemplates"] = [claim]
         return [
-            {"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": _meta(name, labels), "spec": spec},
+            {
+                "apiVersion": "apps/v1",
+                "kind": "StatefulSet",
+                "metadata": _workload_meta(name, labels, image, *skipped),
+                "spec": spec,
+            },
             {
                 "apiVersion": "v1",
                 "kind": "Service",
                 "metadata": _meta(name, labels),
                 "spec": {"type": "ClusterIP", "selector": labels, "ports": [_service_port(name, port, target)]},
             },
-            _policy(f"{name}-from-synapse", labels, {NAME_LABEL: "synapse"}, target),
         ]
+
+    # -- network policies -----------------------------------------------------------------------
+
+    def network_policies(self) -> list[dict[str, Any]]:
+        """Nothing in or out of the namespace's pods but: clients to nginx; nginx to Synapse's
+        inbound port; Synapse to Synapse's replication port, to PostgreSQL and Redis (the trial
+        pods, or the external ones' ports anywhere) and to :data:`OUTBOUND_PORTS` anywhere; nginx and
+        Synapse to the cluster's DNS; with metrics, the scraper's namespace to the metrics ports."""
+        synapse_pods, nginx_pods = {NAME_LABEL: "synapse"}, {NAME_LABEL: "nginx"}
+        resolvers = {"matchExpressions": [{"key": NAME_LABEL, "operator": "In", "values": ["nginx", "synapse"]}]}
+        dns = [{"protocol": protocol, "port": DNS_PORT} for protocol in ("UDP", "TCP")]
+        policies = [
+            {
+                "apiVersion": "networking.k8s.io/v1",
+                "kind": "NetworkPolicy",
+                "metadata": _meta("default-deny", {}),
+                "spec": {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]},
+            },
+            _allow("dns", resolvers, "Egress", [KUBE_DNS], dns),
+            _allow("nginx-from-anywhere", _selector(nginx_pods), "Ingress", [], _tcp(*self.nginx_ports.values())),
+            *_link("nginx", nginx_pods, "synapse-http", synapse_pods, POD_INBOUND_PORT),
+            *_link("synapse", synapse_pods, "synapse-replication", synapse_pods, POD_REPLICATION_PORT),
+            _allow("synapse-to-federation", _selector(synapse_pods), "Egress", [], _tcp(*OUTBOUND_PORTS)),
+        ]
+        for service, pod_port, external_port in (
+            (Service.POSTGRES, POSTGRES_PORT, self.spec.database.port),
+            (Service.REDIS, REDIS_PORT, self.spec.redis.port),
+        ):
+            if self.trial_services:
+                policies += _link("synapse", synapse_pods, service.value, {NAME_LABEL: service.value}, pod_port)
+            else:
+                name = f"synapse-to-{service.value}"
+                policies.append(_allow(name, _selector(synapse_pods), "Egress", [], _tcp(external_port)))
+        metrics = self.spec.metrics
+        if metrics.enabled:
+            scraper = [{"namespaceSelector": _selector(metrics.scraper_namespace_labels)}]
+            ports = sorted(w.metrics_port for w in self.fleet.workers if w.metrics_port is not None)
+            policies += [
+                _allow("synapse-metrics-from-scraper", _selector(synapse_pods), "Ingress", scraper, _tcp(*ports)),
+                _allow(
+                    "nginx-status-from-scraper",
+                    _selector(nginx_pods),
+                    "Ingress",
+                    scraper,
+                    _tcp(metrics.nginx_status_port),
+                ),
+            ]
+        return policies
 
     # -- the whole tree -------------------------------------------------------------------------
 
+    @property
+    def secret_names(self) -> tuple[Secret, ...]:
+        """The secrets some pod is given: Synapse's files, the database password, and with the
+        trial services PostgreSQL's superuser's (never Grafana's, which no pod runs)."""
+        files = {name for group in synapse_groups(self.fleet) for name in self.group_secrets(group)}
+        wanted = {*files, Secret.POSTGRES_PASSWORD}
+        if self.trial_services:
+            wanted.add(Secret.POSTGRES_SUPERUSER_PASSWORD)
+        return tuple(name for name in Secret if name in wanted)
+
     def secret(self) -> dict[str, Any]:
-        data = {str(name): base64.b64encode(value.encode()).decode() for name, value in sorted(self.secrets.items())}
+        data = {str(name): base64.b64encode(self.secrets[name].encode()).decode() for name in sorted(self.secret_names)}
         metadata = _meta(SECRETS_NAME, {})
         return {"apiVersion": "v1", "kind": "Secret", "metadata": metadata, "type": "Opaque", "data": data}
 
@@ -621,13 +869,13 @@ class KubernetesRender:
         }
 
     def manifests(self) -> dict[str, list[dict[str, Any]]]:
-        """Every manifest file's objects, by file name, in the order ``kubectl`` applies them."""
-        namespace = namespace_name(self.spec.server_name)
+        """Every manifest file's objects, by file name, in the order ``kubectl`` applies them; each
+        object but the namespace names it (kustomize would set it too; checkov reads only this)."""
         synapse_files = self.synapse_files
         nginx_files = self.nginx_files
         synapse_labels = {NAME_LABEL: "synapse"}
         files: dict[str, list[dict[str, Any]]] = {
-            "namespace.yaml": [{"apiVersion": "v1", "kind": "Namespace", "metadata": _meta(namespace, {})}],
+            "namespace.yaml": [{"apiVersion": "v1", "kind": "Namespace", "metadata": _meta(self.namespace, {})}],
             "secrets.yaml": [self.secret()],
             "synapse-config.yaml": [
                 {
@@ -661,28 +909,34 @@ class KubernetesRender:
             objects = [self.statefulset(group, synapse_checksum), _pdb(group.name, group.labels)]
             files[f"{group.name}.yaml"] = objects + self.pod_services(group)
         files["nginx.yaml"] = self.nginx(_checksum(nginx_files))
-        files["network-policies.yaml"] = [
-            _policy("synapse-http-from-nginx", synapse_labels, {NAME_LABEL: "nginx"}, POD_INBOUND_PORT),
-            _policy("synapse-replication-from-synapse", synapse_labels, synapse_labels, POD_REPLICATION_PORT),
-        ]
+        files["network-policies.yaml"] = self.network_policies()
         if self.trial_services:
             files["trial-postgres.yaml"] = self.trial_postgres()
             files["trial-redis.yaml"] = self.trial_redis()
+        for objects in files.values():
+            for document in objects:
+                if document["kind"] != "Namespace":
+                    metadata = document["metadata"]
+                    document["metadata"] = {"name": metadata.pop("name"), "namespace": self.namespace, **metadata}
         return files
 
 
 def render_kubernetes(
     spec: FleetSpec, secrets: Mapping[str, str], nginx_layout: NginxLayout, trial_services: bool = False
 ) -> dict[str, str]:
-    """Every file of ``deploy/kubernetes`` by name: the manifests and ``kustomization.yaml``."""
-    render = KubernetesRender(kubernetes_spec(spec, trial_services), secrets, nginx_layout, trial_services)
+    """Every file of ``deploy/kubernetes`` by name: the manifests, ``kustomization.yaml``, and with
+    metrics :data:`PROMETHEUS_FILE`. nginx keeps its pid file in its scratch volume."""
+    layout = replace(nginx_layout, pid_file=NGINX_PID_FILE)
+    render = KubernetesRender(kubernetes_spec(spec, trial_services), secrets, layout, trial_services)
     manifests = render.manifests()
     files = {name: _dump_all(objects) for name, objects in manifests.items()}
     kustomization = {
         "apiVersion": "kustomize.config.k8s.io/v1beta1",
         "kind": "Kustomization",
-        "namespace": namespace_name(spec.server_name),
+        "namespace": render.namespace,
         "resources": list(manifests),
     }
     files["kustomization.yaml"] = _dump_all([kustomization])
+    if spec.metrics.enabled:
+        files[PROMETHEUS_FILE] = render.prometheus()
     return files

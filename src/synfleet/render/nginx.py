@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 
 from synfleet.metrics.targets import NGINX_STATUS_PATH
@@ -45,16 +46,53 @@ class NginxTls:
         return "" if self.public_port == 443 else f":{self.public_port}"
 
 
+class Peer(StrEnum):
+    """Who may use a link between hosts, by the certificate it presents (see :mod:`synfleet.pki.fleet`)."""
+
+    FRONT = "front"  # the front's nginx, with the client's requests
+    HOST = "host"  # a host of the fleet: its processes' replication requests
+
+
 @dataclass(frozen=True)
 class Gateway:
     """A link from another host of the fleet to a Synapse socket on this one: nginx listens on this
-    host's private address, lets in only ``allow`` (the fleet's hosts), and passes each request
-    unchanged (its X-Forwarded-For is the front nginx's) to ``socket``."""
+    host's private address with TLS, lets in only ``allow`` (the fleet's hosts) presenting a
+    certificate of ``peer`` from the fleet's CA, and passes each request unchanged (its
+    X-Forwarded-For is the front nginx's) to ``socket``. The front's inbound requests never ask for
+    replication or metrics."""
 
     name: str  # the process and the link, e.g. "rooms1 inbound"
     listen: str  # address:port
     allow: tuple[str, ...]
     socket: str
+    peer: Peer
+
+
+@dataclass(frozen=True)
+class Relay:
+    """A link from this host to another: nginx listens on a UNIX socket here (``listen``) and
+    carries each connection over TLS to ``target`` (address:port), whose certificate must name
+    ``peer`` (its host), presenting this host's certificate, or the front's (``front``)."""
+
+    name: str
+    listen: str
+    target: str
+    peer: str
+    front: bool = False
+
+
+@dataclass(frozen=True)
+class LinkTls:
+    """The files of the links between hosts, as nginx reads them: the CAs they trust, this host's
+    certificate and key, the front's (on the front's host), and the subject of every certificate
+    each :class:`Peer` presents."""
+
+    trust: str
+    certificate: str
+    key: str
+    front_certificate: str
+    front_key: str
+    peers: tuple[tuple[str, Peer], ...]  # (subject as nginx writes it, peer)
 
 
 @dataclass(frozen=True)
@@ -70,11 +108,24 @@ class NginxLayout:
     access_log_buffer: str = " buffer=64k flush=1s"
     tls: NginxTls | None = None
     status_listen: str | None = None  # nginx's own status (stub_status), when metrics are on
-    #: The links from other hosts into this host's Synapse sockets (a fleet on several hosts).
+    #: The links from other hosts into this host's Synapse sockets (a fleet on several hosts), the
+    #: relays from this host to theirs, their certificates, and where nginx's stream module is (the
+    #: relays need it; "" when it is built in).
     gateways: tuple[Gateway, ...] = ()
+    relays: tuple[Relay, ...] = ()
+    links: LinkTls | None = None
+    stream_module: str = ""
     #: The public front: the route table, its upstreams and the listeners clients reach. Without it
     #: (a host of a fleet on several hosts that does not run the front), only the gateways.
     front: bool = True
+
+
+def first_link(layout: NginxLayout) -> str:
+    """Where nginx on a host that is not the front shows it serves: its first link from another
+    host (address:port), else its first relay to another (a UNIX socket); "" if it has neither."""
+    if layout.gateways:
+        return layout.gateways[0].listen
+    return layout.relays[0].listen if layout.relays else ""
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,8 @@ from pathlib import Path
 
 from synfleet.errors import UsageError
 from synfleet.layout import SECRETS_DIR
+from synfleet.model.schema import FleetSpec
+from synfleet.pki.fleet import FleetAuthority
 from synfleet.render.files import create_file
 
 
@@ -50,8 +52,9 @@ def _signing_key() -> str:
     return f"ed25519 {version} {seed}\n"
 
 
-def ensure_secrets(directory: Path) -> dict[str, str]:
-    """Create any missing secret under ``directory/secrets``; return all of them by name."""
+def ensure_secrets(directory: Path, spec: FleetSpec | None = None) -> dict[str, str]:
+    """Create any missing secret under ``directory/secrets``; return all of them by name. With
+    ``spec`` of a fleet on several hosts, also the fleet's CA and certificates (``secrets/tls``)."""
     folder = directory / SECRETS_DIR
     try:
         folder.mkdir(mode=0o700, exist_ok=True)
@@ -63,4 +66,6 @@ def ensure_secrets(directory: Path) -> dict[str, str]:
             values[name] = path.read_text().strip()
     except OSError as exc:
         raise UsageError(f"{folder}: cannot write secrets: {exc.strerror}") from None
+    if spec is not None and spec.hosts:
+        FleetAuthority(directory).ensure(spec)
     return values

@@ -30,6 +30,7 @@ from synfleet.model.ports import POSTGRES_PORT, REDIS_PORT
 from synfleet.model.schema import FleetSpec
 from synfleet.model.schema.storage import POSTGRES_SUPERUSER, Database
 from synfleet.model.synapse import MAIN_MODULE, WORKER_MODULE
+from synfleet.pki.fleet import Installed
 from synfleet.render.hosts import AUTH_METHOD, DATABASE_OPTIONS, SYNAPSE_ROLE_OPTIONS, hba
 from synfleet.render.secrets import SYNAPSE_FILES, Secret
 
@@ -53,7 +54,7 @@ class HealthKind(StrEnum):
     HTTP = "http"  # GET /health answers 200: on a UNIX socket (no port), an address and port, a pod's "http" port
     POSTGRES = "postgres"  # PostgreSQL accepts a connection (pg_isready)
     REDIS = "redis"  # PING answers PONG (or asks for the password, which shows it serves)
-    LISTENER = "listener"  # something listens on an address and port (the process itself, natively)
+    LISTENER = "listener"  # something listens on an address and port, or a UNIX socket (no port)
 
 
 @dataclass(frozen=True)
@@ -138,6 +139,7 @@ def postgres(context: Context) -> Start:
             "unix_socket_directories": socket_dir,
             "unix_socket_permissions": "0700",
             "max_connections": "500",
+            **_postgres_tls(context),
         }
         command = (context.native.programs["postgres"], "-D", context.native.postgres_data, *_settings(options))
         return Start(
@@ -155,9 +157,30 @@ def postgres(context: Context) -> Start:
         return Start(Service.POSTGRES.value, command, postgres_ready("127.0.0.1", spec))
     # The image's own socket too: its first-start setup connects there (in the container only).
     sockets = f"{socket_dir},{POSTGRES_IMAGE_SOCKETS}"
-    options = {"unix_socket_directories": sockets, "listen_addresses": context.private, "hba_file": CONTAINER_HBA_FILE}
+    options = {
+        "unix_socket_directories": sockets,
+        "listen_addresses": context.private,
+        "hba_file": CONTAINER_HBA_FILE,
+        **_postgres_tls(context),
+    }
     command = ("postgres", *_settings(options))
     return Start(Service.POSTGRES.value, command, postgres_ready(socket_dir, spec), files=_postgres_files(context))
+
+
+def _postgres_tls(context: Context) -> dict[str, str]:
+    """On its host's private address (a fleet on several hosts), PostgreSQL takes TLS only
+    (pg_hba.conf's ``hostssl``), with this host's certificate, and checks its clients' by the
+    fleet's CA."""
+    if not context.private:
+        return {}
+    layout = context.layout
+    return {
+        "ssl": "on",
+        "ssl_cert_file": layout.secret(Installed.HOST.certificate),
+        "ssl_key_file": layout.secret(Installed.HOST.key),
+        "ssl_ca_file": layout.secret(Installed.TRUST.certificate),
+        "ssl_min_protocol_version": "TLSv1.3",
+    }
 
 
 def _postgres_files(context: Context) -> dict[str, str]:
@@ -223,7 +246,10 @@ def redis(context: Context) -> Start:
         # Without a password Redis answers only loopback unless told; the NetworkPolicy guards it.
         command = ("redis-server", *REDIS_EPHEMERAL, "--protected-mode", "no")
         return Start(Service.REDIS.value, command, Health(HealthKind.LISTENER, "", REDIS_PORT))
-    network = ["--bind", private, "--port", str(context.spec.redis.port)] if private else ["--port", "0"]
+    # On several hosts, TLS only on the private address, from clients with the fleet's certificates.
+    network = ["--port", "0"]
+    if private:
+        network += ["--bind", private, "--tls-port", str(context.spec.redis.port), *_redis_tls(layout)]
     if context.native is not None:
         native = context.native
         shared = [f"{native.run_dir}/{native.redis_config}", *network] if private else network
@@ -244,6 +270,15 @@ def redis(context: Context) -> Start:
     entrypoint = ("sh", "-c", script, "redis-server")
     health = Health(HealthKind.REDIS, socket, password=password)
     return Start(Service.REDIS.value, (*network, *options), health, entrypoint=entrypoint)
+
+
+def _redis_tls(layout: Layout) -> list[str]:
+    return [
+        *("--tls-cert-file", layout.secret(Installed.HOST.certificate)),
+        *("--tls-key-file", layout.secret(Installed.HOST.key)),
+        *("--tls-ca-cert-file", layout.secret(Installed.TRUST.certificate)),
+        *("--tls-auth-clients", "yes", "--tls-protocols", "TLSv1.3"),
+    ]
 
 
 def _redis_socket(socket: str, mode: str) -> list[str]:
@@ -328,21 +363,26 @@ def synapse_entrypoint(sockets: tuple[str, ...], service: str, owner: bool) -> t
 # -- nginx --------------------------------------------------------------------------------------
 
 
-def nginx(context: Context, gateway: str = "") -> Start:
+def nginx(context: Context, link: str = "") -> Start:
     """nginx: ready when it listens on the front's HTTP port, or on a host that only carries links
-    from other hosts, on its first link (``gateway``, address:port)."""
+    between hosts, on its first (``link``: address:port, or a relay's UNIX socket)."""
     spec = context.spec
     listen = spec.listen
     if context.target == KUBERNETES:
         return Start(Service.NGINX.value, (), Health(HealthKind.LISTENER, "", COMPOSE_HTTP_PORT))
-    # A host that only carries links from other hosts: its first link, on this host's private address.
-    link = Health(HealthKind.LISTENER, context.private, int(gateway.rsplit(":", 1)[1])) if gateway else None
+    # A host that only carries links between hosts: its first link, on this host's private address,
+    # or its first relay's socket.
+    first = None
+    if link.startswith("/"):
+        first = Health(HealthKind.LISTENER, link)
+    elif link:
+        first = Health(HealthKind.LISTENER, context.private, int(link.rsplit(":", 1)[1]))
     if context.native is not None:
-        health = link or Health(HealthKind.LISTENER, listen.bind, listen.http_port)
-        socket = gateway or f"{listen.bind}:{listen.http_port}"
+        health = first or Health(HealthKind.LISTENER, listen.bind, listen.http_port)
+        socket = link or f"{listen.bind}:{listen.http_port}"
         return Start(Service.NGINX.value, context.native.nginx_command, health, socket, stop_signal="QUIT")
-    if link:
-        return Start(Service.NGINX.value, (), link)
+    if first:
+        return Start(Service.NGINX.value, (), first)
     scheme_port = COMPOSE_HTTPS_PORT if spec.tls.enabled else COMPOSE_HTTP_PORT
     if not context.host:
         return Start(Service.NGINX.value, (), Health(HealthKind.HTTP, "127.0.0.1", scheme_port))
@@ -406,10 +446,10 @@ def kubernetes_probes(health: Health, **probes: Mapping[str, int]) -> dict[str, 
     return found
 
 
-def service_table(context: Context, front: bool, gateway: str = "") -> dict[str, Start]:
+def service_table(context: Context, front: bool, link: str = "") -> dict[str, Start]:
     """The services the fleet runs itself on the context's host (every one on one host), by process
     name, in start order: infrastructure, main (it migrates the schema), the workers, and nginx when
-    it is the ``front`` or carries the links from other hosts (``gateway``, its first)."""
+    it is the ``front`` or carries links between hosts (``link``, its first)."""
     fleet = context.spec.fleet
     here = set(fleet.processes_on(context.host))
     rows = {}
@@ -419,6 +459,6 @@ def service_table(context: Context, front: bool, gateway: str = "") -> dict[str,
     workers = [worker for worker in fleet.workers if worker.name in here]
     for worker in workers:
         rows[worker.name] = synapse(context, worker, owner=worker is workers[0])
-    if front or gateway:
-        rows[Service.NGINX.value] = nginx(context, "" if front else gateway)
+    if front or link:
+        rows[Service.NGINX.value] = nginx(context, "" if front else link)
     return rows

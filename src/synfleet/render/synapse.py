@@ -11,6 +11,7 @@ from synfleet.model.fleet import Role, Service, Stream, Worker
 from synfleet.model.pem import trusted_ca
 from synfleet.model.schema import FleetSpec
 from synfleet.model.synapse import WORKER_MODULE, Resource, instance_name
+from synfleet.pki.fleet import Installed
 from synfleet.render.secrets import Secret
 
 # Per-user limits that interactive tests and load generators exceed within seconds.
@@ -92,18 +93,19 @@ def _names(workers: tuple[Worker, ...]) -> list[str]:
 
 
 def _elsewhere(spec: FleetSpec, host: str, process: str) -> str | None:
-    """The private address of ``process``'s host when it is not ``host`` (links to it are TCP)."""
+    """The private address of ``process``'s host when it is not ``host`` (links to it cross hosts)."""
     placed = spec.fleet.process(process)
     return None if not host or placed.host == host else placed.address
 
 
 def _instance(spec: FleetSpec, layout: Layout, host: str, worker: Worker) -> dict[str, Any]:
-    """Where other processes reach ``worker``'s replication listener: its socket on this host, its
-    host's private address from another; its host name when processes are linked by TCP."""
+    """Where other processes reach ``worker``'s replication listener: its socket on this host, this
+    host's nginx relay to it from another (see :mod:`synfleet.render.hosts`); its host name when
+    processes are linked by TCP."""
     if layout.tcp:
         return {"host": layout.tcp.hosts[worker.name], "port": layout.tcp.replication_port}
-    if address := _elsewhere(spec, host, worker.name):
-        return {"host": address, "port": worker.replication_port}
+    if _elsewhere(spec, host, worker.name):
+        return {"path": layout.replication_relay(worker.name)}
     return {"path": layout.replication_socket(worker.name)}
 
 
@@ -180,19 +182,23 @@ def database_config(spec: FleetSpec, layout: Layout, secrets: dict[str, str], ho
         del args["password"]  # libpq reads PGPASSWORD from the process's environment
     if address:
         args["port"] = db.port
+    if address and db.local:  # the fleet's own, on another host: TLS, both ends by the fleet's CA
+        args.update(
+            sslmode="verify-full",
+            sslrootcert=layout.secret(Installed.TRUST.certificate),
+            sslcert=layout.secret(Installed.DATABASE.certificate),
+            sslkey=layout.secret(Installed.DATABASE.key),
+        )
     return {"name": "psycopg2", "args": args}
 
 
 def redis_config(spec: FleetSpec, layout: Layout, host: str = "") -> dict[str, Any]:
-    """Redis: the fleet's own on its socket, or at its host's private address from another host
-    (then with a password, on the socket too), or an external one."""
+    """Redis: the fleet's own on its socket, or through this host's nginx relay to it from another
+    host (then with a password, on the socket too), or an external one."""
     if not spec.redis.local:
         return {"enabled": True, "host": spec.redis.host, "port": spec.redis.port, "dbid": spec.redis.dbid}
     config: dict[str, Any] = {"enabled": True, "dbid": spec.redis.dbid}
-    if address := _elsewhere(spec, host, Service.REDIS):
-        config.update(host=address, port=spec.redis.port)
-    else:
-        config["path"] = layout.redis_socket
+    config["path"] = layout.redis_relay if _elsewhere(spec, host, Service.REDIS) else layout.redis_socket
     if spec.hosts:
         config["password_path"] = layout.secret(Secret.REDIS_PASSWORD)
     return config

@@ -25,14 +25,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from synfleet.errors import SynfleetError, UsageError
-from synfleet.layout import SHARED_CONFIG, log_config_file, worker_config_file
+from synfleet.layout import NGINX_DIR, SHARED_CONFIG, log_config_file, worker_config_file
 from synfleet.model.schema import FleetSpec
 from synfleet.render.secrets import ensure_secrets
 from synfleet.routing.corpus import room_keys
 from synfleet.routing.plan import RoutingPlan, group_of_upstream
 from synfleet.run.accounts import as_root, ensure_accounts
 from synfleet.run.fleet import wait_healthy, write_run_files
-from synfleet.run.paths import NGINX_DIR, RunPaths
+from synfleet.run.paths import RunPaths
 from synfleet.run.plan import Plan, plan_for, run_files, running_spec
 from synfleet.run.postgres import query
 from synfleet.run.supervised import NativeProcess, Tier
@@ -143,7 +143,7 @@ def plan_change(paths: RunPaths, spec: FleetSpec) -> Change:
             f"synapse.start: the fleet runs with {old_spec.synapse.start!r}; how Synapse starts is the "
             f"supervisor's own, so {spec.synapse.start!r} takes a restart of everything: `synfleet down`, then `up`"
         )
-    secrets = ensure_secrets(paths.directory)
+    secrets = ensure_secrets(paths.directory, spec)
     old, new = plan_for(paths, old_spec), plan_for(paths, spec)
     old_files, new_files = run_files(old, secrets).files, run_files(new, secrets).files
     old_processes = {p.name: p for p in old.processes}
@@ -182,7 +182,7 @@ def apply(paths: RunPaths, change: Change, report: Report) -> None:
         return
     supervisor = Supervisor(paths)
     plan = change.new
-    secrets = ensure_secrets(paths.directory)
+    secrets = ensure_secrets(paths.directory, plan.spec)
     accounts = ensure_accounts(report) if as_root() else None
     new_processes = {p.name: p for p in plan.processes}
     if change.restart_all:  # nothing may run the old config once anything runs the new one

@@ -127,7 +127,7 @@ def up(paths: RunPaths, spec: FleetSpec, report: Report, supervisor: Supervisor 
         )
     if not already:
         _prepare(plan, report)
-    secrets = ensure_secrets(paths.directory)
+    secrets = ensure_secrets(paths.directory, spec)
     if already:
         report("the fleet is already running; checking every process")
         if tree_differs(paths.run, run_files(plan, secrets)):

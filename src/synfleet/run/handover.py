@@ -53,10 +53,15 @@ class Place:
 def places(paths: RunPaths) -> list[Place]:
     """Every directory `up` makes in the run directory, parents first (PostgreSQL's cluster is
     made by initdb, as the fleet's account)."""
+    relays = [  # nginx's relays to other hosts: those the fleet's processes call, those only nginx's workers do
+        Place(Path(paths.layout.relay_dir), Owner.ROOT, "fleet", 0o750, rendered=True),
+        Place(Path(paths.layout.inbound_relay_dir), Owner.ROOT, "nginx", 0o750, rendered=True),
+    ]
     return [
         Place(paths.run, Owner.ROOT, "root", 0o755, public=True),
         Place(paths.nginx_dir, Owner.ROOT, "root", 0o755, public=True, rendered=True),
         Place(paths.nginx_dir / "tmp", Owner.ROOT, "root", 0o755, public=True, rendered=True),
+        *(relays if paths.host else []),
         Place(paths.config, Owner.ROOT, "fleet", 0o750, rendered=True),
         Place(paths.secrets, Owner.ROOT, "fleet", 0o750, rendered=True),
         Place(paths.logs, Owner.ROOT, "fleet", 0o750),

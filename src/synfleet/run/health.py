@@ -39,6 +39,9 @@ def is_healthy(health: Health, pid: int, timeout: float = 2.0) -> bool:
                 return _unix_exchange(health.target, b"PING\r\n", timeout).startswith((b"+PONG", b"-NOAUTH"))
             case HealthKind.POSTGRES:
                 return postgres_ready(health.target, health.user, health.database)
+            case HealthKind.LISTENER if not health.port:
+                _unix_exchange(health.target, b"", timeout)
+                return True
             case HealthKind.LISTENER:
                 with socket.create_connection((health.target, health.port), timeout=timeout):
                     return holds_listener(pid, health.port)

@@ -10,14 +10,13 @@ from functools import cached_property
 from pathlib import Path
 
 from synfleet.errors import UsageError
-from synfleet.layout import COMPOSE, Layout, native_layout
+from synfleet.layout import COMPOSE, COMPOSE_HOST, NGINX_DIR, Layout, native_layout
 from synfleet.model.fleet import Fleet
 from synfleet.model.schema import FleetSpec
+from synfleet.render.hosts import front_servers
 from synfleet.routing.plan import RoutingPlan
 
 RUN_DIR = "run"
-#: nginx's prefix (and its config files) in the run directory.
-NGINX_DIR = "nginx"
 
 
 @dataclass(frozen=True)
@@ -178,13 +177,12 @@ def deployed_plan(paths: RunPaths, fleet: Fleet | FleetSpec) -> RoutingPlan:
     nginx's consistent hash depends on the ``server`` strings, so the native run (sockets under
     ``D/run``) and docker compose (``/sockets``) place rooms differently. A directory that
     ``synfleet up`` has run uses the native paths, any other the compose paths. A fleet file with
-    [hosts] gives the plan of nginx's host: the other hosts' workers at their private addresses.
+    [hosts] gives the plan of nginx's host: the other hosts' workers through its relays to them.
     """
-    remote: dict[str, str] = {}
-    if isinstance(fleet, FleetSpec):
-        if fleet.hosts:
-            front = fleet.fleet.front
-            paths, remote = RunPaths(paths.directory, front), fleet.fleet.remote_inbound(front)
-        fleet = fleet.fleet
-    socket_dir = str(paths.sockets) if paths.supervisor_conf.exists() else COMPOSE.socket_dir
-    return RoutingPlan(fleet, socket_dir=socket_dir, remote=remote)
+    if not isinstance(fleet, FleetSpec):
+        layout = paths.layout if paths.supervisor_conf.exists() else COMPOSE
+        return RoutingPlan(fleet, socket_dir=layout.socket_dir)
+    if fleet.hosts:
+        paths = RunPaths(paths.directory, fleet.fleet.front)
+    layout = paths.layout if paths.supervisor_conf.exists() else COMPOSE_HOST if fleet.hosts else COMPOSE
+    return RoutingPlan(fleet.fleet, socket_dir=layout.socket_dir, remote=front_servers(fleet, layout))

@@ -12,21 +12,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from synfleet.errors import SynfleetError, UsageError
-from synfleet.layout import SECRETS_DIR
+from synfleet.layout import NGINX_DIR, SECRETS_DIR
 from synfleet.model.fleet import Service
 from synfleet.model.schema import FleetSpec, parse_fleet
-from synfleet.nginx.binary.command import command_line, http2_directive_supported, nginx_version
+from synfleet.nginx.binary.command import command_line, http2_directive_supported, nginx_version, stream_module
+from synfleet.pki.fleet import host_files
 from synfleet.render.deploy import nginx_tls, render_files
 from synfleet.render.files import Rendered
 from synfleet.render.fleet_file import fleet_toml
-from synfleet.render.hosts import gateways, local_metrics
+from synfleet.render.hosts import gateways, link_tls, local_metrics, relays
 from synfleet.render.metrics import metrics_files
-from synfleet.render.nginx import NginxLayout
+from synfleet.render.nginx import NginxLayout, first_link
 from synfleet.render.secrets import SYNAPSE_FILES
 from synfleet.render.services import Context, Native, Start, service_table
 from synfleet.run.accounts import FLEET_ACCOUNT, NGINX_ACCOUNT, as_root
 from synfleet.run.ownership import Running, fleet_processes
-from synfleet.run.paths import NGINX_DIR, RunPaths, blocked_parent
+from synfleet.run.paths import RunPaths, blocked_parent
 from synfleet.run.supervised import NativeProcess, Tier
 from synfleet.run.supervisor import supervisor_config
 from synfleet.system import find_binary, fleet_python, require_binary
@@ -50,8 +51,9 @@ class Plan:
 def native_table(spec: FleetSpec, paths: RunPaths, native: Native, secrets: dict[str, str]) -> dict[str, Start]:
     """The service table's rows for this machine's share of the fleet (with ``secrets``, their files)."""
     nginx_layout = native_nginx_layout(spec, paths)
-    gateway = nginx_layout.gateways[0].listen if nginx_layout.gateways else ""
-    return service_table(Context(spec, paths.layout, paths.host, native, secrets), nginx_layout.front, gateway)
+    return service_table(
+        Context(spec, paths.layout, paths.host, native, secrets), nginx_layout.front, first_link(nginx_layout)
+    )
 
 
 def check_host(paths: RunPaths, spec: FleetSpec) -> None:
@@ -135,10 +137,14 @@ def _check_python_reachable(path: Path) -> None:
 def native_nginx_layout(spec: FleetSpec, paths: RunPaths) -> NginxLayout:
     host = _host(spec.listen.bind)
     front = not paths.host or spec.fleet.front == paths.host
+    links = relays(spec, paths.host, paths.layout)
     return NginxLayout(
         log_dir=str(paths.logs),
         listen=(f"{host}:{spec.listen.http_port}",) if front else (),
         gateways=gateways(spec, paths.host, paths.layout),
+        relays=links,
+        links=link_tls(spec, paths.layout),
+        stream_module=stream_module() if links else "",
         front=front,
         tls=nginx_tls(
             spec,
@@ -159,11 +165,13 @@ def _host(address: str) -> str:
     return f"[{address}]" if ":" in address else address
 
 
-def launched(paths: RunPaths, account: str | None, *command: str) -> list[str]:
+def launched(paths: RunPaths, account: str | None, *command: str, sockets: tuple[str, ...] = ()) -> list[str]:
     """``command`` started by :mod:`synfleet.run.launch`, which first stops what an earlier run of the
-    same program left behind (nginx workers, PostgreSQL backends), then becomes it, as ``account``."""
+    same program left behind (nginx workers, PostgreSQL backends) and removes the sockets it alone
+    listens on in the directories ``sockets``, then becomes it, as ``account``."""
     user = ["--user", account] if account else []
-    return [fleet_python(), "-m", "synfleet.run.launch", "--run", str(paths.run), *user, "--", *command]
+    cleared = [argument for directory in sockets for argument in ("--sockets", directory)]
+    return [fleet_python(), "-m", "synfleet.run.launch", "--run", str(paths.run), *user, *cleared, "--", *command]
 
 
 #: The fleet's programs, in the order their processes stop: front first, PostgreSQL last.
@@ -193,15 +201,17 @@ def native_processes(spec: FleetSpec, paths: RunPaths, native: Native) -> list[N
         service = Service(name) if name in tuple(Service) else None
         tier = TIERS[service] if service else Tier.MAIN if name == spec.fleet.main.name else Tier.WORKERS
         launch = service in LAUNCHED
+        nginx = service is Service.NGINX
+        relays = (paths.layout.relay_dir, paths.layout.inbound_relay_dir) if nginx and paths.host else ()
         processes.append(
             NativeProcess(
                 name,
                 tier,
-                launched(paths, account if service is not Service.NGINX else None, *start.command)
+                launched(paths, None if nginx else account, *start.command, sockets=relays)
                 if launch
                 else list(start.command),
                 start.health,
-                str(paths.nginx_error_log if service is Service.NGINX else paths.log(name)),
+                str(paths.nginx_error_log if nginx else paths.log(name)),
                 start.socket,
                 user=None if launch else account,
                 stop_signal=start.stop_signal,
@@ -223,4 +233,7 @@ def run_files(plan: Plan, secrets: dict[str, str]) -> Rendered:
     files.update(metrics_files(plan.spec, local_metrics(plan.spec, paths.host), grafana=False))
     files[APPLIED_FLEET_FILE] = fleet_toml(plan.spec)
     files.update({f"{SECRETS_DIR}/{name}": f"{secrets[name]}\n" for name in SYNAPSE_FILES if name in secrets})
+    if plan.spec.hosts and secrets:  # this host's certificates for the links between hosts
+        tls = host_files(paths.directory, plan.spec, paths.host)
+        files.update({f"{SECRETS_DIR}/{name}": text for name, text in tls.items()})
     return Rendered(files, secrets)

@@ -31,6 +31,24 @@ def nginx_version() -> tuple[int, ...] | None:
     return tuple(int(part) for part in found.group(1).split(".")) if found else None
 
 
+@cache
+def stream_module() -> str:
+    """The stream module's file when the installed nginx has it as a dynamic module ("" when it is
+    built in); an error naming the package when nginx has none."""
+    binary = require_binary("nginx")
+    output = subprocess.run([binary, "-V"], capture_output=True, text=True, check=False).stderr
+    if re.search(r"--with-stream(?:\s|$)", output):
+        return ""
+    found = re.search(r"--modules-path=(\S+)", output)
+    module = Path(found.group(1) if found else "/usr/lib/nginx/modules") / "ngx_stream_module.so"
+    if "--with-stream=dynamic" in output and module.exists():
+        return str(module)
+    raise SynfleetError(
+        "nginx has no stream module, which carries the links between the hosts of the fleet: "
+        "install it (Debian: apt-get install libnginx-mod-stream)"
+    )
+
+
 def version_text() -> str:
     return ".".join(map(str, nginx_version() or ()))
 
