@@ -314,6 +314,7 @@ def test_a_fleet_on_several_hosts_renders_a_compose_project_per_host(tmp_path: P
     check = synfleet("check", "--dir", str(tmp_path))
     assert check.returncode == 0, check.stdout + check.stderr
     assert "c: synapse config: rooms2" in check.stdout and "b: nginx -t" in check.stdout
+    assert "ok   the links' certificates" in check.stdout
 
     spec = load_spec(tmp_path)
     redis_password = (tmp_path / "secrets" / Secret.REDIS_PASSWORD).read_text().strip()

@@ -41,7 +41,7 @@ from synfleet.nginx.binary.command import stream_module, test_config, world_read
 from synfleet.nginx.config import NginxModel, socket_gateways, socket_relays
 from synfleet.nginx.upstream import Upstream
 from synfleet.nginx.variables import Map
-from synfleet.pki.fleet import TLS_DIR
+from synfleet.pki.fleet import TLS_DIR, problems
 from synfleet.render.deploy import DEPLOY_DIR, HOSTS_DIR
 from synfleet.render.files import PRIVATE, write_file
 from synfleet.render.services import MAIN_SERVICE, publish_address
@@ -348,6 +348,7 @@ def scratch_mapping(spec: FleetSpec, directory: Path, root: Path, project: Path 
     return mapping
 
 
+CERTIFICATES_CHECK = "the links' certificates: the fleet CA's, naming what the fleet file says, 30 days left"
 ENDPOINTS_CHECK = "every endpoint Synapse registers is routed to a process that serves it"
 
 
@@ -413,3 +414,10 @@ def check_deployment(directory: Path) -> Iterator[CheckResult]:
                 copies.append(copy)
         yield from consistency(projects)
         yield endpoints_served(spec.fleet, copies)
+    if spec.hosts:
+        wrong = problems(directory, spec)
+        yield CheckResult(
+            "the links' certificates: the fleet's, as the fleet file names them, 30 days left",
+            not wrong,
+            "; ".join(wrong),
+        )

@@ -155,6 +155,9 @@ class FleetAuthority:
     def path(self, stem: str) -> Path:
         return self.folder / f"{stem}.pem"
 
+    def exists(self) -> bool:
+        return self.path(AUTHORITY).exists()
+
     def _read(self, stem: str) -> Identity | None:
         found = current_file(self.path(stem))
         if found is None:
@@ -258,6 +261,31 @@ def retire(directory: Path, spec: FleetSpec) -> list[x509.Certificate]:
     dropped = [c for c in fleet.trusted() if c != current]
     fleet._write_trust([current])
     return dropped
+
+
+def problems(directory: Path, spec: FleetSpec) -> list[str]:
+    """What is wrong with the fleet's certificates: missing, naming other than the fleet file says,
+    not issued by a trusted CA, or ending within :data:`RENEW_BEFORE`."""
+    fleet = FleetAuthority(directory)
+    if not fleet.exists():
+        return [f"no fleet CA in {fleet.folder}: `synfleet render` makes it"]
+    trusted = fleet.trusted()
+    soon = datetime.datetime.now(datetime.UTC) + RENEW_BEFORE
+    found = []
+    for want in wanted(spec):
+        name = fleet.path(want.stem).name
+        try:
+            identity = fleet.identity(want.stem)
+        except UsageError as exc:
+            found.append(str(exc))
+            continue
+        if sorted(identity.names) != sorted(want.names):
+            found.append(f"{name} names {', '.join(identity.names)}, not {', '.join(want.names)}")
+        if not any(_signed_by(identity.certificate, ca) for ca in trusted):
+            found.append(f"{name} is not issued by a trusted CA")
+        if identity.expires < soon:
+            found.append(f"{name} ends {identity.expires:%Y-%m-%d}: synfleet certs rotate")
+    return found
 
 
 def _signed_by(certificate: x509.Certificate, issuer: x509.Certificate) -> bool:

@@ -17,6 +17,7 @@ from synfleet.errors import SynfleetError, UsageError
 from synfleet.model.fleet import Service
 from synfleet.model.pem import check_files
 from synfleet.model.schema import FleetSpec
+from synfleet.pki.fleet import FleetAuthority
 from synfleet.render.files import tree_differs, update_tree
 from synfleet.render.secrets import Secret, ensure_secrets
 from synfleet.run.accounts import Accounts, as_root, ensure_accounts
@@ -117,6 +118,11 @@ def up(paths: RunPaths, spec: FleetSpec, report: Report, supervisor: Supervisor 
     began = time.monotonic()
     check_files(spec)
     plan = plan_for(paths, spec)
+    if paths.host and paths.host != spec.fleet.main.host and not FleetAuthority(paths.directory).exists():
+        raise UsageError(
+            f"{paths.directory}/secrets has no fleet CA: the hosts must share one. Run `synfleet up --host "
+            f"{spec.fleet.main.host}` (main's host) or `synfleet render` first, and copy its D/secrets to every host"
+        )
     foreground = supervisor is not None
     supervisor = supervisor or Supervisor(paths)
     already = supervisor.running()
