@@ -171,6 +171,8 @@ COMPOSE = Layout(
     # Prometheus scrapes each container over the compose network; nothing publishes these ports.
     metrics_bind="0.0.0.0",
 )
+#: Where nginx keeps request and response bodies that do not fit in memory: a tmpfs of its container.
+COMPOSE_NGINX_TEMP_DIR = "/var/cache/nginx"
 #: Inside the docker compose containers of one host of a fleet on several hosts: every container is
 #: on the host's network (nginx, PostgreSQL and Redis listen on its private address), so Synapse's
 #: metrics listeners bind the loopback only; nginx's gateways connect to replication sockets too.
@@ -180,7 +182,8 @@ COMPOSE_HOST = replace(
     replication_socket_mode=0o666,
     metrics_bind="127.0.0.1",
     relay_dir=COMPOSE.socket_dir,
-    inbound_relay_dir=COMPOSE.socket_dir,
+    # The front's relays only nginx calls: in its own memory, out of Synapse's containers' reach.
+    inbound_relay_dir=COMPOSE_NGINX_TEMP_DIR,
 )
 #: The ports nginx listens on inside its container; compose publishes listen.http_port and
 #: listen.https_port on them.
@@ -193,8 +196,10 @@ COMPOSE_NGINX_CONFIG_DIR = "/etc/nginx"
 #: into the container's memory at the layout's config and secrets directories, for Synapse's account.
 COMPOSE_CONFIG_SOURCE = "/synfleet/config"
 COMPOSE_SECRETS_SOURCE = "/synfleet/secrets"
-#: Where nginx keeps request and response bodies that do not fit in memory: a tmpfs of its container.
-COMPOSE_NGINX_TEMP_DIR = "/var/cache/nginx"
+#: Likewise, on a host of a fleet on several hosts, the files of its links to the other hosts (the
+#: project's ``secrets/tls``): each container that reads some copies them, as root, into its memory
+#: at the layout's secrets directory for the account its program runs as.
+COMPOSE_TLS_SOURCE = "/synfleet/tls"
 
 
 #: The layout's name in Kubernetes' pods.

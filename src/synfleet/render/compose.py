@@ -16,6 +16,7 @@ from synfleet.layout import (
     COMPOSE_NGINX_CONFIG_DIR,
     COMPOSE_NGINX_TEMP_DIR,
     COMPOSE_SECRETS_SOURCE,
+    COMPOSE_TLS_SOURCE,
     DEPLOY_NGINX_CONFIG,
     DEPLOY_NGINX_LOGS,
     DEPLOY_POSTGRES_ENV,
@@ -24,7 +25,8 @@ from synfleet.layout import (
 )
 from synfleet.model.fleet import Service
 from synfleet.model.schema import FleetSpec
-from synfleet.render.hosts import gateways
+from synfleet.pki.fleet import TLS_DIR, Installed
+from synfleet.render.hosts import gateways, relays
 from synfleet.render.metrics import (
     DASHBOARD_FILE,
     GRAFANA_DASHBOARDS_DIR,
@@ -33,7 +35,8 @@ from synfleet.render.metrics import (
     PROMETHEUS_CONFIG,
     PROMETHEUS_PORT,
 )
-from synfleet.render.secrets import Secret
+from synfleet.render.nginx import NginxLayout, first_link
+from synfleet.render.secrets import SYNAPSE_FILES, Secret
 from synfleet.render.services import (
     CONTAINER_HBA_FILE,
     CONTAINER_INITDB_DIR,
@@ -46,6 +49,7 @@ from synfleet.render.services import (
     compose_test,
     publish_address,
     service_table,
+    synapse_tls,
 )
 from synfleet.render.templating import render
 
@@ -79,6 +83,12 @@ PROJECT_PATHS = {
     "grafana_provisioning_dir": GRAFANA_PROVISIONING_DIR,
     "grafana_dashboards": str(PurePosixPath(DASHBOARD_FILE).parent),
     "grafana_dashboards_dir": GRAFANA_DASHBOARDS_DIR,
+    "secrets_source": COMPOSE_SECRETS_SOURCE,
+    "tls_source": COMPOSE_TLS_SOURCE,
+    "secrets": SECRETS_DIR,
+    "project_tls": f"{SECRETS_DIR}/{TLS_DIR}",  # a host's files of the links between hosts
+    "synapse_secrets": SYNAPSE_FILES,
+    "redis_password": Secret.REDIS_PASSWORD.value,
 }
 
 
@@ -100,6 +110,13 @@ def _synapse_services(spec: FleetSpec, table: dict[str, Start]) -> list[dict[str
     ]
 
 
+def _nginx_tls(spec: FleetSpec, host: str) -> list[str]:
+    """The TLS files nginx reads on ``host`` of a fleet on several hosts (relative to the secrets
+    directory): the CAs its links trust, its host's identity, and the front's on the front's host."""
+    identities = [Installed.HOST, Installed.FRONT] if spec.fleet.front == host else [Installed.HOST]
+    return [Installed.TRUST.certificate, *(name for i in identities for name in (i.certificate, i.key))]
+
+
 def _grafana_env(secrets: dict[str, str]) -> str:
     return (
         f"GF_SECURITY_ADMIN_PASSWORD={secrets[Secret.GRAFANA_ADMIN_PASSWORD]}\n"
@@ -114,9 +131,14 @@ def render_compose(spec: FleetSpec, secrets: dict[str, str], host: str = "") -> 
     with ``host``, the project of that host of a fleet on several hosts: its processes only, every
     container on the host's network."""
     layout = COMPOSE_HOST if host else COMPOSE
-    links = gateways(spec, host, COMPOSE_HOST)
+    # nginx's links between hosts: on a host that is not the front, its health check asks the first.
+    links = NginxLayout(
+        layout.nginx_log_dir, (), gateways=gateways(spec, host, layout), relays=relays(spec, host, layout)
+    )
     context = Context(spec, layout, host, secrets=secrets)
-    table = service_table(context, spec.fleet.front == host, links[0].listen if links else "")
+    table = service_table(context, spec.fleet.front == host, first_link(links))
+    # A killed nginx leaves its relay sockets in the shared volume, and binds none that exists.
+    stale = [relay.listen for relay in links.relays if relay.listen.startswith(f"{layout.socket_dir}/")]
     services = _synapse_services(spec, table)
     nginx = table.get(Service.NGINX)
 
@@ -134,7 +156,11 @@ def render_compose(spec: FleetSpec, secrets: dict[str, str], host: str = "") -> 
         host_network=bool(host),
         synapse_user=f"{SYNAPSE_IMAGE_UID}:{SYNAPSE_IMAGE_GID}",
         config_source=COMPOSE_CONFIG_SOURCE,
-        secrets_source=COMPOSE_SECRETS_SOURCE,
+        synapse_tls=bool(synapse_tls(context)),
+        nginx_tls=_nginx_tls(spec, host) if host else [],
+        nginx_entrypoint=["sh", "-c", f'rm -f {" ".join(stale)}; exec /docker-entrypoint.sh "$@"', "sh"]
+        if stale
+        else [],
         secrets_dir=f"{'../../' if host else ''}../{SECRETS_DIR}",
         processes=services,
         postgres=table.get(Service.POSTGRES),

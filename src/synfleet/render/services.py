@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import PurePosixPath
 from typing import Any
 
 from synfleet.layout import (
@@ -21,6 +22,7 @@ from synfleet.layout import (
     COMPOSE_HTTP_PORT,
     COMPOSE_HTTPS_PORT,
     COMPOSE_SECRETS_SOURCE,
+    COMPOSE_TLS_SOURCE,
     DEPLOY_POSTGRES_ENV,
     KUBERNETES,
     Layout,
@@ -30,7 +32,7 @@ from synfleet.model.ports import POSTGRES_PORT, REDIS_PORT
 from synfleet.model.schema import FleetSpec
 from synfleet.model.schema.storage import POSTGRES_SUPERUSER, Database
 from synfleet.model.synapse import MAIN_MODULE, WORKER_MODULE
-from synfleet.pki.fleet import Installed
+from synfleet.pki.fleet import TLS_DIR, Installed
 from synfleet.render.hosts import AUTH_METHOD, DATABASE_OPTIONS, SYNAPSE_ROLE_OPTIONS, hba
 from synfleet.render.secrets import SYNAPSE_FILES, Secret
 
@@ -164,7 +166,19 @@ def postgres(context: Context) -> Start:
         **_postgres_tls(context),
     }
     command = ("postgres", *_settings(options))
-    return Start(Service.POSTGRES.value, command, postgres_ready(socket_dir, spec), files=_postgres_files(context))
+    # On several hosts its TLS files are copied, as root, for the image's account; then the image's
+    # entrypoint starts as ever.
+    entrypoint: tuple[str, ...] = ()
+    if context.private:
+        script = f'{compose_tls_copy(HOST_TLS, POSTGRES_IMAGE_ACCOUNT)} && exec docker-entrypoint.sh "$$@"'
+        entrypoint = ("sh", "-c", script, "postgres")
+    health = postgres_ready(socket_dir, spec)
+    return Start(Service.POSTGRES.value, command, health, entrypoint=entrypoint, files=_postgres_files(context))
+
+
+#: The TLS files of a server of the links between hosts (PostgreSQL, Redis): the CAs it trusts
+#: and its host's certificate and key.
+HOST_TLS = (Installed.TRUST.certificate, Installed.HOST.certificate, Installed.HOST.key)
 
 
 def _postgres_tls(context: Context) -> dict[str, str]:
@@ -263,10 +277,12 @@ def redis(context: Context) -> Start:
     if not private:
         health = Health(HealthKind.REDIS, socket)
         return Start(Service.REDIS.value, ("redis-server", *network, *options), health)
-    # Read as root (the secrets are their owner's only), then the image's entrypoint drops to its own
-    # account; "-" (the settings on standard input) comes last, after the options that entrypoint adds.
-    password = f"$$(cat {layout.secret(Secret.REDIS_PASSWORD)})"
-    script = f'exec docker-entrypoint.sh redis-server "$$@" - <<EOF\nrequirepass {password}\nEOF\n'
+    # Its password read and its TLS files copied as root (the secrets are their owner's only), then the
+    # image's entrypoint drops to its own account; "-" (the settings on standard input) comes last,
+    # after the options that entrypoint adds.
+    password = f"$$(cat {COMPOSE_SECRETS_SOURCE}/{Secret.REDIS_PASSWORD})"
+    copy = compose_tls_copy(HOST_TLS, REDIS_IMAGE_ACCOUNT)
+    script = f'{copy} && exec docker-entrypoint.sh redis-server "$$@" - <<EOF\nrequirepass {password}\nEOF\n'
     entrypoint = ("sh", "-c", script, "redis-server")
     health = Health(HealthKind.REDIS, socket, password=password)
     return Start(Service.REDIS.value, (*network, *options), health, entrypoint=entrypoint)
@@ -321,15 +337,27 @@ def synapse(context: Context, worker: Worker, owner: bool = False) -> Start:
         environment = {"PYTHONUNBUFFERED": "1"}
         command = (context.native.programs["python"], "-m", *arguments)
         return Start(worker.name, command, health, socket, environment=environment)
-    entrypoint = synapse_entrypoint(synapse_sockets(worker, layout), compose_service(worker), owner)
+    sockets = synapse_sockets(worker, layout)
+    entrypoint = synapse_entrypoint(sockets, compose_service(worker), owner, synapse_tls(context))
     return Start(compose_service(worker), arguments, health, socket, entrypoint=entrypoint)
+
+
+def synapse_tls(context: Context) -> tuple[str, ...]:
+    """The TLS files Synapse's processes read on the context's host: the database client's, when the
+    fleet's PostgreSQL runs on another host (see :func:`synfleet.render.synapse.database_config`)."""
+    spec = context.spec
+    if not context.host or not spec.database.local or spec.fleet.host_of(Service.POSTGRES) == context.host:
+        return ()
+    return (Installed.TRUST.certificate, Installed.DATABASE.certificate, Installed.DATABASE.key)
 
 
 #: The account Synapse's official image runs as.
 SYNAPSE_IMAGE_UID = SYNAPSE_IMAGE_GID = 991
 
 
-def synapse_entrypoint(sockets: tuple[str, ...], service: str, owner: bool) -> tuple[str, ...]:
+def synapse_entrypoint(
+    sockets: tuple[str, ...], service: str, owner: bool, tls: tuple[str, ...] = ()
+) -> tuple[str, ...]:
     """A Synapse container's entrypoint, started as root: ``python -m <command>`` as the image's
     account (with the image's gosu, as the image's own entrypoint does), after
 
@@ -340,7 +368,7 @@ def synapse_entrypoint(sockets: tuple[str, ...], service: str, owner: bool) -> t
     - copying the Synapse config and the secrets, which on the host are readable by their owner
       only (mounted read-only at :data:`COMPOSE_CONFIG_SOURCE` and :data:`COMPOSE_SECRETS_SOURCE`),
       into the container's memory for the image's account alone: no account of the host is given
-      them, whoever it is there;
+      them, whoever it is there; likewise the ``tls`` files (see :func:`compose_tls_copy`);
     - for the ``owner`` (main; on a host without main, that host's first Synapse process), giving
       Synapse's data volume to the image's account. That is not a one-shot service before it:
       podman-compose makes a dependency of every ``depends_on``, and podman restarts no container
@@ -354,10 +382,31 @@ def synapse_entrypoint(sockets: tuple[str, ...], service: str, owner: bool) -> t
         f"cp {' '.join(f'{COMPOSE_SECRETS_SOURCE}/{name}' for name in SYNAPSE_FILES)} {COMPOSE.secrets_dir}/",
         f"chown -R {user} {private}",
     ]
+    if tls:
+        steps.append(compose_tls_copy(tls, user))
     if owner:
         steps.append(f"chown {user} {COMPOSE.data_dir}")
     run = f'exec gosu {user} python -m "$$@"'  # $$ is compose's escape for a literal $
     return ("sh", "-c", " && ".join([*steps, run]), service)
+
+
+#: The accounts PostgreSQL's and Redis's images run their programs as (by name: uids differ between
+#: the images' variants).
+POSTGRES_IMAGE_ACCOUNT = "postgres:postgres"
+REDIS_IMAGE_ACCOUNT = "redis:redis"
+
+
+def compose_tls_copy(names: tuple[str, ...], account: str) -> str:
+    """A shell step, run as root in a container of a host of a fleet on several hosts, that copies
+    ``names`` (relative to the secrets directory, e.g. ``tls/host.key``) from the project's
+    ``secrets/tls`` (mounted read-only at :data:`COMPOSE_TLS_SOURCE`, their owner's only) into the
+    container's memory at the secrets directory, owned by ``account`` (``user:group``) with mode
+    0600: PostgreSQL and libpq refuse a key that others may read."""
+    user, group = account.split(":")
+    owned = f"-o {user} -g {group}"
+    folder = COMPOSE.secret(TLS_DIR)
+    sources = " ".join(f"{COMPOSE_TLS_SOURCE}/{PurePosixPath(name).name}" for name in names)
+    return f"install -d -m 700 {owned} {folder} && install -m 600 {owned} {sources} {folder}/"
 
 
 # -- nginx --------------------------------------------------------------------------------------
@@ -417,6 +466,9 @@ def compose_test(health: Health, tls: bool = False) -> list[str]:
             return ["CMD-SHELL", f'REDISCLI_AUTH="{health.password}" redis-cli -s {health.target} ping | grep -q PONG']
         case HealthKind.REDIS:
             return ["CMD", "redis-cli", "-s", health.target, "ping"]
+        case HealthKind.LISTENER if not health.port:
+            # A relay's socket, made by this nginx when it starts (no tool of the image connects to one).
+            return ["CMD-SHELL", f"test -S {health.target}"]
         case HealthKind.LISTENER:
             # Any answer of a link (which refuses this host's own requests) shows that nginx serves.
             url = f"http://{host_port(health.target, health.port)}/"
