@@ -30,15 +30,11 @@ import aiohttp
 
 from synfleet.lab import Lab
 from synfleet.lab.federation import in_host
-from synfleet.model.profiles import profile_spec
-from synfleet.model.schema import FleetSpec
-from synfleet.render.fleet_file import fleet_toml
 from synfleet.run.paths import RunPaths
 from synfleet.run.supervisor import Supervisor
 from synfleet.system import free_port, process_tree_cpu
 
 HOSTS = ("a", "b", "c")
-PLACEMENT = {"default": "a", "rooms": ["b", "c"], "client_sync": "b", "tasks": "c"}
 WORKERS = {
     "client_sync": 1,
     "rooms": 2,
@@ -54,13 +50,14 @@ KINDS = ("nginx", "postgres", "redis")
 
 
 def write_fleet(lab: Lab, directory: Path, port: int) -> None:
-    data = profile_spec("localhost", "small").model_dump(mode="json")
-    data["listen"]["http_port"] = port
-    data["synapse"]["relaxed_rate_limits"] = True
-    data["workers"].update(WORKERS)
-    data["hosts"] = {name: {"address": lab[name].address} for name in HOSTS}
-    data["placement"] = PLACEMENT
-    (directory / "fleet.toml").write_text(fleet_toml(FleetSpec.model_validate(data)))
+    """The fleet file, with only keys every revision compared reads (the small profile's, written out)."""
+    lines = ['server_name = "localhost"', "[listen]", f"http_port = {port}", "[synapse]", "relaxed_rate_limits = true"]
+    lines += ['log_level = "WARNING"', "gc_thresholds = [10000, 50, 50]", "[workers]"]
+    lines += [f"{role} = {count}" for role, count in WORKERS.items()]
+    for name in HOSTS:
+        lines += [f"[hosts.{name}]", f'address = "{lab[name].address}"']
+    lines += ["[placement]", 'default = "a"', 'rooms = ["b", "c"]', 'client_sync = "b"', 'tasks = "c"']
+    (directory / "fleet.toml").write_text("\n".join(lines) + "\n")
 
 
 def synfleet(lab: Lab, host: str, source: Path, directory: Path, *args: str) -> None:

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Installs what synfleet needs on a Debian or Ubuntu machine: nginx, PostgreSQL and Redis from the
+# Installs what synfleet needs on a Debian or Ubuntu machine: nginx, PostgreSQL, Redis and coturn from the
 # distribution (and for the tests iproute2 and dnsmasq for the multi-host lab, podman, runc and
 # debootstrap for the compose run, Prometheus's binaries for the metrics test), and synfleet with
 # Synapse in a virtualenv at .venv (with the test, development and bench tools). Safe to run again.
 #
-# --runtime-only: only what a fleet needs to run (nginx, PostgreSQL, Redis, synfleet with Synapse),
+# --runtime-only: only what a fleet needs to run (nginx, PostgreSQL, Redis, coturn, synfleet with Synapse),
 # none of the test, development and bench tools.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,6 +30,7 @@ command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
 [ -e /usr/lib/nginx/modules/ngx_stream_module.so ] || missing+=(libnginx-mod-stream)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 command -v redis-server >/dev/null || missing+=(redis-server)
+command -v turnserver >/dev/null || [ -x /usr/bin/turnserver ] || missing+=(coturn)
 if ! $runtime_only; then
     command -v ip >/dev/null || [ -x /usr/sbin/ip ] || missing+=(iproute2)
     command -v dnsmasq >/dev/null || [ -x /usr/sbin/dnsmasq ] || missing+=(dnsmasq-base)
@@ -46,6 +47,15 @@ if [ ${#missing[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     $sudo apt-get update -q
     $sudo apt-get install -y -q "${missing[@]}"
+fi
+# The fleet runs coturn itself ([turn]); Debian's package enables a system-wide one on port 3478
+# under systemd (its /etc/default/coturn switch covers only the SysV script).
+if command -v systemctl >/dev/null && systemctl is-enabled --quiet coturn 2>/dev/null; then
+    echo "setup: disabling the system-wide coturn service (synfleet runs its own)"
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo systemctl disable coturn  # works without a running systemd too (an image built for later boots)
+    [ ! -d /run/systemd/system ] || $sudo systemctl stop coturn
 fi
 
 # Run as root, synfleet runs Synapse as an unprivileged account, which must be able to run the

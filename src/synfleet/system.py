@@ -29,6 +29,7 @@ PACKAGES = {
     "postgres": "postgresql",
     "initdb": "postgresql",
     "pg_ctl": "postgresql",
+    "turnserver": "coturn",
     "ip": "iproute2",
     "dnsmasq": "dnsmasq-base",
 }

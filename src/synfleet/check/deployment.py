@@ -7,6 +7,8 @@
    compose service with a healthcheck for every process.
 4. The route table against Synapse's own registrations (:mod:`synfleet.check.endpoints`): every
    endpoint a process registers is routed to a process that registers it.
+5. With TURN on, coturn's compose service listens on and publishes its ports, and Synapse's
+   turn_uris name them.
 """
 
 from __future__ import annotations
@@ -32,16 +34,18 @@ from synfleet.layout import (
     SYNAPSE_DIR,
     WORKER_CONFIG_DIR,
 )
-from synfleet.model.fleet import Fleet, Role
+from synfleet.model.fleet import Fleet, Role, Service, host_port
 from synfleet.model.load import load_spec
 from synfleet.model.pem import check_files
 from synfleet.model.schema import FleetSpec
+from synfleet.model.schema.turn import public_address
 from synfleet.model.synapse import Resource, process_name
 from synfleet.nginx.binary.command import stream_module, test_config, world_readable_tempdir
 from synfleet.nginx.config import NginxModel, socket_gateways, socket_relays
 from synfleet.nginx.upstream import Upstream
 from synfleet.nginx.variables import Map
 from synfleet.pki.fleet import TLS_DIR, problems
+from synfleet.render.compose import turn_ports
 from synfleet.render.deploy import DEPLOY_DIR, HOSTS_DIR
 from synfleet.render.files import PRIVATE, write_file
 from synfleet.render.services import MAIN_SERVICE, publish_address
@@ -348,6 +352,49 @@ def scratch_mapping(spec: FleetSpec, directory: Path, root: Path, project: Path 
     return mapping
 
 
+TURN_CHECK = "TURN: coturn listens on turn.port (UDP, TCP) and the relay ports, where turn_uris say"
+
+
+def _turn_problems(spec: FleetSpec, projects: Sequence[Project]) -> Iterator[str]:
+    turn = spec.turn
+    host = spec.fleet.host_of(Service.TURN)
+    project = next(project for project in projects if project.host == host)
+    services = yaml.safe_load((project.path / "docker-compose.yml").read_text()).get("services") or {}
+    service = services.get(Service.TURN.value)
+    if service is None:
+        yield project.label("no service for coturn (turn)")
+        return
+    command = service.get("command") or []
+    for option in (
+        f"--listening-port={turn.port}",
+        f"--min-port={turn.relay_min_port}",
+        f"--max-port={turn.relay_max_port}",
+    ):
+        if option not in command:
+            yield project.label(f"coturn is not started with {option}")
+    if service.get("network_mode") != "host":
+        published = set(service.get("ports") or [])
+        for mapping in turn_ports(spec):
+            if mapping not in published:
+                yield project.label(f"coturn does not publish {mapping}")
+    if "healthcheck" not in service:
+        yield project.label("coturn has no healthcheck")
+    main = next(project for project in projects if MAIN in project.processes)
+    uris = yaml.safe_load((main.path / SYNAPSE_DIR / SHARED_CONFIG).read_text()).get("turn_uris") or []
+    at = host_port(public_address(spec), turn.port)
+    for transport in ("udp", "tcp"):
+        if f"turn:{at}?transport={transport}" not in uris:
+            yield main.label(f"homeserver.yaml's turn_uris lack turn:{at}?transport={transport}")
+
+
+def turn_listens(spec: FleetSpec, projects: Sequence[Project]) -> CheckResult:
+    """With TURN on: the compose project of coturn's host runs it on turn.port and the relay ports,
+    publishing them (UDP; its port TCP too) unless it is on the host's network, with a
+    healthcheck; and Synapse hands out URIs of that port at turn.public_address."""
+    problems = list(_turn_problems(spec, projects))
+    return CheckResult(TURN_CHECK, not problems, "; ".join(problems))
+
+
 CERTIFICATES_CHECK = "the links' certificates: the fleet CA's, naming what the fleet file says, 30 days left"
 ENDPOINTS_CHECK = "every endpoint Synapse registers is routed to a process that serves it"
 
@@ -414,6 +461,8 @@ def check_deployment(directory: Path) -> Iterator[CheckResult]:
                 copies.append(copy)
         yield from consistency(projects)
         yield endpoints_served(spec.fleet, copies)
+    if spec.turn.enabled:
+        yield turn_listens(spec, projects)
     if spec.hosts:
         wrong = problems(directory, spec)
         yield CheckResult(

@@ -12,6 +12,7 @@ from synfleet.cli.audit import audit_command
 from synfleet.cli.bench import bench_command
 from synfleet.cli.certs import certs_group
 from synfleet.cli.deploy import check_command, init_command, render_command
+from synfleet.cli.media import media_group
 from synfleet.cli.metrics import top_command
 from synfleet.cli.route import ring_command, route_command
 from synfleet.cli.run import (
@@ -51,6 +52,7 @@ for command in (
     restore_command,
     service_group,
     certs_group,
+    media_group,
     route_command,
     ring_command,
     audit_command,

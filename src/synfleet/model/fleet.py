@@ -85,6 +85,7 @@ class Service(StrEnum):
     POSTGRES = "postgres"
     REDIS = "redis"
     NGINX = "nginx"
+    TURN = "turn"  # coturn, when the fleet file enables it
 
 
 def host_port(address: str, port: int) -> str:
@@ -142,16 +143,16 @@ class Worker:
 
 @dataclass(frozen=True)
 class ServiceProcess:
-    """One of the fleet's own services (PostgreSQL and Redis unless external, nginx) and its host
-    ("" on one host) with that host's private address."""
+    """One of the fleet's own services (PostgreSQL and Redis unless external, nginx, coturn when
+    enabled) and its host ("" on one host) with that host's private address."""
 
     service: Service
     host: str = ""
     address: str = ""
 
 
-#: Every service on the fleet's one host.
-LOCAL_SERVICES = tuple(ServiceProcess(service) for service in Service)
+#: The services of a fleet on one host unless its fleet file says otherwise (TURN only when enabled).
+LOCAL_SERVICES = tuple(ServiceProcess(service) for service in Service if service is not Service.TURN)
 
 
 @dataclass(frozen=True)

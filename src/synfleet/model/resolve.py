@@ -40,7 +40,12 @@ def resolve(spec: FleetSpec) -> Fleet:
         )
         for index, worker in enumerate(fleet.workers)
     )
-    own = {Service.POSTGRES: spec.database.local, Service.REDIS: spec.redis.local, Service.NGINX: True}
+    own = {
+        Service.POSTGRES: spec.database.local,
+        Service.REDIS: spec.redis.local,
+        Service.NGINX: True,
+        Service.TURN: spec.turn.enabled,
+    }
     return replace(
         fleet,
         workers=workers,

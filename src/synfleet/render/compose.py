@@ -23,8 +23,10 @@ from synfleet.layout import (
     SECRETS_DIR,
     SYNAPSE_DIR,
 )
+from synfleet.metrics.targets import RULES_FILE
 from synfleet.model.fleet import Service
 from synfleet.model.schema import FleetSpec
+from synfleet.model.schema.turn import listen_address
 from synfleet.pki.fleet import TLS_DIR, Installed
 from synfleet.render.hosts import gateways, relays
 from synfleet.render.metrics import (
@@ -33,10 +35,12 @@ from synfleet.render.metrics import (
     GRAFANA_PROVISIONING,
     GRAFANA_PROVISIONING_DIR,
     PROMETHEUS_CONFIG,
+    PROMETHEUS_CONFIG_DIR,
     PROMETHEUS_PORT,
+    PROMETHEUS_RULES,
 )
 from synfleet.render.nginx import NginxLayout, first_link
-from synfleet.render.secrets import SYNAPSE_FILES, Secret
+from synfleet.render.secrets import Secret, synapse_secrets
 from synfleet.render.services import (
     CONTAINER_HBA_FILE,
     CONTAINER_INITDB_DIR,
@@ -79,6 +83,9 @@ PROJECT_PATHS = {
     "postgres_env": DEPLOY_POSTGRES_ENV,
     "nginx_temp_dir": COMPOSE_NGINX_TEMP_DIR,
     "prometheus_config": PROMETHEUS_CONFIG,
+    "prometheus_rules": PROMETHEUS_RULES,
+    "prometheus_config_dir": PROMETHEUS_CONFIG_DIR,
+    "rules_file": RULES_FILE,
     "grafana_provisioning": GRAFANA_PROVISIONING,
     "grafana_provisioning_dir": GRAFANA_PROVISIONING_DIR,
     "grafana_dashboards": str(PurePosixPath(DASHBOARD_FILE).parent),
@@ -87,8 +94,8 @@ PROJECT_PATHS = {
     "tls_source": COMPOSE_TLS_SOURCE,
     "secrets": SECRETS_DIR,
     "project_tls": f"{SECRETS_DIR}/{TLS_DIR}",  # a host's files of the links between hosts
-    "synapse_secrets": SYNAPSE_FILES,
     "redis_password": Secret.REDIS_PASSWORD.value,
+    "turn_secret": Secret.TURN_SHARED_SECRET.value,
 }
 
 
@@ -126,6 +133,19 @@ def _grafana_env(secrets: dict[str, str]) -> str:
     )
 
 
+def turn_ports(spec: FleetSpec) -> list[str]:
+    """The port mappings of coturn's container on a bridged network: its port, UDP and TCP, and
+    its relay ports, each published at the same number on the address it listens on."""
+    turn = spec.turn
+    at = publish_address(listen_address(spec))
+    relays = f"{turn.relay_min_port}-{turn.relay_max_port}"
+    return [
+        f"{at}:{turn.port}:{turn.port}/udp",
+        f"{at}:{turn.port}:{turn.port}/tcp",
+        f"{at}:{relays}:{relays}/udp",
+    ]
+
+
 def render_compose(spec: FleetSpec, secrets: dict[str, str], host: str = "") -> dict[str, str]:
     """``docker-compose.yml`` and the env files it references, by path relative to the deploy dir;
     with ``host``, the project of that host of a fleet on several hosts: its processes only, every
@@ -146,7 +166,7 @@ def render_compose(spec: FleetSpec, secrets: dict[str, str], host: str = "") -> 
         limits = spec.resources_for(group)
         return json.dumps({"resources": {"limits": {"memory": limits.memory, "cpus": str(limits.cpus)}}})
 
-    prometheus = ["--config.file=/etc/prometheus/prometheus.yml", "--storage.tsdb.path=/prometheus"]
+    prometheus = [f"--config.file={PROMETHEUS_CONFIG_DIR}/prometheus.yml", "--storage.tsdb.path=/prometheus"]
     prometheus.append(f"--web.listen-address={'127.0.0.1' if host else ''}:{PROMETHEUS_PORT}")
     compose_file = render(
         "docker-compose.yml.j2",
@@ -167,6 +187,9 @@ def render_compose(spec: FleetSpec, secrets: dict[str, str], host: str = "") -> 
         hba=(HBA_FILE, CONTAINER_HBA_FILE),
         initdb=(INITDB_SCRIPT, f"{CONTAINER_INITDB_DIR}/{PurePosixPath(INITDB_SCRIPT).name}"),
         redis=table.get(Service.REDIS),
+        turn=table.get(Service.TURN),
+        turn_ports=turn_ports(spec),
+        synapse_secrets=synapse_secrets(spec),
         compose_test=compose_test,
         nginx=nginx,
         nginx_depends=services[0]["service"] if services else None,

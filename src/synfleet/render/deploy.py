@@ -24,12 +24,13 @@ from synfleet.layout import (
     SYNAPSE_DIR,
     Layout,
 )
+from synfleet.model.fleet import Service
 from synfleet.model.pem import check_files
 from synfleet.model.schema import FleetSpec
 from synfleet.pki.fleet import host_files
 from synfleet.render.compose import render_compose
 from synfleet.render.files import Rendered, write_tree
-from synfleet.render.hosts import front_servers, gateways, link_tls, local_metrics, relays, runs_nginx
+from synfleet.render.hosts import front_servers, gateways, link_tls, local_metrics, local_nginx, relays, runs_nginx
 from synfleet.render.kubernetes import KUBERNETES_DIR, kubernetes_spec, render_kubernetes
 from synfleet.render.metrics import metrics_files
 from synfleet.render.nginx import NginxLayout, NginxTls, render_nginx, site_of
@@ -114,7 +115,7 @@ def render_compose_deployment(spec: FleetSpec, secrets: dict[str, str], director
     files = render_files(spec, COMPOSE, compose_nginx_layout(spec), secrets, DEPLOY_NGINX_CONFIG)
     files.update(render_compose(spec, secrets))
     services = {worker.name: compose_service(worker) for worker in spec.fleet.workers}
-    files.update(metrics_files(spec, lambda target: services[target.process], grafana=True))
+    files.update(metrics_files(spec, lambda target: services[target.process], grafana=True, nginx=Service.NGINX.value))
     return Rendered(files, secrets, (DEPLOY_NGINX_LOGS,))
 
 
@@ -128,7 +129,7 @@ def render_host_project(spec: FleetSpec, secrets: dict[str, str], host: str) -> 
     if not runs_nginx(spec, host):
         files = {name: text for name, text in files.items() if not name.startswith(DEPLOY_NGINX_CONFIG)}
     files.update(render_compose(spec, secrets, host))
-    files.update(metrics_files(spec, local_metrics(spec, host), grafana=False))
+    files.update(metrics_files(spec, local_metrics(spec, host), grafana=False, nginx=local_nginx(spec, host)))
     return files
 
 

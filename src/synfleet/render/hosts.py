@@ -83,6 +83,11 @@ def local_metrics(spec: FleetSpec, host: str) -> Callable[[Target], str | None]:
     return lambda target: "127.0.0.1" if spec.fleet.host_of(target.process) == host else None
 
 
+def local_nginx(spec: FleetSpec, host: str) -> str | None:
+    """Where a host's Prometheus finds nginx's status port: 127.0.0.1 where ``host`` runs nginx, else None."""
+    return "127.0.0.1" if runs_nginx(spec, host) else None
+
+
 def runs_nginx(spec: FleetSpec, host: str) -> bool:
     """Whether ``host`` runs nginx: the front's host, every host another host reaches, and every
     host whose processes reach another."""

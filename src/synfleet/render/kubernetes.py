@@ -38,6 +38,7 @@ from synfleet.layout import (
     kubernetes_layout,
     worker_config_file,
 )
+from synfleet.metrics.alerts import rule_groups
 from synfleet.metrics.targets import scrape_config
 from synfleet.model.fleet import ROLE_ORDER, Fleet, Role, Service, Worker
 from synfleet.model.ports import POSTGRES_PORT, REDIS_PORT
@@ -95,6 +96,9 @@ TRIAL_POSTGRES_SIZE = "10Gi"
 MAX_STATEFULSET_NAME = 52
 #: The Prometheus configuration that scrapes the Synapse pods (not a manifest: for the scraper).
 PROMETHEUS_FILE = "prometheus/prometheus.yml"
+#: The alert rules as a Prometheus Operator PrometheusRule: beside the manifests, not in the
+#: kustomization, since ``kubectl apply -k`` would fail on a cluster without the operator's CRD.
+PROMETHEUS_RULE_FILE = "prometheus/prometheus-rule.yaml"
 
 #: Where a container writes scratch files (an emptyDir: the root filesystem is read-only); nginx
 #: keeps its pid file there.
@@ -225,7 +229,13 @@ def routing_plan(fleet: Fleet) -> RoutingPlan:
 
 def kubernetes_spec(spec: FleetSpec, trial_services: bool) -> FleetSpec:
     """``spec`` as Kubernetes runs it: PostgreSQL and Redis at the trial Services, or external ones
-    (required); one media worker at most. Raises FleetError naming the key otherwise."""
+    (required); one media worker at most; no TURN. Raises FleetError naming the key otherwise."""
+    if spec.turn.enabled:
+        raise FleetError(
+            "turn.enabled: Kubernetes manifests carry no TURN server: coturn relays on a range of UDP ports at "
+            "an address clients reach directly, which a Service of the cluster does not give; TURN runs natively "
+            "(`synfleet up`) or with docker compose: leave turn.enabled false for Kubernetes"
+        )
     media = len(spec.fleet.with_role(Role.MEDIA))
     if media > 1:
         raise FleetError(
@@ -611,6 +621,16 @@ class KubernetesRender:
             config, sort_keys=False
         )
 
+    def prometheus_rule(self) -> dict[str, Any]:
+        """The fleet's alert rules as a PrometheusRule in the fleet's namespace. nginx is not scraped
+        here (its pods have no stable address of their own), so its rule is left out."""
+        return {
+            "apiVersion": "monitoring.coreos.com/v1",
+            "kind": "PrometheusRule",
+            "metadata": {"name": "synfleet", "namespace": self.namespace, "labels": dict(PART_OF)},
+            "spec": {"groups": rule_groups(self.spec, nginx=False)},
+        }
+
     # -- nginx ----------------------------------------------------------------------------------
 
     @property
@@ -925,7 +945,7 @@ def render_kubernetes(
     spec: FleetSpec, secrets: Mapping[str, str], nginx_layout: NginxLayout, trial_services: bool = False
 ) -> dict[str, str]:
     """Every file of ``deploy/kubernetes`` by name: the manifests, ``kustomization.yaml``, and with
-    metrics :data:`PROMETHEUS_FILE`. nginx keeps its pid file in its scratch volume."""
+    metrics :data:`PROMETHEUS_FILE` and :data:`PROMETHEUS_RULE_FILE`. nginx keeps its pid file in its scratch volume."""
     layout = replace(nginx_layout, pid_file=NGINX_PID_FILE)
     render = KubernetesRender(kubernetes_spec(spec, trial_services), secrets, layout, trial_services)
     manifests = render.manifests()
@@ -939,4 +959,5 @@ def render_kubernetes(
     files["kustomization.yaml"] = _dump_all([kustomization])
     if spec.metrics.enabled:
         files[PROMETHEUS_FILE] = render.prometheus()
+        files[PROMETHEUS_RULE_FILE] = _dump_all([render.prometheus_rule()])
     return files

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
-from synfleet.metrics.targets import NGINX_STATUS_PATH
+from synfleet.metrics.targets import NGINX_METRICS_PATH, NGINX_STATUS_PATH
 from synfleet.model.schema import FleetSpec
 from synfleet.model.schema.synapse import REQUEST_BODY_LIMIT
 from synfleet.render.templating import render
@@ -164,6 +164,7 @@ def render_nginx(plan: RoutingPlan, layout: NginxLayout, site: Site, keepalive: 
         "admin_allow": plan.fleet.admin_allow,
         "trusted_proxies": plan.fleet.trusted_proxies,
         "status_path": NGINX_STATUS_PATH,
+        "metrics_path": NGINX_METRICS_PATH,
         "var": Variable,
     }
     return {name: render(f"nginx/{name}.j2", **context) for name in NGINX_FILES}

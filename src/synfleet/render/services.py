@@ -10,6 +10,7 @@ how it runs a command and asks a health check.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -25,16 +26,18 @@ from synfleet.layout import (
     COMPOSE_TLS_SOURCE,
     DEPLOY_POSTGRES_ENV,
     KUBERNETES,
+    SECRETS_DIR,
     Layout,
 )
 from synfleet.model.fleet import Role, Service, Worker, host_port
 from synfleet.model.ports import POSTGRES_PORT, REDIS_PORT
 from synfleet.model.schema import FleetSpec
 from synfleet.model.schema.storage import POSTGRES_SUPERUSER, Database
+from synfleet.model.schema.turn import listen_address, public_address, realm
 from synfleet.model.synapse import MAIN_MODULE, WORKER_MODULE
 from synfleet.pki.fleet import TLS_DIR, Installed
 from synfleet.render.hosts import AUTH_METHOD, DATABASE_OPTIONS, SYNAPSE_ROLE_OPTIONS, hba
-from synfleet.render.secrets import SYNAPSE_FILES, Secret
+from synfleet.render.secrets import SYNAPSE_FILES, Secret, synapse_secrets
 
 #: main's docker compose service keeps the seed's name.
 MAIN_SERVICE = "synapse"
@@ -57,6 +60,8 @@ class HealthKind(StrEnum):
     POSTGRES = "postgres"  # PostgreSQL accepts a connection (pg_isready)
     REDIS = "redis"  # PING answers PONG (or asks for the password, which shows it serves)
     LISTENER = "listener"  # something listens on an address and port, or a UNIX socket (no port)
+    STUN = "stun"  # a STUN binding request over UDP to an address and port is answered (coturn)
+    RUNNING = "running"  # the process runs: it serves nobody (synfleet's own housekeeping, natively)
 
 
 @dataclass(frozen=True)
@@ -93,7 +98,7 @@ class Start:
 class Native:
     """What only the native run has: its programs and the paths outside the processes' layout."""
 
-    programs: Mapping[str, str]  # binary by name: python, postgres, redis-server, nginx
+    programs: Mapping[str, str]  # binary by name: python, postgres, redis-server, nginx, turnserver
     run_dir: str
     postgres_data: str
     redis_config: str  # relative to run_dir
@@ -301,6 +306,107 @@ def _redis_socket(socket: str, mode: str) -> list[str]:
     return ["--unixsocket", socket, "--unixsocketperm", mode, *REDIS_EPHEMERAL]
 
 
+# -- coturn -------------------------------------------------------------------------------------
+
+#: coturn's settings file, in the secrets directory: the shared secret, which no command line shows.
+TURN_CONFIG = "turnserver.conf"
+#: The account coturn's image runs as: started as root to read the secret, coturn drops to it itself.
+TURN_IMAGE_ACCOUNT = ("nobody", "nogroup")
+#: Peers coturn never relays to, so that a TURN account reaches no private or special network
+#: (Synapse's recommended coturn settings); the TURN server's own public address stays allowed, for
+#: calls whose two ends both relay through it.
+DENIED_PEERS = (
+    "0.0.0.0-0.255.255.255",
+    "10.0.0.0-10.255.255.255",
+    "100.64.0.0-100.127.255.255",
+    "127.0.0.0-127.255.255.255",
+    "169.254.0.0-169.254.255.255",
+    "172.16.0.0-172.31.255.255",
+    "192.0.0.0-192.0.0.255",
+    "192.0.2.0-192.0.2.255",
+    "192.88.99.0-192.88.99.255",
+    "192.168.0.0-192.168.255.255",
+    "198.18.0.0-198.19.255.255",
+    "198.51.100.0-198.51.100.255",
+    "203.0.113.0-203.0.113.255",
+    "240.0.0.0-255.255.255.255",
+    "::1",
+    "64:ff9b::-64:ff9b::ffff:ffff",
+    "::ffff:0.0.0.0-::ffff:255.255.255.255",
+    "100::-100::ffff:ffff:ffff:ffff",
+    "2001::-2001:1ff:ffff:ffff:ffff:ffff:ffff:ffff",
+    "2002::-2002:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+    "fc00::-fdff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+    "fe80::-febf:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+)
+
+
+def turn_settings(secret: str) -> str:
+    """coturn's settings file: the TURN REST API's credentials, checked with ``secret``."""
+    return f"use-auth-secret\nstatic-auth-secret={secret}\n"
+
+
+def turn_options(spec: FleetSpec, bridged: bool) -> list[str]:
+    """coturn's options besides its secret: where it listens and relays (in a container on a
+    bridged network, on the container's addresses, which it maps to the public one), its realm,
+    and what it refuses: TLS (no certificate), its admin console, TCP relays (calls' media is UDP)
+    and the peers of :data:`DENIED_PEERS`, except loopback ones when clients reach it on loopback."""
+    turn, listen, public = spec.turn, listen_address(spec), public_address(spec)
+    specific = not bridged and not ipaddress.ip_address(listen).is_unspecified
+    options = [f"--listening-port={turn.port}"]
+    if specific:
+        options.append(f"--listening-ip={listen}")
+    if not specific or public != listen:
+        options.append(f"--external-ip={public}")
+    options += [
+        f"--min-port={turn.relay_min_port}",
+        f"--max-port={turn.relay_max_port}",
+        f"--realm={realm(spec)}",
+        *("--fingerprint", "--no-tls", "--no-dtls", "--no-cli", "--no-tcp-relay", "--no-multicast-peers"),
+        *(f"--denied-peer-ip={peers}" for peers in DENIED_PEERS),
+        f"--allowed-peer-ip={public}",
+        *("--user-quota=12", "--total-quota=1200"),
+        *("--log-file=stdout", "--simple-log", "--pidfile="),  # logs to its supervisor; no pid file
+    ]
+    if ipaddress.ip_address(public).is_loopback:
+        options.append("--allow-loopback-peers")
+    return options
+
+
+def turn(context: Context) -> Start:
+    """coturn: natively as the fleet's account, its settings file (with the secret) in the run
+    directory's secrets; in a container started as root, which writes that file from the secret into
+    the container's memory, and coturn drops to the image's account once it has read it."""
+    spec, layout = context.spec, context.layout
+    port, listen = spec.turn.port, listen_address(spec)
+    settings = layout.secret(TURN_CONFIG)
+    if context.native is not None:
+        target = "127.0.0.1" if ipaddress.ip_address(listen).is_unspecified else listen
+        native = context.native
+        command = (native.programs["turnserver"], "-c", settings, *turn_options(spec, bridged=False))
+        # Its user database (unused: the shared secret is the only credential) where the account can write.
+        command += (f"--userdb={layout.data_dir}/turndb",)
+        files = {}
+        if context.secrets:
+            files[f"{SECRETS_DIR}/{TURN_CONFIG}"] = turn_settings(context.secrets[Secret.TURN_SHARED_SECRET])
+        health = Health(HealthKind.LISTENER, target, port)
+        return Start(Service.TURN.value, command, health, host_port(listen, port), files=files)
+    bridged = not context.host
+    target = "127.0.0.1" if bridged or ipaddress.ip_address(listen).is_unspecified else listen
+    user, group = TURN_IMAGE_ACCOUNT
+    # printf is the shell's own: the secret is on no command line. $$ is compose's escape for $.
+    template = turn_settings("%s").replace("\n", "\\n")
+    secret = f"{COMPOSE_SECRETS_SOURCE}/{Secret.TURN_SHARED_SECRET}"
+    script = (
+        f"umask 077 && printf '{template}' \"$$(cat {secret})\" > {settings} && "
+        f'exec turnserver -c {settings} --proc-user={user} --proc-group={group} "$$@"'
+    )
+    health = Health(HealthKind.STUN, target, port)
+    return Start(
+        Service.TURN.value, tuple(turn_options(spec, bridged)), health, entrypoint=("sh", "-c", script, "turn")
+    )
+
+
 # -- Synapse ------------------------------------------------------------------------------------
 
 
@@ -338,7 +444,8 @@ def synapse(context: Context, worker: Worker, owner: bool = False) -> Start:
         command = (context.native.programs["python"], "-m", *arguments)
         return Start(worker.name, command, health, socket, environment=environment)
     sockets = synapse_sockets(worker, layout)
-    entrypoint = synapse_entrypoint(sockets, compose_service(worker), owner, synapse_tls(context))
+    secrets = synapse_secrets(context.spec)
+    entrypoint = synapse_entrypoint(sockets, compose_service(worker), owner, synapse_tls(context), secrets)
     return Start(compose_service(worker), arguments, health, socket, entrypoint=entrypoint)
 
 
@@ -356,7 +463,11 @@ SYNAPSE_IMAGE_UID = SYNAPSE_IMAGE_GID = 991
 
 
 def synapse_entrypoint(
-    sockets: tuple[str, ...], service: str, owner: bool, tls: tuple[str, ...] = ()
+    sockets: tuple[str, ...],
+    service: str,
+    owner: bool,
+    tls: tuple[str, ...] = (),
+    secrets: tuple[str, ...] = SYNAPSE_FILES,
 ) -> tuple[str, ...]:
     """A Synapse container's entrypoint, started as root: ``python -m <command>`` as the image's
     account (with the image's gosu, as the image's own entrypoint does), after
@@ -365,10 +476,11 @@ def synapse_entrypoint(
       the listener's pid; a container restarted after a crash runs Synapse with the same pid, finds
       the lock "held" and cannot listen. Only this service makes these sockets, so what is left of
       them is stale;
-    - copying the Synapse config and the secrets, which on the host are readable by their owner
-      only (mounted read-only at :data:`COMPOSE_CONFIG_SOURCE` and :data:`COMPOSE_SECRETS_SOURCE`),
-      into the container's memory for the image's account alone: no account of the host is given
-      them, whoever it is there; likewise the ``tls`` files (see :func:`compose_tls_copy`);
+    - copying the Synapse config and the ``secrets`` (the fleet's of :data:`SYNAPSE_FILES`), which
+      on the host are readable by their owner only (mounted read-only at
+      :data:`COMPOSE_CONFIG_SOURCE` and :data:`COMPOSE_SECRETS_SOURCE`), into the container's memory
+      for the image's account alone: no account of the host is given them, whoever it is there;
+      likewise the ``tls`` files (see :func:`compose_tls_copy`);
     - for the ``owner`` (main; on a host without main, that host's first Synapse process), giving
       Synapse's data volume to the image's account. That is not a one-shot service before it:
       podman-compose makes a dependency of every ``depends_on``, and podman restarts no container
@@ -379,7 +491,7 @@ def synapse_entrypoint(
         f"rm -f {' '.join(f'{path} {path}.lock' for path in sockets)}",
         f"chmod 700 {private}",
         f"cp -R {COMPOSE_CONFIG_SOURCE}/. {COMPOSE.config_dir}",
-        f"cp {' '.join(f'{COMPOSE_SECRETS_SOURCE}/{name}' for name in SYNAPSE_FILES)} {COMPOSE.secrets_dir}/",
+        f"cp {' '.join(f'{COMPOSE_SECRETS_SOURCE}/{name}' for name in secrets)} {COMPOSE.secrets_dir}/",
         f"chown -R {user} {private}",
     ]
     if tls:
@@ -469,10 +581,14 @@ def compose_test(health: Health, tls: bool = False) -> list[str]:
         case HealthKind.LISTENER if not health.port:
             # A relay's socket, made by this nginx when it starts (no tool of the image connects to one).
             return ["CMD-SHELL", f"test -S {health.target}"]
+        case HealthKind.STUN:  # coturn's own STUN client, in its image
+            return ["CMD", "turnutils_stunclient", "-p", str(health.port), health.target]
         case HealthKind.LISTENER:
             # Any answer of a link (which refuses this host's own requests) shows that nginx serves.
             url = f"http://{host_port(health.target, health.port)}/"
             return ["CMD-SHELL", f"wget -S -O /dev/null {url} 2>&1 | grep -q 'HTTP/1.1 '"]
+        case HealthKind.RUNNING:
+            return ["CMD", "true"]
 
 
 def _pg_isready(health: Health) -> list[str]:
@@ -500,8 +616,8 @@ def kubernetes_probes(health: Health, **probes: Mapping[str, int]) -> dict[str, 
 
 def service_table(context: Context, front: bool, link: str = "") -> dict[str, Start]:
     """The services the fleet runs itself on the context's host (every one on one host), by process
-    name, in start order: infrastructure, main (it migrates the schema), the workers, and nginx when
-    it is the ``front`` or carries links between hosts (``link``, its first)."""
+    name, in start order: infrastructure, main (it migrates the schema), the workers, nginx when
+    it is the ``front`` or carries links between hosts (``link``, its first), and coturn."""
     fleet = context.spec.fleet
     here = set(fleet.processes_on(context.host))
     rows = {}
@@ -513,4 +629,6 @@ def service_table(context: Context, front: bool, link: str = "") -> dict[str, St
         rows[worker.name] = synapse(context, worker, owner=worker is workers[0])
     if front or link:
         rows[Service.NGINX.value] = nginx(context, "" if front else link)
+    if Service.TURN in here:
+        rows[Service.TURN.value] = turn(context)
     return rows

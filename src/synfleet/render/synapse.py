@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import yaml
 
 from synfleet.layout import FEDERATION_CA, SHARED_CONFIG, Layout, log_config_file, worker_config_file
-from synfleet.model.fleet import Role, Service, Stream, Worker
+from synfleet.model.fleet import Role, Service, Stream, Worker, host_port
 from synfleet.model.pem import trusted_ca
 from synfleet.model.schema import FleetSpec
+from synfleet.model.schema.turn import public_address
 from synfleet.model.synapse import WORKER_MODULE, Resource, instance_name
 from synfleet.pki.fleet import Installed
 from synfleet.render.secrets import Secret
@@ -164,7 +166,21 @@ def homeserver_config(spec: FleetSpec, layout: Layout, secrets: dict[str, str], 
         config["enable_metrics"] = True
     if spec.synapse.gc_thresholds:
         config["gc_thresholds"] = list(spec.synapse.gc_thresholds)
+    if spec.turn.enabled:
+        config.update(turn_config(spec, layout))
     return config
+
+
+def turn_config(spec: FleetSpec, layout: Layout) -> dict[str, Any]:
+    """What Synapse needs to hand out TURN credentials (GET /_matrix/client/v3/voip/turnServer):
+    coturn's URIs, UDP first (what calls prefer), and the secret both sign them with."""
+    at = host_port(public_address(spec), spec.turn.port)
+    return {
+        "turn_uris": [f"turn:{at}?transport=udp", f"turn:{at}?transport=tcp"],
+        "turn_shared_secret_path": layout.secret(Secret.TURN_SHARED_SECRET),
+        "turn_user_lifetime": spec.turn.user_lifetime,
+        "turn_allow_guests": spec.turn.allow_guests,
+    }
 
 
 def database_config(spec: FleetSpec, layout: Layout, secrets: dict[str, str], host: str = "") -> dict[str, Any]:
@@ -204,17 +220,48 @@ def redis_config(spec: FleetSpec, layout: Layout, host: str = "") -> dict[str, A
     return config
 
 
-def worker_config(worker: Worker, layout: Layout) -> dict[str, Any]:
-    """One worker's own file, loaded after homeserver.yaml (top-level keys replace shared ones)."""
+def worker_config(worker: Worker, layout: Layout, storage: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """One worker's own file, loaded after homeserver.yaml (top-level keys replace shared ones); a
+    media worker's with the media ``storage`` providers."""
+    media = worker.role is Role.MEDIA
     config: dict[str, Any] = {
         "worker_app": WORKER_MODULE,
         "worker_name": worker.name,
         "worker_log_config": layout.log_config(worker.name),
         "worker_listeners": listeners(worker, layout),
         # Only media workers load the media repository, even when main has none.
-        "enable_media_repo": worker.role is Role.MEDIA,
+        "enable_media_repo": media,
     }
+    if media and storage:
+        config["media_storage_providers"] = storage
     return config
+
+
+#: The storage provider Synapse loads for media in a bucket (PyPI's synapse-s3-storage-provider).
+S3_PROVIDER = "s3_storage_provider.S3StorageProviderBackend"
+
+
+def media_storage(spec: FleetSpec, secrets: Mapping[str, str]) -> list[dict[str, Any]]:
+    """``media_storage_providers`` of the processes that run the media repository: with media in a
+    bucket, every file is written there before its upload is acknowledged (``store_synchronous``:
+    a bucket that refuses it fails the upload, and nothing is recorded), and read back from there
+    when the media store's disk no longer has it (see :mod:`synfleet.run.media`)."""
+    media = spec.media
+    if not media.in_bucket:
+        return []
+    config = {
+        "bucket": media.s3_bucket,
+        "prefix": media.s3_prefix,
+        "access_key_id": secrets.get(Secret.S3_ACCESS_KEY_ID, ""),
+        "secret_access_key": secrets.get(Secret.S3_SECRET_ACCESS_KEY, ""),
+    }
+    if media.s3_endpoint:
+        config["endpoint_url"] = media.s3_endpoint
+    if media.s3_region:
+        config["region_name"] = media.s3_region
+    return [
+        {"module": S3_PROVIDER, "store_local": True, "store_remote": True, "store_synchronous": True, "config": config}
+    ]
 
 
 def log_config(name: str, layout: Layout, level: str = "INFO") -> dict[str, Any]:
@@ -248,13 +295,17 @@ def render_synapse(spec: FleetSpec, layout: Layout, secrets: dict[str, str], hos
     """Every Synapse file by path relative to the config directory; with ``host``, those of the
     processes on that host of a fleet on several hosts."""
     fleet = spec.fleet
-    files = {SHARED_CONFIG: dump(homeserver_config(spec, layout, secrets, host))}
+    shared = homeserver_config(spec, layout, secrets, host)
+    storage = media_storage(spec, secrets)
+    if storage and not fleet.with_role(Role.MEDIA):  # main runs the media repository
+        shared["media_storage_providers"] = storage
+    files = {SHARED_CONFIG: dump(shared)}
     if (bundle := trusted_ca(spec)) is not None:
         files[FEDERATION_CA] = bundle
     for worker in fleet.workers:
         if host and worker.host != host:
             continue
         if worker.role is not Role.MAIN:
-            files[worker_config_file(worker.name)] = dump(worker_config(worker, layout))
+            files[worker_config_file(worker.name)] = dump(worker_config(worker, layout, storage))
         files[log_config_file(worker.name)] = dump(log_config(worker.name, layout, spec.synapse.log_level))
     return files

@@ -199,6 +199,8 @@ def apply(paths: RunPaths, change: Change, report: Report) -> None:
         supervisor.add(name)
     if change.restart_all:  # the schema stands: main and the workers start together
         restart(supervisor, [p for p in plan.processes if _is_synapse(p)], report)
+        # Then a service this config adds (coturn, with TURN newly enabled).
+        restart(supervisor, [new_processes[n] for n in change.start if not _is_synapse(new_processes[n])], report)
     else:
         for name in change.restart:  # one at a time: the others keep serving
             restart(supervisor, [new_processes[name]], report)

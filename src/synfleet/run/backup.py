@@ -158,18 +158,20 @@ def backup(directory: Path, out: Path, report: Report) -> dict[str, object]:
         client("pg_dump", paths, spec.database, "--format=custom", f"--file={dump}", failure="pg_dump failed")
         report(f"database: {_size(dump.stat().st_size)} in {time.monotonic() - began:.1f}s")
         members.append((DATABASE_DUMP, _reader(dump)))
-        media = _media_files(paths)
+        media = [] if spec.media.in_bucket else _media_files(paths)  # in a bucket: the disk is a cache
         members += media
         measured = {name: _measure(opener) for name, opener in members}
         files = {name: {"size": size, "sha256": sha256} for name, (size, sha256) in measured.items()}
         media_bytes = sum(measured[name][0] for name, _ in media)
-        report(f"media: {len(media)} files, {_size(media_bytes)}")
+        held = media_held(spec)
+        report(f"media: {len(media)} files, {_size(media_bytes)}" if not spec.media.in_bucket else held["note"])
         manifest: dict[str, object] = {
             "format": FORMAT,
             "version": VERSION,
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "server_name": spec.server_name,
             "database": spec.database.name,
+            "media": held,
             "files": files,
         }
         partial = Path(scratch) / "archive"
@@ -291,6 +293,20 @@ def _read_member(path: Path, name: str) -> bytes:
         return extracted.read()
 
 
+def media_held(spec: FleetSpec) -> dict[str, str]:
+    """What an archive holds of the media: the media store, or only the name of the bucket that
+    holds it (its objects are not in the archive)."""
+    media = spec.media
+    if not media.in_bucket:
+        return {"store": "local", "note": "media: the media store, in the archive"}
+    where = f"{media.s3_bucket}" + (f" at {media.s3_endpoint}" if media.s3_endpoint else " (Amazon S3)")
+    note = (
+        f"media: in the bucket {where}, whose objects are NOT in this archive: back the bucket up with "
+        "the store's own means (versioning, replication to another bucket)"
+    )
+    return {"store": "s3", "bucket": media.s3_bucket, "endpoint": media.s3_endpoint, "note": note}
+
+
 def _missing_part(files: dict[str, object]) -> str | None:
     """What a fleet needs that the archive's manifest does not list (its database is checked on
     reading the manifest)."""
@@ -374,6 +390,9 @@ def restore(archive_path: Path, directory: Path, force: bool, report: Report) ->
             "or pass --force to replace it"
         )
     report(f"restoring {spec.server_name} (backup of {manifest['created']})")
+    media = manifest.get("media")
+    if isinstance(media, dict) and media.get("store") == "s3":
+        report(str(media.get("note")))
     try:
         with staging(directory) as swap:
             _extract(archive_path, swap.staged)

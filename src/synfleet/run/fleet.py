@@ -17,6 +17,7 @@ from synfleet.errors import SynfleetError, UsageError
 from synfleet.model.fleet import Service
 from synfleet.model.pem import check_files
 from synfleet.model.schema import FleetSpec
+from synfleet.model.schema.turn import listen_address
 from synfleet.pki.fleet import FleetAuthority
 from synfleet.render.files import tree_differs, update_tree
 from synfleet.render.secrets import Secret, ensure_secrets
@@ -157,8 +158,8 @@ def up(paths: RunPaths, spec: FleetSpec, report: Report, supervisor: Supervisor 
 
 
 def _prepare(plan: Plan, report: Report) -> None:
-    """Before a start: stop what a dead supervisor left running, check the front's ports are
-    free, and remove sockets nobody listens on."""
+    """Before a start: stop what a dead supervisor left running, check the front's ports (and
+    coturn's) are free, and remove sockets nobody listens on."""
     if stopped := stop_orphans(plan.paths):
         report(f"stopped {stopped} processes of the fleet that ran without their supervisor; starting again")
     listen = plan.spec.listen
@@ -166,6 +167,8 @@ def _prepare(plan: Plan, report: Report) -> None:
         _port_free(listen.bind, listen.http_port, "listen.http_port")
         if plan.spec.tls.enabled:
             _port_free(listen.bind, listen.https_port, "listen.https_port")
+    if any(p.name == Service.TURN for p in plan.processes):
+        _port_free(listen_address(plan.spec), plan.spec.turn.port, "turn.port")
     _clear_stale_sockets(plan.paths)
 
 

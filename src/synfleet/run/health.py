@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import struct
 
 import httpx
 
@@ -39,14 +41,34 @@ def is_healthy(health: Health, pid: int, timeout: float = 2.0) -> bool:
                 return _unix_exchange(health.target, b"PING\r\n", timeout).startswith((b"+PONG", b"-NOAUTH"))
             case HealthKind.POSTGRES:
                 return postgres_ready(health.target, health.user, health.database)
+            case HealthKind.RUNNING:
+                return True
             case HealthKind.LISTENER if not health.port:
                 _unix_exchange(health.target, b"", timeout)
                 return True
             case HealthKind.LISTENER:
                 with socket.create_connection((health.target, health.port), timeout=timeout):
                     return holds_listener(pid, health.port)
+            case HealthKind.STUN:
+                return stun_answers(health.target, health.port, timeout)
     except OSError:
         return False
+
+
+#: STUN's magic cookie (RFC 5389), and the types of a binding request and its success response.
+STUN_COOKIE = 0x2112A442
+STUN_BINDING_REQUEST, STUN_BINDING_SUCCESS = 0x0001, 0x0101
+
+
+def stun_answers(address: str, port: int, timeout: float) -> bool:
+    """A STUN binding request over UDP to ``address``:``port`` gets its success response."""
+    transaction = os.urandom(12)
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as conn:
+        conn.settimeout(timeout)
+        conn.sendto(struct.pack("!HHI", STUN_BINDING_REQUEST, 0, STUN_COOKIE) + transaction, (address, port))
+        answer = conn.recv(2048)
+    return answer[:2] == struct.pack("!H", STUN_BINDING_SUCCESS) and answer[8:20] == transaction
 
 
 def postgres_ready(socket_dir: str, user: str, database: str) -> bool:

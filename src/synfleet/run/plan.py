@@ -13,19 +13,21 @@ from pathlib import Path
 
 from synfleet.errors import SynfleetError, UsageError
 from synfleet.layout import NGINX_DIR, SECRETS_DIR
-from synfleet.model.fleet import Service
+from synfleet.model.fleet import Role, Service
 from synfleet.model.schema import FleetSpec, parse_fleet
+from synfleet.model.schema.values import parse_size
 from synfleet.nginx.binary.command import command_line, http2_directive_supported, nginx_version, stream_module
 from synfleet.pki.fleet import host_files
 from synfleet.render.deploy import nginx_tls, render_files
 from synfleet.render.files import Rendered
 from synfleet.render.fleet_file import fleet_toml
-from synfleet.render.hosts import gateways, link_tls, local_metrics, relays
+from synfleet.render.hosts import gateways, link_tls, local_metrics, local_nginx, relays
 from synfleet.render.metrics import metrics_files
 from synfleet.render.nginx import NginxLayout, first_link
 from synfleet.render.secrets import SYNAPSE_FILES
-from synfleet.render.services import Context, Native, Start, service_table
+from synfleet.render.services import Context, Health, HealthKind, Native, Start, service_table
 from synfleet.run.accounts import FLEET_ACCOUNT, NGINX_ACCOUNT, as_root
+from synfleet.run.media import MEDIA_CACHE, media_store
 from synfleet.run.ownership import Running, fleet_processes
 from synfleet.run.paths import RunPaths, blocked_parent
 from synfleet.run.supervised import NativeProcess, Tier
@@ -88,6 +90,8 @@ def plan_for(paths: RunPaths, spec: FleetSpec) -> Plan:
         names += ["postgres", "initdb"]
     if Service.REDIS in here:
         names.append("redis-server")
+    if Service.TURN in here:
+        names.append("turnserver")
     binaries = {name: require_binary(name) for name in names}
     if as_root():
         _check_reachable(paths.run)
@@ -175,7 +179,7 @@ def launched(paths: RunPaths, account: str | None, *command: str, sockets: tuple
 
 
 #: The fleet's programs, in the order their processes stop: front first, PostgreSQL last.
-PROGRAMS = ("nginx", "python", "redis-server", "postgres")
+PROGRAMS = ("nginx", "turnserver", "python", "redis-server", "postgres")
 
 
 def running_processes(paths: RunPaths) -> list[Running]:
@@ -187,7 +191,12 @@ def running_processes(paths: RunPaths) -> list[Running]:
 
 
 #: The supervisor's start tier of each service; Synapse's processes go by role.
-TIERS = {Service.POSTGRES: Tier.INFRASTRUCTURE, Service.REDIS: Tier.INFRASTRUCTURE, Service.NGINX: Tier.FRONT}
+TIERS = {
+    Service.POSTGRES: Tier.INFRASTRUCTURE,
+    Service.REDIS: Tier.INFRASTRUCTURE,
+    Service.NGINX: Tier.FRONT,
+    Service.TURN: Tier.FRONT,  # clients' too; it needs nothing else of the fleet
+}
 #: Services that start through :mod:`synfleet.run.launch` (which clears what an earlier run left).
 LAUNCHED = frozenset({Service.POSTGRES, Service.NGINX})
 
@@ -219,7 +228,19 @@ def native_processes(spec: FleetSpec, paths: RunPaths, native: Native) -> list[N
                 environment=dict(start.environment),
             )
         )
-    return processes
+    return processes + media_cache(spec, paths, account)
+
+
+def media_cache(spec: FleetSpec, paths: RunPaths, account: str | None) -> list[NativeProcess]:
+    """With media in a bucket, on a host that runs the media repository: the process that keeps
+    the media store's disk under media.cache_size (see :mod:`synfleet.run.media`)."""
+    serving = spec.fleet.with_role(Role.MEDIA) or (spec.fleet.main,)
+    if not spec.media.in_bucket or not any(not paths.host or w.host == paths.host for w in serving):
+        return []
+    command = [fleet_python(), "-m", "synfleet.run.media", "--config", str(paths.config)]
+    command += ["--store", str(media_store(paths)), "--keep", str(parse_size(spec.media.cache_size))]
+    health = Health(HealthKind.RUNNING, "")
+    return [NativeProcess(MEDIA_CACHE, Tier.WORKERS, command, health, str(paths.log(MEDIA_CACHE)), "", user=account)]
 
 
 def run_files(plan: Plan, secrets: dict[str, str]) -> Rendered:
@@ -230,7 +251,10 @@ def run_files(plan: Plan, secrets: dict[str, str]) -> Rendered:
     for start in native_table(plan.spec, paths, plan.native, secrets).values():
         files.update(start.files)
     files["supervisord.conf"] = supervisor_config(paths, plan.processes)
-    files.update(metrics_files(plan.spec, local_metrics(plan.spec, paths.host), grafana=False))
+    metrics = metrics_files(
+        plan.spec, local_metrics(plan.spec, paths.host), grafana=False, nginx=local_nginx(plan.spec, paths.host)
+    )
+    files.update(metrics)
     files[APPLIED_FLEET_FILE] = fleet_toml(plan.spec)
     files.update({f"{SECRETS_DIR}/{name}": f"{secrets[name]}\n" for name in SYNAPSE_FILES if name in secrets})
     if plan.spec.hosts and secrets:  # this host's certificates for the links between hosts

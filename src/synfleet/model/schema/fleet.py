@@ -14,12 +14,20 @@ from synfleet.model.ports import FEDERATION_PORT
 from synfleet.model.resolve import resolve
 from synfleet.model.schema.federation import Federation
 from synfleet.model.schema.front import Access, Listen, Tls
-from synfleet.model.schema.hosts import Host, Transport, check_hosts, check_placement, check_transport_ports
+from synfleet.model.schema.hosts import (
+    Host,
+    Transport,
+    check_hosts,
+    check_placement,
+    check_transport_ports,
+    ports_taken,
+)
 from synfleet.model.schema.images import OFFICIAL_SYNAPSE_IMAGE, Images
 from synfleet.model.schema.metrics import Metrics
 from synfleet.model.schema.resources import Resources, check_resource_groups
 from synfleet.model.schema.storage import Database, Redis
 from synfleet.model.schema.synapse import Media, Synapse
+from synfleet.model.schema.turn import Turn, check_turn
 from synfleet.model.schema.values import Section, check_server_name
 from synfleet.model.schema.workers import (
     Routing,
@@ -46,6 +54,7 @@ class FleetSpec(Section):
     media: Media = Field(default_factory=Media)
     database: Database = Field(default_factory=Database)
     redis: Redis = Field(default_factory=Redis)
+    turn: Turn = Field(default_factory=Turn)
     synapse: Synapse = Field(default_factory=Synapse)
     images: Images = Field(default_factory=Images)
     resources: dict[str, Resources] = Field(default_factory=dict)
@@ -72,6 +81,7 @@ class FleetSpec(Section):
         check_media_writers(self.fleet, self.stream_writers)
         self.metrics.check_ports(count)
         check_transport_ports(self, count)
+        check_turn(self, {key: ports for key, ports in ports_taken(self, count).items() if not key.startswith("turn.")})
         check_placement(self)
         return self
 

@@ -57,7 +57,7 @@ def check_hosts(value: dict[str, Host]) -> dict[str, Host]:
     return value
 
 
-def _ports_taken(spec: FleetSpec, count: int) -> dict[str, range]:
+def ports_taken(spec: FleetSpec, count: int) -> dict[str, range]:
     """The ports the fleet's other listeners take on a host, by the key that sets them."""
 
     def one(port: int) -> range:
@@ -73,6 +73,9 @@ def _ports_taken(spec: FleetSpec, count: int) -> dict[str, range]:
     if spec.metrics.enabled:
         taken["metrics.base_port"] = range(spec.metrics.base_port, spec.metrics.base_port + count)
         taken["metrics.nginx_status_port"] = one(spec.metrics.nginx_status_port)
+    if spec.turn.enabled:
+        taken["turn.port"] = one(spec.turn.port)
+        taken["turn.relay_min_port"] = spec.turn.relay_ports
     return taken
 
 
@@ -92,7 +95,7 @@ def check_transport_ports(spec: FleetSpec, count: int) -> None:
         )
     if not spec.hosts:
         return
-    taken = _ports_taken(spec, count)
+    taken = ports_taken(spec, count)
     for kind, first in (("inbound", inbound), ("replication", replication)):
         for key, ports in taken.items():
             if first < ports.stop and ports.start < first + count:
@@ -137,6 +140,8 @@ def check_placement(spec: FleetSpec) -> None:
     for service, section in ((Service.POSTGRES, spec.database), (Service.REDIS, spec.redis)):
         if service.value in spec.placement and not section.local:
             raise ValueError(f"placement.{service.value}: the fleet uses an external one ({section.host})")
+    if Service.TURN in spec.placement and not spec.turn.enabled:
+        raise ValueError("placement.turn: places coturn, but [turn] is not enabled (turn.enabled = true)")
     if spec.database.local and spec.database.port != POSTGRES_PORT:
         raise ValueError(
             f"database.port: the fleet's own PostgreSQL listens on {POSTGRES_PORT} on its host; "
@@ -144,8 +149,8 @@ def check_placement(spec: FleetSpec) -> None:
         )
     where = assign_hosts(spec.fleet, tuple(spec.hosts), spec.placement)
     media = {where[w.name] for w in spec.fleet.with_role(Role.MEDIA)}
-    if len(media) > 1:
+    if len(media) > 1 and not spec.media.in_bucket:
         raise ValueError(
             f"placement: media workers on hosts {', '.join(sorted(media))}; they must share one media store, "
-            "so place them on one host"
+            'so place them on one host (or keep media in a bucket: media.store = "s3")'
         )

@@ -19,10 +19,11 @@ class Images(Section):
     redis: str = "redis:7-alpine"
     prometheus: str = "prom/prometheus:v3.5.0"
     grafana: str = "grafana/grafana:12.2.0"
+    coturn: str = "coturn/coturn:4.6.2-debian"  # only with [turn] enabled
 
-    _image = field_validator("synapse", "nginx", "postgres", "redis", "prometheus", "grafana")(check_image)
+    _image = field_validator("synapse", "nginx", "postgres", "redis", "prometheus", "grafana", "coturn")(check_image)
 
-    @field_validator("nginx", "postgres", "redis", "prometheus", "grafana")
+    @field_validator("nginx", "postgres", "redis", "prometheus", "grafana", "coturn")
     @classmethod
     def _named(cls, value: str) -> str:
         if not value:
