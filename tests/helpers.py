@@ -34,7 +34,7 @@ from synfleet.nginx.binary.command import NginxProcess, world_readable_tempdir
 from synfleet.nginx.binary.harness import StubUpstreams
 from synfleet.render.nginx import NginxLayout, Site, access_lines, render_nginx
 from synfleet.routing.plan import RoutingPlan
-from synfleet.system import free_port
+from synfleet.system import free_port, free_ports
 
 CONFIGS = Path(__file__).parent / "configs"
 
@@ -139,6 +139,28 @@ async def call(client: AsyncClient, method: str, path: str, body: Any = None) ->
     text = await response.text()
     assert response.status == 200, (method, path, response.status, text)
     return json.loads(text)
+
+
+def metrics_on_free_ports(profile: str) -> dict[str, Any]:
+    """Metrics on: nginx's status on the first of free ports, then one for each Synapse process."""
+    first = free_ports(len(profile_with(profile).fleet.workers) + 1)
+    return {"enabled": True, "base_port": first + 1, "nginx_status_port": first}
+
+
+@contextmanager
+def prometheus(config: Path, data: Path) -> Iterator[int]:
+    """A real Prometheus with ``config``, its data in ``data``, on 127.0.0.1: its port; stopped at
+    the end of the block."""
+    port = free_port()
+    command = [prometheus_tool("prometheus"), f"--config.file={config}", f"--storage.tsdb.path={data}"]
+    server = subprocess.Popen(
+        [*command, f"--web.listen-address=127.0.0.1:{port}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        yield port
+    finally:
+        server.terminate()
+        server.wait(30)
 
 
 def prometheus_tool(name: str) -> str:

@@ -27,7 +27,6 @@ from synfleet.render.kubernetes import PROMETHEUS_RULE_FILE
 from synfleet.render.metrics import PROMETHEUS_CONFIG, PROMETHEUS_RULES, metrics_files
 from synfleet.run.paths import RunPaths
 from synfleet.run.supervisor import Supervisor
-from synfleet.system import free_port, free_ports
 
 SERVER = "example.org"
 
@@ -203,13 +202,7 @@ def test_kubernetes_renders_a_prometheus_rule_beside_the_manifests(tmp_path: Pat
     assert not metrics_files(helpers.profile_with("small", SERVER), lambda t: None, grafana=False)
 
 
-def metrics_on_free_ports(profile: str) -> dict[str, Any]:
-    """Metrics on: nginx's status on the first of free ports, then one for each Synapse process."""
-    first = free_ports(len(helpers.profile_with(profile).fleet.workers) + 1)
-    return {"enabled": True, "base_port": first + 1, "nginx_status_port": first}
-
-
-fleet = fleet_under_test(RunningFleet, "small", metrics=metrics_on_free_ports)
+fleet = fleet_under_test(RunningFleet, "small", metrics=helpers.metrics_on_free_ports)
 
 #: The live test's scrape and evaluation interval: the rendered 15s would make it wait up to 30s
 #: more for the same `for`.
@@ -242,40 +235,30 @@ def test_a_stopped_worker_fires_its_down_alert(fleet: RunningFleet, tmp_path: Pa
     shutil.copy(metrics / RULES_FILE, tmp_path / RULES_FILE)
     (down_rule,) = [r for r in RULES if r.name == "SynapseProcessDown"]
     for_seconds = float(down_rule.duration.removesuffix("m")) * 60
-    port = free_port()
-    server = subprocess.Popen(
-        [
-            helpers.prometheus_tool("prometheus"),
-            f"--config.file={tmp_path}/prometheus.yml",
-            f"--storage.tsdb.path={tmp_path}/data",
-            f"--web.listen-address=127.0.0.1:{port}",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
     supervisor = Supervisor(RunPaths(fleet.directory))
     fleet_targets = targets(load_spec(fleet.directory))
     victim = fleet_targets[-1].process
-    try:
-        processes = {t.process for t in fleet_targets} | {NGINX_JOB}
-        everything_up = dict.fromkeys(processes, 1.0)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and up(port) != everything_up:
-            time.sleep(LIVE_INTERVAL)
-        assert up(port) == everything_up
-        assert alerts(port) == []  # a healthy fleet fires nothing, not even pending
+    with helpers.prometheus(tmp_path / "prometheus.yml", tmp_path / "data") as port:
+        try:
+            processes = {t.process for t in fleet_targets} | {NGINX_JOB}
+            everything_up = dict.fromkeys(processes, 1.0)
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and up(port) != everything_up:
+                time.sleep(LIVE_INTERVAL)
+            assert up(port) == everything_up
+            assert alerts(port) == []  # a healthy fleet fires nothing, not even pending
 
-        supervisor.stop(victim)
-        stopped = time.monotonic()
-        firing: list[dict[str, Any]] = []
-        while not firing and time.monotonic() - stopped < for_seconds + 30:
-            time.sleep(LIVE_INTERVAL)
-            firing = [a for a in alerts(port) if a["state"] == "firing"]
-        fired_after = time.monotonic() - stopped
-        print(f"\n{victim} stopped: SynapseProcessDown firing after {fired_after:.1f}s (for: {down_rule.duration})")
-        assert [(a["labels"]["alertname"], a["labels"]["instance"]) for a in firing] == [("SynapseProcessDown", victim)]
-        assert for_seconds <= fired_after <= for_seconds + 4 * LIVE_INTERVAL + 5
-    finally:
-        server.terminate()
-        server.wait(30)
-        supervisor.start(victim)
+            supervisor.stop(victim)
+            stopped = time.monotonic()
+            firing: list[dict[str, Any]] = []
+            while not firing and time.monotonic() - stopped < for_seconds + 30:
+                time.sleep(LIVE_INTERVAL)
+                firing = [a for a in alerts(port) if a["state"] == "firing"]
+            fired_after = time.monotonic() - stopped
+            print(f"\n{victim} stopped: SynapseProcessDown firing after {fired_after:.1f}s (for: {down_rule.duration})")
+            assert [(a["labels"]["alertname"], a["labels"]["instance"]) for a in firing] == [
+                ("SynapseProcessDown", victim)
+            ]
+            assert for_seconds <= fired_after <= for_seconds + 4 * LIVE_INTERVAL + 5
+        finally:
+            supervisor.start(victim)

@@ -12,7 +12,6 @@ import json
 import os
 import re
 import signal
-import subprocess
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -44,7 +43,6 @@ from synfleet.routing.plan import RoutingPlan
 from synfleet.run.fleet import ProcessStatus, status
 from synfleet.run.paths import RunPaths, deployed_plan
 from synfleet.run.supervisor import Supervisor
-from synfleet.system import free_port, free_ports
 
 pytestmark = pytest.mark.integration
 
@@ -73,13 +71,9 @@ class Fleet(RunningFleet):
         return self.synfleet("status").stdout
 
 
-def metrics_on_free_ports(profile: str) -> dict[str, Any]:
-    """Metrics on: nginx's status on the first of free ports, then one for each Synapse process."""
-    first = free_ports(len(helpers.profile_with(profile).fleet.workers) + 1)
-    return {"enabled": True, "base_port": first + 1, "nginx_status_port": first}
-
-
-fleet = fleet_under_test(Fleet, ["small", "seed"], synapse={"relaxed_rate_limits": True}, metrics=metrics_on_free_ports)
+fleet = fleet_under_test(
+    Fleet, ["small", "seed"], synapse={"relaxed_rate_limits": True}, metrics=helpers.metrics_on_free_ports
+)
 
 
 def test_conversation_and_routing(fleet: Fleet) -> None:
@@ -123,18 +117,7 @@ def test_every_process_is_scraped_with_the_dashboards_labels(fleet: Fleet) -> No
     config["global"]["scrape_interval"] = "1s"
     with tempfile.TemporaryDirectory() as scratch:
         (Path(scratch) / "prometheus.yml").write_text(yaml.safe_dump(config))
-        port = free_port()
-        server = subprocess.Popen(
-            [
-                helpers.prometheus_tool("prometheus"),
-                f"--config.file={scratch}/prometheus.yml",
-                f"--storage.tsdb.path={scratch}/data",
-                f"--web.listen-address=127.0.0.1:{port}",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
+        with helpers.prometheus(Path(scratch) / "prometheus.yml", Path(scratch) / "data") as port:
             deadline, seen = time.monotonic() + 60, {}
             while time.monotonic() < deadline and len(seen) < len(labels):
                 time.sleep(1)
@@ -145,9 +128,6 @@ def test_every_process_is_scraped_with_the_dashboards_labels(fleet: Fleet) -> No
                 except httpx.HTTPError:
                     continue
                 seen = {r["metric"]["instance"]: r["metric"] for r in answer.get("data", {}).get("result", [])}
-        finally:
-            server.terminate()
-            server.wait(30)
     assert set(seen) == set(labels)
     for instance, metric in seen.items():
         assert {k: metric[k] for k in ("job", "index", "instance", "server")} == labels[instance]

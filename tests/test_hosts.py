@@ -18,6 +18,7 @@ import ssl
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -179,33 +180,65 @@ def _served_issuer(hosts: Hosts, process: str) -> str:
     return str(hosts.client(issuer))
 
 
+@dataclass
+class Sends:
+    """Messages sent into ``room`` by alice every ``pause`` seconds, from a thread, while a
+    ``with`` block runs: each acknowledged one's event ID and when, and when sends failed."""
+
+    hosts: Hosts
+    room: str
+    label: str
+    pause: float = 0.1
+    acknowledged: dict[str, float] = field(default_factory=dict)
+    failed: list[float] = field(default_factory=list)
+
+    def __enter__(self) -> Sends:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=lambda: self.hosts.client(self._stream))
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(120)
+
+    async def _stream(self) -> None:
+        alice = await login(self.hosts, "alice")
+        try:
+            i = 0
+            while not self._stop.is_set():
+                body = {"msgtype": "m.text", "body": f"{self.label} {i}"}
+                answer = await alice.room_send(self.room, "m.room.message", body)
+                if hasattr(answer, "event_id"):
+                    self.acknowledged[answer.event_id] = time.monotonic()
+                else:
+                    self.failed.append(time.monotonic())
+                i += 1
+                await asyncio.sleep(self.pause)
+        finally:
+            await alice.close()
+
+    def lost(self) -> set[str]:
+        """The acknowledged messages the room no longer has."""
+
+        async def present() -> set[str]:
+            alice: AsyncClient = await login(self.hosts, "alice")
+            try:
+                page = await alice.room_messages(self.room, limit=len(self.acknowledged) + 50)
+                return {e.event_id for e in page.chunk}
+            finally:
+                await alice.close()
+
+        return set(self.acknowledged) - self.hosts.client(present)
+
+
 def test_certificates_rotate_under_sends_with_none_lost(hosts: Hosts) -> None:
     """The CA replaced in its three steps (a new CA trusted beside the old, every certificate anew
     from it, the old CA retired), each installed on every host, while messages are sent to a room
     on host c: none fails, none is lost, and host c presents a certificate of the new CA."""
     room = hosts.room_on("rooms2")
     before = _served_issuer(hosts, "rooms2")
-    acknowledged: list[str] = []
-    failed: list[str] = []
-    stop = threading.Event()
-
-    async def stream() -> None:
-        alice = await login(hosts, "alice")
-        try:
-            i = 0
-            while not stop.is_set():
-                answer = await alice.room_send(room, "m.room.message", {"msgtype": "m.text", "body": f"rotate {i}"})
-                (acknowledged if hasattr(answer, "event_id") else failed).append(
-                    getattr(answer, "event_id", str(answer))
-                )
-                i += 1
-                await asyncio.sleep(0.05)
-        finally:
-            await alice.close()
-
-    sender = threading.Thread(target=lambda: hosts.client(stream))
-    sender.start()
-    try:
+    with Sends(hosts, room, "rotate", pause=0.05) as sends:
         for step in (["--new-ca"], [], ["--retire"]):
             rotated = hosts.synfleet("a", "certs", "rotate", *step)
             assert rotated.returncode == 0, rotated.stdout + rotated.stderr
@@ -214,50 +247,18 @@ def test_certificates_rotate_under_sends_with_none_lost(hosts: Hosts) -> None:
                 assert installed.returncode == 0, installed.stdout + installed.stderr
                 time.sleep(1)
         time.sleep(2)
-    finally:
-        stop.set()
-        sender.join(120)
     after = _served_issuer(hosts, "rooms2")
     listing = hosts.synfleet("a", "certs")
-    print(f"\n[three hosts] rotation: {len(acknowledged)} sends acknowledged, {len(failed)} failed\n{listing.stdout}")
-    assert not failed, failed[:3]
+    done, failed = len(sends.acknowledged), len(sends.failed)
+    print(f"\n[three hosts] rotation: {done} sends acknowledged, {failed} failed\n{listing.stdout}")
+    assert not sends.failed
     assert before != after and after in listing.stdout.replace("\n", "")
-
-    async def present() -> set[str]:
-        alice = await login(hosts, "alice")
-        try:
-            page = await alice.room_messages(room, limit=len(acknowledged) + 50)
-            return {e.event_id for e in page.chunk}
-        finally:
-            await alice.close()
-
-    assert len(acknowledged) > 50 and not set(acknowledged) - hosts.client(present)
+    assert done > 50 and not sends.lost()
 
 
 def test_losing_host_c_loses_no_acknowledged_message(hosts: Hosts) -> None:
     room = hosts.room_on("rooms2")
-    acknowledged: dict[str, float] = {}
-    failed: list[float] = []
-    stop = threading.Event()
-
-    async def stream() -> None:
-        alice = await login(hosts, "alice")
-        try:
-            i = 0
-            while not stop.is_set():
-                answer = await alice.room_send(room, "m.room.message", {"msgtype": "m.text", "body": f"loss {i}"})
-                if hasattr(answer, "event_id"):
-                    acknowledged[answer.event_id] = time.monotonic()
-                else:
-                    failed.append(time.monotonic())
-                i += 1
-                await asyncio.sleep(0.1)
-        finally:
-            await alice.close()
-
-    sender = threading.Thread(target=lambda: hosts.client(stream))
-    sender.start()
-    try:
+    with Sends(hosts, room, "loss") as sends:
         time.sleep(3)
         lost_at = time.monotonic()
         victims = pids(hosts.lab["c"].netns)
@@ -269,28 +270,16 @@ def test_losing_host_c_loses_no_acknowledged_message(hosts: Hosts) -> None:
         assert up.returncode == 0, up.stdout + up.stderr
         back_at = time.monotonic()
         time.sleep(5)
-    finally:
-        stop.set()
-        sender.join(120)
-    after = [t for t in acknowledged.values() if t > back_at]
+    after = [t for t in sends.acknowledged.values() if t > back_at]
     outage = min(after) - lost_at if after else float("inf")
     print(
-        f"\n[three hosts] host c killed ({len(victims)} processes): {len(acknowledged)} sends acknowledged, "
-        f"{len(failed)} failed; sends acknowledged again {outage:.1f}s after the loss"
+        f"\n[three hosts] host c killed ({len(victims)} processes): {len(sends.acknowledged)} sends acknowledged, "
+        f"{len(sends.failed)} failed; sends acknowledged again {outage:.1f}s after the loss"
     )
     assert after, "no send succeeded after host c came back"
-
-    async def present() -> set[str]:
-        alice: AsyncClient = await login(hosts, "alice")
-        try:
-            page = await alice.room_messages(room, limit=len(acknowledged) + 50)
-            return {e.event_id for e in page.chunk}
-        finally:
-            await alice.close()
-
-    missing = set(acknowledged) - hosts.client(present)
+    missing = sends.lost()
     assert not missing, f"{len(missing)} acknowledged messages lost"
     status = hosts.synfleet("c", "status", "--host", "c")
     assert status.returncode == 0, status.stdout
-    sends = [line for line in hosts.access_log() if room[1:] in line["url"] and "/send/" in line["url"]]
-    assert sends[-1]["addr"] == server_of(hosts.plan, "rooms2"), sends[-1]
+    routed = [line for line in hosts.access_log() if room[1:] in line["url"] and "/send/" in line["url"]]
+    assert routed[-1]["addr"] == server_of(hosts.plan, "rooms2"), routed[-1]
