@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from nio import AsyncClient
 
@@ -157,10 +158,25 @@ def prometheus(config: Path, data: Path) -> Iterator[int]:
         [*command, f"--web.listen-address=127.0.0.1:{port}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     try:
+        _wait_ready(f"http://127.0.0.1:{port}/-/ready", server)
         yield port
     finally:
         server.terminate()
         server.wait(30)
+
+
+def _wait_ready(url: str, server: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
+    """Until Prometheus answers 200 on its readiness endpoint (before, its API answers 503 in text)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert server.poll() is None, f"Prometheus exited with {server.returncode}"
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"Prometheus was not ready in {timeout:.0f}s")
 
 
 def prometheus_tool(name: str) -> str:

@@ -210,16 +210,13 @@ LIVE_INTERVAL = 1.0
 
 
 def alerts(port: int) -> list[dict[str, Any]]:
-    try:
-        return list(httpx.get(f"http://127.0.0.1:{port}/api/v1/alerts", timeout=5).json()["data"]["alerts"])
-    except httpx.HTTPError:
-        return []
+    return list(httpx.get(f"http://127.0.0.1:{port}/api/v1/alerts", timeout=5).json()["data"]["alerts"])
 
 
 def up(port: int) -> dict[str, float]:
     try:
         answer = httpx.get(f"http://127.0.0.1:{port}/api/v1/query", params={"query": "up"}, timeout=5).json()
-    except httpx.HTTPError:
+    except (httpx.HTTPError, ValueError):  # not answering, or not in JSON (busy)
         return {}
     return {r["metric"]["instance"]: float(r["value"][1]) for r in answer["data"]["result"]}
 
