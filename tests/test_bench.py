@@ -5,12 +5,16 @@ from __future__ import annotations
 import json
 import struct
 import subprocess
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 
+import helpers
 from conftest import synfleet
+from synfleet.bench.profile import CATEGORY_NAMES, PY_SPY, PY_SPY_MISSING
 from synfleet.nginx.binary.command import world_readable_tempdir
+from synfleet.system import find_binary
 
 pytestmark = pytest.mark.integration
 
@@ -129,3 +133,59 @@ def test_capacity_smoke_reports_every_figure() -> None:
         assert "fleet/monolith capacity" in result.stdout
         header = png.read_bytes()[:24]
         assert header[:8] == b"\x89PNG\r\n\x1a\n" and struct.unpack(">II", header[16:24])[0] > 500
+
+
+def py_spy_reason() -> str | None:
+    if find_binary(PY_SPY) is None:
+        return PY_SPY_MISSING
+    return helpers.root_reason("py-spy reads the memory of the fleet's processes, which run as the fleet's account")
+
+
+@pytest.mark.prerequisite(py_spy_reason())
+def test_profile_smoke_writes_flame_graphs_and_where_cpu_goes() -> None:
+    with world_readable_tempdir("synfleet-profile-") as directory:
+        out = directory / "profile"
+        result = run_bench(
+            directory,
+            "--profile",
+            str(out),
+            "--users",
+            "4",
+            "--rooms",
+            "3",
+            "--rate",
+            "5",
+            "--step-seconds",
+            "8",
+            "--warmup",
+            "2",
+        )
+        table = json.loads((out / "profile.json").read_text())
+        groups = table["groups"]
+        assert table["step"]["acknowledged"] > 0 and table["step"]["errors"] == {}
+        sampled = {group for group, figures in groups.items() if figures["processes"]}
+        assert {"main", "client_sync", "rooms", "tasks"} <= sampled
+        assert {"postgres", "nginx", "redis", "generator"} <= set(groups) - sampled
+        assert groups["rooms"]["processes"] == ["rooms1", "rooms2"]
+        for group in sampled:
+            svg = ET.parse(out / f"{group}.svg").getroot()
+            assert svg.tag == "{http://www.w3.org/2000/svg}svg"
+            assert list(svg.iter("{http://www.w3.org/2000/svg}rect"))
+            assert (out / f"{group}.collapsed").exists()
+        for group in ("main", "rooms"):
+            figures = groups[group]
+            assert figures["cpu_ms_per_message"] > 0 and figures["samples"] + figures["waiting_samples"] > 0, figures
+            # A flame graph with frames: the root and what ran on it.
+            assert len(list(ET.parse(out / f"{group}.svg").getroot().iter("{http://www.w3.org/2000/svg}g"))) > 3
+        for group in sampled:
+            categories = groups[group]["categories"]
+            if groups[group]["samples"]:
+                assert list(categories) == list(CATEGORY_NAMES)
+                assert sum(c["share"] for c in categories.values()) == pytest.approx(1.0, abs=0.01)
+                total = sum(c["cpu_ms_per_message"] for c in categories.values())
+                assert total == pytest.approx(groups[group]["cpu_ms_per_message"], rel=0.02, abs=0.05)
+        # Synapse's own work for the messages is seen in the samples.
+        assert groups["rooms"]["samples"] > 0 and groups["rooms"]["categories"]["other"]["share"] < 0.5, groups["rooms"]
+        assert table["postgres_per_message"]["transactions"] > 0
+        assert "CPU ms per acknowledged message" in result.stdout
+        assert "not running" in synfleet("status", "--dir", str(directory / "bench" / "fleet")).stdout

@@ -59,7 +59,7 @@ def run_mode(
     """Bring one mode up on a fresh database, load it, measure, bring it down. Its fleet file is
     written too, so that `synfleet status`, `logs` and `route` work on its directory."""
     paths = RunPaths(directory)
-    up_seconds = _start_fresh(directory, paths, spec)
+    up_seconds = start_fresh(directory, paths, spec)
     try:
         base_url = f"http://{spec.listen.bind}:{spec.listen.http_port}"
         bench_users = _bench_users(paths, base_url, users, rooms, seed)
@@ -100,7 +100,7 @@ def run_mode(
     return figures
 
 
-def _start_fresh(directory: Path, paths: RunPaths, spec: FleetSpec) -> float:
+def start_fresh(directory: Path, paths: RunPaths, spec: FleetSpec) -> float:
     """Bring the mode up on a fresh database (its secrets stay), with its fleet file written;
     the seconds ``up`` took."""
     down(paths, lambda _: None)

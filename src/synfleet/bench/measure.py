@@ -1,4 +1,4 @@
-"""Figures of a running fleet: PostgreSQL transactions, and Synapse's cache hit counters from each
+"""Figures of a running fleet: PostgreSQL transactions and rows, and Synapse's cache hit counters from each
 process's Prometheus listener."""
 
 from __future__ import annotations
@@ -18,6 +18,35 @@ def postgres_transactions(socket_dir: str, user: str, password: str, database: s
             cursor.execute("SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = %s", (database,))
             row = cursor.fetchone()
             return int(row[0]) if row else 0
+    finally:
+        connection.close()
+
+
+#: The counters of ``pg_stat_database`` that say how much work a load gave PostgreSQL: transactions,
+#: and rows read (returned by scans, fetched by index lookups) and written.
+POSTGRES_ACTIVITY = (
+    "xact_commit",
+    "xact_rollback",
+    "tup_returned",
+    "tup_fetched",
+    "tup_inserted",
+    "tup_updated",
+    "tup_deleted",
+)
+
+
+def postgres_activity(socket_dir: str, user: str, password: str, database: str) -> dict[str, int]:
+    """The database's :data:`POSTGRES_ACTIVITY` counters now (backends report them at the end of
+    a transaction, at most about once a second)."""
+    import psycopg2
+
+    connection = psycopg2.connect(host=socket_dir, dbname=database, user=user, password=password)
+    try:
+        with connection.cursor() as cursor:
+            columns = ", ".join(POSTGRES_ACTIVITY)
+            cursor.execute(f"SELECT {columns} FROM pg_stat_database WHERE datname = %s", (database,))
+            row = cursor.fetchone() or (0,) * len(POSTGRES_ACTIVITY)
+            return {name: int(value) for name, value in zip(POSTGRES_ACTIVITY, row, strict=True)}
     finally:
         connection.close()
 

@@ -1,4 +1,5 @@
-"""``synfleet bench``: the fleet against a monolith, at one load or at its capacity."""
+"""``synfleet bench``: the fleet against a monolith, at one load or at its capacity; or where one
+mode's CPU goes."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from rich.table import Table
 from synfleet.bench.capacity import Settings, capacity
 from synfleet.bench.compare import bench
 from synfleet.bench.plots import plot, plot_capacity
+from synfleet.bench.profile import CATEGORY_NAMES, ProfileSettings, profile
 from synfleet.bench.startup import StartupSettings, startup_bench
 from synfleet.cli.options import DIR_OPTION, Decorated
 from synfleet.cli.output import output_console
@@ -56,6 +58,33 @@ def _print_capacity(console: Console, results: dict[str, Any]) -> None:
                 sized["first_saturated"],
             )
         console.print(grid)
+
+
+def _print_profile(console: Console, results: dict[str, Any], out: Path) -> None:
+    step = results["step"]
+    table = Table(
+        title=f"CPU ms per acknowledged message ({step['acknowledged']} of {step['offered']} at "
+        f"{step['offered_per_s']:g} msgs/s), by group and by what the samples show"
+    )
+    for column in ("group", "CPU ms/msg", "samples", "waiting", *CATEGORY_NAMES):
+        table.add_column(column, justify="left" if column == "group" else "right")
+    for group, figures in results["groups"].items():
+        categories = figures["categories"]
+        split = [
+            f"{categories[name]['cpu_ms_per_message']:.1f} ({categories[name]['share']:.0%})" if categories else "-"
+            for name in CATEGORY_NAMES
+        ]
+        samples = [str(figures[k]) if figures[k] is not None else "-" for k in ("samples", "waiting_samples")]
+        table.add_row(group, f"{figures['cpu_ms_per_message']:.1f}", *samples, *split)
+    console.print(table)
+    database = results["postgres_per_message"]
+    console.print(
+        f"PostgreSQL per acknowledged message (pg_stat_database): {database['transactions']} transactions; rows "
+        f"{database['tup_returned']} returned, {database['tup_fetched']} fetched, {database['tup_inserted']} "
+        f"inserted, {database['tup_updated']} updated, {database['tup_deleted']} deleted; statements not counted "
+        "(pg_stat_statements is not loaded)"
+    )
+    console.print(f"py-spy's own CPU: {results['profiler_cpu_seconds']} s; flame graphs and stacks in {out}")
 
 
 def _print_startup(console: Console, results: dict[str, Any]) -> None:
@@ -112,7 +141,7 @@ def _options_of(
     "--compare",
     default=None,
     help="Modes to run, comma-separated: monolith, fleet, fleet-roundrobin "
-    "[default: all three; monolith,fleet with --capacity].",
+    "[default: all three; monolith,fleet with --capacity; fleet with --profile].",
 )
 @click.option(
     "--capacity",
@@ -131,17 +160,31 @@ def _options_of(
     "--start-up",
     ("--profiles", "small,seed", None, "the profiles to start, comma-separated."),
     ("--load-minutes", 10.0, click.FloatRange(0, 600), "minutes of load per profile and start (0: none)."),
-    ("--rate", 8.0, click.FloatRange(0.1, 100000), "offered msgs/s during the load."),
 )
-@click.option("--users", default=None, type=click.IntRange(2, 1000), help="[default: 20; 40 with --capacity]")
-@click.option("--rooms", default=None, type=click.IntRange(1, 1000), help="[default: 20; 40 with --capacity]")
+@click.option(
+    "--profile",
+    "profile_out",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Sample every Synapse process of one mode (--compare, default fleet) with py-spy at --rate for "
+    "--step-seconds; write a flame graph per group and where its CPU per message goes into this directory.",
+)
+@_options_of("--start-up, --profile", ("--rate", 8.0, click.FloatRange(0.1, 100000), "offered msgs/s during the load."))
+@click.option(
+    "--users", default=None, type=click.IntRange(2, 1000), help="[default: 20; 40 with --capacity, --profile]"
+)
+@click.option(
+    "--rooms", default=None, type=click.IntRange(1, 1000), help="[default: 20; 40 with --capacity, --profile]"
+)
 @click.option("--duration", default=60.0, show_default=True, type=click.FloatRange(1, 3600), help="Seconds of load.")
 @click.option("--warmup", default=10.0, show_default=True, type=click.FloatRange(0, 600))
 @_options_of(
     "--capacity",
     ("--start-rate", 10.0, click.FloatRange(0.1, 100000), "first offered msgs/s."),
     ("--factor", 1.5, click.FloatRange(1.05, 10), "rate growth per step."),
-    ("--step-seconds", 20.0, click.FloatRange(1, 3600), "seconds per step."),
+)
+@_options_of("--capacity, --profile", ("--step-seconds", 20.0, click.FloatRange(1, 3600), "seconds per step."))
+@_options_of(
+    "--capacity",
     ("--refine", 2, click.IntRange(0, 6), "steps after the first failure, each halving the gap to the last pass."),
     ("--max-steps", 12, click.IntRange(1, 100), "steps at most."),
 )
@@ -153,6 +196,7 @@ def bench_command(
     compare: str | None,
     find_capacity: bool,
     start_up: bool,
+    profile_out: Path | None,
     profiles: str,
     load_minutes: float,
     rate: float,
@@ -171,15 +215,30 @@ def bench_command(
 ) -> None:
     """Measure the fleet against a monolith (and room-blind balancing) on this machine: at one
     closed-loop load, or with --capacity the highest rate each sustains; or with --start-up how
-    each way of starting Synapse does."""
+    each way of starting Synapse does; or with --profile where one mode's CPU goes."""
     console = output_console()
-    if start_up and find_capacity:
-        raise click.UsageError("--start-up and --capacity are separate benches: choose one")
-    if start_up and png:
-        raise click.UsageError("--png draws the comparison and --capacity, not --start-up")
-    default_modes = "monolith,fleet" if find_capacity else "monolith,fleet,fleet-roundrobin"
+    benches = (("--start-up", start_up), ("--capacity", find_capacity), ("--profile", profile_out))
+    chosen = [flag for flag, on in benches if on]
+    if len(chosen) > 1:
+        raise click.UsageError(f"{' and '.join(chosen)} are separate benches: choose one")
+    if (start_up or profile_out) and png:
+        raise click.UsageError(f"--png draws the comparison and --capacity, not {chosen[0]}")
+    default_modes = "fleet" if profile_out else "monolith,fleet" if find_capacity else "monolith,fleet,fleet-roundrobin"
     modes = [m.strip() for m in (compare or default_modes).split(",") if m.strip()]
-    if start_up:
+    if profile_out:
+        if len(modes) != 1:
+            raise click.UsageError("--profile runs one mode: give --compare one of monolith, fleet, fleet-roundrobin")
+        sampled = ProfileSettings(
+            mode=modes[0],
+            rate=rate,
+            step_seconds=step_seconds,
+            warmup_seconds=min(warmup, step_seconds),
+            users=users or 40,
+            rooms=rooms or 40,
+        )
+        results = profile(directory, sampled, profile_out, console.print)
+        _print_profile(console, results, profile_out)
+    elif start_up:
         startup = _startup_settings(profiles, repeat, load_minutes, rate, users, rooms)
         results = startup_bench(directory, startup, console.print)
         _print_startup(console, results)
