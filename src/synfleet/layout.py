@@ -40,6 +40,8 @@ FLEET_LOGS = "fleet"
 NGINX_DIR = "nginx"
 RELAY_DIR = "links"
 INBOUND_RELAY_DIR = "inbound"
+#: Synapse's media store, in the data directory.
+MEDIA_STORE = "media_store"
 #: The start of every inbound socket's name (and of every nginx upstream's).
 INBOUND_PREFIX = "synapse_inbound_"
 
@@ -118,6 +120,10 @@ class Layout:
 
     def replication_socket(self, worker: str) -> str:
         return f"{self.socket_dir}/synapse_replication_{worker}.sock"
+
+    @property
+    def media_store(self) -> str:
+        return f"{self.data_dir}/{MEDIA_STORE}"
 
     @property
     def redis_socket(self) -> str:

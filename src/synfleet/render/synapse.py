@@ -128,7 +128,7 @@ def homeserver_config(spec: FleetSpec, layout: Layout, secrets: dict[str, str], 
         "form_secret_path": layout.secret(Secret.FORM_SECRET),
         "registration_shared_secret_path": layout.secret(Secret.REGISTRATION_SHARED_SECRET),
         "worker_replication_secret_path": layout.secret(Secret.WORKER_REPLICATION_SECRET),
-        "media_store_path": f"{layout.data_dir}/media_store",
+        "media_store_path": layout.media_store,
         "max_upload_size": spec.media.max_upload_bytes,
         "log_config": layout.log_config(fleet.main.name),
         "listeners": listeners(fleet.main, layout),
@@ -297,7 +297,7 @@ def render_synapse(spec: FleetSpec, layout: Layout, secrets: dict[str, str], hos
     fleet = spec.fleet
     shared = homeserver_config(spec, layout, secrets, host)
     storage = media_storage(spec, secrets)
-    if storage and not fleet.with_role(Role.MEDIA):  # main runs the media repository
+    if storage and fleet.main in fleet.media_repository:
         shared["media_storage_providers"] = storage
     files = {SHARED_CONFIG: dump(shared)}
     if (bundle := trusted_ca(spec)) is not None:

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import IO
 
 from synfleet.errors import SynfleetError, UsageError
-from synfleet.layout import SECRETS_DIR
+from synfleet.layout import MEDIA_STORE, SECRETS_DIR
 from synfleet.model.load import FLEET_FILE, load_spec
 from synfleet.model.schema import FleetSpec, parse_fleet
 from synfleet.model.schema.storage import Database
@@ -52,7 +52,6 @@ VERSION = 1
 MANIFEST = "manifest.json"
 DATABASE_DUMP = "database.dump"
 MEDIA = "media"
-MEDIA_STORE = "media_store"
 TRAILER_PREFIX = b"\nsynfleet-backup sha256 "
 TRAILER_LENGTH = len(TRAILER_PREFIX) + 64 + 1
 CHUNK = 1 << 20

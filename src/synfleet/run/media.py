@@ -28,7 +28,6 @@ import yaml
 
 from synfleet.errors import SynfleetError, UsageError
 from synfleet.layout import SHARED_CONFIG, WORKER_CONFIG_DIR
-from synfleet.model.fleet import Role
 from synfleet.model.schema import FleetSpec
 from synfleet.render.synapse import S3_PROVIDER
 from synfleet.run.accounts import FLEET_ACCOUNT, as_root, lookup, run_as
@@ -58,7 +57,7 @@ class Stored:
 
 
 def media_store(paths: RunPaths) -> Path:
-    return paths.data / "media_store"
+    return Path(paths.layout.media_store)
 
 
 def stored_files(store: Path) -> Iterator[Stored]:
@@ -183,7 +182,7 @@ def offload(paths: RunPaths, spec: FleetSpec, older_than: float | None, keep: in
     ago, and the least recently used until the disk holds at most ``keep`` bytes."""
     if not spec.media.in_bucket:
         raise UsageError('media offload moves media to a bucket: set media.store = "s3" (and s3_bucket) first')
-    if spec.hosts and not any(w.host == paths.host for w in spec.fleet.with_role(Role.MEDIA) or [spec.fleet.main]):
+    if spec.hosts and not any(w.host == paths.host for w in spec.fleet.media_repository):
         raise UsageError(f"host {paths.host} runs no media process: run it on the host of a media worker")
     store = media_store(paths)
     if not store.is_dir():

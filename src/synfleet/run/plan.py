@@ -13,7 +13,7 @@ from pathlib import Path
 
 from synfleet.errors import SynfleetError, UsageError
 from synfleet.layout import NGINX_DIR, SECRETS_DIR
-from synfleet.model.fleet import Role, Service
+from synfleet.model.fleet import Service
 from synfleet.model.schema import FleetSpec, parse_fleet
 from synfleet.model.schema.values import parse_size
 from synfleet.nginx.binary.command import command_line, http2_directive_supported, nginx_version, stream_module
@@ -234,7 +234,7 @@ def native_processes(spec: FleetSpec, paths: RunPaths, native: Native) -> list[N
 def media_cache(spec: FleetSpec, paths: RunPaths, account: str | None) -> list[NativeProcess]:
     """With media in a bucket, on a host that runs the media repository: the process that keeps
     the media store's disk under media.cache_size (see :mod:`synfleet.run.media`)."""
-    serving = spec.fleet.with_role(Role.MEDIA) or (spec.fleet.main,)
+    serving = spec.fleet.media_repository
     if not spec.media.in_bucket or not any(not paths.host or w.host == paths.host for w in serving):
         return []
     command = [fleet_python(), "-m", "synfleet.run.media", "--config", str(paths.config)]
