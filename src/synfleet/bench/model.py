@@ -12,6 +12,12 @@ carries at most
 
 the smallest of these is the prediction, and its name is the first thing to saturate. On this
 machine the generator shares the cores and is counted; on bigger ones it is assumed elsewhere.
+
+Every Synapse process also handles every replicated event, whatever share of the load it serves:
+one more process of a role adds CPU per message to the fleet (its own, and what Redis and
+PostgreSQL do for it). Where that was measured (``added``, against the process counts the costs
+were measured with), a shape with more or fewer processes of a role than that pays the difference,
+in its group and on the machine.
 Queueing makes the service level break before 100% busy: the ratio measured/predicted on the
 machine that ran the bench is printed, and applied to the other predictions as "calibrated".
 """
@@ -21,7 +27,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from synfleet.model.fleet import Fleet, Role, Service
@@ -45,19 +51,36 @@ class Costs:
 
     per_message: dict[str, float]
     idle: dict[str, float]
+    #: CPU-seconds per message the fleet spends for each process of a group beyond ``counts``.
+    added: dict[str, float] = field(default_factory=dict)
+    #: The processes per group the costs were measured with.
+    counts: dict[str, int] = field(default_factory=dict)
 
     def as_json(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "per_message_cpu_ms": {k: round(v * 1000, 3) for k, v in sorted(self.per_message.items())},
             "idle_cores": {k: round(v, 4) for k, v in sorted(self.idle.items())},
         }
+        if self.added:
+            data["added_process_cpu_ms"] = {k: round(v * 1000, 3) for k, v in sorted(self.added.items())}
+            data["measured_processes"] = dict(sorted(self.counts.items()))
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Costs:
         return cls(
             {k: v / 1000 for k, v in data["per_message_cpu_ms"].items()},
             dict(data["idle_cores"]),
+            {k: v / 1000 for k, v in data.get("added_process_cpu_ms", {}).items()},
+            dict(data.get("measured_processes", {})),
         )
+
+    def group_cost(self, group: str, count: int | None = None) -> float:
+        """CPU-seconds per message of ``group`` with ``count`` processes (None: as measured)."""
+        cost = self.per_message.get(group, 0.0)
+        if count is not None and group in self.added:
+            cost += (count - self.counts.get(group, 0)) * self.added[group]
+        return max(0.0, cost)
 
     @classmethod
     def median(cls, runs: list[Costs]) -> Costs:
@@ -111,39 +134,71 @@ class Prediction:
         return {"capacity_per_s": round(self.capacity, 1), "first_saturated": self.limit}
 
 
-def predict(costs: Costs, counts: dict[str, int], cores: float, with_generator: bool) -> Prediction:
-    groups = [g for g in costs.per_message if with_generator or g != GENERATOR]
-    total = sum(costs.per_message[g] for g in groups)
-    idle = sum(costs.idle[g] for g in groups)
-    bounds = {"machine": (cores - idle) / total if total else math.inf}
+def bounds(costs: Costs, counts: dict[str, int], cores: float, with_generator: bool) -> dict[str, float]:
+    """The messages/s the machine ("machine") and each single-threaded group of ``counts`` carry."""
+    groups = {g for g in costs.per_message if with_generator or g != GENERATOR} | (counts.keys() & costs.added.keys())
+    total = sum(costs.group_cost(g, counts.get(g)) for g in groups)
+    idle = sum(costs.idle.get(g, 0.0) for g in groups)
+    found = {"machine": (cores - idle) / total if total else math.inf}
     for group, count in counts.items():
-        cost = costs.per_message.get(group, 0.0)
+        cost = costs.group_cost(group, count)
         if cost > 0:
             processes = min(count, cores)
             if group in EVERY_EVENT_ROLES:  # each process does the group's work once per its share
-                bounds[group] = (1 - costs.idle.get(group, 0.0) / count) / (cost / count)
+                found[group] = (1 - costs.idle.get(group, 0.0) / count) / (cost / count)
             else:
-                bounds[group] = (processes - costs.idle.get(group, 0.0)) / cost
-    limit = min(bounds, key=lambda k: bounds[k])
-    return Prediction(max(0.0, bounds[limit]), limit)
+                found[group] = (processes - costs.idle.get(group, 0.0)) / cost
+    return found
+
+
+def predict(costs: Costs, counts: dict[str, int], cores: float, with_generator: bool) -> Prediction:
+    found = bounds(costs, counts, cores, with_generator)
+    limit = min(found, key=lambda k: found[k])
+    return Prediction(max(0.0, found[limit]), limit)
+
+
+#: No role is grown past this many processes.
+MOST_PROCESSES = 64
 
 
 def role_need(costs: Costs, role: Role, rate: float) -> tuple[float, int]:
     """The cores a role uses at ``rate`` messages/s, and the processes that keeps each below
-    BUSY_LIMIT of its core (at least one)."""
-    busy = costs.idle.get(role.value, 0.0) + costs.per_message.get(role.value, 0.0) * rate
-    return busy, max(1, math.ceil(busy / BUSY_LIMIT))
+    BUSY_LIMIT of its core (at least one). Each process beyond the measured count adds its own CPU
+    per message, so where no count does that, growing stops once one more process takes less than
+    1% off each process's load."""
+    idle = costs.idle.get(role.value, 0.0)
+
+    def busy(count: int) -> float:
+        return idle + costs.group_cost(role.value, count) * rate
+
+    for count in range(1, MOST_PROCESSES):
+        share = busy(count) / count
+        if share <= BUSY_LIMIT or busy(count + 1) / (count + 1) > 0.99 * share:
+            return busy(count), count
+    return busy(MOST_PROCESSES), MOST_PROCESSES
+
+
+def sized_roles(costs: Costs, counts: dict[str, int], cores: float) -> tuple[dict[str, int], float]:
+    """The counts with each sized role grown (or shrunk, to at least one) until none of its
+    processes is busier than BUSY_LIMIT at the machine's own limit, and that limit (messages/s).
+    The processes added cost the machine too, so this repeats until the counts settle."""
+    sized = dict(counts)
+    for _ in range(MOST_PROCESSES):
+        rate = bounds(costs, sized, cores, with_generator=False)["machine"]
+        grown: dict[str, int] = {
+            role.value: role_need(costs, role, rate)[1]
+            for role in SIZED_ROLES
+            if role.value in sized and role.value in costs.per_message
+        }
+        if all(sized[role] == count for role, count in grown.items()):
+            break
+        sized.update(grown)
+    return sized, rate
 
 
 def sized_counts(costs: Costs, counts: dict[str, int], cores: float) -> dict[str, int]:
-    """The fleet's counts with each sized role it has grown (or shrunk, to at least one) until
-    none of its processes is busier than BUSY_LIMIT at the machine's own limit."""
-    machine = predict(costs, {}, cores, with_generator=False).capacity
-    sized = dict(counts)
-    for role in SIZED_ROLES:
-        if role.value in sized and role.value in costs.per_message:
-            sized[role.value] = role_need(costs, role, machine)[1]
-    return sized
+    """The fleet's counts sized for ``cores`` (see :func:`sized_roles`)."""
+    return sized_roles(costs, counts, cores)[0]
 
 
 def predict_for(costs: Costs, counts: dict[str, int], measured: list[float], cores_here: float) -> dict[str, Any]:

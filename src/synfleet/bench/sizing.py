@@ -16,13 +16,14 @@ the pool. See :func:`initial_sync_pool`.
 from __future__ import annotations
 
 import json
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from synfleet.bench.capacity import DELIVERY_P99_MS
 from synfleet.bench.compare import spread
-from synfleet.bench.model import BUSY_LIMIT, SIZED_ROLES, Costs, predict, process_counts, role_need
+from synfleet.bench.model import BUSY_LIMIT, SIZED_ROLES, Costs, predict, process_counts, sized_roles
 from synfleet.errors import UsageError
 from synfleet.model.fleet import Role, build_fleet
 from synfleet.model.schema.workers import Workers
@@ -107,26 +108,29 @@ def size_fleet(cores: int, data: dict[str, Any] | None = None) -> Sizing:
     if cores <= SMALL_MACHINE_CORES:
         return _with_initial_sync(_small_machine(cores, data), data)
     costs = Costs.from_json(data["costs"])
-    machine = predict(costs, {}, cores, with_generator=False).capacity
-    workers = {Role.MEDIA.value: 1}
-    reasons = [
-        f"the cost model puts this machine's capacity at {machine:.0f} messages/s ({cores} cores)",
-        "media = 1: uploads and downloads are not in the bench's load",
-    ]
+    readers = 1 if cores >= 8 else 0
+    fixed = {Role.MEDIA: 1, Role.SENDER: 1, Role.CLIENT_READER: readers, Role.FEDERATION_READER: readers}
+    workers = {_counts_key(role): count for role, count in fixed.items()}
+    start: dict[str, int] = {Role.MAIN.value: 1, **{r.value: n for r, n in fixed.items()}}
+    start.update({role.value: 1 for role in SIZED_ROLES})
+    counts, machine = sized_roles(costs, start, cores)
+    reasons = [f"the cost model puts this machine's capacity at {machine:.0f} messages/s ({cores} cores)"]
+    if costs.added:
+        added = ", ".join(f"{group} {ms * 1000:.1f}" for group, ms in sorted(costs.added.items()))
+        reasons.append(f"each process beyond the measured shape adds CPU ms per message (all of it counted): {added}")
+    reasons.append("media = 1: uploads and downloads are not in the bench's load")
     for role in SIZED_ROLES:
-        busy, count = role_need(costs, role, machine)
+        count = counts[role.value]
         workers[_counts_key(role)] = count
+        busy = costs.idle.get(role.value, 0.0) + costs.group_cost(role.value, count) * machine
         reasons.append(
-            f"{_counts_key(role)} = {count}: {costs.per_message.get(role.value, 0.0) * 1000:.1f} ms CPU per "
+            f"{_counts_key(role)} = {count}: {costs.group_cost(role.value, count) * 1000:.1f} ms CPU per "
             f"message at {machine:.0f} msgs/s is {busy:.2f} cores, at most {BUSY_LIMIT:.0%} of a core per process"
         )
-    workers[_counts_key(Role.SENDER)] = 1
     reasons.append(
         "sender = 1: the bench has no other server; each sender reads every event, so more senders only add "
         "work until federation traffic needs them"
     )
-    for role in (Role.CLIENT_READER, Role.FEDERATION_READER):
-        workers[role.value] = 1 if cores >= 8 else 0
     reasons.append(
         "client_reader and federation_reader: not loaded by the bench; one each from 8 cores, "
         "for the requests the model does not see"
@@ -160,8 +164,30 @@ def costs_from_results(shapes: dict[str, list[dict[str, Any]]], costs_shape: str
         "repetitions": {name: len(mine) for name, mine in runs.items()},
         "capacity_on_2_cores": {name: spread([r["capacity_per_s"] for r in mine]) for name, mine in runs.items()},
         "shapes": {name: {"workers": _workers_of(mine[0]["processes"])} for name, mine in runs.items()},
-        "costs": Costs.median([Costs.from_json(r["costs"]) for r in runs[costs_shape]]).as_json(),
+        "costs": {
+            **Costs.median([Costs.from_json(r["costs"]) for r in runs[costs_shape]]).as_json(),
+            "measured_processes": runs[costs_shape][0]["processes"],
+        },
     }
+
+
+def added_costs(cuts: dict[str, Any]) -> dict[str, float]:
+    """CPU ms per message that one more process of each role adds to the whole fleet, from a run of
+    ``scripts/bench_cuts.py`` with the variant "base" and one variant per role named after it, each
+    with one more process of that role: in each round the variant's total less the base's, the
+    median of those (at least 0: a process costs, whatever the noise says)."""
+    runs = cuts["runs"]
+    if "base" not in runs:
+        raise UsageError("the added-process runs have no variant named base")
+    unknown = sorted(set(runs) - {"base"} - set(WORKERS_KEY.values()))
+    if unknown:
+        raise UsageError(f"the added-process runs name {unknown[0]!r}, not a role")
+    added = {}
+    for role, mine in sorted(runs.items()):
+        if role != "base":
+            paired = [v["total"] - b["total"] for v, b in zip(mine, runs["base"], strict=True)]
+            added[role] = round(max(0.0, statistics.median(paired)), 3)
+    return added
 
 
 def main() -> None:
@@ -171,6 +197,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("results", nargs="+", help="NAME=FILE: capacity results of the fleet shape NAME")
     parser.add_argument("--costs-from", default="small", help="the shape whose per-role costs size fleets")
+    parser.add_argument("--added", type=Path, help="scripts/bench_cuts.py's results: one more process of each role")
     parser.add_argument("--out", type=Path, default=COSTS_FILE)
     args = parser.parse_args()
     shapes: dict[str, list[dict[str, Any]]] = {}
@@ -178,6 +205,8 @@ def main() -> None:
         name, _, file = item.partition("=")
         shapes.setdefault(name, []).append(json.loads(Path(file).read_text()))
     data = costs_from_results(shapes, args.costs_from)
+    if args.added:
+        data["costs"]["added_process_cpu_ms"] = added_costs(json.loads(args.added.read_text()))
     if args.out.exists() and "initial_sync" in (kept := load_costs(args.out)):
         data["initial_sync"] = kept["initial_sync"]  # measured by the initial-sync test, not by these runs
     args.out.write_text(json.dumps(data, indent=2) + "\n")
