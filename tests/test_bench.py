@@ -186,6 +186,13 @@ def test_profile_smoke_writes_flame_graphs_and_where_cpu_goes() -> None:
                 assert total == pytest.approx(groups[group]["cpu_ms_per_message"], rel=0.02, abs=0.05)
         # Synapse's own work for the messages is seen in the samples.
         assert groups["rooms"]["samples"] > 0 and groups["rooms"]["categories"]["other"]["share"] < 0.5, groups["rooms"]
-        assert table["postgres_per_message"]["transactions"] > 0
+        database = table["postgres_per_message"]
+        assert database["transactions"] > 0
+        # pg_stat_statements, loaded into the profiled fleet's PostgreSQL, counted Synapse's statements.
+        assert database["statements"] > database["transactions"] and database["statement_exec_ms"] > 0
+        top = database["top_statements"]
+        assert 0 < len(top) <= 10 and all(s["calls"] > 0 and s["query"] for s in top)
+        assert [s["exec_ms"] for s in top] == sorted((s["exec_ms"] for s in top), reverse=True)
+        assert "the statements that took the most execution time" in result.stdout
         assert "CPU ms per acknowledged message" in result.stdout
         assert "not running" in synfleet("status", "--dir", str(directory / "bench" / "fleet")).stdout

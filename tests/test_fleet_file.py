@@ -10,10 +10,12 @@ import pytest
 from conftest import synfleet
 from helpers import CONFIGS
 from synfleet.bench.sizing import initial_sync_pool, load_costs, size_fleet
+from synfleet.layout import COMPOSE, native_layout
 from synfleet.model.fleet import Role, Stream
 from synfleet.model.profiles import PROFILES, profile_spec
 from synfleet.model.schema import parse_fleet, parse_fleet_file
-from synfleet.render.fleet_file import fleet_file_text
+from synfleet.render.fleet_file import fleet_file_text, fleet_toml
+from synfleet.render.services import Context, Native, service_table
 
 BAD_FLEETS = sorted(p.name for p in (CONFIGS / "bad_fleets").iterdir())
 
@@ -188,3 +190,26 @@ def test_initial_sync_pool_follows_the_measurement() -> None:
     slower = {**measured, "delivery_p99_ms": {"shared": 900.0, "pool": 3000.0}}
     assert initial_sync_pool({"initial_sync": slower})[0] == 0
     assert initial_sync_pool({}) == (0, "initial_sync = 0: costs.json has no initial-sync measurement")
+
+
+def test_postgres_settings_reach_the_fleets_own_server_and_survive_a_rewrite() -> None:
+    """[database] settings are given to the fleet's own PostgreSQL as -c NAME=VALUE (booleans as
+    on/off, a dotted name as one key), natively, in compose and on Kubernetes; writing the fleet
+    file out again keeps them."""
+    text = (
+        'server_name = "example.org"\n[database.settings]\nshared_buffers = "256MB"\n'
+        '"pg_stat_statements.track" = "all"\njit = false\nmax_connections = 300\n'
+    )
+    spec = parse_fleet(text)
+    expected = {"shared_buffers": "256MB", "pg_stat_statements.track": "all", "jit": "off", "max_connections": "300"}
+    assert spec.database.server_settings() == expected
+    assert parse_fleet(fleet_toml(spec)) == spec
+    run = "/srv/fleet/run"
+    programs = {name: f"/usr/bin/{name}" for name in ("python", "postgres", "redis-server", "nginx")}
+    native = Context(spec, native_layout(run), native=Native(programs, run, f"{run}/postgres", "", ()))
+    compose = Context(spec, COMPOSE)
+    for context in (native, compose):
+        command = service_table(context, front=True)["postgres"].command
+        given = dict(command[i + 1].split("=", 1) for i, argument in enumerate(command) if argument == "-c")
+        assert expected.items() <= given.items(), command
+    assert parse_fleet(fleet_file_text("example.org", "seed")).database.settings == {}

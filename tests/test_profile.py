@@ -8,6 +8,7 @@ from collections import Counter
 
 import pytest
 
+from helpers import profile_with
 from synfleet.bench.flamegraph import (
     Stack,
     flame_graph_svg,
@@ -15,6 +16,7 @@ from synfleet.bench.flamegraph import (
     merge,
     parse_collapsed,
 )
+from synfleet.bench.measure import Statement, statements_between
 from synfleet.bench.profile import (
     CATEGORIES,
     CATEGORY_NAMES,
@@ -25,7 +27,10 @@ from synfleet.bench.profile import (
     classify,
     frame_category,
     frame_module,
+    statement_figures,
+    with_statements,
 )
+from synfleet.model.schema import FleetSpec
 
 SVG = "{http://www.w3.org/2000/svg}"
 
@@ -185,3 +190,30 @@ def test_threads_caught_waiting_are_counted_apart_and_not_shared_out() -> None:
     assert split["reactor"]["cpu_ms_per_message"] == 5.0 and split["database"]["share"] == 0.5
     # Only waiting: nothing to share out.
     assert breakdown(10.0, Counter({(*poll, "CallWrapper.__call__ (synapse/metrics/_reactor_metrics.py)"): 2})) == {}
+
+
+def test_the_profiled_fleet_loads_pg_stat_statements_beside_what_it_loads() -> None:
+    plain = with_statements(profile_with("small"))
+    assert plain.database.server_settings()["shared_preload_libraries"] == "pg_stat_statements"
+    data = profile_with("small").model_dump(mode="json")
+    data["database"]["settings"] = {"shared_preload_libraries": "auto_explain, pg_stat_statements"}
+    loaded = with_statements(FleetSpec.model_validate(data))
+    assert loaded.database.server_settings()["shared_preload_libraries"] == "auto_explain,pg_stat_statements"
+    data["database"] = {"host": "db.example.org"}
+    external = FleetSpec.model_validate(data)
+    assert with_statements(external) == external  # not ours to restart with a library
+
+
+def test_statements_are_what_each_cost_over_the_step_costliest_first() -> None:
+    before = {1: Statement("SELECT 1", 10, 5.0, 10), 2: Statement("SELECT $1", 4, 1.0, 4)}
+    after = {
+        1: Statement("SELECT 1", 30, 9.0, 30),
+        2: Statement("SELECT $1", 4, 1.0, 4),  # not run during the step
+        3: Statement("UPDATE t  SET\n x = $1", 20, 12.0, 20),  # first run during the step
+    }
+    spent = statements_between(before, after)
+    assert spent == [Statement("UPDATE t  SET\n x = $1", 20, 12.0, 20), Statement("SELECT 1", 20, 4.0, 20)]
+    figures = statement_figures(spent, 10)
+    assert figures["statements"] == 4.0 and figures["statement_exec_ms"] == 1.6
+    assert figures["top_statements"][0] == {"query": "UPDATE t SET x = $1", "calls": 2.0, "exec_ms": 1.2, "rows": 2.0}
+    assert statement_figures(None, 10) == {"statements": None, "statement_exec_ms": None, "top_statements": []}

@@ -73,3 +73,44 @@ def cache_counters(port: int) -> CacheCounters:
         else:
             lookups += float(value)
     return CacheCounters(hits, lookups)
+
+
+#: PostgreSQL's statistics of each statement, loaded into a profiled fleet's own server.
+STATEMENTS_EXTENSION = "pg_stat_statements"
+
+
+@dataclass(frozen=True)
+class Statement:
+    """What one normalised statement cost so far: times run, milliseconds executing, rows."""
+
+    query: str
+    calls: int
+    exec_ms: float
+    rows: int
+
+
+def postgres_statements(socket_dir: str, user: str, password: str, database: str) -> dict[int, Statement]:
+    """Every statement ``pg_stat_statements`` has counted in ``database`` for ``user``, by query id."""
+    import psycopg2
+
+    connection = psycopg2.connect(host=socket_dir, dbname=database, user=user, password=password)
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT queryid, query, calls, total_exec_time, rows FROM pg_stat_statements s"
+                " JOIN pg_database d ON d.oid = s.dbid WHERE d.datname = %s AND s.queryid IS NOT NULL",
+                (database,),
+            )
+            return {int(q): Statement(text, int(calls), float(ms), int(rows)) for q, text, calls, ms, rows in cursor}
+    finally:
+        connection.close()
+
+
+def statements_between(before: dict[int, Statement], after: dict[int, Statement]) -> list[Statement]:
+    """What each statement cost between two readings, the costliest (execution time) first."""
+    spent = []
+    for query_id, now in after.items():
+        then = before.get(query_id, Statement(now.query, 0, 0.0, 0))
+        if now.calls > then.calls:
+            spent.append(Statement(now.query, now.calls - then.calls, now.exec_ms - then.exec_ms, now.rows - then.rows))
+    return sorted(spent, key=lambda statement: -statement.exec_ms)

@@ -4,8 +4,10 @@ One mode's fleet starts on a fresh database, gets the users and rooms of ``bench
 carries its open-loop load at one offered rate: a warm-up, then one step during which py-spy
 samples every Synapse process (``--nonblocking``: the processes are never paused). nginx,
 PostgreSQL and Redis are not Python: their CPU comes from ``/proc`` only, and PostgreSQL's work
-from ``pg_stat_database`` (transactions and rows per message). Statements are not counted:
-``pg_stat_statements`` must be loaded when the server starts, which the fleet's PostgreSQL does not.
+from ``pg_stat_database`` (transactions and rows per message) and, for the fleet's own server,
+``pg_stat_statements``: the profiled fleet's PostgreSQL loads it (``[database] settings``), and its
+superuser creates the extension in Synapse's database, so each statement's calls, execution time
+and rows per message are counted over the step.
 
 For each group (``rooms1`` and ``rooms2`` are ``rooms``) the samples of its processes are merged
 into one flame graph. Each sample is put in a :data:`CATEGORIES` category by its innermost frame
@@ -35,7 +37,13 @@ from typing import Any
 from synfleet.bench.capacity import cpu_by_group, users_and_rooms
 from synfleet.bench.compare import MODES, Report, mode_spec, start_fresh
 from synfleet.bench.flamegraph import Stack, flame_graph_svg, format_collapsed, merge, parse_collapsed
-from synfleet.bench.measure import postgres_activity
+from synfleet.bench.measure import (
+    STATEMENTS_EXTENSION,
+    Statement,
+    postgres_activity,
+    postgres_statements,
+    statements_between,
+)
 from synfleet.bench.openload import Member, OpenLoad, Room, StepFigures
 from synfleet.errors import SynfleetError, UsageError
 from synfleet.layout import SECRETS_DIR
@@ -45,6 +53,7 @@ from synfleet.render.files import write_file
 from synfleet.render.secrets import Secret
 from synfleet.run.fleet import down
 from synfleet.run.paths import RunPaths
+from synfleet.run.postgres import create_extension
 from synfleet.run.supervisor import Supervisor
 from synfleet.system import find_binary, free_port, free_ports, process_tree_cpu
 
@@ -341,11 +350,13 @@ def profile(directory: Path, settings: ProfileSettings, out: Path, report: Repor
     if program is None:
         raise SynfleetError(PY_SPY_MISSING)
     base = load_spec(directory)
-    spec = mode_spec(base, settings.mode, free_port(), free_ports(len(base.fleet.workers) + 1))
+    spec = with_statements(mode_spec(base, settings.mode, free_port(), free_ports(len(base.fleet.workers) + 1)))
     paths = RunPaths(directory / "bench" / settings.mode)
     report(f"{settings.mode}: starting on a fresh database")
     start_fresh(paths.directory, paths, spec)
     try:
+        if spec.database.local:
+            create_extension(str(paths.sockets), paths.postgres_data, spec.database, STATEMENTS_EXTENSION)
         base_url, users, rooms = users_and_rooms(paths, spec, settings.users, settings.rooms, 1)
         pids = {name: info.pid for name, info in Supervisor(paths).info().items() if info.pid}
         report(
@@ -354,17 +365,28 @@ def profile(directory: Path, settings: ProfileSettings, out: Path, report: Repor
         with tempfile.TemporaryDirectory(prefix="synfleet-profile-") as temp:
             sampler = Sampler(program, _synapse_pids(spec, pids), Path(temp))
             try:
-                step, cpu, database, profiler_cpu, stacks = asyncio.run(
+                step, cpu, database, statements, profiler_cpu, stacks = asyncio.run(
                     _sampled_step(base_url, users, rooms, spec, paths, pids, sampler, settings)
                 )
             finally:
                 sampler.stop()
     finally:
         down(paths, lambda _: None)
-    results = table(spec, settings, step, cpu, database, stacks)
+    results = table(spec, settings, step, cpu, database, stacks, statements)
     results["profiler_cpu_seconds"] = round(profiler_cpu, 2)
     _write(out, spec, results, stacks)
     return results
+
+
+def with_statements(spec: FleetSpec) -> FleetSpec:
+    """The fleet with ``pg_stat_statements`` among the libraries its own PostgreSQL loads."""
+    if not spec.database.local:
+        return spec
+    data = spec.model_dump(mode="json")
+    settings = data["database"]["settings"]
+    loaded = [name.strip() for name in str(settings.get("shared_preload_libraries", "")).split(",") if name.strip()]
+    settings["shared_preload_libraries"] = ",".join(dict.fromkeys([*loaded, STATEMENTS_EXTENSION]))
+    return FleetSpec.model_validate(data)
 
 
 def _synapse_pids(spec: FleetSpec, pids: dict[str, int]) -> dict[str, int]:
@@ -382,21 +404,22 @@ async def _sampled_step(
     pids: dict[str, int],
     sampler: Sampler,
     settings: ProfileSettings,
-) -> tuple[StepFigures, dict[str, float], dict[str, int], float, dict[str, Counter[Stack]]]:
+) -> tuple[StepFigures, dict[str, float], dict[str, int], list[Statement] | None, float, dict[str, Counter[Stack]]]:
     """The warm-up, then the step with py-spy on every Synapse process: the step's figures, CPU
-    seconds per group and PostgreSQL's counters over it, py-spy's own CPU, and each process's stacks."""
+    seconds per group, PostgreSQL's counters and statements over it (None without the fleet's own
+    PostgreSQL), py-spy's own CPU, and each process's stacks."""
     database = spec.database
     password = (paths.directory / SECRETS_DIR / Secret.POSTGRES_PASSWORD).read_text().strip()
-    marks: list[tuple[dict[str, float], dict[str, int]]] = []
+    marks: list[tuple[dict[str, float], dict[str, int], dict[int, Statement]]] = []
+    at = (str(paths.sockets), database.user, password, database.name)
 
     async def mark() -> None:
         if not marks:
             sampler.start(settings.step_seconds)
         cpu = await asyncio.to_thread(process_tree_cpu, pids)
-        activity = await asyncio.to_thread(
-            postgres_activity, str(paths.sockets), database.user, password, database.name
-        )
-        marks.append((cpu, activity))
+        activity = await asyncio.to_thread(postgres_activity, *at)
+        statements = await asyncio.to_thread(postgres_statements, *at) if database.local else {}
+        marks.append((cpu, activity, statements))
 
     async with OpenLoad(base_url, users, rooms, 1) as load:
         if settings.warmup_seconds:
@@ -405,11 +428,12 @@ async def _sampled_step(
         step = await load.step(settings.rate, settings.step_seconds, settings.drain_seconds, mark)
         stacks = await asyncio.to_thread(sampler.finish, PY_SPY_GRACE_SECONDS)
         profiler_cpu = _children_cpu() - children_before
-    (cpu_before, pg_before), (cpu_after, pg_after) = marks
+    (cpu_before, pg_before, statements_before), (cpu_after, pg_after, statements_after) = marks
     cpu = cpu_by_group(spec, {k: v - cpu_before.get(k, 0.0) for k, v in cpu_after.items()})
     cpu["generator"] = step.generator_cpu_s
     activity = {k: v - pg_before.get(k, 0) for k, v in pg_after.items()}
-    return step, cpu, activity, profiler_cpu, stacks
+    statements = statements_between(statements_before, statements_after) if database.local else None
+    return step, cpu, activity, statements, profiler_cpu, stacks
 
 
 def group_stacks(spec: FleetSpec, stacks: dict[str, Counter[Stack]]) -> dict[str, Counter[Stack]]:
@@ -427,9 +451,11 @@ def table(
     cpu: dict[str, float],
     database: dict[str, int],
     stacks: dict[str, Counter[Stack]],
+    statements: list[Statement] | None = None,
 ) -> dict[str, Any]:
     """CPU per acknowledged message per group, split by category where the group was sampled, and
-    PostgreSQL's transactions and rows per acknowledged message."""
+    PostgreSQL's transactions, rows and (where counted) statements per acknowledged message, with
+    the :data:`TOP_STATEMENTS` that took the most execution time."""
     messages = max(step.acknowledged, 1)
     by_group = group_stacks(spec, stacks)
     processes: dict[str, list[str]] = {}
@@ -456,11 +482,34 @@ def table(
         "postgres_per_message": {
             "transactions": round(transactions / messages, 2),
             **{name: round(count / messages, 2) for name, count in database.items()},
-            "statements": None,  # pg_stat_statements is not loaded (see the module's docstring)
+            **statement_figures(statements, messages),
         },
         "categories": {
             c.name: {"modules": list(c.modules), "functions": list(c.functions), "what": c.what} for c in CATEGORIES
         },
+    }
+
+
+#: How many of the statements that took the most execution time the table names.
+TOP_STATEMENTS = 10
+
+
+def statement_figures(statements: list[Statement] | None, messages: int) -> dict[str, Any]:
+    """Statements per message, their execution time per message, and the costliest (None: not counted)."""
+    if statements is None:
+        return {"statements": None, "statement_exec_ms": None, "top_statements": []}
+    return {
+        "statements": round(sum(s.calls for s in statements) / messages, 2),
+        "statement_exec_ms": round(sum(s.exec_ms for s in statements) / messages, 3),
+        "top_statements": [
+            {
+                "query": " ".join(s.query.split())[:300],
+                "calls": round(s.calls / messages, 2),
+                "exec_ms": round(s.exec_ms / messages, 3),
+                "rows": round(s.rows / messages, 2),
+            }
+            for s in statements[:TOP_STATEMENTS]
+        ],
     }
 
 

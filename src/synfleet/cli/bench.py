@@ -78,12 +78,25 @@ def _print_profile(console: Console, results: dict[str, Any], out: Path) -> None
         table.add_row(group, f"{figures['cpu_ms_per_message']:.1f}", *samples, *split)
     console.print(table)
     database = results["postgres_per_message"]
-    console.print(
-        f"PostgreSQL per acknowledged message (pg_stat_database): {database['transactions']} transactions; rows "
-        f"{database['tup_returned']} returned, {database['tup_fetched']} fetched, {database['tup_inserted']} "
-        f"inserted, {database['tup_updated']} updated, {database['tup_deleted']} deleted; statements not counted "
-        "(pg_stat_statements is not loaded)"
+    statements = (
+        f"{database['statements']} statements taking {database['statement_exec_ms']} ms to execute"
+        if database["statements"] is not None
+        else "statements not counted (the database is not the fleet's own)"
     )
+    console.print(
+        f"PostgreSQL per acknowledged message: {database['transactions']} transactions; rows "
+        f"{database['tup_returned']} returned, {database['tup_fetched']} fetched, {database['tup_inserted']} "
+        f"inserted, {database['tup_updated']} updated, {database['tup_deleted']} deleted; {statements}"
+    )
+    if database["top_statements"]:
+        top = Table(title="the statements that took the most execution time, per acknowledged message")
+        for column in ("calls", "exec ms", "rows", "statement"):
+            top.add_column(column, justify="left" if column == "statement" else "right")
+        for statement in database["top_statements"]:
+            top.add_row(
+                f"{statement['calls']:g}", f"{statement['exec_ms']:.3f}", f"{statement['rows']:g}", statement["query"]
+            )
+        console.print(top)
     console.print(f"py-spy's own CPU: {results['profiler_cpu_seconds']} s; flame graphs and stacks in {out}")
 
 

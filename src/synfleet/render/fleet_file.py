@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 from synfleet.model.fleet import SYNC_WRITER_STREAMS, Stream
@@ -11,14 +12,21 @@ from synfleet.model.schema.resources import FIXED_GROUPS
 from synfleet.render.templating import render
 
 
+def toml_key(key: str) -> str:
+    """A TOML key: bare where TOML allows it, else quoted (a dotted PostgreSQL setting stays one key)."""
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else toml_value(key)
+
+
 def toml_value(value: object) -> str:
-    """A TOML literal for a value of the fleet file (booleans, numbers, strings, lists of them)."""
+    """A TOML literal for a value of the fleet file (booleans, numbers, strings, lists of them, tables)."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):
         return repr(value)
     if isinstance(value, list | tuple):
         return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{toml_key(k)} = {toml_value(v)}" for k, v in value.items()) + "}"
     return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
@@ -60,7 +68,7 @@ def fleet_toml(spec: FleetSpec) -> str:
         scalars = {k: v for k, v in values.items() if not isinstance(v, dict) and v is not None}
         if scalars or not values:
             lines.append(f"\n[{prefix}]")
-            lines.extend(f"{key} = {toml_value(value)}" for key, value in scalars.items())
+            lines.extend(f"{toml_key(key)} = {toml_value(value)}" for key, value in scalars.items())
         for key, value in values.items():
             if isinstance(value, dict):
                 table(f"{prefix}.{key}", value)

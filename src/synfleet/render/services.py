@@ -147,6 +147,7 @@ def postgres(context: Context) -> Start:
             "unix_socket_permissions": "0700",
             "max_connections": "500",
             **_postgres_tls(context),
+            **spec.database.server_settings(),
         }
         command = (context.native.programs["postgres"], "-D", context.native.postgres_data, *_settings(options))
         return Start(
@@ -160,7 +161,8 @@ def postgres(context: Context) -> Start:
     if context.target == KUBERNETES:
         # Every Synapse process may open pool_max connections, and psql needs a few more.
         connections = max(100, len(spec.fleet.workers) * spec.database.pool_max + 10)
-        command = tuple(_settings({"max_connections": str(connections), "hba_file": CONTAINER_HBA_FILE}))
+        options = {"max_connections": str(connections), "hba_file": CONTAINER_HBA_FILE}
+        command = tuple(_settings({**options, **spec.database.server_settings()}))
         return Start(Service.POSTGRES.value, command, postgres_ready("127.0.0.1", spec))
     # The image's own socket too: its first-start setup connects there (in the container only).
     sockets = f"{socket_dir},{POSTGRES_IMAGE_SOCKETS}"
@@ -169,6 +171,7 @@ def postgres(context: Context) -> Start:
         "listen_addresses": context.private,
         "hba_file": CONTAINER_HBA_FILE,
         **_postgres_tls(context),
+        **spec.database.server_settings(),
     }
     command = ("postgres", *_settings(options))
     # On several hosts its TLS files are copied, as root, for the image's account; then the image's

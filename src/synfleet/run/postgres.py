@@ -180,6 +180,21 @@ def _ensure(socket_dir: str, data: Path, database: Database, password: str, file
     return told
 
 
+def create_extension(socket_dir: str, data: Path, database: Database, extension: str) -> None:
+    """As the cluster's superuser (as the account that owns the cluster): ``extension`` in
+    Synapse's database, if it is not there yet."""
+    importlib.import_module("psycopg2.sql")  # loaded here: the child's account may not read this Python
+
+    def create() -> list[str]:
+        from psycopg2 import sql
+
+        with closing(_connect(socket_dir, POSTGRES_SUPERUSER, database.name)) as admin, admin.cursor() as cursor:
+            cursor.execute(sql.SQL("CREATE EXTENSION IF NOT EXISTS {}").format(sql.Identifier(extension)))
+        return []
+
+    run_as(cluster_owner(data), create)
+
+
 def _reason(error: Exception) -> str:
     """The first line of what PostgreSQL or libpq said."""
     lines = str(error).strip().splitlines()
