@@ -12,14 +12,14 @@ carries at most
 
 the smallest of these is the prediction, and its name is the first thing to saturate. On this
 machine the generator shares the cores and is counted; on bigger ones it is assumed elsewhere.
+Queueing makes the service level break before 100% busy: the ratio measured/predicted on the
+machine that ran the bench is printed, and applied to the other predictions as "calibrated".
 
 Every Synapse process also handles every replicated event, whatever share of the load it serves:
 one more process of a role adds CPU per message to the fleet (its own, and what Redis and
 PostgreSQL do for it). Where that was measured (``added``, against the process counts the costs
 were measured with), a shape with more or fewer processes of a role than that pays the difference,
 in its group and on the machine.
-Queueing makes the service level break before 100% busy: the ratio measured/predicted on the
-machine that ran the bench is printed, and applied to the other predictions as "calibrated".
 """
 
 from __future__ import annotations
