@@ -155,7 +155,9 @@ def main() -> None:
         shown = ", ".join(f"{k} {v}" for k, v in sorted(figures.items(), key=lambda kv: -kv[1]))
         print(f"median {name}: {shown}")
     if options.out:
-        options.out.write_text(json.dumps({"runs": results, "medians": medians}, indent=1) + "\n")
+        settings = {"rate": options.rate, "seconds": options.seconds, "rounds": options.rounds}
+        settings["base"] = str(options.base)
+        options.out.write_text(json.dumps({"settings": settings, "runs": results, "medians": medians}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -25,63 +25,79 @@ def costs(added: dict[str, float] | None = None) -> Costs:
 
 
 def test_costs_keep_what_an_added_process_costs_through_json() -> None:
-    measured = costs({"rooms": 0.0021, "sender": 0.0034})
+    measured = costs({"rooms": 0.021, "sender": 0.034})
     again = Costs.from_json(measured.as_json())
     assert again.added == pytest.approx(measured.added) and again.counts == MEASURED
     assert Costs.from_json(costs().as_json()).added == {}
 
 
 def test_a_shape_with_more_processes_than_measured_pays_for_them() -> None:
-    plain, paying = costs(), costs({"rooms": 0.002, "sender": 0.003})
-    assert paying.group_cost("rooms", 2) == pytest.approx(0.012)  # as measured
-    assert paying.group_cost("rooms", 6) == pytest.approx(0.012 + 4 * 0.002)
-    assert paying.group_cost("rooms", 1) == pytest.approx(0.010)  # one fewer saves its share
-    assert paying.group_cost("sender", 4) == pytest.approx(0.012)
+    plain, paying = costs(), costs({"rooms": 0.02, "sender": 0.03})
+    assert paying.group_idle("rooms", 2) == pytest.approx(0.01)  # as measured
+    assert paying.group_idle("rooms", 6) == pytest.approx(0.01 + 4 * 0.02)
+    assert paying.group_idle("rooms", 1) == pytest.approx(0.0)  # one fewer saves its share, down to none
+    assert paying.group_idle("sender", 4) == pytest.approx(0.01 + 3 * 0.03)
     seed = {**MEASURED, "rooms": 4, "sender": 4}
-    assert bounds(paying, seed, 8, False)["machine"] < bounds(plain, seed, 8, False)["machine"]
-    assert bounds(paying, seed, 8, False)["sender"] == pytest.approx(bounds(plain, seed, 8, False)["sender"] / 4)
+    paid, free = bounds(paying, seed, 8, False), bounds(plain, seed, 8, False)
+    assert paid["machine"] < free["machine"] and paid["sender"] < free["sender"]
     assert predict(paying, MEASURED, 8, False) == predict(plain, MEASURED, 8, False)
 
 
-def test_sizing_stops_adding_processes_that_cost_more_than_they_take_off() -> None:
-    cheap, dear = costs({"client_sync": 0.0005}), costs({"client_sync": 0.02})
-    assert role_need(cheap, Role.CLIENT_SYNC, 100)[1] == 4  # 2.5 + 3 * 0.05 + 0.01 cores, 70% each
+def test_sizing_counts_what_each_added_process_costs() -> None:
+    cheap, dear = costs({"client_sync": 0.01}), costs({"client_sync": 0.8})
+    assert role_need(cheap, Role.CLIENT_SYNC, 100)[1] == 4  # 2.5 + 0.01 + 3 * 0.01 cores, 70% each
     busy, count = role_need(dear, Role.CLIENT_SYNC, 100)
-    # Each process adds 2 cores of its own at 100 msgs/s: no count keeps them under 70%, and
-    # growing stops where one more takes little off the others.
-    assert 1 < count < MOST_PROCESSES and busy / count > 2
-    assert role_need(dear, Role.CLIENT_SYNC, 1)[1] == 1
+    # Each process costs 0.8 cores of its own: no count keeps them under 70%, and growing stops
+    # where one more takes little off the others.
+    assert 1 < count < MOST_PROCESSES and busy / count > 0.7
+    assert role_need(dear, Role.CLIENT_SYNC, 0.1)[1] == 1
     start = {"main": 1, "client_sync": 1, "rooms": 1, "tasks": 1, "sender": 1, "media": 1}
     grown, rate = sized_roles(costs(), start, 32)
-    paying, paid_rate = sized_roles(costs({"client_sync": 0.001, "rooms": 0.001, "tasks": 0.001}), start, 32)
+    paid = costs({"client_sync": 0.1, "rooms": 0.05, "tasks": 0.05})
+    paying, paid_rate = sized_roles(paid, start, 32)
     # The machine carries less, and each sized role still keeps its processes under the limit.
     assert paid_rate < rate and grown != paying
-    paid = costs({"client_sync": 0.001, "rooms": 0.001, "tasks": 0.001})
     for role in (Role.CLIENT_SYNC, Role.ROOMS, Role.TASKS):
         busy, count = role_need(paid, role, paid_rate)
         assert count == paying[role.value] and busy / count <= 0.7
 
 
 def test_added_costs_pair_each_variant_with_the_base_of_its_round() -> None:
+    """Only the role's own group and the servers every process talks to count: the other groups
+    move with the machine."""
     runs = {
-        "base": [{"total": 100.0}, {"total": 120.0}, {"total": 110.0}],
-        "sender": [{"total": 104.0}, {"total": 125.0}, {"total": 113.0}],
-        "rooms": [{"total": 99.0}, {"total": 119.0}, {"total": 109.5}],
+        "base": [
+            {"total": 100.0, "sender": 5.0, "postgres": 30.0, "redis": 1.0, "client_sync": 30.0},
+            {"total": 120.0, "sender": 6.0, "postgres": 35.0, "redis": 1.0, "client_sync": 36.0},
+            {"total": 110.0, "sender": 5.5, "postgres": 32.0, "redis": 1.0, "client_sync": 33.0},
+        ],
+        "sender": [
+            {"total": 118.0, "sender": 10.0, "postgres": 31.0, "redis": 1.1, "client_sync": 40.0},
+            {"total": 125.0, "sender": 11.0, "postgres": 36.5, "redis": 1.0, "client_sync": 36.0},
+            {"total": 113.0, "sender": 11.5, "postgres": 30.0, "redis": 1.0, "client_sync": 29.0},
+        ],
+        "client_reader": [
+            {"total": 99.0, "client_reader": 1.0, "postgres": 29.0, "redis": 1.0},
+            {"total": 119.0, "client_reader": 1.0, "postgres": 33.0, "redis": 1.0},
+            {"total": 109.5, "client_reader": 1.0, "postgres": 30.0, "redis": 1.0},
+        ],
     }
-    assert added_costs({"runs": runs}) == {"rooms": 0.0, "sender": 4.0}
+    settings = {"rate": 10.0}
+    # 6.1 ms per message at 10 messages a second: 0.061 cores.
+    assert added_costs({"settings": settings, "runs": runs}) == {"client_reader": 0.0, "sender": 0.061}
     with pytest.raises(UsageError, match="base"):
-        added_costs({"runs": {"sender": runs["sender"]}})
+        added_costs({"settings": settings, "runs": {"sender": runs["sender"]}})
     with pytest.raises(UsageError, match="'senders', not a role"):
-        added_costs({"runs": {"base": runs["base"], "senders": runs["sender"]}})
+        added_costs({"settings": settings, "runs": {"base": runs["base"], "senders": runs["sender"]}})
 
 
 def test_init_cores_counts_the_measured_cost_of_each_process() -> None:
     data = load_costs()
     assert data["costs"]["measured_processes"]["main"] == 1
     sizing = size_fleet(16, data)
-    if data["costs"].get("added_process_cpu_ms"):
-        assert any("each process beyond the measured shape adds" in reason for reason in sizing.reasons)
-    free = {**data, "costs": {**data["costs"], "added_process_cpu_ms": {}}}
+    if data["costs"].get("added_process_cores"):
+        assert any("each process beyond the measured shape costs" in reason for reason in sizing.reasons)
+    free = {**data, "costs": {**data["costs"], "added_process_cores": {}}}
     assert sizing.predicted_per_s is not None and size_fleet(16, free).predicted_per_s is not None
     assert sizing.predicted_per_s <= size_fleet(16, free).predicted_per_s
 

@@ -15,11 +15,11 @@ machine the generator shares the cores and is counted; on bigger ones it is assu
 Queueing makes the service level break before 100% busy: the ratio measured/predicted on the
 machine that ran the bench is printed, and applied to the other predictions as "calibrated".
 
-Every Synapse process also handles every replicated event, whatever share of the load it serves:
-one more process of a role adds CPU per message to the fleet (its own, and what Redis and
-PostgreSQL do for it). Where that was measured (``added``, against the process counts the costs
-were measured with), a shape with more or fewer processes of a role than that pays the difference,
-in its group and on the machine.
+Every Synapse process also handles every replicated event and runs its own timers, whatever
+share of the load it serves: one more process of a role costs the fleet CPU (its own, and what
+Redis and PostgreSQL do for it). Where that was measured (``added``: cores per process, at the
+bench's rate, against the process counts the costs were measured with), a shape with more or fewer
+processes of a role than that pays the difference, in its group's idle cores and the machine's.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ class Costs:
 
     per_message: dict[str, float]
     idle: dict[str, float]
-    #: CPU-seconds per message the fleet spends for each process of a group beyond ``counts``.
+    #: Cores the fleet spends for each process of a group beyond ``counts``.
     added: dict[str, float] = field(default_factory=dict)
     #: The processes per group the costs were measured with.
     counts: dict[str, int] = field(default_factory=dict)
@@ -62,7 +62,7 @@ class Costs:
             "idle_cores": {k: round(v, 4) for k, v in sorted(self.idle.items())},
         }
         if self.added:
-            data["added_process_cpu_ms"] = {k: round(v * 1000, 3) for k, v in sorted(self.added.items())}
+            data["added_process_cores"] = {k: round(v, 4) for k, v in sorted(self.added.items())}
             data["measured_processes"] = dict(sorted(self.counts.items()))
         return data
 
@@ -71,16 +71,16 @@ class Costs:
         return cls(
             {k: v / 1000 for k, v in data["per_message_cpu_ms"].items()},
             dict(data["idle_cores"]),
-            {k: v / 1000 for k, v in data.get("added_process_cpu_ms", {}).items()},
+            dict(data.get("added_process_cores", {})),
             dict(data.get("measured_processes", {})),
         )
 
-    def group_cost(self, group: str, count: int | None = None) -> float:
-        """CPU-seconds per message of ``group`` with ``count`` processes (None: as measured)."""
-        cost = self.per_message.get(group, 0.0)
+    def group_idle(self, group: str, count: int | None = None) -> float:
+        """Cores ``group`` uses with no messages, with ``count`` processes (None: as measured)."""
+        idle = self.idle.get(group, 0.0)
         if count is not None and group in self.added:
-            cost += (count - self.counts.get(group, 0)) * self.added[group]
-        return max(0.0, cost)
+            idle += (count - self.counts.get(group, 0)) * self.added[group]
+        return max(0.0, idle)
 
     @classmethod
     def median(cls, runs: list[Costs]) -> Costs:
@@ -137,17 +137,17 @@ class Prediction:
 def bounds(costs: Costs, counts: dict[str, int], cores: float, with_generator: bool) -> dict[str, float]:
     """The messages/s the machine ("machine") and each single-threaded group of ``counts`` carry."""
     groups = {g for g in costs.per_message if with_generator or g != GENERATOR} | (counts.keys() & costs.added.keys())
-    total = sum(costs.group_cost(g, counts.get(g)) for g in groups)
-    idle = sum(costs.idle.get(g, 0.0) for g in groups)
+    total = sum(costs.per_message.get(g, 0.0) for g in groups)
+    idle = sum(costs.group_idle(g, counts.get(g)) for g in groups)
     found = {"machine": (cores - idle) / total if total else math.inf}
     for group, count in counts.items():
-        cost = costs.group_cost(group, count)
+        cost = costs.per_message.get(group, 0.0)
         if cost > 0:
             processes = min(count, cores)
             if group in EVERY_EVENT_ROLES:  # each process does the group's work once per its share
-                found[group] = (1 - costs.idle.get(group, 0.0) / count) / (cost / count)
+                found[group] = (1 - costs.group_idle(group, count) / count) / (cost / count)
             else:
-                found[group] = (processes - costs.idle.get(group, 0.0)) / cost
+                found[group] = (processes - costs.group_idle(group, count)) / cost
     return found
 
 
@@ -163,13 +163,12 @@ MOST_PROCESSES = 64
 
 def role_need(costs: Costs, role: Role, rate: float) -> tuple[float, int]:
     """The cores a role uses at ``rate`` messages/s, and the processes that keeps each below
-    BUSY_LIMIT of its core (at least one). Each process beyond the measured count adds its own CPU
-    per message, so where no count does that, growing stops once one more process takes less than
-    1% off each process's load."""
-    idle = costs.idle.get(role.value, 0.0)
+    BUSY_LIMIT of its core (at least one). Each process beyond the measured count adds cores of its
+    own, so where no count does that, growing stops once one more process takes less than 1% off
+    each process's load."""
 
     def busy(count: int) -> float:
-        return idle + costs.group_cost(role.value, count) * rate
+        return costs.group_idle(role.value, count) + costs.per_message.get(role.value, 0.0) * rate
 
     for count in range(1, MOST_PROCESSES):
         share = busy(count) / count

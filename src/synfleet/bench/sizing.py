@@ -116,16 +116,18 @@ def size_fleet(cores: int, data: dict[str, Any] | None = None) -> Sizing:
     counts, machine = sized_roles(costs, start, cores)
     reasons = [f"the cost model puts this machine's capacity at {machine:.0f} messages/s ({cores} cores)"]
     if costs.added:
-        added = ", ".join(f"{group} {ms * 1000:.1f}" for group, ms in sorted(costs.added.items()))
-        reasons.append(f"each process beyond the measured shape adds CPU ms per message (all of it counted): {added}")
+        added = ", ".join(f"{group} {share:.0%}" for group, share in sorted(costs.added.items()))
+        reasons.append(f"each process beyond the measured shape costs a share of a core (counted): {added}")
     reasons.append("media = 1: uploads and downloads are not in the bench's load")
     for role in SIZED_ROLES:
         count = counts[role.value]
         workers[_counts_key(role)] = count
-        busy = costs.idle.get(role.value, 0.0) + costs.group_cost(role.value, count) * machine
+        idle = costs.group_idle(role.value, count)
+        busy = idle + costs.per_message.get(role.value, 0.0) * machine
         reasons.append(
-            f"{_counts_key(role)} = {count}: {costs.group_cost(role.value, count) * 1000:.1f} ms CPU per "
-            f"message at {machine:.0f} msgs/s is {busy:.2f} cores, at most {BUSY_LIMIT:.0%} of a core per process"
+            f"{_counts_key(role)} = {count}: {costs.per_message.get(role.value, 0.0) * 1000:.1f} ms CPU per "
+            f"message at {machine:.0f} msgs/s and {idle:.2f} cores besides are {busy:.2f} cores, at most "
+            f"{BUSY_LIMIT:.0%} of a core per process"
         )
     reasons.append(
         "sender = 1: the bench has no other server; each sender reads every event, so more senders only add "
@@ -171,12 +173,19 @@ def costs_from_results(shapes: dict[str, list[dict[str, Any]]], costs_shape: str
     }
 
 
+#: The groups whose CPU one more process of a role can raise: its own group, and the servers every
+#: process talks to. The other groups' change is the shared machine's drift (an idle client reader
+#: measured as raising the sync worker's CPU per message by 5 ms).
+SHARED_SERVERS = ("postgres", "redis")
+
+
 def added_costs(cuts: dict[str, Any]) -> dict[str, float]:
-    """CPU ms per message that one more process of each role adds to the whole fleet, from a run of
-    ``scripts/bench_cuts.py`` with the variant "base" and one variant per role named after it, each
-    with one more process of that role: in each round the variant's total less the base's, the
-    median of those (at least 0: a process costs, whatever the noise says)."""
-    runs = cuts["runs"]
+    """Cores that one more process of each role costs, from a run of ``scripts/bench_cuts.py`` with
+    the variant "base" and one variant per role named after it, each with one more process of that
+    role: in each round, the CPU per message the role's group and :data:`SHARED_SERVERS` used
+    beyond the base of that round; the median of the rounds (at least 0: a process costs, whatever
+    the noise says), at the runs' message rate."""
+    runs, rate = cuts["runs"], cuts["settings"]["rate"]
     if "base" not in runs:
         raise UsageError("the added-process runs have no variant named base")
     unknown = sorted(set(runs) - {"base"} - set(WORKERS_KEY.values()))
@@ -185,8 +194,11 @@ def added_costs(cuts: dict[str, Any]) -> dict[str, float]:
     added = {}
     for role, mine in sorted(runs.items()):
         if role != "base":
-            paired = [v["total"] - b["total"] for v, b in zip(mine, runs["base"], strict=True)]
-            added[role] = round(max(0.0, statistics.median(paired)), 3)
+            groups = (role, *SHARED_SERVERS)
+            paired = [
+                sum(v.get(g, 0.0) - b.get(g, 0.0) for g in groups) for v, b in zip(mine, runs["base"], strict=True)
+            ]
+            added[role] = round(max(0.0, statistics.median(paired)) * rate / 1000, 4)
     return added
 
 
@@ -206,7 +218,7 @@ def main() -> None:
         shapes.setdefault(name, []).append(json.loads(Path(file).read_text()))
     data = costs_from_results(shapes, args.costs_from)
     if args.added:
-        data["costs"]["added_process_cpu_ms"] = added_costs(json.loads(args.added.read_text()))
+        data["costs"]["added_process_cores"] = added_costs(json.loads(args.added.read_text()))
     if args.out.exists() and "initial_sync" in (kept := load_costs(args.out)):
         data["initial_sync"] = kept["initial_sync"]  # measured by the initial-sync test, not by these runs
     args.out.write_text(json.dumps(data, indent=2) + "\n")
