@@ -9,7 +9,9 @@ A variant is ``name`` or ``name=section.key=VALUE[;section.key=VALUE...]``: the 
 those keys set (VALUE is a TOML value; a bare word is a string). Each run is one step of
 ``synfleet bench --capacity --compare fleet`` at ``--rate`` for ``--seconds`` on a fresh database
 (40 users, 40 rooms, everyone syncing), in its own directory under ``--work``. Prints each run's
-CPU milliseconds per acknowledged message by group, then each variant's medians.
+CPU milliseconds per acknowledged message by group, then each variant's medians; with ``--faults``
+also the page faults per second the Synapse processes took during the step. ``--out`` keeps every
+run and the medians as JSON (``python -m synfleet.bench.sizing --added`` reads it).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from typing import Any
 
 
 def variant(text: str) -> tuple[str, dict[tuple[str, str], str]]:
+    """A variant's name and the TOML value of each (section, key) it sets."""
     name, _, changes = text.partition("=")
     settings: dict[tuple[str, str], str] = {}
     for change in filter(None, changes.split(";")):
