@@ -95,11 +95,22 @@ def test_init_cores_counts_the_measured_cost_of_each_process() -> None:
     data = load_costs()
     assert data["costs"]["measured_processes"]["main"] == 1
     sizing = size_fleet(16, data)
-    if data["costs"].get("added_process_cores"):
-        assert any("each process beyond the measured shape costs" in reason for reason in sizing.reasons)
+    assert data["costs"]["added_process_cores"]
+    assert any("each process beyond the measured shape costs" in reason for reason in sizing.reasons)
     free = {**data, "costs": {**data["costs"], "added_process_cores": {}}}
     assert sizing.predicted_per_s is not None and size_fleet(16, free).predicted_per_s is not None
     assert sizing.predicted_per_s <= size_fleet(16, free).predicted_per_s
+
+
+def test_sizing_says_which_single_process_saturates_before_the_machine() -> None:
+    """One sender follows every event: when it is a core's worth before the machine is full, the
+    reasons say so rather than promise the machine's figure."""
+    data = load_costs()
+    busy = {**data["costs"], "per_message_cpu_ms": {**data["costs"]["per_message_cpu_ms"], "sender": 20.0}}
+    sizing = size_fleet(16, {**data, "costs": busy})
+    assert sizing.workers["sender"] == 1 and sizing.predicted_per_s is not None and sizing.predicted_per_s < 50
+    assert any(reason.startswith("sender saturates first, at ") for reason in sizing.reasons)
+    assert not any("saturates first" in reason for reason in size_fleet(8, data).reasons)
 
 
 def _bench_cuts() -> ModuleType:

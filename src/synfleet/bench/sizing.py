@@ -100,6 +100,13 @@ def _small_machine(cores: int, data: dict[str, Any]) -> Sizing:
     return Sizing(cores, dict(data["shapes"][best]["workers"]), reasons, measured[best]["median"])
 
 
+#: The processes that can saturate before the machine does, whatever the cores, and why.
+SINGLE_LIMITS = {
+    Role.MAIN.value: "more cores do not help this load",
+    Role.SENDER.value: "each sender reads every event, so more senders do not divide that part of its work",
+}
+
+
 def size_fleet(cores: int, data: dict[str, Any] | None = None) -> Sizing:
     """The [workers] of a fleet for ``cores``, with the reasons for each count."""
     if cores < 1:
@@ -137,11 +144,11 @@ def size_fleet(cores: int, data: dict[str, Any] | None = None) -> Sizing:
         "client_reader and federation_reader: not loaded by the bench; one each from 8 cores, "
         "for the requests the model does not see"
     )
-    main = costs.per_message.get(Role.MAIN.value, 0.0)
     fleet = build_fleet("sized.invalid", {role: workers.get(key, 0) for role, key in WORKERS_KEY.items()})
     predicted = predict(costs, process_counts(fleet), cores, with_generator=False)
-    if main and predicted.limit == Role.MAIN.value:
-        reasons.append(f"main saturates first, at {predicted.capacity:.0f} msgs/s: more cores do not help this load")
+    if predicted.limit in SINGLE_LIMITS:
+        why = SINGLE_LIMITS[predicted.limit]
+        reasons.append(f"{predicted.limit} saturates first, at {predicted.capacity:.0f} msgs/s: {why}")
     return _with_initial_sync(Sizing(cores, workers, reasons, predicted.capacity), data)
 
 
