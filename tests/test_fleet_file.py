@@ -6,14 +6,17 @@ import shutil
 from pathlib import Path
 
 import pytest
+import yaml
 
 from conftest import synfleet
 from helpers import CONFIGS
 from synfleet.bench.sizing import initial_sync_pool, load_costs, size_fleet
 from synfleet.layout import COMPOSE, native_layout
 from synfleet.model.fleet import Role, Stream
+from synfleet.model.load import load_spec
 from synfleet.model.profiles import PROFILES, profile_spec
 from synfleet.model.schema import parse_fleet, parse_fleet_file
+from synfleet.render.deploy import render_kubernetes_deployment
 from synfleet.render.fleet_file import fleet_file_text, fleet_toml
 from synfleet.render.services import Context, Native, service_table
 
@@ -213,3 +216,23 @@ def test_postgres_settings_reach_the_fleets_own_server_and_survive_a_rewrite() -
         given = dict(command[i + 1].split("=", 1) for i, argument in enumerate(command) if argument == "-c")
         assert expected.items() <= given.items(), command
     assert parse_fleet(fleet_file_text("example.org", "seed")).database.settings == {}
+
+
+def test_a_postgres_setting_reaches_the_server_as_written_on_every_target(tmp_path: Path) -> None:
+    """A "$" in a setting is the server's own (an archive_command's): natively as written, and
+    escaped where compose and Kubernetes would expand it."""
+    value = "test ! -f /archive/%f && cp %p /archive/%f # $HOME $(POD_NAME)"
+    spec = parse_fleet(f'server_name = "example.org"\n[database.settings]\narchive_command = "{value}"\n')
+    run = "/srv/fleet/run"
+    programs = {name: f"/usr/bin/{name}" for name in ("python", "postgres", "redis-server", "nginx")}
+    native = Context(spec, native_layout(run), native=Native(programs, run, f"{run}/postgres", "", ()))
+    assert f"archive_command={value}" in service_table(native, front=True)["postgres"].command
+    (tmp_path / "fleet.toml").write_text(fleet_toml(spec))
+    render_kubernetes_deployment(load_spec(tmp_path), tmp_path, trial_services=True)
+    assert synfleet("render", "--dir", str(tmp_path)).returncode == 0
+    escaped = f"archive_command={value.replace('$', '$$')}"
+    compose = yaml.safe_load((tmp_path / "deploy" / "docker-compose.yml").read_text())
+    assert escaped in compose["services"]["postgres"]["command"]
+    manifests = yaml.safe_load_all((tmp_path / "deploy" / "kubernetes" / "trial-postgres.yaml").read_text())
+    pod = next(m for m in manifests if m["kind"] in ("Deployment", "StatefulSet"))
+    assert escaped in pod["spec"]["template"]["spec"]["containers"][0]["args"]

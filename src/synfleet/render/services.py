@@ -162,7 +162,7 @@ def postgres(context: Context) -> Start:
         # Every Synapse process may open pool_max connections, and psql needs a few more.
         connections = max(100, len(spec.fleet.workers) * spec.database.pool_max + 10)
         options = {"max_connections": str(connections), "hba_file": CONTAINER_HBA_FILE}
-        command = tuple(_settings({**options, **spec.database.server_settings()}))
+        command = tuple(_settings({**options, **_expanded_literally(spec.database.server_settings())}))
         return Start(Service.POSTGRES.value, command, postgres_ready("127.0.0.1", spec))
     # The image's own socket too: its first-start setup connects there (in the container only).
     sockets = f"{socket_dir},{POSTGRES_IMAGE_SOCKETS}"
@@ -171,7 +171,7 @@ def postgres(context: Context) -> Start:
         "listen_addresses": context.private,
         "hba_file": CONTAINER_HBA_FILE,
         **_postgres_tls(context),
-        **spec.database.server_settings(),
+        **_expanded_literally(spec.database.server_settings()),
     }
     command = ("postgres", *_settings(options))
     # On several hosts its TLS files are copied, as root, for the image's account; then the image's
@@ -249,6 +249,12 @@ INITDB_SCRIPT = "postgres/synfleet-initdb.sql"
 CONTAINER_INITDB_DIR = "/docker-entrypoint-initdb.d"
 #: Synapse's password, in the PostgreSQL container's environment (for :func:`initdb_script`).
 DATABASE_PASSWORD_VARIABLE = "SYNFLEET_DATABASE_PASSWORD"
+
+
+def _expanded_literally(settings: Mapping[str, str]) -> dict[str, str]:
+    """Settings for a command that compose and Kubernetes expand ("$NAME", "$(NAME)"): in both,
+    "$$" is a literal "$"."""
+    return {name: value.replace("$", "$$") for name, value in settings.items()}
 
 
 def _settings(options: Mapping[str, str]) -> list[str]:

@@ -39,6 +39,7 @@ MANAGED_POSTGRES_SETTINGS = frozenset(
 #: before it was on disk, or pages torn in a write.
 DURABILITY_SETTINGS = ("fsync", "synchronous_commit", "full_page_writes")
 _OFF = {"off", "false", "no", "0"}
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _SETTING_NAME = re.compile(r"[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)?")
 
 
@@ -72,6 +73,8 @@ class Database(Section):
         for name, setting in value.items():
             if not _SETTING_NAME.fullmatch(name):
                 raise ValueError(f"{name!r} is not a PostgreSQL setting's name")
+            if isinstance(setting, str) and _CONTROL.search(setting):
+                raise ValueError(f"{name}: a value cannot hold a control character (a new line, a tab, NUL)")
             if name in MANAGED_POSTGRES_SETTINGS:
                 raise ValueError(f"{name} is set by synfleet (where PostgreSQL listens, who logs in, TLS)")
             text = str(setting).lower() if not isinstance(setting, bool) else ("on" if setting else "off")
