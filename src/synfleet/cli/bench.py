@@ -60,6 +60,10 @@ def _print_capacity(console: Console, results: dict[str, Any]) -> None:
         console.print(grid)
 
 
+#: The characters of a statement the profile's table shows.
+STATEMENT_WIDTH = 160
+
+
 def _print_profile(console: Console, results: dict[str, Any], out: Path) -> None:
     step = results["step"]
     table = Table(
@@ -93,9 +97,9 @@ def _print_profile(console: Console, results: dict[str, Any], out: Path) -> None
         for column in ("calls", "exec ms", "rows", "statement"):
             top.add_column(column, justify="left" if column == "statement" else "right")
         for statement in database["top_statements"]:
-            top.add_row(
-                f"{statement['calls']:g}", f"{statement['exec_ms']:.3f}", f"{statement['rows']:g}", statement["query"]
-            )
+            query = statement["query"]  # whole in profile.json
+            shown = query if len(query) <= STATEMENT_WIDTH else query[: STATEMENT_WIDTH - 1] + "…"
+            top.add_row(f"{statement['calls']:g}", f"{statement['exec_ms']:.3f}", f"{statement['rows']:g}", shown)
         console.print(top)
     console.print(f"py-spy's own CPU: {results['profiler_cpu_seconds']} s; flame graphs and stacks in {out}")
 
