@@ -97,7 +97,7 @@ def _print_profile(console: Console, results: dict[str, Any], out: Path) -> None
         for column in ("calls", "exec ms", "rows", "statement"):
             top.add_column(column, justify="left" if column == "statement" else "right")
         for statement in database["top_statements"]:
-            query = statement["query"]  # whole in profile.json
+            query = statement["query"]
             shown = query if len(query) <= STATEMENT_WIDTH else query[: STATEMENT_WIDTH - 1] + "…"
             top.add_row(f"{statement['calls']:g}", f"{statement['exec_ms']:.3f}", f"{statement['rows']:g}", shown)
         console.print(top)
