@@ -4,6 +4,8 @@ measured pays for them, in its group and on the machine, and `init --cores` size
 from __future__ import annotations
 
 import importlib.util
+import subprocess
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -111,6 +113,26 @@ def test_sizing_says_which_single_process_saturates_before_the_machine() -> None
     assert sizing.workers["sender"] == 1 and sizing.predicted_per_s is not None and sizing.predicted_per_s < 50
     assert any(reason.startswith("sender saturates first, at ") for reason in sizing.reasons)
     assert not any("saturates first" in reason for reason in size_fleet(8, data).reasons)
+
+
+def _sizing(*arguments: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "synfleet.bench.sizing", *arguments], capture_output=True, text=True)
+
+
+@pytest.mark.parametrize(
+    ("results", "message"),
+    [("{}", "not those of bench --capacity"), ("[1]", "not an object of results"), ("not json", "not JSON")],
+)
+def test_costs_json_is_written_whole_from_good_results_only(tmp_path: Path, results: str, message: str) -> None:
+    (tmp_path / "r.json").write_text(results)
+    out = tmp_path / "costs.json"
+    bad = _sizing(f"small={tmp_path / 'r.json'}", "--out", str(out))
+    missing = _sizing(f"small={tmp_path / 'none.json'}", "--out", str(out))
+    unnamed = _sizing(str(tmp_path / "r.json"), "--out", str(out))
+    for done in (bad, missing, unnamed):
+        assert done.returncode == 2 and done.stderr.count("error:") == 1 and "Traceback" not in done.stderr
+    assert message in bad.stderr and "No such file" in missing.stderr and "NAME=FILE" in unnamed.stderr
+    assert not out.exists()
 
 
 def _bench_cuts() -> ModuleType:

@@ -27,6 +27,7 @@ from synfleet.bench.model import BUSY_LIMIT, SIZED_ROLES, Costs, predict, proces
 from synfleet.errors import UsageError
 from synfleet.model.fleet import Role, build_fleet
 from synfleet.model.schema.workers import Workers
+from synfleet.render.files import write_file
 
 COSTS_FILE = Path(__file__).with_name("costs.json")
 SMALL_MACHINE_CORES = 2
@@ -219,17 +220,41 @@ def main() -> None:
     parser.add_argument("--added", type=Path, help="scripts/bench_cuts.py's results: one more process of each role")
     parser.add_argument("--out", type=Path, default=COSTS_FILE)
     args = parser.parse_args()
-    shapes: dict[str, list[dict[str, Any]]] = {}
-    for item in args.results:
-        name, _, file = item.partition("=")
-        shapes.setdefault(name, []).append(json.loads(Path(file).read_text()))
-    data = costs_from_results(shapes, args.costs_from)
-    if args.added:
-        data["costs"]["added_process_cores"] = added_costs(json.loads(args.added.read_text()))
-    if args.out.exists() and "initial_sync" in (kept := load_costs(args.out)):
-        data["initial_sync"] = kept["initial_sync"]  # measured by the initial-sync test, not by these runs
-    args.out.write_text(json.dumps(data, indent=2) + "\n")
+    try:
+        data = _costs_file(args.results, args.costs_from, args.added)
+        if args.out.exists() and "initial_sync" in (kept := load_costs(args.out)):
+            data["initial_sync"] = kept["initial_sync"]  # measured by the initial-sync test, not by these runs
+        write_file(args.out, json.dumps(data, indent=2) + "\n")
+    except (OSError, UsageError) as error:
+        parser.error(str(error))
     print(f"wrote {args.out}")
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise UsageError(f"{path}: not JSON ({error})") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"{path}: not an object of results")
+    return data
+
+
+def _costs_file(results: list[str], costs_from: str, added: Path | None) -> dict[str, Any]:
+    """costs.json's content from the NAME=FILE capacity results and the added-process runs."""
+    shapes: dict[str, list[dict[str, Any]]] = {}
+    for item in results:
+        name, _, file = item.partition("=")
+        if not name or not file:
+            raise UsageError(f"{item!r}: give the capacity results as NAME=FILE")
+        shapes.setdefault(name, []).append(_read_json(Path(file)))
+    try:
+        data = costs_from_results(shapes, costs_from)
+        if added:
+            data["costs"]["added_process_cores"] = added_costs(_read_json(added))
+    except (KeyError, TypeError, ValueError) as error:
+        raise UsageError(f"the results are not those of bench --capacity and bench_cuts.py: {error!r}") from None
+    return data
 
 
 if __name__ == "__main__":
