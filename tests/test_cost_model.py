@@ -87,6 +87,9 @@ def test_added_costs_pair_each_variant_with_the_base_of_its_round() -> None:
     settings = {"rate": 10.0}
     # 6.1 ms per message at 10 messages a second: 0.061 cores.
     assert added_costs({"settings": settings, "runs": runs}) == {"client_reader": 0.0, "sender": 0.061}
+    # Batches pool their rounds, each at its own rate: the median of the six rounds.
+    again = {"settings": {"rate": 20.0}, "runs": {"base": runs["base"], "sender": runs["sender"]}}
+    assert added_costs({"settings": settings, "runs": runs}, again)["sender"] == pytest.approx(0.0725)
     with pytest.raises(UsageError, match="base"):
         added_costs({"settings": settings, "runs": {"sender": runs["sender"]}})
     with pytest.raises(UsageError, match="'senders', not a role"):

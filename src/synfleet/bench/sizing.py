@@ -187,27 +187,28 @@ def costs_from_results(shapes: dict[str, list[dict[str, Any]]], costs_shape: str
 SHARED_SERVERS = ("postgres", "redis")
 
 
-def added_costs(cuts: dict[str, Any]) -> dict[str, float]:
-    """Cores that one more process of each role costs, from a run of ``scripts/bench_cuts.py`` with
+def added_costs(*batches: dict[str, Any]) -> dict[str, float]:
+    """Cores that one more process of each role costs, from runs of ``scripts/bench_cuts.py`` with
     the variant "base" and one variant per role named after it, each with one more process of that
     role: in each round, the CPU per message the role's group and :data:`SHARED_SERVERS` used
-    beyond the base of that round; the median of the rounds (at least 0: a process costs, whatever
-    the noise says), at the runs' message rate."""
-    runs, rate = cuts["runs"], cuts["settings"]["rate"]
-    if "base" not in runs:
-        raise UsageError("the added-process runs have no variant named base")
-    unknown = sorted(set(runs) - {"base"} - set(WORKERS_KEY.values()))
-    if unknown:
-        raise UsageError(f"the added-process runs name {unknown[0]!r}, not a role")
-    added = {}
-    for role, mine in sorted(runs.items()):
-        if role != "base":
-            groups = (role, *SHARED_SERVERS)
-            paired = [
-                sum(v.get(g, 0.0) - b.get(g, 0.0) for g in groups) for v, b in zip(mine, runs["base"], strict=True)
-            ]
-            added[role] = round(max(0.0, statistics.median(paired)) * rate / 1000, 4)
-    return added
+    beyond the base of that round, as cores at that batch's message rate; the median over every
+    round of every batch (at least 0: a process costs, whatever the noise says)."""
+    pairs: dict[str, list[float]] = {}
+    for cuts in batches:
+        runs, rate = cuts["runs"], cuts["settings"]["rate"]
+        if "base" not in runs:
+            raise UsageError("the added-process runs have no variant named base")
+        unknown = sorted(set(runs) - {"base"} - set(WORKERS_KEY.values()))
+        if unknown:
+            raise UsageError(f"the added-process runs name {unknown[0]!r}, not a role")
+        for role, mine in runs.items():
+            if role != "base":
+                groups = (role, *SHARED_SERVERS)
+                pairs.setdefault(role, []).extend(
+                    sum(v.get(g, 0.0) - b.get(g, 0.0) for g in groups) * rate / 1000
+                    for v, b in zip(mine, runs["base"], strict=True)
+                )
+    return {role: round(max(0.0, statistics.median(cores)), 4) for role, cores in sorted(pairs.items())}
 
 
 def main() -> None:
@@ -217,7 +218,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("results", nargs="+", help="NAME=FILE: capacity results of the fleet shape NAME")
     parser.add_argument("--costs-from", default="small", help="the shape whose per-role costs size fleets")
-    parser.add_argument("--added", type=Path, help="scripts/bench_cuts.py's results: one more process of each role")
+    parser.add_argument(
+        "--added",
+        type=Path,
+        action="append",
+        default=[],
+        help="scripts/bench_cuts.py's results: one more process of each role (again for more batches)",
+    )
     parser.add_argument("--out", type=Path, default=COSTS_FILE)
     args = parser.parse_args()
     try:
@@ -240,7 +247,7 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def _costs_file(results: list[str], costs_from: str, added: Path | None) -> dict[str, Any]:
+def _costs_file(results: list[str], costs_from: str, added: list[Path]) -> dict[str, Any]:
     """costs.json's content from the NAME=FILE capacity results and the added-process runs."""
     shapes: dict[str, list[dict[str, Any]]] = {}
     for item in results:
@@ -251,7 +258,7 @@ def _costs_file(results: list[str], costs_from: str, added: Path | None) -> dict
     try:
         data = costs_from_results(shapes, costs_from)
         if added:
-            data["costs"]["added_process_cores"] = added_costs(_read_json(added))
+            data["costs"]["added_process_cores"] = added_costs(*(_read_json(path) for path in added))
     except (KeyError, TypeError, ValueError) as error:
         raise UsageError(f"the results are not those of bench --capacity and bench_cuts.py: {error!r}") from None
     return data
