@@ -15,7 +15,7 @@ from synfleet.layout import COMPOSE, native_layout
 from synfleet.model.fleet import Role, Stream
 from synfleet.model.load import load_spec
 from synfleet.model.profiles import PROFILES, profile_spec
-from synfleet.model.schema import parse_fleet, parse_fleet_file
+from synfleet.model.schema import FleetSpec, parse_fleet, parse_fleet_file
 from synfleet.render.deploy import render_kubernetes_deployment
 from synfleet.render.fleet_file import fleet_file_text, fleet_toml
 from synfleet.render.services import Context, Native, service_table
@@ -195,6 +195,13 @@ def test_initial_sync_pool_follows_the_measurement() -> None:
     assert initial_sync_pool({}) == (0, "initial_sync = 0: costs.json has no initial-sync measurement")
 
 
+def native_context(spec: FleetSpec) -> Context:
+    """What the native run renders for ``spec``, with its programs in /usr/bin."""
+    run = "/srv/fleet/run"
+    programs = {name: f"/usr/bin/{name}" for name in ("python", "postgres", "redis-server", "nginx")}
+    return Context(spec, native_layout(run), native=Native(programs, run, f"{run}/postgres", "", ()))
+
+
 def test_postgres_settings_reach_the_fleets_own_server_and_survive_a_rewrite() -> None:
     """[database] settings are given to the fleet's own PostgreSQL as -c NAME=VALUE (booleans as
     on/off, a dotted name as one key), natively, in compose and on Kubernetes; writing the fleet
@@ -207,9 +214,7 @@ def test_postgres_settings_reach_the_fleets_own_server_and_survive_a_rewrite() -
     expected = {"shared_buffers": "256MB", "pg_stat_statements.track": "all", "jit": "off", "max_connections": "300"}
     assert spec.database.server_settings() == expected
     assert parse_fleet(fleet_toml(spec)) == spec
-    run = "/srv/fleet/run"
-    programs = {name: f"/usr/bin/{name}" for name in ("python", "postgres", "redis-server", "nginx")}
-    native = Context(spec, native_layout(run), native=Native(programs, run, f"{run}/postgres", "", ()))
+    native = native_context(spec)
     compose = Context(spec, COMPOSE)
     for context in (native, compose):
         command = service_table(context, front=True)["postgres"].command
@@ -223,9 +228,7 @@ def test_a_postgres_setting_reaches_the_server_as_written_on_every_target(tmp_pa
     escaped where compose and Kubernetes would expand it."""
     value = "test ! -f /archive/%f && cp %p /archive/%f # $HOME $(POD_NAME)"
     spec = parse_fleet(f'server_name = "example.org"\n[database.settings]\narchive_command = "{value}"\n')
-    run = "/srv/fleet/run"
-    programs = {name: f"/usr/bin/{name}" for name in ("python", "postgres", "redis-server", "nginx")}
-    native = Context(spec, native_layout(run), native=Native(programs, run, f"{run}/postgres", "", ()))
+    native = native_context(spec)
     assert f"archive_command={value}" in service_table(native, front=True)["postgres"].command
     (tmp_path / "fleet.toml").write_text(fleet_toml(spec))
     render_kubernetes_deployment(load_spec(tmp_path), tmp_path, trial_services=True)

@@ -43,12 +43,19 @@ class Sizing:
     predicted_per_s: float | None
 
 
-def load_costs(path: Path = COSTS_FILE) -> dict[str, Any]:
+def read_json(path: Path, what: str) -> dict[str, Any]:
+    """The JSON object in ``path``; a UsageError naming ``what`` it should hold if it cannot be read."""
     try:
-        data: dict[str, Any] = json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        raise UsageError(f"{path}: cannot read the measured costs: {exc}") from None
+        raise UsageError(f"{path}: cannot read {what}: {exc}") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"{path}: {what} should be a JSON object")
     return data
+
+
+def load_costs(path: Path = COSTS_FILE) -> dict[str, Any]:
+    return read_json(path, "the measured costs")
 
 
 #: The fleet file's [workers] key of each worker role.
@@ -232,19 +239,9 @@ def main() -> None:
         if args.out.exists() and "initial_sync" in (kept := load_costs(args.out)):
             data["initial_sync"] = kept["initial_sync"]  # measured by the initial-sync test, not by these runs
         write_file(args.out, json.dumps(data, indent=2) + "\n")
-    except (OSError, UsageError) as error:
+    except (OSError, UsageError) as error:  # OSError: writing --out
         parser.error(str(error))
     print(f"wrote {args.out}")
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise UsageError(f"{path}: not JSON ({error})") from None
-    if not isinstance(data, dict):
-        raise UsageError(f"{path}: not an object of results")
-    return data
 
 
 def _costs_file(results: list[str], costs_from: str, added: list[Path]) -> dict[str, Any]:
@@ -254,11 +251,12 @@ def _costs_file(results: list[str], costs_from: str, added: list[Path]) -> dict[
         name, _, file = item.partition("=")
         if not name or not file:
             raise UsageError(f"{item!r}: give the capacity results as NAME=FILE")
-        shapes.setdefault(name, []).append(_read_json(Path(file)))
+        shapes.setdefault(name, []).append(read_json(Path(file), "capacity results"))
     try:
         data = costs_from_results(shapes, costs_from)
         if added:
-            data["costs"]["added_process_cores"] = added_costs(*(_read_json(path) for path in added))
+            batches = [read_json(path, "added-process runs") for path in added]
+            data["costs"]["added_process_cores"] = added_costs(*batches)
     except (KeyError, TypeError, ValueError) as error:
         raise UsageError(f"the results are not those of bench --capacity and bench_cuts.py: {error!r}") from None
     return data
