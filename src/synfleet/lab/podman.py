@@ -8,6 +8,7 @@ import hashlib
 import os
 import resource
 import shutil
+import stat
 import subprocess
 import tempfile
 from dataclasses import dataclass, replace
@@ -66,15 +67,7 @@ class Podman:
     def for_this_machine(cls) -> Podman:
         if shutil.which("podman") is None:
             raise LabError("podman is not installed (apt-get install podman runc)")
-        text = containers_conf()
-        path = (
-            Path(tempfile.gettempdir()) / f"synfleet-containers-{hashlib.sha256(text.encode()).hexdigest()[:12]}.conf"
-        )
-        if not path.exists():
-            partial = path.with_suffix(f".{os.getpid()}")
-            partial.write_text(text)
-            partial.replace(path)
-        return cls({**os.environ, "CONTAINERS_CONF": str(path)})
+        return cls({**os.environ, "CONTAINERS_CONF": str(_containers_conf_file(containers_conf()))})
 
     def run(
         self, *args: str, stdin: IO[Any] | None = None, timeout: float | None = None
@@ -100,3 +93,30 @@ class Podman:
             return None
         lines = done.stderr.strip().splitlines()
         return lines[-1] if lines else f"podman run exited with {done.returncode}"
+
+
+def _containers_conf_file(text: str) -> Path:
+    """A file holding ``text`` that podman reads: one per content in the temporary directory, used
+    only when this account owns it, no other can write it, and it holds ``text``. Another account
+    may have made that name first (it is predictable): then a file of this process's own."""
+    path = Path(tempfile.gettempdir()) / f"synfleet-containers-{hashlib.sha256(text.encode()).hexdigest()[:12]}.conf"
+    try:
+        found = path.lstat()
+        if (
+            stat.S_ISREG(found.st_mode)
+            and found.st_uid == os.geteuid()
+            and not found.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+            and path.read_text() == text
+        ):
+            return path
+    except FileNotFoundError:
+        pass
+    descriptor, name = tempfile.mkstemp(prefix=f"{path.stem}.", suffix=".conf")  # 0600, this account's
+    os.fchmod(descriptor, 0o644)  # as before: podman's settings are no secret
+    with os.fdopen(descriptor, "w") as file:
+        file.write(text)
+    try:
+        os.replace(name, path)  # refused over another account's file in a sticky directory
+    except OSError:
+        return Path(name)
+    return path
