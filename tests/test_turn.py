@@ -182,13 +182,15 @@ def uclient_missing() -> str | None:
 
 
 def turn_ports(profile: str) -> dict[str, object]:
-    """A free port for coturn, and ten relay ports below the kernel's ephemeral ones (a client's
-    own ports are taken there), none of them coturn's."""
+    """A free port for coturn, and a hundred relay ports below the kernel's ephemeral ones (a
+    client's own ports are taken there), none of them coturn's. Each run of coturn's test client
+    leaves three allocations behind until their lifetime ends, and coturn picks relay ports at
+    random: ten ports ran out within the test."""
     port = free_port()
     first = 20000 + port % 10000
-    if first <= port <= first + 9:
-        first += 10
-    return {"enabled": True, "port": port, "relay_min_port": first, "relay_max_port": first + 9}
+    if first <= port < first + 100:
+        first += 100
+    return {"enabled": True, "port": port, "relay_min_port": first, "relay_max_port": first + 99}
 
 
 @dataclass
