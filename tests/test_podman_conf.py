@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 
+import helpers
 from synfleet.lab.podman import _containers_conf_file
 
 
+@pytest.mark.prerequisite(helpers.root_reason("making a file of another account"))
 def test_a_settings_file_another_account_made_first_is_not_used(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("making a file of another account needs root")
     shared = tmp_path / "tmp"
     shared.mkdir()
     shared.chmod(0o1777)  # a sticky directory anyone writes, like /tmp
