@@ -80,6 +80,16 @@ def test_flame_graph_escapes_frames_and_leaves_out_invisible_ones() -> None:
     assert "tiny" not in drawn
 
 
+def test_flame_graph_stays_well_formed_with_a_frame_caught_half_written() -> None:
+    # Sampling a running process without stopping it can read a frame's name mid-write: bytes
+    # that are no text XML can hold, even escaped.
+    garbled = ("\x01\x00run (\x1bm.py)", "\ud800f\ufffe (x.py)")
+    svg = flame_graph_svg(Counter({garbled: 5, ("main (m.py)",): 5}), "sender \x07")
+    assert ET.fromstring(svg.encode()).tag == f"{SVG}svg"  # as the file is written: UTF-8
+    drawn = frames(svg)
+    assert {"\ufffd\ufffdrun (\ufffdm.py)", "\ufffdf\ufffd (x.py)", "main (m.py)"} <= set(drawn)
+
+
 def test_empty_profile_is_still_a_picture() -> None:
     root = ET.fromstring(flame_graph_svg(Counter(), "idle"))
     assert root.tag == f"{SVG}svg" and not list(root.iter(f"{SVG}g"))

@@ -9,6 +9,7 @@ samples, which a browser shows on hover; frames too narrow to see are left out.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +29,10 @@ MIN_WIDTH = 0.3
 MARGIN = 10
 TITLE_HEIGHT = 30
 LEGEND_HEIGHT = 20
+#: What XML 1.0 does not allow in a document, even escaped: most control characters, lone
+#: surrogates, U+FFFE and U+FFFF. py-spy's nonblocking sampling reads a running process's memory
+#: and can catch a frame's name half-written, so a name may hold any of them.
+NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 
 
 def parse_collapsed(text: str) -> Counter[Stack]:
@@ -86,6 +91,11 @@ def warm_colour(frame: str) -> str:
     return f"rgb({205 + value % 50},{80 + value % 150},{50 + value % 40})"
 
 
+def xml_text(value: str) -> str:
+    """``value`` as XML character data: escaped, and what XML cannot hold replaced by U+FFFD."""
+    return escape(NOT_XML.sub("\ufffd", value))
+
+
 def flame_graph_svg(
     stacks: Counter[Stack], title: str, colour: Colour = warm_colour, legend: Sequence[tuple[str, str]] = ()
 ) -> str:
@@ -103,13 +113,13 @@ def flame_graph_svg(
         f'viewBox="0 0 {WIDTH:.0f} {height}" font-family="monospace" font-size="{FONT_SIZE}">',
         f'<rect x="0" y="0" width="{WIDTH:.0f}" height="{height}" fill="#fdfdf6"/>',
         f'<text x="{WIDTH / 2:.0f}" y="{MARGIN + 14}" text-anchor="middle" font-size="15">'
-        f"{escape(title)} ({root.samples} samples)</text>",
+        f"{xml_text(title)} ({root.samples} samples)</text>",
     ]
     x = float(MARGIN)
     for label, fill in legend:
         y = MARGIN + TITLE_HEIGHT
         parts.append(f'<rect x="{x:.0f}" y="{y}" width="12" height="12" fill={quoteattr(fill)}/>')
-        parts.append(f'<text x="{x + 16:.0f}" y="{y + 10}">{escape(label)}</text>')
+        parts.append(f'<text x="{x + 16:.0f}" y="{y + 10}">{xml_text(label)}</text>')
         x += 16 + CHAR_WIDTH * len(label) + 14
 
     def draw(node: Node, x: float, level: int) -> None:
@@ -120,13 +130,13 @@ def flame_graph_svg(
         share = 100.0 * node.samples / total
         fill = "rgb(220,220,220)" if level == 0 else colour(node.name)
         parts.append(
-            f"<g><title>{escape(node.name)}: {node.samples} samples, {share:.2f}%</title>"
+            f"<g><title>{xml_text(node.name)}: {node.samples} samples, {share:.2f}%</title>"
             f'<rect x="{x:.2f}" y="{y}" width="{width:.2f}" height="{FRAME_HEIGHT - 1}" fill={quoteattr(fill)}/>'
         )
         fits = int((width - 4) / CHAR_WIDTH)
         if fits >= 3:
             label = node.name if len(node.name) <= fits else node.name[: fits - 2] + ".."
-            parts.append(f'<text x="{x + 2:.2f}" y="{y + FRAME_HEIGHT - 5}">{escape(label)}</text>')
+            parts.append(f'<text x="{x + 2:.2f}" y="{y + FRAME_HEIGHT - 5}">{xml_text(label)}</text>')
         parts.append("</g>")
         for child in sorted(node.children.values(), key=lambda c: c.name):
             draw(child, x, level + 1)
