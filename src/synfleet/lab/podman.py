@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from synfleet.lab.errors import LabError
+from synfleet.render.files import write_file
 
 #: The most open files and processes (per account) a container gets, within the machine's hard
 #: limits. runc refuses some process limits below the hard one (seen: 30000 of 96365), so that one
@@ -98,7 +99,7 @@ class Podman:
 def _containers_conf_file(text: str) -> Path:
     """A file holding ``text`` that podman reads: one per content in the temporary directory, used
     only when this account owns it, no other can write it, and it holds ``text``. Another account
-    may have made that name first (it is predictable): then a file of this process's own."""
+    may have made that name first (it is predictable): then a file in a directory of this process's own."""
     path = Path(tempfile.gettempdir()) / f"synfleet-containers-{hashlib.sha256(text.encode()).hexdigest()[:12]}.conf"
     try:
         found = path.lstat()
@@ -111,12 +112,9 @@ def _containers_conf_file(text: str) -> Path:
             return path
     except FileNotFoundError:
         pass
-    descriptor, name = tempfile.mkstemp(prefix=f"{path.stem}.", suffix=".conf")  # 0600, this account's
-    os.fchmod(descriptor, 0o644)  # as before: podman's settings are no secret
-    with os.fdopen(descriptor, "w") as file:
-        file.write(text)
     try:
-        os.replace(name, path)  # refused over another account's file in a sticky directory
-    except OSError:
-        return Path(name)
+        write_file(path, text)
+    except OSError:  # another account's file in a sticky directory (renaming over it is refused), a directory
+        path = Path(tempfile.mkdtemp(prefix="synfleet-containers-")) / path.name
+        write_file(path, text)
     return path
