@@ -27,6 +27,7 @@ import httpx
 import pytest
 from nio import AsyncClient
 
+from synfleet.layout import native_layout
 from synfleet.model.fleet import Fleet
 from synfleet.model.profiles import profile_spec
 from synfleet.model.schema import FleetSpec, read_fleet
@@ -34,6 +35,7 @@ from synfleet.model.schema.synapse import Media
 from synfleet.nginx.binary.command import NginxProcess, world_readable_tempdir
 from synfleet.nginx.binary.harness import StubUpstreams
 from synfleet.render.nginx import NginxLayout, Site, access_lines, render_nginx
+from synfleet.render.services import Context, Native
 from synfleet.routing.plan import RoutingPlan
 from synfleet.system import free_port, free_ports
 
@@ -252,3 +254,12 @@ def synfleet_in_terminal(*args: str, columns: int, timeout: float = 60) -> str:
     os.close(leader)
     text = b"".join(chunks).decode(errors="replace").replace("\r\n", "\n")
     return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07", "", text)
+
+
+def native_context(spec: FleetSpec, secrets: dict[str, str] | None = None) -> Context:
+    """What the native run renders for ``spec`` under /srv/fleet/run, its programs in /usr/bin (and,
+    with ``secrets``, the files that hold one)."""
+    run = "/srv/fleet/run"
+    programs = {name: f"/usr/bin/{name}" for name in ("python", "postgres", "redis-server", "nginx", "turnserver")}
+    native = Native(programs, run, f"{run}/postgres", "", ())
+    return Context(spec, native_layout(run), native=native, secrets=secrets or {})

@@ -9,16 +9,16 @@ import pytest
 import yaml
 
 from conftest import synfleet
-from helpers import CONFIGS
+from helpers import CONFIGS, native_context
 from synfleet.bench.sizing import initial_sync_pool, load_costs, size_fleet
-from synfleet.layout import COMPOSE, native_layout
+from synfleet.layout import COMPOSE
 from synfleet.model.fleet import Role, Stream
 from synfleet.model.load import load_spec
 from synfleet.model.profiles import PROFILES, profile_spec
-from synfleet.model.schema import FleetSpec, parse_fleet, parse_fleet_file
+from synfleet.model.schema import parse_fleet, parse_fleet_file
 from synfleet.render.deploy import render_kubernetes_deployment
 from synfleet.render.fleet_file import fleet_file_text, fleet_toml
-from synfleet.render.services import Context, Native, service_table
+from synfleet.render.services import Context, service_table
 
 BAD_FLEETS = sorted(p.name for p in (CONFIGS / "bad_fleets").iterdir())
 
@@ -193,13 +193,6 @@ def test_initial_sync_pool_follows_the_measurement() -> None:
     slower = {**measured, "delivery_p99_ms": {"shared": 900.0, "pool": 3000.0}}
     assert initial_sync_pool({"initial_sync": slower})[0] == 0
     assert initial_sync_pool({}) == (0, "initial_sync = 0: costs.json has no initial-sync measurement")
-
-
-def native_context(spec: FleetSpec) -> Context:
-    """What the native run renders for ``spec``, with its programs in /usr/bin."""
-    run = "/srv/fleet/run"
-    programs = {name: f"/usr/bin/{name}" for name in ("python", "postgres", "redis-server", "nginx")}
-    return Context(spec, native_layout(run), native=Native(programs, run, f"{run}/postgres", "", ()))
 
 
 def test_postgres_settings_reach_the_fleets_own_server_and_survive_a_rewrite() -> None:

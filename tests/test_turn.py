@@ -27,14 +27,14 @@ import helpers
 from conftest import RunningFleet, fleet_under_test, synfleet
 from synfleet.check.deployment import Project, turn_listens
 from synfleet.errors import FleetError
-from synfleet.layout import COMPOSE, SECRETS_DIR, SHARED_CONFIG, native_layout
+from synfleet.layout import COMPOSE, SECRETS_DIR, SHARED_CONFIG
 from synfleet.model.schema import FleetSpec, read_fleet
 from synfleet.render.compose import render_compose
 from synfleet.render.deploy import DEPLOY_DIR, render_deployment
 from synfleet.render.files import GROUP_PRIVATE, Rendered
 from synfleet.render.kubernetes import kubernetes_spec
 from synfleet.render.secrets import Secret, ensure_secrets
-from synfleet.render.services import TURN_CONFIG, Context, Health, HealthKind, Native, service_table
+from synfleet.render.services import TURN_CONFIG, Context, Health, HealthKind, service_table
 from synfleet.render.synapse import render_synapse
 from synfleet.run.accounts import FLEET_ACCOUNT
 from synfleet.run.paths import RunPaths
@@ -84,10 +84,7 @@ def test_the_shared_secret_is_made_only_with_turn_kept_and_private(tmp_path: Pat
 
 
 def native_turn(spec: FleetSpec) -> tuple[Context, Rendered]:
-    run = "/srv/fleet/run"
-    programs = {name: f"/usr/bin/{name}" for name in ("python", "postgres", "redis-server", "nginx", "turnserver")}
-    native = Native(programs, run, f"{run}/postgres", "", ())
-    context = Context(spec, native_layout(run), native=native, secrets=SECRETS)
+    context = helpers.native_context(spec, SECRETS)
     row = service_table(context, front=True)["turn"]
     return context, Rendered(dict(row.files), SECRETS)
 
